@@ -1,0 +1,92 @@
+"""convex-gcp: a Convex self-hosted backend on a VM, reaching a private-IP Cloud SQL."""
+
+import pulumi
+
+from components.apis import ProjectApis, ProjectApisArgs
+from components.convex_vm import ConvexVm, ConvexVmArgs
+from components.database import Database, DatabaseArgs
+from components.identity import Identity, IdentityArgs
+from components.network import VM_TAG, Network, NetworkArgs
+from convex_gcp.settings import IAP_RANGE, ConfigError, config_from_pulumi, load_settings, resource_prefix
+
+try:
+    settings = load_settings(config_from_pulumi(), pulumi.get_stack())
+except ConfigError as error:
+    raise pulumi.RunError(str(error)) from None
+
+prefix = resource_prefix(settings.stack)
+apis = ProjectApis("apis", ProjectApisArgs(project=settings.project))
+
+network = Network(
+    "network",
+    NetworkArgs(
+        prefix=prefix,
+        region=settings.region,
+        subnet_cidr=settings.network.subnet_cidr,
+        private_services_prefix_length=settings.network.private_services_prefix_length,
+        api_source_ranges=settings.network.api_source_ranges,
+        dashboard_source_ranges=settings.network.dashboard_source_ranges if settings.convex.dashboard else [],
+        ssh_source_ranges=settings.network.ssh_source_ranges,
+        iap_range=IAP_RANGE,
+        is_prod=settings.is_prod,
+        existing_network=settings.network.existing_network,
+        existing_subnetwork=settings.network.existing_subnetwork,
+        depends_on=apis.services,
+    ),
+)
+
+identity = Identity(
+    "identity",
+    IdentityArgs(prefix=prefix, project=settings.project, region=settings.region, iam_auth=settings.iam_auth, depends_on=apis.services),
+)
+
+database = Database(
+    "database",
+    DatabaseArgs(
+        settings=settings,
+        prefix=prefix,
+        private_network=network.network_id,
+        service_networking_connection=network.connection,
+        service_account_email=identity.service_account.email,
+        db_password=identity.db_password,
+        depends_on=apis.services,
+    ),
+)
+
+vm = ConvexVm(
+    "convex",
+    ConvexVmArgs(
+        settings=settings,
+        prefix=prefix,
+        subnetwork=network.subnetwork_id,
+        network_tag=VM_TAG,
+        service_account_email=identity.service_account.email,
+        connection_name=database.instance.connection_name,
+        database_user=database.user.name,
+        instance_secret_id=identity.instance_secret.id,
+        admin_key_secret_id=identity.admin_key.id,
+        db_password_secret_id=identity.db_password_secret.id if identity.db_password_secret else "",
+        # Boot only once the database, its user and the VM's roles exist, so the first boot succeeds.
+        depends_on=[database.database, database.user, *identity.project_roles],
+    ),
+)
+
+# The outputs contract (docs/outputs.md): names are stable; nothing here is a secret value.
+pulumi.export("convex_url", vm.convex_url)
+pulumi.export("convex_site_url", vm.convex_site_url)
+if settings.convex.dashboard:
+    pulumi.export("dashboard_url", vm.dashboard_url)
+pulumi.export("admin_key_secret", identity.admin_key.id)
+pulumi.export("sql_instance_name", database.instance.name)
+pulumi.export("sql_connection_name", database.instance.connection_name)
+pulumi.export("sql_private_ip", database.instance.private_ip_address)
+pulumi.export("database_name", database.database.name)
+pulumi.export("database_user", database.user.name)
+pulumi.export("vm_name", vm.instance.name)
+pulumi.export("vm_zone", vm.instance.zone)
+pulumi.export("vm_internal_ip", vm.internal_ip)
+pulumi.export("vm_service_account", identity.service_account.email)
+pulumi.export("network", network.network_name)
+pulumi.export("subnetwork", network.subnetwork_name)
+pulumi.export("peering_range", network.peering_range.name)
+pulumi.export("connection_mode", settings.connection_mode)

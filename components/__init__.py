@@ -1,0 +1,1 @@
+"""One ComponentResource per module; each owns the resources its docstring names."""

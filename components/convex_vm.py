@@ -1,0 +1,139 @@
+"""ConvexVm: the Container-Optimized OS VM, its static IP and its persistent data disk; the
+startup script (vm/startup.sh) runs the Auth Proxy, the Convex backend and the dashboard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pulumi
+import pulumi_gcp as gcp
+
+from convex_gcp.runtime import DATA_DEVICE_NAME, RuntimeInputs, instance_metadata, origins
+from convex_gcp.settings import Settings
+
+STARTUP_SCRIPT = Path(__file__).resolve().parent.parent / "vm" / "startup.sh"
+
+# cloud-platform is the only scope Secret Manager accepts; sqlservice.admin is named too so the
+# proxy's need is explicit (the seed's bare "sqlservice" scope is deprecated). IAM roles gate access.
+VM_SCOPES = [
+    "https://www.googleapis.com/auth/cloud-platform",
+    "https://www.googleapis.com/auth/sqlservice.admin",
+]
+
+
+@dataclass
+class ConvexVmArgs:
+    settings: Settings
+    prefix: str
+    subnetwork: pulumi.Input[str]
+    network_tag: str
+    service_account_email: pulumi.Input[str]
+    connection_name: pulumi.Input[str]
+    database_user: pulumi.Input[str]
+    instance_secret_id: pulumi.Input[str]
+    admin_key_secret_id: pulumi.Input[str]
+    db_password_secret_id: pulumi.Input[str] = ""
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
+class ConvexVm(pulumi.ComponentResource):
+    """Owns the static IP, the data disk and the VM with its rendered runtime metadata."""
+
+    def __init__(self, name: str, args: ConvexVmArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("convex-gcp:index:ConvexVm", name, None, opts)
+        s = args.settings
+        protect = s.is_prod
+        labels = {"app": "convex", "environment": s.environment, "stack": s.stack}
+
+        self.address = gcp.compute.Address(
+            f"{name}-ip",
+            name=f"{args.prefix}-ip",
+            region=s.region,
+            address_type="EXTERNAL",
+            network_tier="PREMIUM",
+            opts=pulumi.ResourceOptions(parent=self, protect=protect),
+        )
+        # /convex/data holds files, modules and search snapshots that must match the database.
+        self.data_disk = gcp.compute.Disk(
+            f"{name}-data",
+            name=f"{args.prefix}-data",
+            zone=s.zone,
+            type=s.vm.data_disk_type,
+            size=s.vm.data_disk_size_gb,
+            labels=labels,
+            opts=pulumi.ResourceOptions(parent=self, protect=protect),
+        )
+
+        metadata = pulumi.Output.all(
+            args.connection_name,
+            self.address.address,
+            args.database_user,
+            args.instance_secret_id,
+            args.admin_key_secret_id,
+            args.db_password_secret_id,
+        ).apply(
+            lambda v: instance_metadata(
+                s,
+                RuntimeInputs(
+                    project=s.project,
+                    connection_name=v[0],
+                    public_host=v[1],
+                    database_user=v[2],
+                    instance_secret_id=v[3],
+                    admin_key_secret_id=v[4],
+                    db_password_secret_id=v[5] or "",
+                ),
+                STARTUP_SCRIPT.read_text(),
+            )
+        )
+
+        self.instance = gcp.compute.Instance(
+            f"{name}-vm",
+            name=f"{args.prefix}-vm",
+            zone=s.zone,
+            machine_type=s.vm.machine_type,
+            tags=[args.network_tag],
+            labels=labels,
+            boot_disk=gcp.compute.InstanceBootDiskArgs(
+                auto_delete=True,
+                initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
+                    image=s.vm.image, size=s.vm.boot_disk_size_gb, type="pd-balanced", labels=labels
+                ),
+            ),
+            attached_disks=[
+                gcp.compute.InstanceAttachedDiskArgs(source=self.data_disk.id, device_name=DATA_DEVICE_NAME, mode="READ_WRITE")
+            ],
+            network_interfaces=[
+                gcp.compute.InstanceNetworkInterfaceArgs(
+                    subnetwork=args.subnetwork,
+                    access_configs=[gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=self.address.address, network_tier="PREMIUM")],
+                )
+            ],
+            service_account=gcp.compute.InstanceServiceAccountArgs(email=args.service_account_email, scopes=VM_SCOPES),
+            shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
+                enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
+            ),
+            # The "startup-script" key updates in place; the VM's watcher re-applies changes.
+            metadata=metadata,
+            allow_stopping_for_update=True,
+            deletion_protection=s.vm_deletion_protection,
+            scheduling=gcp.compute.InstanceSchedulingArgs(automatic_restart=True, on_host_maintenance="MIGRATE"),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on),
+        )
+
+        urls = self.address.address.apply(lambda ip: origins(s, ip))
+        self.convex_url = urls["convex_url"]
+        self.convex_site_url = urls["convex_site_url"]
+        self.dashboard_url = urls["dashboard_url"]
+        self.internal_ip = self.instance.network_interfaces[0].network_ip
+
+        self.register_outputs(
+            {
+                "name": self.instance.name,
+                "external_ip": self.address.address,
+                "internal_ip": self.internal_ip,
+                "data_disk": self.data_disk.name,
+                "convex_url": self.convex_url,
+            }
+        )

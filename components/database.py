@@ -1,0 +1,156 @@
+"""Database: the private-IP-only Cloud SQL for PostgreSQL instance, the Convex database and
+the database user Convex logs in as (IAM service account or built-in)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_random as random
+
+from convex_gcp.settings import Settings
+
+
+def ssl_mode(settings: Settings) -> str:
+    """The proxy always presents a client certificate, so proxy mode can demand one."""
+    return {"proxy": "TRUSTED_CLIENT_CERTIFICATE_REQUIRED", "ssl": "ENCRYPTED_ONLY"}.get(
+        settings.connection_mode, "ALLOW_UNENCRYPTED_AND_ENCRYPTED"
+    )
+
+
+def connector_enforcement(settings: Settings) -> str:
+    required = settings.connection_mode == "proxy" and settings.database.connector_enforcement
+    return "REQUIRED" if required else "NOT_REQUIRED"
+
+
+def instance_settings(settings: Settings, private_network: pulumi.Input[str]) -> gcp.sql.DatabaseInstanceSettingsArgs:
+    db = settings.database
+    backups = db.backups
+    return gcp.sql.DatabaseInstanceSettingsArgs(
+        tier=db.tier,
+        edition=db.edition,  # PG16+ would default to ENTERPRISE_PLUS, which rejects custom tiers
+        availability_type=db.availability,
+        disk_type=db.disk_type,
+        disk_size=db.disk_size_gb,
+        disk_autoresize=True,
+        deletion_protection_enabled=settings.sql_deletion_protection,
+        retain_backups_on_delete=settings.is_prod,
+        location_preference=gcp.sql.DatabaseInstanceSettingsLocationPreferenceArgs(zone=settings.zone),
+        ip_configuration=gcp.sql.DatabaseInstanceSettingsIpConfigurationArgs(
+            ipv4_enabled=False,
+            private_network=private_network,
+            ssl_mode=ssl_mode(settings),
+        ),
+        connector_enforcement=connector_enforcement(settings),
+        backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
+            enabled=backups.enabled,
+            start_time=backups.start_time,
+            point_in_time_recovery_enabled=backups.point_in_time_recovery and backups.enabled,
+            transaction_log_retention_days=backups.transaction_log_retention_days,
+            backup_retention_settings=gcp.sql.DatabaseInstanceSettingsBackupConfigurationBackupRetentionSettingsArgs(
+                retained_backups=backups.retained_backups, retention_unit="COUNT"
+            ),
+        ),
+        maintenance_window=gcp.sql.DatabaseInstanceSettingsMaintenanceWindowArgs(
+            day=db.maintenance.day, hour=db.maintenance.hour, update_track=db.maintenance.update_track
+        ),
+        database_flags=[gcp.sql.DatabaseInstanceSettingsDatabaseFlagArgs(name=k, value=v) for k, v in settings.database_flags.items()],
+        insights_config=gcp.sql.DatabaseInstanceSettingsInsightsConfigArgs(
+            query_insights_enabled=db.query_insights, record_application_tags=False, record_client_address=False
+        ),
+        user_labels={"app": "convex", "environment": settings.environment, "stack": settings.stack},
+    )
+
+
+@dataclass
+class DatabaseArgs:
+    settings: Settings
+    prefix: str
+    private_network: pulumi.Input[str]
+    service_networking_connection: pulumi.Resource
+    service_account_email: pulumi.Input[str]
+    db_password: Optional[pulumi.Input[str]] = None
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
+BUILT_IN_USER = "convex"
+
+
+class Database(pulumi.ComponentResource):
+    """Owns the Cloud SQL instance, the Convex database and its user."""
+
+    def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("convex-gcp:index:Database", name, None, opts)
+        s = args.settings
+        protect = s.is_prod
+
+        if s.database.instance_name:
+            instance_name: pulumi.Input[str] = s.database.instance_name
+        else:
+            # Deleted instance names stay reserved for about a week; a suffix lets a stack be recreated.
+            suffix = random.RandomId(f"{name}-suffix", byte_length=2, opts=pulumi.ResourceOptions(parent=self))
+            instance_name = suffix.hex.apply(lambda h: f"{args.prefix}-pg-{h}")
+
+        self.instance = gcp.sql.DatabaseInstance(
+            f"{name}-instance",
+            name=instance_name,
+            region=s.region,
+            database_version=s.database.version,
+            settings=instance_settings(s, args.private_network),
+            deletion_protection=s.sql_deletion_protection,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                protect=protect,
+                # No implicit dependency exists on the peering; creation fails without it.
+                depends_on=[args.service_networking_connection, *args.depends_on],
+                # disk_autoresize grows the disk; do not shrink it back to the configured size.
+                ignore_changes=["settings.diskSize"],
+            ),
+        )
+        self.database = gcp.sql.Database(
+            f"{name}-convex-db",
+            name=s.database_name,
+            instance=self.instance.name,
+            # Dropping a database that holds Convex data should never be a side effect.
+            deletion_policy="ABANDON" if protect else "DELETE",
+            opts=pulumi.ResourceOptions(parent=self, protect=protect),
+        )
+        if s.iam_auth:
+            user_name = pulumi.Output.from_input(args.service_account_email).apply(
+                lambda email: email.removesuffix(".gserviceaccount.com")
+            )
+            self.user = gcp.sql.User(
+                f"{name}-iam-user",
+                name=user_name,
+                instance=self.instance.name,
+                type="CLOUD_IAM_SERVICE_ACCOUNT",
+                # IAM users start with no privileges; Convex creates its tables in schema public,
+                # which on PostgreSQL 15+ needs the database owner's role (cloudsqlsuperuser).
+                database_roles=["cloudsqlsuperuser"],
+                deletion_policy="ABANDON",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.database]),
+            )
+        else:
+            if args.db_password is None:
+                raise ValueError("a built-in database user needs a password")
+            self.user = gcp.sql.User(
+                f"{name}-user",
+                name=BUILT_IN_USER,
+                instance=self.instance.name,
+                type="BUILT_IN",
+                password=args.db_password,
+                deletion_policy="ABANDON",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.database]),
+            )
+
+        self.register_outputs(
+            {
+                "instance_name": self.instance.name,
+                "connection_name": self.instance.connection_name,
+                "private_ip": self.instance.private_ip_address,
+                "database_name": self.database.name,
+                "user": self.user.name,
+            }
+        )

@@ -1,0 +1,127 @@
+"""Identity: the VM's dedicated service account, its project roles, and the Secret Manager
+secrets (Convex INSTANCE_SECRET, admin key, database password) with per-secret access."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_random as random
+
+
+def vm_project_roles(iam_auth: bool) -> list[str]:
+    """Least privilege for the VM: connect through the proxy, log in as itself, ship logs and metrics."""
+    roles = ["roles/cloudsql.client", "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    if iam_auth:
+        roles.insert(1, "roles/cloudsql.instanceUser")
+    return roles
+
+
+@dataclass
+class IdentityArgs:
+    prefix: str
+    project: str
+    region: str
+    iam_auth: bool
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
+class Identity(pulumi.ComponentResource):
+    """Owns the VM service account, its IAM bindings, and the secrets the VM reads or writes."""
+
+    def __init__(self, name: str, args: IdentityArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("convex-gcp:index:Identity", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self, depends_on=args.depends_on)
+
+        self.service_account = gcp.serviceaccount.Account(
+            f"{name}-vm-sa",
+            account_id=f"{args.prefix}-vm"[:30],
+            display_name=f"Convex backend VM ({args.prefix})",
+            description="Runs the Cloud SQL Auth Proxy and Convex on the Convex VM",
+            opts=child,
+        )
+        member = self.service_account.email.apply(lambda email: f"serviceAccount:{email}")
+        self.project_roles = [
+            gcp.projects.IAMMember(
+                f"{name}-{role.split('/')[1].replace('.', '-')}",
+                project=args.project,
+                role=role,
+                member=member,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for role in vm_project_roles(args.iam_auth)
+        ]
+
+        def secret(key: str, description: str) -> gcp.secretmanager.Secret:
+            return gcp.secretmanager.Secret(
+                f"{name}-{key}",
+                secret_id=f"{args.prefix}-{key}",
+                replication=gcp.secretmanager.SecretReplicationArgs(
+                    user_managed=gcp.secretmanager.SecretReplicationUserManagedArgs(
+                        replicas=[gcp.secretmanager.SecretReplicationUserManagedReplicaArgs(location=args.region)]
+                    )
+                ),
+                labels={"app": "convex", "stack": args.prefix},
+                annotations={"description": description},
+                opts=child,
+            )
+
+        def grant(key: str, target: gcp.secretmanager.Secret, role: str) -> None:
+            gcp.secretmanager.SecretIamMember(
+                f"{name}-{key}-{role.split('.')[-1]}",
+                secret_id=target.id,
+                role=role,
+                member=member,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+
+        # Convex's INSTANCE_SECRET is 32 random bytes in hex. RandomBytes marks its outputs secret
+        # (RandomId would put the bytes in its plaintext resource id).
+        instance_secret_value = random.RandomBytes(
+            f"{name}-instance-secret-value",
+            length=32,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.instance_secret = secret("instance-secret", "Convex INSTANCE_SECRET")
+        gcp.secretmanager.SecretVersion(
+            f"{name}-instance-secret-v1",
+            secret=self.instance_secret.id,
+            secret_data=instance_secret_value.hex,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        grant("instance-secret", self.instance_secret, "roles/secretmanager.secretAccessor")
+
+        # The VM generates the admin key once Convex is up and stores it here; deployers read it.
+        self.admin_key = secret("admin-key", "Convex admin key for npx convex deploy")
+        grant("admin-key", self.admin_key, "roles/secretmanager.secretVersionAdder")
+        # Read access lets the VM see that a key exists already instead of minting another.
+        grant("admin-key", self.admin_key, "roles/secretmanager.secretAccessor")
+
+        self.db_password: pulumi.Output[str] | None = None
+        self.db_password_secret: gcp.secretmanager.Secret | None = None
+        if not args.iam_auth:
+            password = random.RandomPassword(
+                f"{name}-db-password-value",
+                length=32,
+                special=False,  # goes into a URL unescaped
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.db_password = password.result
+            self.db_password_secret = secret("db-password", "Password of the Convex database user")
+            gcp.secretmanager.SecretVersion(
+                f"{name}-db-password-v1",
+                secret=self.db_password_secret.id,
+                secret_data=password.result,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            grant("db-password", self.db_password_secret, "roles/secretmanager.secretAccessor")
+
+        self.register_outputs(
+            {
+                "service_account": self.service_account.email,
+                "instance_secret": self.instance_secret.id,
+                "admin_key_secret": self.admin_key.id,
+                "db_password_secret": self.db_password_secret.id if self.db_password_secret else None,
+            }
+        )

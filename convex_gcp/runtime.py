@@ -1,0 +1,143 @@
+"""What the VM runs, rendered as the instance metadata the startup script reads.
+
+Non-secret settings travel as metadata so a `pulumi preview` diff shows them; secrets
+travel only as Secret Manager ids. See docs/vm-runtime.md for the contract.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from .settings import Settings
+
+PROXY_IMAGE = "gcr.io/cloud-sql-connectors/cloud-sql-proxy"
+BACKEND_IMAGE = "ghcr.io/get-convex/convex-backend"
+DASHBOARD_IMAGE = "ghcr.io/get-convex/convex-dashboard"
+API_PORT, SITE_PORT, DASHBOARD_PORT = 3210, 3211, 6791
+PROXY_HOST, PROXY_PORT, PROXY_HEALTH_PORT = "cloudsql-proxy", 5432, 9090
+DATA_DEVICE_NAME = "convex-data"
+
+
+@dataclass(frozen=True)
+class RuntimeInputs:
+    """Values known only once resources exist (resolved Outputs)."""
+
+    project: str
+    connection_name: str
+    public_host: str
+    database_user: str
+    instance_secret_id: str
+    admin_key_secret_id: str
+    db_password_secret_id: str = ""
+
+
+def proxy_args(settings: Settings, connection_name: str) -> list[str]:
+    """Auth Proxy flags: private IP only, listening inside its container, health endpoints on."""
+    args = [
+        "--private-ip",
+        "--address=0.0.0.0",
+        f"--port={PROXY_PORT}",
+        "--health-check",
+        "--http-address=0.0.0.0",
+        f"--http-port={PROXY_HEALTH_PORT}",
+        "--structured-logs",
+        # Convex gets SIGINT and drains first; let in-flight queries finish on restarts.
+        "--max-sigterm-delay=30s",
+        "--exit-zero-on-sigterm",
+    ]
+    if settings.iam_auth:
+        args.append("--auto-iam-authn")
+    args.append(connection_name)
+    return args
+
+
+def postgres_url(user: str, host: str, port: int, params: dict[str, str]) -> str:
+    """A cluster URL without a database path: Convex adds the database itself."""
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"postgresql://{quote(user, safe='')}@{host}:{port}" + (f"?{query}" if query else "")
+
+
+def origins(settings: Settings, public_host: str) -> dict[str, str]:
+    return {
+        "convex_url": f"http://{public_host}:{API_PORT}",
+        "convex_site_url": f"http://{public_host}:{SITE_PORT}",
+        "dashboard_url": f"http://{public_host}:{DASHBOARD_PORT}",
+    }
+
+
+def backend_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
+    """The backend's non-secret environment. INSTANCE_SECRET (and a password) come from Secret Manager."""
+    urls = origins(settings, inputs.public_host)
+    env = {
+        "INSTANCE_NAME": settings.convex.instance_name,
+        "CONVEX_CLOUD_ORIGIN": urls["convex_url"],
+        "CONVEX_SITE_ORIGIN": urls["convex_site_url"],
+        # The proxy's local listener speaks plaintext; the proxy itself encrypts to Cloud SQL.
+        "POSTGRES_URL": postgres_url(inputs.database_user, PROXY_HOST, PROXY_PORT, {"sslmode": "disable", "connect_timeout": "30"}),
+        "DO_NOT_REQUIRE_SSL": "1",
+        "POSTGRES_MAX_CONNECTIONS": str(settings.pool_size),
+        "RUST_LOG": settings.convex.log_level,
+        "LOG_FORMAT": "json",
+    }
+    # Convex treats any non-empty value as on, so "off" means absent.
+    if settings.convex.disable_beacon:
+        env["DISABLE_BEACON"] = "1"
+    if settings.convex.redact_logs_to_client:
+        env["REDACT_LOGS_TO_CLIENT"] = "1"
+    return env
+
+
+def dashboard_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
+    if not settings.convex.dashboard:
+        return {}
+    return {"NEXT_PUBLIC_DEPLOYMENT_URL": origins(settings, inputs.public_host)["convex_url"]}
+
+
+def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
+    """Settings of the startup script itself."""
+    version = settings.convex.version
+    return {
+        "CONNECTION_MODE": settings.connection_mode,
+        "PROJECT_ID": inputs.project,
+        "PROXY_IMAGE": f"{PROXY_IMAGE}:{settings.convex.proxy_version}",
+        "PROXY_ARGS": " ".join(proxy_args(settings, inputs.connection_name)),
+        "BACKEND_IMAGE": f"{BACKEND_IMAGE}:{version}",
+        "DASHBOARD_IMAGE": f"{DASHBOARD_IMAGE}:{version}",
+        "DASHBOARD_ENABLED": "true" if settings.convex.dashboard else "false",
+        "DATA_DEVICE_NAME": DATA_DEVICE_NAME,
+        "INSTANCE_SECRET_ID": inputs.instance_secret_id,
+        "ADMIN_KEY_SECRET_ID": inputs.admin_key_secret_id,
+        "DB_PASSWORD_SECRET_ID": inputs.db_password_secret_id,
+    }
+
+
+_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+
+def render_env(values: dict[str, str]) -> str:
+    """KEY=VALUE lines, sorted so diffs are stable; the script parses, never sources, them."""
+    lines = []
+    for key in sorted(values):
+        value = values[key]
+        if not _KEY.match(key) or "\n" in value or "\r" in value:
+            raise ValueError(f"cannot render {key!r} as a single KEY=VALUE line")
+        lines.append(f"{key}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def instance_metadata(settings: Settings, inputs: RuntimeInputs, startup_script: str) -> dict[str, str]:
+    metadata = {
+        "startup-script": startup_script,
+        "enable-oslogin": "TRUE",
+        "block-project-ssh-keys": "TRUE",
+        "google-logging-enabled": "true",
+        "google-monitoring-enabled": "true",
+        "convex-gcp-config": render_env(vm_config(settings, inputs)),
+        "convex-backend-env": render_env(backend_env(settings, inputs)),
+    }
+    dashboard = dashboard_env(settings, inputs)
+    if dashboard:
+        metadata["convex-dashboard-env"] = render_env(dashboard)
+    return metadata

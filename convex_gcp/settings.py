@@ -1,0 +1,572 @@
+"""The stack's settings: one pydantic model tree read from Pulumi config, checked before
+any resource is declared. Every problem names its key path, what is wrong, what is
+allowed and the `pulumi config set` line that fixes it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from . import cloudsql
+from .flags import FlagError, FlagValue, convert_flag, flag_bytes
+
+PROJECT = "convex-gcp"
+
+# Pinned images: bump deliberately (docs/runbooks.md). Convex publishes one commit tag for
+# backend and dashboard; migrations only go forward, so never pin an older commit.
+CONVEX_VERSION = "5f66740ae8dd506577d27294adc55b81e4fbe91b"
+PROXY_VERSION = "2.26.0"
+
+IAP_RANGE = "35.235.240.0/20"
+SUPPORTED_MODES = ("proxy",)
+
+
+def _custom(reason: str, allowed: str, example: str) -> PydanticCustomError:
+    return PydanticCustomError("convex_gcp", "{reason}", {"reason": reason, "allowed": allowed, "example": example})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class NetworkSettings(_Model):
+    """`convex-gcp:network`"""
+
+    existing_network: Optional[str] = None
+    existing_subnetwork: Optional[str] = None
+    subnet_cidr: str = "10.20.0.0/24"
+    private_services_prefix_length: int = Field(16, ge=8, le=24)
+    api_source_ranges: list[str] = []
+    dashboard_source_ranges: list[str] = []
+    ssh_source_ranges: list[str] = [IAP_RANGE]
+
+    @field_validator("subnet_cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        _check_cidr(value)
+        return value
+
+    @field_validator("api_source_ranges", "dashboard_source_ranges", "ssh_source_ranges")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _check_cidr(value)
+        return values
+
+    @field_validator("existing_network", "existing_subnetwork")
+    @classmethod
+    def _resource_name(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", value):
+            raise _custom(f"{value!r} is not a network name", "a lowercase name such as default", "default")
+        return value
+
+
+def _check_cidr(value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise _custom(f"{value!r} is not a CIDR range", "an IPv4 range such as 203.0.113.0/24", "203.0.113.0/24") from None
+
+
+class BackupSettings(_Model):
+    enabled: bool = True
+    start_time: str = "18:00"
+    point_in_time_recovery: bool = True
+    transaction_log_retention_days: int = Field(7, ge=1, le=7)
+    retained_backups: int = Field(7, ge=1, le=365)
+
+    @field_validator("start_time")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):00", value):
+            raise _custom(f"{value!r} is not a whole hour HH:00 (UTC)", "HH:00 in UTC", "18:00")
+        return value
+
+
+class MaintenanceSettings(_Model):
+    day: int = Field(7, ge=1, le=7)
+    hour: int = Field(18, ge=0, le=23)
+    update_track: Literal["canary", "stable", "week5"] = "stable"
+
+
+class DatabaseSettings(_Model):
+    """`convex-gcp:database`"""
+
+    tier: str = "db-g1-small"
+    edition: Literal["ENTERPRISE", "ENTERPRISE_PLUS"] = "ENTERPRISE"
+    version: Literal["POSTGRES_15", "POSTGRES_16", "POSTGRES_17", "POSTGRES_18"] = "POSTGRES_17"
+    availability: Literal["ZONAL", "REGIONAL"] = "ZONAL"
+    flags: dict[str, FlagValue] = {}
+    disk_size_gb: int = Field(10, ge=10, le=65536)
+    disk_type: Literal["PD_SSD", "PD_HDD"] = "PD_SSD"
+    backups: BackupSettings = BackupSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
+    deletion_protection: Optional[bool] = None
+    connector_enforcement: bool = True
+    query_insights: bool = True
+    # Adopt an instance by name instead of a generated one (names stay taken a week after deletion).
+    instance_name: Optional[str] = None
+
+    @field_validator("tier")
+    @classmethod
+    def _tier(cls, value: str) -> str:
+        try:
+            cloudsql.parse_tier(value)
+        except cloudsql.TierError as error:
+            raise _custom(
+                str(error),
+                "db-f1-micro, db-g1-small, db-custom-<vCPUs>-<MB> (ENTERPRISE), db-perf-optimized-N-<vCPUs> (ENTERPRISE_PLUS)",
+                "db-custom-2-7680",
+            ) from None
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> Any:
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            return f"POSTGRES_{value}"
+        return value
+
+
+class VmSettings(_Model):
+    """`convex-gcp:vm`"""
+
+    machine_type: str = "e2-medium"
+    zone: Optional[str] = None
+    image: str = "cos-cloud/cos-stable"
+    boot_disk_size_gb: int = Field(20, ge=10, le=2048)
+    data_disk_size_gb: int = Field(20, ge=10, le=65536)
+    data_disk_type: Literal["pd-balanced", "pd-ssd", "pd-standard"] = "pd-balanced"
+    deletion_protection: Optional[bool] = None
+
+    @field_validator("machine_type")
+    @classmethod
+    def _machine_type(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9]*-[a-z0-9-]+", value):
+            raise _custom(f"{value!r} is not a machine type", "a Compute Engine machine type", "e2-medium")
+        return value
+
+
+class ConvexSettings(_Model):
+    """`convex-gcp:convex`"""
+
+    instance_name: str = "convex-self-hosted"
+    pool_size: Optional[int] = Field(None, ge=1)
+    version: str = CONVEX_VERSION
+    proxy_version: str = PROXY_VERSION
+    dashboard: bool = True
+    log_level: str = "info"
+    disable_beacon: bool = False
+    redact_logs_to_client: bool = False
+
+    @field_validator("instance_name")
+    @classmethod
+    def _instance_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9-]{1,60}[a-z0-9]", value):
+            raise _custom(f"{value!r} is not a Convex instance name", "lowercase letters, digits and '-', 3 to 62 characters", "convex-self-hosted")
+        return value
+
+    @field_validator("version")
+    @classmethod
+    def _commit(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{40}", value):
+            raise _custom(f"{value!r} is not a commit tag", "a full 40-hex commit SHA of a Convex release ('latest' moves)", CONVEX_VERSION)
+        return value
+
+    @field_validator("proxy_version")
+    @classmethod
+    def _proxy(cls, value: str) -> str:
+        match = re.fullmatch(r"2\.(\d+)\.(\d+)(-alpine)?", value)
+        if not match or int(match.group(1)) < 18:
+            raise _custom(f"{value!r} is not a pinned Cloud SQL Auth Proxy 2.x release newer than 2.17", "2.18.0 or newer, e.g. " + PROXY_VERSION, PROXY_VERSION)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if "\n" in value or " " in value:
+            raise _custom("RUST_LOG must be one line without spaces", "a RUST_LOG filter such as info", "info")
+        return value
+
+
+class Settings(_Model):
+    """The whole stack configuration."""
+
+    project: str
+    region: str
+    stack: str
+    environment: Literal["dev", "prod"]
+    connection_mode: Literal["proxy", "ssl", "plaintext"] = "proxy"
+    iam_auth: bool = False
+    network: NetworkSettings = NetworkSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    vm: VmSettings = VmSettings()
+    convex: ConvexSettings = ConvexSettings()
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment == "prod"
+
+    @property
+    def zone(self) -> str:
+        return self.vm.zone or f"{self.region}-a"
+
+    @property
+    def tier(self) -> cloudsql.Tier:
+        return cloudsql.parse_tier(self.database.tier)
+
+    @property
+    def database_flags(self) -> dict[str, str]:
+        """Flags as Cloud SQL receives them; IAM login needs its flag on."""
+        flags = {name: convert_flag(name, value) for name, value in sorted(self.database.flags.items())}
+        if self.iam_auth:
+            flags["cloudsql.iam_authentication"] = "on"
+        return flags
+
+    @property
+    def max_connections(self) -> int:
+        configured = self.database_flags.get("max_connections")
+        return int(configured) if configured else cloudsql.default_max_connections(self.tier)
+
+    @property
+    def pool_size(self) -> int:
+        return self.convex.pool_size or cloudsql.derived_pool(self.max_connections)
+
+    @property
+    def database_name(self) -> str:
+        return cloudsql.database_name(self.convex.instance_name)
+
+    @property
+    def sql_deletion_protection(self) -> bool:
+        return self.database.deletion_protection if self.database.deletion_protection is not None else self.is_prod
+
+    @property
+    def vm_deletion_protection(self) -> bool:
+        return self.vm.deletion_protection if self.vm.deletion_protection is not None else self.is_prod
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # e.g. convex-gcp:database.tier
+    reason: str
+    allowed: str
+    fix: str
+
+    def render(self) -> str:
+        return f"{self.path}: {self.reason}\n    allowed: {self.allowed}\n    fix:     {self.fix}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem], stack: str = "<stack>"):
+        self.problems = problems
+        lines = [f"{len(problems)} configuration problem(s) in stack {stack!r}; nothing was created:"]
+        lines += [problem.render() for problem in problems]
+        super().__init__("\n".join(lines))
+
+
+def set_line(path: str, value: Any) -> str:
+    """The command that sets a config key; object fields use --path."""
+    namespace, _, key = path.partition(":")
+    shown = value if isinstance(value, str) else json.dumps(value)
+    if shown == "" or re.search(r"[\s\"'$*?]", shown):
+        shown = "'" + shown.replace("'", "'\\''") + "'"
+    flag = " --path" if ("." in key or "[" in key) and namespace == PROJECT else ""
+    return f"pulumi config set{flag} '{path}' {shown}"
+
+
+_TOP_LEVEL = {
+    "environment": "environment",
+    "connectionMode": "connection_mode",
+    "iamAuth": "iam_auth",
+    "network": "network",
+    "database": "database",
+    "vm": "vm",
+    "convex": "convex",
+}
+_EXAMPLES = {
+    "environment": "dev",
+    "connectionMode": "proxy",
+    "iamAuth": "true",
+}
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    """pydantic location → config key path (`convex-gcp:database.flags.work_mem`)."""
+    parts = [str(part) for part in loc]
+    if not parts:
+        return f"{PROJECT}:"
+    if parts[0] in ("project", "region"):
+        return f"gcp:{parts[0]}"
+    head = to_camel(parts[0])
+    rest = "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in parts[1:])
+    return f"{PROJECT}:{head}{rest}"
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: Any = Settings
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            for name, candidate in model.model_fields.items():
+                if candidate.alias == part:
+                    field = candidate
+                    break
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _problem_from_pydantic(error: dict[str, Any]) -> Problem:
+    loc = tuple(error["loc"])
+    path = _key_path(loc)
+    ctx = error.get("ctx") or {}
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1]) or Settings
+        known = sorted(field.alias or name for name, field in parent.model_fields.items() if name != "stack")
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        fix_path = _key_path(loc[:-1] + (close[0],)) if close else path
+        fix = f"pulumi config rm --path '{path}'" + (f" && {set_line(fix_path, error.get('input'))}" if close else "")
+        return Problem(path, f"unknown key {str(loc[-1])!r}{hint}", "keys: " + ", ".join(known), fix)
+    if kind == "convex_gcp":
+        return Problem(path, ctx["reason"], ctx["allowed"], set_line(path, ctx["example"]))
+    if kind == "literal_error":
+        allowed = ctx.get("expected", "")
+        first = re.findall(r"'([^']*)'", allowed)
+        return Problem(path, f"{error.get('input')!r} is not allowed", f"one of {allowed}", set_line(path, first[0] if first else ""))
+    if kind == "missing":
+        example = _EXAMPLES.get(str(loc[-1]), "<value>")
+        return Problem(path, "is required and not set", "see the README's configuration reference", set_line(path, example))
+    bounds = {k: v for k, v in ctx.items() if k in ("ge", "le", "gt", "lt")}
+    allowed = ", ".join(f"{k} {v}" for k, v in bounds.items()) or error["msg"]
+    example = bounds.get("ge", bounds.get("le", "<value>"))
+    return Problem(path, f"{error.get('input')!r}: {error['msg']}", allowed, set_line(path, example))
+
+
+def _parse_value(value: Any) -> Any:
+    """Config values arrive as strings; objects and booleans as JSON text."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_settings(config: dict[str, Any], stack: str) -> Settings:
+    """Build Settings from a flat Pulumi config map (`ns:key` → value); raise ConfigError."""
+    problems: list[Problem] = []
+    raw: dict[str, Any] = {"stack": stack}
+    for field in ("project", "region"):
+        value = config.get(f"gcp:{field}")
+        if value:
+            raw[field] = value
+    for key, value in config.items():
+        namespace, _, name = key.partition(":")
+        if namespace != PROJECT:
+            continue
+        if name not in _TOP_LEVEL:
+            close = difflib.get_close_matches(name, list(_TOP_LEVEL), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(
+                Problem(f"{PROJECT}:{name}", f"unknown key{hint}", "keys: " + ", ".join(_TOP_LEVEL), f"pulumi config rm '{PROJECT}:{name}'")
+            )
+            continue
+        parsed = _parse_value(value)
+        if name in ("environment", "connectionMode") and not isinstance(parsed, str):
+            parsed = value
+        raw[_TOP_LEVEL[name]] = parsed
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as error:
+        problems += [_problem_from_pydantic(e) for e in error.errors(include_url=False)]
+        raise ConfigError(problems, stack) from None
+    problems += check_rules(settings)
+    if problems:
+        raise ConfigError(problems, stack)
+    return settings
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def check_rules(settings: Settings) -> list[Problem]:
+    """Rules across fields. Each returns problems instead of raising, so all are reported."""
+    problems: list[Problem] = []
+    problems += _check_region(settings)
+    problems += _check_mode(settings)
+    problems += _check_edition(settings)
+    problems += _check_availability(settings)
+    flag_problems = _check_flags(settings)
+    problems += flag_problems
+    if not flag_problems:
+        problems += _check_pool(settings)
+    problems += _check_prod(settings)
+    return problems
+
+
+_REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
+
+
+def _check_region(s: Settings) -> list[Problem]:
+    problems = []
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,14}[a-z0-9]|[a-z]", s.stack):
+        problems.append(
+            Problem("(stack name)", f"{s.stack!r} cannot prefix resource names", "1-16 lowercase letters, digits and '-'", f"pulumi stack rename {re.sub('[^a-z0-9-]', '-', s.stack.lower())[:16]}")
+        )
+    if not _REGION.match(s.region):
+        problems.append(Problem("gcp:region", f"{s.region!r} is not a region name", "a region such as asia-northeast1", set_line("gcp:region", "asia-northeast1")))
+    if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", s.project):
+        problems.append(Problem("gcp:project", f"{s.project!r} is not a project id", "6-30 lowercase letters, digits and '-'", set_line("gcp:project", "<your-project-id>")))
+    zone = s.zone
+    if not (zone.startswith(s.region + "-") and re.fullmatch(r"[a-z]", zone[len(s.region) + 1 :])):
+        problems.append(
+            Problem(f"{PROJECT}:vm.zone", f"{zone!r} is not a zone of region {s.region!r}", f"{s.region}-a, {s.region}-b or {s.region}-c", set_line(f"{PROJECT}:vm.zone", f"{s.region}-a"))
+        )
+    return problems
+
+
+def _check_mode(s: Settings) -> list[Problem]:
+    problems = []
+    if s.connection_mode not in SUPPORTED_MODES:
+        problems.append(
+            Problem(
+                f"{PROJECT}:connectionMode",
+                f"{s.connection_mode!r} is not supported yet (only the Auth Proxy approach is built)",
+                "proxy",
+                set_line(f"{PROJECT}:connectionMode", "proxy"),
+            )
+        )
+    elif s.iam_auth and s.connection_mode != "proxy":
+        problems.append(
+            Problem(f"{PROJECT}:iamAuth", "IAM database login needs the Auth Proxy (--auto-iam-authn)", "true only with connectionMode proxy", set_line(f"{PROJECT}:iamAuth", "false"))
+        )
+    return problems
+
+
+def _check_availability(s: Settings) -> list[Problem]:
+    if s.database.availability != "REGIONAL":
+        return []
+    backups = s.database.backups
+    problems = []
+    for key, ok in (("enabled", backups.enabled), ("pointInTimeRecovery", backups.point_in_time_recovery)):
+        if not ok:
+            path = f"{PROJECT}:database.backups.{key}"
+            problems.append(Problem(path, "REGIONAL availability needs backups with point-in-time recovery", "true", set_line(path, "true")))
+    return problems
+
+
+def _check_edition(s: Settings) -> list[Problem]:
+    tier = s.tier
+    reason = cloudsql.edition_problem(tier, s.database.edition)
+    if reason is None:
+        return []
+    return [
+        Problem(
+            f"{PROJECT}:database.edition",
+            reason,
+            "ENTERPRISE with db-f1-micro, db-g1-small, db-custom-*; ENTERPRISE_PLUS with db-perf-optimized-N-*",
+            set_line(f"{PROJECT}:database.edition", tier.edition),
+        )
+    ]
+
+
+def _check_flags(s: Settings) -> list[Problem]:
+    problems = []
+    for name, value in sorted(s.database.flags.items()):
+        path = f"{PROJECT}:database.flags.{name}"
+        try:
+            api_value = convert_flag(name, value)
+        except FlagError as error:
+            if error.reason.startswith("unknown flag"):
+                close = difflib.get_close_matches(name, list(_flag_names()), n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(Problem(path, error.reason + hint, "flags: " + ", ".join(sorted(_flag_names())), f"pulumi config rm --path '{path}'"))
+            else:
+                problems.append(Problem(path, error.reason, error.allowed, set_line(path, error.example)))
+            continue
+        if name == "shared_buffers":
+            memory = s.tier.memory_mb * 1024**2
+            if flag_bytes(name, api_value) > memory * 0.6:
+                limit = int(s.tier.memory_mb * 0.6)
+                problems.append(Problem(path, f"{value} is more than 60% of the tier's {s.tier.memory_mb} MB", f"at most {limit}MB on {s.tier.name}", set_line(path, f"{limit // 256 * 256}MB")))
+        if name == "cloudsql.iam_authentication" and api_value == "off" and s.iam_auth:
+            problems.append(Problem(path, "iamAuth is on, and IAM login needs this flag on", "on", set_line(path, "on")))
+    return problems
+
+
+def _flag_names() -> list[str]:
+    from .flags import FLAGS
+
+    return list(FLAGS)
+
+
+def _check_pool(s: Settings) -> list[Problem]:
+    limit = cloudsql.max_pool(s.max_connections)
+    source = "database.flags.max_connections" if "max_connections" in s.database.flags else f"the default of tier {s.database.tier}"
+    if limit < cloudsql.MIN_POOL:
+        return [
+            Problem(f"{PROJECT}:database.tier", f"max_connections {s.max_connections} ({source}) leaves no room for a Convex pool", "a larger tier or max_connections", set_line(f"{PROJECT}:database.flags.max_connections", 100))
+        ]
+    if s.convex.pool_size is not None and s.convex.pool_size > limit:
+        return [
+            Problem(
+                f"{PROJECT}:convex.poolSize",
+                f"{s.convex.pool_size} connections do not fit under max_connections {s.max_connections} ({source}) "
+                f"minus {cloudsql.pool_headroom(s.max_connections)} kept free",
+                f"1 to {limit}, or unset to derive it, or raise database.flags.max_connections",
+                set_line(f"{PROJECT}:convex.poolSize", limit),
+            )
+        ]
+    return []
+
+
+def _check_prod(s: Settings) -> list[Problem]:
+    if not s.is_prod:
+        return []
+    problems = []
+
+    def need(path: str, ok: bool, reason: str, allowed: str, value: Any) -> None:
+        if not ok:
+            problems.append(Problem(f"{PROJECT}:{path}", f"{reason} (required when environment is prod)", allowed, set_line(f"{PROJECT}:{path}", value)))
+
+    need("connectionMode", s.connection_mode == "proxy", f"{s.connection_mode!r} is not the Auth Proxy", "proxy", "proxy")
+    need("iamAuth", s.iam_auth, "password login is not allowed", "true", "true")
+    need("database.deletionProtection", s.sql_deletion_protection, "the database must be protected from deletion", "true", "true")
+    need("vm.deletionProtection", s.vm_deletion_protection, "the VM must be protected from deletion", "true", "true")
+    need("database.backups.enabled", s.database.backups.enabled, "backups are off", "true", "true")
+    need("database.backups.pointInTimeRecovery", s.database.backups.point_in_time_recovery, "point-in-time recovery is off", "true", "true")
+    need("database.connectorEnforcement", s.database.connector_enforcement, "direct connections would be allowed", "true", "true")
+    if s.database.tier in cloudsql.SHARED_CORE_TIERS:
+        need("database.tier", False, f"{s.database.tier} is shared-core, without an SLA", "db-custom-* or db-perf-optimized-N-*", "db-custom-2-7680")
+    if "0.0.0.0/0" in s.network.dashboard_source_ranges:
+        need("network.dashboardSourceRanges", False, "the dashboard would be open to the internet", "trusted ranges; the dashboard is also reachable through IAP", [])
+    return problems
+
+
+def resource_prefix(stack: str) -> str:
+    """Names of this stack's resources (VPC, VM, secrets, service account): convex-<stack>."""
+    return f"convex-{stack}"
+
+
+def config_from_pulumi() -> dict[str, Any]:
+    """The stack's whole config map, as the Pulumi engine passed it to this program."""
+    from pulumi.runtime import config as runtime_config
+
+    merged: dict[str, Any] = dict(runtime_config.get_config_env())
+    merged.update(runtime_config.CONFIG.get())
+    return merged

@@ -1,0 +1,77 @@
+"""Offline stand-ins for Google Cloud: the outputs a real `pulumi up` would return, shaped
+like the provider's, so the whole program runs without credentials."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+# Known values for every generated secret, so tests can prove none leaks.
+SECRET_SENTINELS = {
+    "random:index/randomBytes:RandomBytes": "5e" * 32,
+    "random:index/randomPassword:RandomPassword": "SentinelDbPassw0rdSentinelDbPass",
+}
+EXTERNAL_IP = "34.84.10.20"
+SQL_PRIVATE_IP = "10.123.0.3"
+VM_INTERNAL_IP = "10.20.0.2"
+
+
+class GcpMocks(pulumi.runtime.Mocks):
+    def __init__(self, project: str, region: str):
+        self.project, self.region = project, region
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        inputs = dict(args.inputs)
+        name = inputs.get("name") or args.name
+        p, r = self.project, self.region
+        t = args.typ
+        out: dict[str, Any] = {}
+        rid = f"{name}-id"
+        if t == "gcp:compute/network:Network":
+            rid = f"projects/{p}/global/networks/{name}"
+            out = {"self_link": f"https://www.googleapis.com/compute/v1/{rid}"}
+        elif t == "gcp:compute/subnetwork:Subnetwork":
+            rid = f"projects/{p}/regions/{r}/subnetworks/{name}"
+            out = {"self_link": f"https://www.googleapis.com/compute/v1/{rid}"}
+        elif t == "gcp:compute/address:Address":
+            out = {"address": EXTERNAL_IP}
+        elif t == "gcp:compute/globalAddress:GlobalAddress":
+            out = {"address": "10.123.0.0"}
+        elif t == "gcp:serviceaccount/account:Account":
+            email = f"{inputs['accountId']}@{p}.iam.gserviceaccount.com"
+            rid = f"projects/{p}/serviceAccounts/{email}"
+            out = {"email": email, "member": f"serviceAccount:{email}"}
+        elif t == "gcp:secretmanager/secret:Secret":
+            rid = f"projects/{p}/secrets/{inputs['secretId']}"
+            out = {"name": rid}
+        elif t == "gcp:sql/databaseInstance:DatabaseInstance":
+            out = {
+                "connectionName": f"{p}:{r}:{name}",
+                "privateIpAddress": SQL_PRIVATE_IP,
+                "selfLink": f"https://sqladmin.googleapis.com/sql/v1beta4/projects/{p}/instances/{name}",
+                "dnsName": "",
+            }
+        elif t == "gcp:compute/instance:Instance":
+            nics = [dict(nic, networkIp=VM_INTERNAL_IP) for nic in inputs.get("networkInterfaces", [])]
+            out = {"networkInterfaces": nics, "instanceId": "1234567890"}
+        elif t == "random:index/randomBytes:RandomBytes":
+            out = {"hex": SECRET_SENTINELS[t], "base64": "XlZeXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl4="}
+            rid = "none"
+        elif t == "random:index/randomPassword:RandomPassword":
+            out = {"result": SECRET_SENTINELS[t]}
+            rid = "none"
+        elif t == "random:index/randomId:RandomId":
+            out = {"hex": "a1b2", "b64Url": "obI", "dec": "41394"}
+        return rid, {**inputs, **out}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        p, r = self.project, self.region
+        a = args.args
+        if args.token == "gcp:compute/getNetwork:getNetwork":
+            rid = f"projects/{p}/global/networks/{a['name']}"
+            return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}, None
+        if args.token == "gcp:compute/getSubnetwork:getSubnetwork":
+            rid = f"projects/{p}/regions/{a.get('region', r)}/subnetworks/{a['name']}"
+            return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}, None
+        return {}, None
