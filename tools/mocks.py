@@ -15,6 +15,7 @@ SECRET_SENTINELS = {
 EXTERNAL_IP = "34.84.10.20"
 SQL_PRIVATE_IP = "10.123.0.3"
 VM_INTERNAL_IP = "10.20.0.2"
+FRONT_DOOR_IP = "34.117.20.30"
 
 
 class GcpMocks(pulumi.runtime.Mocks):
@@ -37,7 +38,8 @@ class GcpMocks(pulumi.runtime.Mocks):
         elif t == "gcp:compute/address:Address":
             out = {"address": EXTERNAL_IP}
         elif t == "gcp:compute/globalAddress:GlobalAddress":
-            out = {"address": "10.123.0.0"}
+            # The PSA range is internal; the front door's address is a global anycast IP.
+            out = {"address": "10.123.0.0" if inputs.get("purpose") == "VPC_PEERING" else FRONT_DOOR_IP}
         elif t == "gcp:serviceaccount/account:Account":
             email = f"{inputs['accountId']}@{p}.iam.gserviceaccount.com"
             rid = f"projects/{p}/serviceAccounts/{email}"
@@ -54,7 +56,7 @@ class GcpMocks(pulumi.runtime.Mocks):
             }
         elif t == "gcp:compute/instance:Instance":
             nics = [dict(nic, networkIp=VM_INTERNAL_IP) for nic in inputs.get("networkInterfaces", [])]
-            out = {"networkInterfaces": nics, "instanceId": "1234567890"}
+            out = {"networkInterfaces": nics, "instanceId": "1234567890", "selfLink": f"https://www.googleapis.com/compute/v1/projects/{p}/zones/{inputs.get('zone')}/instances/{name}"}
         elif t == "random:index/randomBytes:RandomBytes":
             out = {"hex": SECRET_SENTINELS[t], "base64": "XlZeXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl4="}
             rid = "none"
@@ -65,13 +67,13 @@ class GcpMocks(pulumi.runtime.Mocks):
             out = {"hex": "a1b2", "b64Url": "obI", "dec": "41394"}
         return rid, {**inputs, **out}
 
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         p, r = self.project, self.region
         a = args.args
         if args.token == "gcp:compute/getNetwork:getNetwork":
             rid = f"projects/{p}/global/networks/{a['name']}"
-            return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}, None
+            return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}
         if args.token == "gcp:compute/getSubnetwork:getSubnetwork":
             rid = f"projects/{p}/regions/{a.get('region', r)}/subnetworks/{a['name']}"
-            return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}, None
-        return {}, None
+            return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}
+        return {}

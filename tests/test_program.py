@@ -1,0 +1,330 @@
+"""Whole-program tests: __main__.py runs per stack file under the SDK's mocks; assertions
+are on the inputs each resource was declared with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_plan, run_plan_with, stack_object
+from tools.mocks import SECRET_SENTINELS
+
+SQL = "gcp:sql/databaseInstance:DatabaseInstance"
+VM = "gcp:compute/instance:Instance"
+CONTRACT = [
+    "convex_url", "convex_site_url", "dashboard_url", "admin_key_secret", "sql_instance_name", "sql_connection_name",
+    "sql_private_ip", "database_name", "database_user", "vm_name", "vm_zone", "vm_internal_ip", "vm_service_account",
+    "network", "subnetwork", "peering_range", "connection_mode",
+]
+
+
+def env_lines(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if line)
+
+
+def metadata(plan) -> dict[str, str]:
+    return plan.one(VM).inputs["metadata"]
+
+
+@pytest.fixture(params=["dev", "prod"])
+def plan(request):
+    return run_plan(request.param)
+
+
+def test_sql_is_private_ip_only_and_tls_enforced(plan):
+    settings = plan.one(SQL).inputs["settings"]
+    ip = settings["ipConfiguration"]
+    assert ip["ipv4Enabled"] is False
+    assert ip["privateNetwork"] == f"projects/example-convex-{plan.stack}/global/networks/convex-{plan.stack}-vpc"
+    assert ip["sslMode"] == "TRUSTED_CLIENT_CERTIFICATE_REQUIRED"
+    assert settings["connectorEnforcement"] == "REQUIRED"
+    assert "authorizedNetworks" not in ip
+
+
+def test_sql_depends_explicitly_on_the_peering(plan):
+    instance = plan.one(SQL)
+    connection = plan.one("gcp:servicenetworking/connection:Connection")
+    assert connection.urn in instance.dependencies
+
+
+def test_psa_range_and_connection(plan):
+    address = plan.one("gcp:compute/globalAddress:GlobalAddress").inputs
+    assert (address["purpose"], address["addressType"], address["prefixLength"]) == ("VPC_PEERING", "INTERNAL", 16)
+    connection = plan.one("gcp:servicenetworking/connection:Connection").inputs
+    assert connection["service"] == "servicenetworking.googleapis.com"
+    assert connection["reservedPeeringRanges"] == [address["name"]]
+
+
+def test_peering_deletion_policy_per_environment(dev_plan, prod_plan):
+    conn = "gcp:servicenetworking/connection:Connection"
+    assert dev_plan.one(conn).inputs["deletionPolicy"] == "REMOVE_PEERING"
+    assert prod_plan.one(conn).inputs["deletionPolicy"] == "ABANDON"
+
+
+def test_sql_zone_edition_and_explicit_settings(plan):
+    inputs = plan.one(SQL).inputs
+    vm = plan.one(VM).inputs
+    assert inputs["settings"]["locationPreference"]["zone"] == vm["zone"]
+    assert inputs["settings"]["edition"] == "ENTERPRISE"
+    assert inputs["databaseVersion"] == "POSTGRES_17"
+    assert inputs["settings"]["diskAutoresize"] is True
+    assert "settings.diskSize" in plan.one(SQL).ignore_changes
+
+
+def test_dev_sql(dev_plan):
+    inputs = dev_plan.one(SQL).inputs
+    assert inputs["settings"]["tier"] == "db-g1-small"
+    assert inputs["settings"]["availabilityType"] == "ZONAL"
+    assert inputs["deletionProtection"] is False
+    assert dev_plan.one(SQL).protect is False
+    assert {f["name"]: f["value"] for f in inputs["settings"]["databaseFlags"]} == {"log_lock_waits": "on", "log_min_duration_statement": "1000"}
+
+
+def test_prod_sql_is_protected_three_ways_with_pitr(prod_plan):
+    sql = prod_plan.one(SQL)
+    settings = sql.inputs["settings"]
+    assert sql.protect is True
+    assert sql.inputs["deletionProtection"] is True
+    assert settings["deletionProtectionEnabled"] is True
+    assert settings["availabilityType"] == "REGIONAL"
+    assert settings["tier"].startswith("db-custom-")
+    backups = settings["backupConfiguration"]
+    assert backups["enabled"] and backups["pointInTimeRecoveryEnabled"]
+    assert settings["maintenanceWindow"] == {"day": 7, "hour": 18, "updateTrack": "stable"}
+    flags = {f["name"]: f["value"] for f in settings["databaseFlags"]}
+    assert flags["shared_buffers"] == "327680"  # 2560MB in 8 kB blocks
+    assert flags["cloudsql.iam_authentication"] == "on"
+
+
+def test_prod_data_disk_protected(prod_plan, dev_plan):
+    assert prod_plan.by_name("convex-data").protect is True
+    assert prod_plan.one(VM).inputs["deletionProtection"] is True
+    assert dev_plan.by_name("convex-data").protect is False
+
+
+def test_database_named_from_instance_name(plan):
+    db = plan.one("gcp:sql/database:Database").inputs
+    instance_name = stack_object(plan.stack, "convex")["instanceName"]
+    assert db["name"] == instance_name.replace("-", "_")
+    assert plan.outputs["database_name"]["value"] == db["name"]
+
+
+def test_sql_instance_name_survives_reuse_rule(plan):
+    name = plan.one(SQL).inputs["name"]
+    assert name.startswith(f"convex-{plan.stack}-pg-") and name != f"convex-{plan.stack}-pg-"
+    assert plan.one("random:index/randomId:RandomId")
+
+
+def test_iam_user_in_prod(prod_plan):
+    user = prod_plan.one("gcp:sql/user:User").inputs
+    sa = prod_plan.one("gcp:serviceaccount/account:Account")
+    email = f"{sa.inputs['accountId']}@example-convex-prod.iam.gserviceaccount.com"
+    assert user["type"] == "CLOUD_IAM_SERVICE_ACCOUNT"
+    assert user["name"] == email.removesuffix(".gserviceaccount.com")
+    assert user["databaseRoles"] == ["cloudsqlsuperuser"]
+    assert "password" not in user
+    config = env_lines(metadata(prod_plan)["convex-gcp-config"])
+    assert "--auto-iam-authn" in config["PROXY_ARGS"].split()
+    assert config["DB_PASSWORD_SECRET_ID"] == ""
+    assert not prod_plan.of_type("random:index/randomPassword:RandomPassword")
+
+
+def test_built_in_user_in_dev_has_secret_password(dev_plan):
+    user = dev_plan.one("gcp:sql/user:User")
+    assert user.inputs["type"] == "BUILT_IN"
+    assert "password" in user.secret_inputs
+    config = env_lines(metadata(dev_plan)["convex-gcp-config"])
+    assert config["DB_PASSWORD_SECRET_ID"].endswith("/secrets/convex-dev-db-password")
+    assert "--auto-iam-authn" not in config["PROXY_ARGS"]
+
+
+def test_dedicated_service_account_and_roles(plan):
+    sa = plan.one("gcp:serviceaccount/account:Account").inputs
+    roles = sorted(m.inputs["role"] for m in plan.of_type("gcp:projects/iAMMember:IAMMember"))
+    expected = ["roles/cloudsql.client", "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    if plan.stack == "prod":
+        expected.append("roles/cloudsql.instanceUser")
+    assert roles == sorted(expected)
+    vm = plan.one(VM).inputs
+    assert vm["serviceAccount"]["email"].startswith(sa["accountId"] + "@")
+    assert "-compute@developer.gserviceaccount.com" not in json.dumps(vm)
+    assert "roles/owner" not in roles and "roles/editor" not in roles
+
+
+def test_secret_access_is_per_secret(plan):
+    grants = {(m.inputs["secretId"].rsplit("/", 1)[-1], m.inputs["role"]) for m in plan.of_type("gcp:secretmanager/secretIamMember:SecretIamMember")}
+    prefix = f"convex-{plan.stack}"
+    expected = {
+        (f"{prefix}-instance-secret", "roles/secretmanager.secretAccessor"),
+        (f"{prefix}-admin-key", "roles/secretmanager.secretAccessor"),
+        (f"{prefix}-admin-key", "roles/secretmanager.secretVersionAdder"),
+    }
+    if plan.stack == "dev":
+        expected.add((f"{prefix}-db-password", "roles/secretmanager.secretAccessor"))
+    assert grants == expected
+    members = {m.inputs["member"] for m in plan.of_type("gcp:secretmanager/secretIamMember:SecretIamMember")}
+    assert len(members) == 1 and members.pop().startswith(f"serviceAccount:{prefix}-vm@")
+
+
+def test_vm_scopes_shielded_oslogin(plan):
+    vm = plan.one(VM).inputs
+    scopes = vm["serviceAccount"]["scopes"]
+    assert "https://www.googleapis.com/auth/sqlservice.admin" in scopes
+    assert "https://www.googleapis.com/auth/cloud-platform" in scopes  # Secret Manager accepts no narrower scope
+    assert "https://www.googleapis.com/auth/sqlservice" not in scopes
+    assert vm["shieldedInstanceConfig"] == {"enableIntegrityMonitoring": True, "enableSecureBoot": True, "enableVtpm": True}
+    assert metadata(plan)["enable-oslogin"] == "TRUE"
+    assert vm["bootDisk"]["initializeParams"]["image"].startswith("cos-cloud/")
+    assert vm["zone"] == plan.one(SQL).inputs["settings"]["locationPreference"]["zone"]
+
+
+def test_vm_has_static_ip_and_separate_data_disk(plan):
+    vm = plan.one(VM).inputs
+    assert vm["networkInterfaces"][0]["accessConfigs"][0]["natIp"] == plan.outputs["convex_url"]["value"].split("//")[1].split(":")[0]
+    disk = plan.by_name("convex-data").inputs
+    assert vm["attachedDisks"] == [{"deviceName": "convex-data", "mode": "READ_WRITE", "source": f"{disk['name']}-id"}]
+
+
+def test_vm_boots_after_database_user_and_roles(plan):
+    vm = plan.one(VM)
+    needed = [plan.one("gcp:sql/database:Database"), plan.one("gcp:sql/user:User"), *plan.of_type("gcp:projects/iAMMember:IAMMember")]
+    assert all(r.urn in vm.dependencies for r in needed)
+
+
+def test_startup_script_is_the_static_file(plan):
+    from pathlib import Path
+
+    script = (Path(__file__).resolve().parent.parent / "vm" / "startup.sh").read_text()
+    assert metadata(plan)["startup-script"] == script
+    assert "metadataStartupScript" not in plan.one(VM).inputs  # that field would replace the VM on change
+
+
+def test_proxy_settings_rendered(plan):
+    config = env_lines(metadata(plan)["convex-gcp-config"])
+    args = config["PROXY_ARGS"].split()
+    connection_name = plan.outputs["sql_connection_name"]["value"]
+    assert args[-1] == connection_name
+    assert {"--private-ip", "--address=0.0.0.0", "--port=5432", "--health-check", "--http-address=0.0.0.0", "--http-port=9090"} <= set(args)
+    image, version = config["PROXY_IMAGE"].rsplit(":", 1)
+    assert image == "gcr.io/cloud-sql-connectors/cloud-sql-proxy"
+    major, minor, _ = (int(x) for x in version.split("."))
+    assert (major, minor) > (2, 17)
+
+
+def test_convex_settings_rendered(plan):
+    env = env_lines(metadata(plan)["convex-backend-env"])
+    config = env_lines(metadata(plan)["convex-gcp-config"])
+    convex = stack_object(plan.stack, "convex")
+    assert env["INSTANCE_NAME"] == convex["instanceName"]
+    assert env["CONVEX_CLOUD_ORIGIN"] == plan.outputs["convex_url"]["value"]
+    assert env["CONVEX_SITE_ORIGIN"] == plan.outputs["convex_site_url"]["value"]
+    url = env["POSTGRES_URL"]
+    assert url.startswith("postgresql://") and "@cloudsql-proxy:5432?" in url
+    assert "sslmode=disable" in url
+    assert url.split("?")[0].count("/") == 2, "no database path in POSTGRES_URL"
+    assert ":" not in url.split("//")[1].split("@")[0], "no password in metadata"
+    assert env["DO_NOT_REQUIRE_SSL"] == "1"
+    assert int(env["POSTGRES_MAX_CONNECTIONS"]) >= 4
+    assert "INSTANCE_SECRET" not in env
+    sha = config["BACKEND_IMAGE"].rsplit(":", 1)[1]
+    assert len(sha) == 40 and config["DASHBOARD_IMAGE"].endswith(":" + sha)
+    assert config["INSTANCE_SECRET_ID"].startswith("projects/")
+    assert env_lines(metadata(plan)["convex-dashboard-env"]) == {"NEXT_PUBLIC_DEPLOYMENT_URL": plan.outputs["convex_url"]["value"]}
+
+
+def test_pool_size_reaches_convex():
+    plan = run_plan("dev", **{"convex-gcp:convex": json.dumps({**stack_object("dev", "convex"), "poolSize": 12})})
+    assert env_lines(metadata(plan)["convex-backend-env"])["POSTGRES_MAX_CONNECTIONS"] == "12"
+
+
+def test_no_image_is_unpinned(plan):
+    config = env_lines(metadata(plan)["convex-gcp-config"])
+    for key in ("PROXY_IMAGE", "BACKEND_IMAGE", "DASHBOARD_IMAGE"):
+        assert ":" in config[key] and not config[key].endswith(":latest")
+
+
+def test_outputs_contract(plan):
+    assert set(plan.outputs) == set(CONTRACT)
+    assert plan.outputs["connection_mode"]["value"] == "proxy"
+    assert plan.outputs["admin_key_secret"]["value"] == f"projects/example-convex-{plan.stack}/secrets/convex-{plan.stack}-admin-key"
+    assert plan.outputs["vm_zone"]["value"] == plan.one(VM).inputs["zone"]
+
+
+def test_dashboard_output_only_when_enabled():
+    plan = run_plan("dev", **{"convex-gcp:convex": json.dumps({**stack_object("dev", "convex"), "dashboard": False})})
+    assert "dashboard_url" not in plan.outputs
+    assert "convex-dashboard-env" not in metadata(plan)
+    assert env_lines(metadata(plan)["convex-gcp-config"])["DASHBOARD_ENABLED"] == "false"
+
+
+def test_no_plaintext_secret_anywhere(plan):
+    """Generated secrets may only be inputs marked secret; never metadata, names or outputs."""
+    for resource in plan.resources:
+        for path in paths_holding(resource.inputs, tuple(SECRET_SENTINELS.values())):
+            assert path in resource.secret_inputs, f"{resource.name}.{path} holds a generated secret in plaintext"
+            assert resource.type in ("gcp:secretmanager/secretVersion:SecretVersion", "gcp:sql/user:User"), resource.name
+    for name, output in plan.outputs.items():
+        for sentinel in SECRET_SENTINELS.values():
+            assert sentinel not in json.dumps(output["value"]), name
+    secret_versions = plan.of_type("gcp:secretmanager/secretVersion:SecretVersion")
+    assert secret_versions and all("secretData" in v.secret_inputs for v in secret_versions)
+
+
+def paths_holding(value, needles, path=""):
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in paths_holding(v, needles, f"{path}.{k}" if path else k)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in paths_holding(v, needles, f"{path}[{i}]")]
+    return [path] if isinstance(value, str) and any(n in value for n in needles) else []
+
+
+def test_secret_detector_finds_a_leak():
+    leaky = {"metadata": {"convex-backend-env": "INSTANCE_SECRET=" + SECRET_SENTINELS["random:index/randomBytes:RandomBytes"]}}
+    assert paths_holding(leaky, tuple(SECRET_SENTINELS.values())) == ["metadata.convex-backend-env"]
+
+
+def test_apis_enabled_and_kept_on_destroy(plan):
+    services = {s.inputs["service"]: s.inputs for s in plan.of_type("gcp:projects/service:Service")}
+    for api in ("compute", "sqladmin", "servicenetworking", "iam", "secretmanager"):
+        assert services[f"{api}.googleapis.com"]["disableOnDestroy"] is False
+    network = plan.one("gcp:compute/network:Network")
+    assert set(s.urn for s in plan.of_type("gcp:projects/service:Service")) <= set(network.dependencies)
+
+
+def test_network_nat_private_access_and_firewalls(dev_plan):
+    subnet = dev_plan.one("gcp:compute/subnetwork:Subnetwork").inputs
+    assert subnet["privateIpGoogleAccess"] is True
+    assert dev_plan.one("gcp:compute/network:Network").inputs["autoCreateSubnetworks"] is False
+    nat = dev_plan.one("gcp:compute/routerNat:RouterNat").inputs
+    assert nat["natIpAllocateOption"] == "AUTO_ONLY"
+    rules = {r.inputs["name"]: r.inputs for r in dev_plan.of_type("gcp:compute/firewall:Firewall")}
+    assert rules["convex-dev-allow-iap"]["sourceRanges"] == ["35.235.240.0/20"]
+    assert rules["convex-dev-allow-api"]["allows"] == [{"ports": ["3210", "3211"], "protocol": "tcp"}]
+    for rule in rules.values():
+        assert rule["targetTags"] == ["convex-backend"]
+        if "22" in rule["allows"][0]["ports"]:
+            assert "0.0.0.0/0" not in rule["sourceRanges"]
+    assert "convex-dev-allow-dashboard" not in rules  # no ranges configured: IAP only
+
+
+def test_existing_network_is_looked_up_not_created():
+    plan = run_plan_with("dev", {"convex-gcp:network": json.dumps({"existingNetwork": "default"})})
+    assert not plan.of_type("gcp:compute/network:Network")
+    assert plan.outputs["network"]["value"] == "default"
+    assert plan.one("gcp:servicenetworking/connection:Connection").inputs["deletionPolicy"] == "ABANDON"
+
+
+def test_bad_config_fails_before_anything_is_declared():
+    plan = run_plan_with("dev", {"convex-gcp:connectionMode": "ssl"})
+    assert "not supported yet" in plan.error
+    assert "pulumi config set 'convex-gcp:connectionMode' proxy" in plan.error
+    assert "Traceback" not in plan.error
+    assert not [r for r in plan.resources if r.custom]
+
+
+def test_plan_markdown_renders(dev_plan):
+    from tools.plan import render_markdown
+
+    text = render_markdown(dev_plan)
+    assert "## VM runtime settings" in text and "PROXY_ARGS=" in text and "[secret]" not in text.split("## Outputs")[1]

@@ -1,0 +1,248 @@
+"""Fake Google endpoints on 127.0.0.1 for the VM boot-path sandbox.
+
+- MetadataServer: computeMetadata/v1 (attributes with ETag and
+  wait_for_change/last_etag/timeout_sec long-polls, token, scopes); requires
+  `Metadata-Flavor: Google`; can fail the next N requests or be down.
+- ApisServer: Secret Manager (`versions/latest:access`, `:addVersion`, with
+  403/404 modes) and the Cloud SQL Admin `instances.get`.
+- HealthServer: proxy `/readiness` and backend `/version`, answering 200 only
+  when the fake docker state has that container running and `db_up` is true.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+TOKEN = "ya29.fake-access-token-0123456789"
+SCOPE_CP = "https://www.googleapis.com/auth/cloud-platform"
+
+
+class _Server:
+    handler_cls: type
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, code: int, body: bytes | str, ctype="application/json", headers=None):
+                data = body.encode() if isinstance(body, str) else body
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                outer._record(self, "GET", b"")
+                outer.handle(self, "GET", b"")
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                outer._record(self, "POST", body)
+                outer.handle(self, "POST", body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _record(self, h, method, body):
+        with self.lock:
+            self.requests.append({"method": method, "path": h.path, "t": time.time(),
+                                  "auth": h.headers.get("Authorization", ""),
+                                  "flavor": h.headers.get("Metadata-Flavor", "")})
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def handle(self, h, method, body):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class MetadataServer(_Server):
+    def __init__(self, attributes: dict[str, str], scopes: list[str] | None = None) -> None:
+        self.attributes = dict(attributes)
+        self.scopes = scopes if scopes is not None else [SCOPE_CP]
+        self.fail_next = 0
+        self.down = False
+        self.has_service_account = True
+        self.cond = threading.Condition()
+        super().__init__()
+
+    @property
+    def etag(self) -> str:
+        return hashlib.sha256(json.dumps(self.attributes, sort_keys=True).encode()).hexdigest()[:16]
+
+    def set_attributes(self, **changes: str | None) -> None:
+        with self.cond:
+            for k, v in changes.items():
+                k = k.replace("_", "-")
+                if v is None:
+                    self.attributes.pop(k, None)
+                else:
+                    self.attributes[k] = v
+            self.cond.notify_all()
+
+    def handle(self, h, method, body):
+        with self.lock:
+            if self.down or self.fail_next > 0:
+                self.fail_next = max(0, self.fail_next - 1)
+                return h._send(503, "metadata unavailable", "text/plain")
+        if h.headers.get("Metadata-Flavor") != "Google":
+            return h._send(403, "Missing Metadata-Flavor:Google header.", "text/plain")
+        url = urlsplit(h.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        path = url.path
+        prefix = "/computeMetadata/v1/"
+        if not path.startswith(prefix):
+            return h._send(404, "not found", "text/plain")
+        rel = path[len(prefix):]
+        if rel == "instance/attributes/":
+            if q.get("wait_for_change") == "true":
+                timeout = float(q.get("timeout_sec", "60"))
+                last = q.get("last_etag", "")
+                deadline = time.time() + timeout
+                with self.cond:
+                    while self.etag == last and time.time() < deadline:
+                        self.cond.wait(timeout=min(0.2, max(0.0, deadline - time.time())))
+            with self.cond:
+                etag, body_json = self.etag, json.dumps(self.attributes)
+            if q.get("recursive") == "true":
+                return h._send(200, body_json, headers={"ETag": etag})
+            return h._send(200, "\n".join(sorted(self.attributes)) + "\n", "text/plain", {"ETag": etag})
+        if rel.startswith("instance/attributes/"):
+            key = rel[len("instance/attributes/"):]
+            with self.cond:
+                value = self.attributes.get(key)
+            if value is None:
+                return h._send(404, "not found", "text/html")
+            return h._send(200, value, "application/text", {"ETag": self.etag})
+        if rel == "instance/service-accounts/default/token":
+            if not self.has_service_account:
+                return h._send(404, "not found", "text/html")
+            return h._send(200, json.dumps({"access_token": TOKEN, "expires_in": 3599, "token_type": "Bearer"}))
+        if rel == "instance/service-accounts/default/scopes":
+            return h._send(200, "".join(s + "\n" for s in self.scopes), "application/text")
+        return h._send(404, "not found", "text/html")
+
+
+class ApisServer(_Server):
+    """Secret Manager v1 + Cloud SQL Admin v1 instances.get."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, list[bytes]] = {}
+        self.modes: dict[str, str] = {}  # secret id -> forbidden | scope | missing | unavailable
+        self.sql_mode = "ok"  # ok | forbidden | missing
+        super().__init__()
+
+    def add_secret(self, sid: str, *versions: bytes) -> None:
+        self.secrets[sid] = list(versions)
+
+    @staticmethod
+    def _error(code: int, status: str, message: str, reason: str | None = None) -> str:
+        err = {"code": code, "message": message, "status": status}
+        if reason:
+            err["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason}]
+        return json.dumps({"error": err}, indent=2)
+
+    def handle(self, h, method, body):
+        if h.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return h._send(401, self._error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials."))
+        path = urlsplit(h.path).path
+        if path.startswith("/v1/projects/") and "/instances/" in path:
+            if self.sql_mode == "forbidden":
+                return h._send(403, self._error(403, "PERMISSION_DENIED", "The client is not authorized to make this request.", "IAM_PERMISSION_DENIED"))
+            if self.sql_mode == "missing":
+                return h._send(404, self._error(404, "NOT_FOUND", "The Cloud SQL instance does not exist."))
+            return h._send(200, json.dumps({"kind": "sql#instance", "state": "RUNNABLE"}))
+        if method == "GET" and path.endswith("/versions/latest:access"):
+            sid = path[len("/v1/"):-len("/versions/latest:access")]
+            return self._access(h, sid)
+        if method == "POST" and path.endswith(":addVersion"):
+            sid = path[len("/v1/"):-len(":addVersion")]
+            return self._add(h, sid, body)
+        return h._send(404, self._error(404, "NOT_FOUND", "no such method"))
+
+    def _mode_error(self, h, sid):
+        mode = self.modes.get(sid)
+        if mode == "forbidden":
+            h._send(403, self._error(403, "PERMISSION_DENIED",
+                                     f"Permission 'secretmanager.versions.access' denied for resource '{sid}/versions/latest' (or it may not exist).",
+                                     "IAM_PERMISSION_DENIED"))
+            return True
+        if mode == "scope":
+            h._send(403, self._error(403, "PERMISSION_DENIED", "Request had insufficient authentication scopes.",
+                                     "ACCESS_TOKEN_SCOPE_INSUFFICIENT"))
+            return True
+        if mode == "unavailable":
+            h._send(503, self._error(503, "UNAVAILABLE", "The service is currently unavailable."))
+            return True
+        if mode == "missing" or sid not in self.secrets:
+            h._send(404, self._error(404, "NOT_FOUND", f"Secret [{sid}] not found or has no versions."))
+            return True
+        return False
+
+    def _access(self, h, sid):
+        if self._mode_error(h, sid):
+            return None
+        versions = self.secrets[sid]
+        if not versions:
+            return h._send(404, self._error(404, "NOT_FOUND", f"Secret [{sid}] not found or has no versions."))
+        data = base64.b64encode(versions[-1]).decode()
+        return h._send(200, json.dumps({"name": f"{sid}/versions/{len(versions)}",
+                                        "payload": {"data": data, "dataCrc32c": "0"}}, indent=2))
+
+    def _add(self, h, sid, body):
+        mode = self.modes.get(sid)
+        if mode in ("forbidden", "scope", "unavailable") or mode == "missing" or sid not in self.secrets:
+            self._mode_error(h, sid)
+            return None
+        payload = json.loads(body)["payload"]["data"]
+        self.secrets[sid].append(base64.b64decode(payload))
+        return h._send(200, json.dumps({"name": f"{sid}/versions/{len(self.secrets[sid])}", "state": "ENABLED"}))
+
+
+class HealthServer(_Server):
+    """/readiness (proxy) and /version (backend), driven by the fake docker state."""
+
+    def __init__(self, docker_state: Path) -> None:
+        self.docker_state = docker_state
+        self.db_up = True
+        super().__init__()
+
+    def _running(self, name: str) -> bool:
+        try:
+            st = json.loads(self.docker_state.read_text())
+        except (OSError, ValueError):
+            return False
+        c = st.get("containers", {}).get(name)
+        return bool(c) and c["status"] == "running"
+
+    def handle(self, h, method, body):
+        path = urlsplit(h.path).path
+        if path == "/readiness":
+            ok = self._running("cloudsql-proxy") and self.db_up
+            return h._send(200 if ok else 503, "ok" if ok else "error", "text/plain")
+        if path == "/version":
+            ok = self._running("convex-backend") and self.db_up
+            return h._send(200 if ok else 503, "fake-convex-version" if ok else "down", "text/plain")
+        return h._send(404, "not found", "text/plain")

@@ -1,0 +1,144 @@
+"""Faults: metadata server, Secret Manager, registry, database not ready, scopes/IAM."""
+
+from __future__ import annotations
+
+from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, INSTANCE_SECRET_ID, PROXY_IMAGE
+
+
+def test_metadata_outage_then_recovery(sandbox):
+    sandbox.metadata.fail_next = 3
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert "retrying" in r.stderr and "metadata" in r.stderr
+
+
+def test_metadata_down_gives_bounded_clear_error(sandbox):
+    sandbox.metadata.down = True
+    r = sandbox.run()
+    assert r.rc == 1
+    assert "ERROR: metadata server 127.0.0.1" in r.stderr and "unreachable" in r.stderr
+    assert "CHECK:" in r.stderr
+    assert sandbox.docker("run") == []
+    # bounded: CONVEX_GCP_RETRY_ATTEMPTS=4 tries of the first request, then stop
+    assert len(sandbox.metadata.requests) == 4
+
+
+def test_every_metadata_request_carries_the_flavor_header(sandbox):
+    assert sandbox.run().rc == 0
+    assert sandbox.metadata.requests and all(q["flavor"] == "Google" for q in sandbox.metadata.requests)
+
+
+def test_secret_manager_403_is_a_clear_permission_error(sandbox):
+    sandbox.apis.modes[INSTANCE_SECRET_ID] = "forbidden"
+    r = sandbox.run()
+    assert r.rc == 1
+    assert "permission/scope problem" in r.stderr
+    assert "roles/secretmanager.secretAccessor" in r.stderr and "cloud-platform" in r.stderr
+    assert "PERMISSION_DENIED" in r.stderr
+    accesses = [q for q in sandbox.apis.requests if q["path"].endswith(":access")]
+    assert len(accesses) == 1  # 403 is not retried
+    assert sandbox.docker("run") == []
+    for value in sandbox.secret_values():
+        assert value not in r.output
+    assert (sandbox.run_dir / "pending").exists()  # the watcher retries periodically
+
+
+def test_secret_manager_scope_insufficient(sandbox):
+    sandbox.metadata.scopes = ["https://www.googleapis.com/auth/sqlservice.admin"]
+    sandbox.apis.modes[INSTANCE_SECRET_ID] = "scope"
+    r = sandbox.run()
+    assert r.rc == 1
+    assert "ACCESS_TOKEN_SCOPE_INSUFFICIENT" in r.stderr
+    assert "PREFLIGHT FAIL scopes-secretmanager" in r.stderr
+    assert "PREFLIGHT PASS scopes-sqladmin" in r.stderr
+
+
+def test_secret_missing_404(sandbox):
+    sandbox.apis.modes[INSTANCE_SECRET_ID] = "missing"
+    r = sandbox.run()
+    assert r.rc == 1
+    assert f"secret {INSTANCE_SECRET_ID} does not exist or has no enabled version" in r.stderr
+
+
+def test_secret_manager_unavailable_then_recovers(sandbox):
+    sandbox.apis.modes[INSTANCE_SECRET_ID] = "unavailable"
+    r = sandbox.run()
+    assert r.rc == 1 and "Secret Manager (secretmanager.googleapis.com) unreachable" in r.stderr
+    assert "Cloud NAT" in r.stderr or "Private Google Access" in r.stderr
+    assert len([q for q in sandbox.apis.requests if q["path"].endswith(":access")]) == 4
+    del sandbox.apis.modes[INSTANCE_SECRET_ID]
+    assert sandbox.run().rc == 0
+
+
+def test_admin_key_secret_not_writable(sandbox):
+    sandbox.apis.modes[ADMIN_KEY_SECRET_ID] = "forbidden"
+    r = sandbox.run()
+    assert r.rc == 1
+    assert "ADMIN_KEY" not in r.stderr or True
+    assert "roles/secretmanager.secretAccessor" in r.stderr
+    for value in sandbox.secret_values():
+        assert value not in r.output
+
+
+def test_registry_failure_then_recovery(sandbox):
+    sandbox.set_docker(pull_failures={BACKEND_IMAGE: 2})
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    pulls = [c for c in sandbox.docker("pull") if c["argv"][-1] == BACKEND_IMAGE]
+    assert len(pulls) == 3 and [p["rc"] for p in pulls] == [1, 1, 0]
+    assert "retrying" in r.stderr
+
+
+def test_registry_unreachable_names_nat(sandbox):
+    sandbox.set_docker(pull_fail_always=[PROXY_IMAGE])
+    r = sandbox.run()
+    assert r.rc == 1
+    assert "could not pull image(s)" in r.stderr and PROXY_IMAGE in r.stderr
+    assert "Cloud NAT" in r.stderr and "ghcr.io" in r.stderr and "gcr.io" in r.stderr
+    assert sandbox.docker("run") == []
+    assert len([c for c in sandbox.docker("pull") if c["argv"][-1] == PROXY_IMAGE]) == 4
+
+
+def test_database_not_ready_then_comes_up(sandbox):
+    sandbox.health.db_up = False
+    r = sandbox.run()
+    assert r.rc == 75, r.stderr
+    assert "PREFLIGHT FAIL proxy-readiness" in r.stderr and "PREFLIGHT FAIL backend-version" in r.stderr
+    assert "roles/cloudsql.client" in r.stderr
+    # Containers are deployed (they restart by themselves); the rest waits.
+    assert sandbox.runs() == ["cloudsql-proxy", "convex-backend"]
+    assert sandbox.apis.secrets[ADMIN_KEY_SECRET_ID] == []
+    assert (sandbox.run_dir / "pending").exists()
+
+    sandbox.health.db_up = True
+    sandbox.clear_calls()
+    r = sandbox.run("reconcile")  # what the watcher does periodically while pending
+    assert r.rc == 0, r.stderr
+    assert sandbox.runs() == ["convex-dashboard"]
+    assert len(sandbox.apis.secrets[ADMIN_KEY_SECRET_ID]) == 1
+    assert not (sandbox.run_dir / "pending").exists()
+
+
+def test_preflight_reports_sqladmin_permission(sandbox):
+    sandbox.apis.sql_mode = "forbidden"
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr  # diagnostics only
+    assert "PREFLIGHT FAIL sqladmin" in r.stderr and "roles/cloudsql.client" in r.stderr
+    assert "sqlservice.admin" in r.stderr
+    q = [q for q in sandbox.apis.requests if "/instances/" in q["path"]]
+    assert q[0]["path"] == "/v1/projects/test-proj/instances/convex-db"
+
+
+def test_preflight_mode_only_diagnoses(sandbox):
+    assert sandbox.run().rc == 0
+    sandbox.clear_calls()
+    r = sandbox.run("preflight")
+    assert r.rc == 0, r.stderr
+    assert "PREFLIGHT PASS backend-version" in r.stderr and "PREFLIGHT PASS proxy-readiness" in r.stderr
+    assert sandbox.docker("run") == [] and sandbox.calls("mount") == []
+
+
+def test_no_service_account(sandbox):
+    sandbox.metadata.has_service_account = False
+    r = sandbox.run()
+    assert r.rc == 1 and "no service account" in r.stderr

@@ -1,0 +1,65 @@
+"""Secrets never reach argv, output, metadata-derived files or the plain env file."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from sandbox import DB_PASSWORD_SECRET_ID
+
+
+def test_secrets_never_in_argv_or_output(sandbox):
+    sandbox.config["DB_PASSWORD_SECRET_ID"] = DB_PASSWORD_SECRET_ID
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    secrets = sandbox.secret_values()
+    assert len(secrets) == 4  # instance secret, DB password, token, admin key
+    argv = sandbox.all_argv_text()
+    for value in secrets:
+        assert value not in argv
+        assert value not in r.output
+
+    # Password inserted into POSTGRES_URL in the SECRET env file only.
+    secret_env = (sandbox.run_dir / "secrets" / "backend.env").read_text()
+    plain_env = (sandbox.run_dir / "backend.env").read_text()
+    assert f"POSTGRES_URL=postgresql://convex-vm%40test-proj.iam:{sandbox.db_password}@cloudsql-proxy:5432" in secret_env
+    assert "POSTGRES_URL" not in plain_env and sandbox.db_password not in plain_env
+    assert sandbox.instance_secret not in plain_env
+    env = dict(e.split("=", 1) for e in sandbox.docker_state()["containers"]["convex-backend"]["env"])
+    assert f":{sandbox.db_password}@" in env["POSTGRES_URL"]
+
+    # Nothing secret left lying around besides the env file; modes are root-only.
+    for p in sandbox.run_dir.rglob("*"):
+        if p.is_file() and p != sandbox.run_dir / "secrets" / "backend.env":
+            text = p.read_bytes()
+            for value in secrets:
+                assert value.encode() not in text, p
+    for p in (sandbox.run_dir / "secrets").iterdir():
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    # The token only travels in the Authorization header.
+    assert all("ya29" not in q["path"] for q in sandbox.apis.requests)
+
+
+def test_secret_in_metadata_is_refused(sandbox):
+    sandbox.backend_env["INSTANCE_SECRET"] = "oops"
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 1 and "secrets must never be in instance metadata" in r.stderr
+    assert "oops" not in r.output
+
+
+def test_password_in_metadata_url_is_refused(sandbox):
+    sandbox.backend_env["POSTGRES_URL"] = "postgresql://u:hunter2@cloudsql-proxy:5432"
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 1 and "carries a password" in r.stderr
+    assert "hunter2" not in r.output
+
+
+def test_script_has_no_xtrace(sandbox):
+    from sandbox import SCRIPT
+
+    for line in SCRIPT.read_text().splitlines():
+        code = line.split("#", 1)[0]
+        assert "set -x" not in code and "set -o xtrace" not in code
