@@ -2,12 +2,17 @@
 
 import pulumi
 
-from components.apis import ProjectApis, ProjectApisArgs
+from components.apis import REQUIRED_APIS, ProjectApis, ProjectApisArgs
+from components.backups import DataDiskBackups, DataDiskBackupsArgs
 from components.convex_vm import ConvexVm, ConvexVmArgs
 from components.database import Database, DatabaseArgs
+from components.front_door import FrontDoor, FrontDoorArgs
 from components.identity import Identity, IdentityArgs
+from components.monitoring import Monitoring, MonitoringArgs
 from components.network import VM_TAG, Network, NetworkArgs
-from convex_gcp.settings import IAP_RANGE, ConfigError, config_from_pulumi, load_settings, resource_prefix
+from convex_gcp.adoption import import_ids
+from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, SITE_PORT
+from convex_gcp.settings import GOOGLE_LB_RANGES, IAP_RANGE, ConfigError, config_from_pulumi, load_settings, resource_prefix
 
 try:
     settings = load_settings(config_from_pulumi(), pulumi.get_stack())
@@ -15,7 +20,13 @@ except ConfigError as error:
     raise pulumi.RunError(str(error)) from None
 
 prefix = resource_prefix(settings.stack)
-apis = ProjectApis("apis", ProjectApisArgs(project=settings.project))
+domain = settings.domain
+# The front door's dashboard sits behind IAP; its records go into a Cloud DNS zone when one is named.
+extra_apis = ()
+if domain is not None:
+    extra_apis += ("iap.googleapis.com",) if domain.dashboard_host else ()
+    extra_apis += ("dns.googleapis.com",) if domain.managed_zone else ()
+apis = ProjectApis("apis", ProjectApisArgs(project=settings.project, apis=REQUIRED_APIS + extra_apis))
 
 network = Network(
     "network",
@@ -31,6 +42,11 @@ network = Network(
         is_prod=settings.is_prod,
         existing_network=settings.network.existing_network,
         existing_subnetwork=settings.network.existing_subnetwork,
+        peering_range_name=settings.adopt.peering_range,
+        peering_range_import_id=import_ids(settings)["peering_range"],
+        connection_import_id=import_ids(settings)["peering_connection"],
+        load_balancer_ranges=list(GOOGLE_LB_RANGES) if domain else [],
+        load_balancer_ports=([API_PORT, SITE_PORT] + ([DASHBOARD_PORT] if domain.dashboard_host else [])) if domain else [],
         depends_on=apis.services,
     ),
 )
@@ -71,6 +87,51 @@ vm = ConvexVm(
     ),
 )
 
+front_door = None
+if domain is not None:
+    front_door = FrontDoor(
+        "front-door",
+        FrontDoorArgs(
+            prefix=prefix,
+            domain=domain,
+            is_prod=settings.is_prod,
+            zone=settings.zone,
+            instance_self_link=vm.self_link,
+            depends_on=apis.services,
+        ),
+    )
+
+if settings.vm.data_disk_snapshots.enabled:
+    DataDiskBackups(
+        "data-backups",
+        DataDiskBackupsArgs(
+            prefix=prefix,
+            region=settings.region,
+            zone=settings.zone,
+            disk_name=vm.data_disk.name,
+            snapshots=settings.vm.data_disk_snapshots,
+            labels={"app": "convex", "environment": settings.environment, "stack": settings.stack},
+        ),
+        opts=pulumi.ResourceOptions(depends_on=apis.services),
+    )
+
+if settings.monitoring_enabled:
+    Monitoring(
+        "monitoring",
+        MonitoringArgs(
+            project=settings.project,
+            prefix=prefix,
+            environment=settings.environment,
+            settings=settings.monitoring,
+            convex_url=vm.convex_url,
+            sql_database_id=database.instance.name.apply(lambda instance: f"{settings.project}:{instance}"),
+            vm_instance_id=vm.instance.instance_id,
+            vm_name=vm.instance.name,
+            max_connections=settings.max_connections,
+        ),
+        opts=pulumi.ResourceOptions(depends_on=apis.services),
+    )
+
 # The outputs contract (docs/outputs.md): names are stable; nothing here is a secret value.
 pulumi.export("convex_url", vm.convex_url)
 pulumi.export("convex_site_url", vm.convex_site_url)
@@ -90,3 +151,6 @@ pulumi.export("network", network.network_name)
 pulumi.export("subnetwork", network.subnetwork_name)
 pulumi.export("peering_range", network.peering_range.name)
 pulumi.export("connection_mode", settings.connection_mode)
+if front_door is not None:
+    # Point the hosts' A records here when no managed zone holds them (docs/front-door.md).
+    pulumi.export("front_door_ip", front_door.ip)

@@ -1,5 +1,5 @@
-"""ConvexVm: the Container-Optimized OS VM, its static IP and its persistent data disk; the
-startup script (vm/startup.sh) runs the Auth Proxy, the Convex backend and the dashboard."""
+"""ConvexVm: the Container-Optimized OS VM, its static IP (none behind the HTTPS front door) and its
+persistent data disk; the startup script (vm/startup.sh) runs the Auth Proxy, the Convex backend and the dashboard."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from convex_gcp.runtime import DATA_DEVICE_NAME, RuntimeInputs, instance_metadata, origins
+from convex_gcp.adoption import import_ids
 from convex_gcp.settings import Settings
 
 STARTUP_SCRIPT = Path(__file__).resolve().parent.parent / "vm" / "startup.sh"
@@ -46,14 +47,19 @@ class ConvexVm(pulumi.ComponentResource):
         protect = s.is_prod
         labels = {"app": "convex", "environment": s.environment, "stack": s.stack}
 
-        self.address = gcp.compute.Address(
-            f"{name}-ip",
-            name=f"{args.prefix}-ip",
-            region=s.region,
-            address_type="EXTERNAL",
-            network_tier="PREMIUM",
-            opts=pulumi.ResourceOptions(parent=self, protect=protect),
-        )
+        # Behind the front door the VM has no external IP: clients come through the load balancer and
+        # image pulls go out through Cloud NAT.
+        self.address = None
+        if s.domain is None:
+            self.address = gcp.compute.Address(
+                f"{name}-ip",
+                name=f"{args.prefix}-ip",
+                region=s.region,
+                address_type="EXTERNAL",
+                network_tier="PREMIUM",
+                opts=pulumi.ResourceOptions(parent=self, protect=protect),
+            )
+        public_host: pulumi.Input[str] = self.address.address if self.address else ""
         # /convex/data holds files, modules and search snapshots that must match the database.
         self.data_disk = gcp.compute.Disk(
             f"{name}-data",
@@ -67,7 +73,7 @@ class ConvexVm(pulumi.ComponentResource):
 
         metadata = pulumi.Output.all(
             args.connection_name,
-            self.address.address,
+            public_host,
             args.database_user,
             args.instance_secret_id,
             args.admin_key_secret_id,
@@ -90,7 +96,7 @@ class ConvexVm(pulumi.ComponentResource):
 
         self.instance = gcp.compute.Instance(
             f"{name}-vm",
-            name=f"{args.prefix}-vm",
+            name=s.adopt.vm or f"{args.prefix}-vm",
             zone=s.zone,
             machine_type=s.vm.machine_type,
             tags=[args.network_tag],
@@ -107,7 +113,9 @@ class ConvexVm(pulumi.ComponentResource):
             network_interfaces=[
                 gcp.compute.InstanceNetworkInterfaceArgs(
                     subnetwork=args.subnetwork,
-                    access_configs=[gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=self.address.address, network_tier="PREMIUM")],
+                    access_configs=[gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=self.address.address, network_tier="PREMIUM")]
+                    if self.address
+                    else [],
                 )
             ],
             service_account=gcp.compute.InstanceServiceAccountArgs(email=args.service_account_email, scopes=VM_SCOPES),
@@ -119,19 +127,22 @@ class ConvexVm(pulumi.ComponentResource):
             allow_stopping_for_update=True,
             deletion_protection=s.vm_deletion_protection,
             scheduling=gcp.compute.InstanceSchedulingArgs(automatic_restart=True, on_host_maintenance="MIGRATE"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on, import_=import_ids(s)["vm"]),
         )
 
-        urls = self.address.address.apply(lambda ip: origins(s, ip))
+        urls = pulumi.Output.from_input(public_host).apply(lambda ip: origins(s, ip))
         self.convex_url = urls["convex_url"]
         self.convex_site_url = urls["convex_site_url"]
         self.dashboard_url = urls["dashboard_url"]
         self.internal_ip = self.instance.network_interfaces[0].network_ip
+        # What the front door's unmanaged instance group needs.
+        self.self_link = self.instance.self_link
+        self.zone = self.instance.zone
 
         self.register_outputs(
             {
                 "name": self.instance.name,
-                "external_ip": self.address.address,
+                "external_ip": self.address.address if self.address else None,
                 "internal_ip": self.internal_ip,
                 "data_disk": self.data_disk.name,
                 "convex_url": self.convex_url,

@@ -10,6 +10,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_random as random
 
+from convex_gcp.adoption import import_ids
 from convex_gcp.settings import Settings
 
 
@@ -84,10 +85,12 @@ class Database(pulumi.ComponentResource):
     def __init__(self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("convex-gcp:index:Database", name, None, opts)
         s = args.settings
-        protect = s.is_prod
+        adopted = import_ids(s)
+        # Adopted resources predate the stack and hold data: never delete them as a side effect.
+        protect = s.is_prod or adopted["sql_instance"] is not None
 
-        if s.database.instance_name:
-            instance_name: pulumi.Input[str] = s.database.instance_name
+        if s.adopt.sql_instance or s.database.instance_name:
+            instance_name: pulumi.Input[str] = s.adopt.sql_instance or s.database.instance_name
         else:
             # Deleted instance names stay reserved for about a week; a suffix lets a stack be recreated.
             suffix = random.RandomId(f"{name}-suffix", byte_length=2, opts=pulumi.ResourceOptions(parent=self))
@@ -107,6 +110,7 @@ class Database(pulumi.ComponentResource):
                 depends_on=[args.service_networking_connection, *args.depends_on],
                 # disk_autoresize grows the disk; do not shrink it back to the configured size.
                 ignore_changes=["settings.diskSize"],
+                import_=adopted["sql_instance"],
             ),
         )
         self.database = gcp.sql.Database(
@@ -115,7 +119,7 @@ class Database(pulumi.ComponentResource):
             instance=self.instance.name,
             # Dropping a database that holds Convex data should never be a side effect.
             deletion_policy="ABANDON" if protect else "DELETE",
-            opts=pulumi.ResourceOptions(parent=self, protect=protect),
+            opts=pulumi.ResourceOptions(parent=self, protect=protect, import_=adopted["sql_database"]),
         )
         if s.iam_auth:
             user_name = pulumi.Output.from_input(args.service_account_email).apply(

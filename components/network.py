@@ -27,6 +27,13 @@ class NetworkArgs:
     is_prod: bool
     existing_network: Optional[str] = None
     existing_subnetwork: Optional[str] = None
+    # Adoption (convex_gcp/adoption.py): an existing range and its peering, imported.
+    peering_range_name: Optional[str] = None
+    peering_range_import_id: Optional[str] = None
+    connection_import_id: Optional[str] = None
+    # The HTTPS front door: Google's proxy and health-check ranges, and the VM ports they reach.
+    load_balancer_ranges: list[str] = field(default_factory=list)
+    load_balancer_ports: list[int] = field(default_factory=list)
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -124,16 +131,22 @@ class Network(pulumi.ComponentResource):
         allow("ssh", [22], [r for r in args.ssh_source_ranges if r != args.iap_range], "SSH from configured ranges")
         allow("api", [API_PORT, SITE_PORT], args.api_source_ranges, "Convex API, sync websocket and HTTP actions")
         allow("dashboard", [DASHBOARD_PORT], args.dashboard_source_ranges, "Convex dashboard")
+        # With the front door the VM has no external IP; the rules above then only admit private
+        # (VPC, peered, VPN) sources, and public clients come only through the load balancer.
+        if args.load_balancer_ports:
+            allow("lb", args.load_balancer_ports, args.load_balancer_ranges, "Google front ends and health checks of the HTTPS front door")
 
+        adopted_range = args.peering_range_import_id is not None
         self.peering_range = gcp.compute.GlobalAddress(
             f"{name}-psa-range",
-            name=f"{args.prefix}-psa",
+            name=args.peering_range_name or f"{args.prefix}-psa",
             purpose="VPC_PEERING",
             address_type="INTERNAL",
             prefix_length=args.private_services_prefix_length,
             network=self.network_id,
-            description="Private services access for Cloud SQL",
-            opts=child,
+            # description forces replacement; an adopted range (the seed's) has none.
+            description=None if adopted_range else "Private services access for Cloud SQL",
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(import_=args.peering_range_import_id)),
         )
         self.connection = gcp.servicenetworking.Connection(
             f"{name}-psa-connection",
@@ -141,7 +154,7 @@ class Network(pulumi.ComponentResource):
             service="servicenetworking.googleapis.com",
             reserved_peering_ranges=[self.peering_range.name],
             deletion_policy=peering_deletion_policy(created, args.is_prod),
-            opts=child,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(import_=args.connection_import_id)),
         )
 
         self.register_outputs(

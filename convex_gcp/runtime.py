@@ -60,6 +60,14 @@ def postgres_url(user: str, host: str, port: int, params: dict[str, str]) -> str
 
 
 def origins(settings: Settings, public_host: str) -> dict[str, str]:
+    """Public URLs. With a domain they are the front door's https names and public_host is unused."""
+    domain = settings.domain
+    if domain is not None:
+        return {
+            "convex_url": f"https://{domain.api_host}",
+            "convex_site_url": f"https://{domain.site_host}",
+            "dashboard_url": f"https://{domain.dashboard_host}" if domain.dashboard_host else "",
+        }
     return {
         "convex_url": f"http://{public_host}:{API_PORT}",
         "convex_site_url": f"http://{public_host}:{SITE_PORT}",

@@ -10,7 +10,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
@@ -137,6 +137,23 @@ class DatabaseSettings(_Model):
         return value
 
 
+class SnapshotSettings(_Model):
+    """`convex-gcp:vm.dataDiskSnapshots`: daily snapshots of the Convex data disk."""
+
+    enabled: bool = True
+    start_time: str = "19:00"
+    retention_days: int = Field(14, ge=1, le=3650)
+    # Keep the last snapshots when the disk itself is deleted: they are its only copy then.
+    keep_on_disk_delete: bool = True
+
+    @field_validator("start_time")
+    @classmethod
+    def _hhmm(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):00", value):
+            raise _custom(f"{value!r} is not a whole hour HH:00 (UTC)", "HH:00 in UTC", "19:00")
+        return value
+
+
 class VmSettings(_Model):
     """`convex-gcp:vm`"""
 
@@ -146,6 +163,7 @@ class VmSettings(_Model):
     boot_disk_size_gb: int = Field(20, ge=10, le=2048)
     data_disk_size_gb: int = Field(20, ge=10, le=65536)
     data_disk_type: Literal["pd-balanced", "pd-ssd", "pd-standard"] = "pd-balanced"
+    data_disk_snapshots: SnapshotSettings = SnapshotSettings()
     deletion_protection: Optional[bool] = None
 
     @field_validator("machine_type")
@@ -198,6 +216,124 @@ class ConvexSettings(_Model):
         return value
 
 
+# Google's front ends (load balancer proxies and health checks) connect to backends from these.
+GOOGLE_LB_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
+_HOST = re.compile(r"(?=.{4,63}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+_MEMBER = re.compile(r"(user|group|domain|serviceAccount|principal|principalSet):\S+")
+
+
+class RateLimitSettings(_Model):
+    """`convex-gcp:domain.armor.rateLimit`: per client IP; throttles, or bans when banDurationSec is set."""
+
+    count: int = Field(ge=1, le=1_000_000)
+    interval_sec: Literal[10, 30, 60, 120, 180, 240, 300, 600, 900, 1200, 1800, 2700, 3600] = 60
+    ban_duration_sec: Optional[int] = Field(None, ge=60, le=86400)
+
+
+class ArmorSettings(_Model):
+    """`convex-gcp:domain.armor`: a Cloud Armor policy on every backend of the front door."""
+
+    # One basic-match rule takes at most 10 ranges.
+    allow_ranges: list[str] = Field([], max_length=10)
+    rate_limit: Optional[RateLimitSettings] = None
+
+    @field_validator("allow_ranges")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _check_cidr(value)
+        return values
+
+
+class DomainSettings(_Model):
+    """`convex-gcp:domain`: the HTTPS front door (global external Application Load Balancer)."""
+
+    api_host: str
+    site_host: str
+    dashboard_host: Optional[str] = None
+    # A Cloud DNS managed zone (name) in this project to hold the A records; unset: create them yourself.
+    managed_zone: Optional[str] = None
+    # The API backend's timeout is the longest a Convex sync websocket may stay open (docs/front-door.md).
+    websocket_timeout_sec: int = Field(86400, ge=600, le=86400)
+    # Granted roles/iap.httpsResourceAccessor on the dashboard's backend (IAP).
+    dashboard_members: list[str] = []
+    armor: Optional[ArmorSettings] = None
+
+    @field_validator("api_host", "site_host", "dashboard_host")
+    @classmethod
+    def _host(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not _HOST.fullmatch(value):
+            raise _custom(
+                f"{value!r} is not a host name a Google-managed certificate can cover",
+                "a lowercase fully qualified name of at most 63 characters, no wildcard, no trailing dot",
+                "api.convex.example.com",
+            )
+        return value
+
+    @field_validator("managed_zone")
+    @classmethod
+    def _zone(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", value):
+            raise _custom(f"{value!r} is not a Cloud DNS zone name", "the zone's name (not its DNS name)", "convex-example-com")
+        return value
+
+    @field_validator("dashboard_members")
+    @classmethod
+    def _members(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _MEMBER.fullmatch(value):
+                raise _custom(f"{value!r} is not an IAM member", "user:, group:, domain: or serviceAccount: followed by an id", "group:convex-admins@example.com")
+        return values
+
+    @property
+    def hosts(self) -> dict[str, str]:
+        """Role → host name, for the roles that have one."""
+        roles = {"api": self.api_host, "site": self.site_host, "dashboard": self.dashboard_host}
+        return {role: host for role, host in roles.items() if host}
+
+
+class MonitoringSettings(_Model):
+    """`convex-gcp:monitoring`: uptime check, alert policies and where alerts go."""
+
+    enabled: Optional[bool] = None  # unset: on in prod, off in dev
+    notification_emails: list[str] = []
+    uptime_period_seconds: Literal[60, 300, 600, 900] = 60
+    sql_cpu_utilization: float = Field(0.8, gt=0, le=1)
+    sql_memory_utilization: float = Field(0.9, gt=0, le=1)
+    sql_disk_utilization: float = Field(0.85, gt=0, le=1)
+    # Alert when server connections pass this share of max_connections.
+    sql_connections_ratio: float = Field(0.8, gt=0, le=1)
+    # More container starts than this within 10 minutes means a crash loop.
+    restarts_per_10_minutes: int = Field(2, ge=1, le=100)
+    alert_after_seconds: int = Field(300, ge=0, le=86400)
+
+    @field_validator("notification_emails")
+    @classmethod
+    def _emails(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+                raise _custom(f"{value!r} is not an email address", "addresses such as oncall@example.com", '["oncall@example.com"]')
+        return values
+
+
+class AdoptSettings(_Model):
+    """`convex-gcp:adopt`: existing resources (for example the seed guide's) that the stack
+    imports instead of creating. Declared inputs must match them: see docs/adoption.md."""
+
+    sql_instance: Optional[str] = None
+    # The Convex database already exists in the adopted instance.
+    database: bool = True
+    peering_range: Optional[str] = None
+    vm: Optional[str] = None
+
+    @field_validator("sql_instance", "peering_range", "vm")
+    @classmethod
+    def _name(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", value):
+            raise _custom(f"{value!r} is not a resource name", "a lowercase Google Cloud resource name", "convex-postgres")
+        return value
+
+
 class Settings(_Model):
     """The whole stack configuration."""
 
@@ -211,6 +347,13 @@ class Settings(_Model):
     database: DatabaseSettings = DatabaseSettings()
     vm: VmSettings = VmSettings()
     convex: ConvexSettings = ConvexSettings()
+    domain: Optional[DomainSettings] = None
+    monitoring: MonitoringSettings = MonitoringSettings()
+    adopt: AdoptSettings = AdoptSettings()
+
+    @property
+    def monitoring_enabled(self) -> bool:
+        return self.monitoring.enabled if self.monitoring.enabled is not None else self.is_prod
 
     @property
     def is_prod(self) -> bool:
@@ -294,6 +437,9 @@ _TOP_LEVEL = {
     "database": "database",
     "vm": "vm",
     "convex": "convex",
+    "domain": "domain",
+    "monitoring": "monitoring",
+    "adopt": "adopt",
 }
 _EXAMPLES = {
     "environment": "dev",
@@ -323,9 +469,12 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
                 if candidate.alias == part:
                     field = candidate
                     break
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        annotation = field.annotation if field is not None else None
+        # Optional[Model] (convex-gcp:domain) names its model among the union's members.
+        models = [a for a in (get_args(annotation) or (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not models:
             return None
-        model = field.annotation
+        model = models[0]
     return model
 
 
@@ -415,7 +564,35 @@ def check_rules(settings: Settings) -> list[Problem]:
     problems += flag_problems
     if not flag_problems:
         problems += _check_pool(settings)
-    problems += _check_prod(settings)
+    prod = _check_prod(settings)
+    # A key the prod rules already name (dashboardSourceRanges 0.0.0.0/0) is reported once.
+    problems += [p for p in _check_domain(settings) if p.path not in {q.path for q in prod}]
+    problems += prod
+    problems += _check_monitoring(settings)
+    problems += _check_adopt(settings)
+    return problems
+
+
+def _check_monitoring(s: Settings) -> list[Problem]:
+    if not (s.is_prod and s.monitoring_enabled and not s.monitoring.notification_emails):
+        return []
+    path = f"{PROJECT}:monitoring.notificationEmails"
+    return [Problem(path, "prod alerts would reach nobody: no notification channel", "one or more email addresses", set_line(path + "[0]", "oncall@example.com"))]
+
+
+def _check_adopt(s: Settings) -> list[Problem]:
+    """Adopted names must agree with the rest of the config; see docs/adoption.md."""
+    a = s.adopt
+    problems = []
+    if a.peering_range and not s.network.existing_network:
+        path = f"{PROJECT}:network.existingNetwork"
+        problems.append(Problem(path, f"adopting peering range {a.peering_range!r} needs the network it belongs to", "the existing network's name (the seed used default)", set_line(path, "default")))
+    if a.sql_instance and s.database.instance_name and s.database.instance_name != a.sql_instance:
+        path = f"{PROJECT}:database.instanceName"
+        problems.append(Problem(path, f"{s.database.instance_name!r} differs from adopt.sqlInstance {a.sql_instance!r}", "unset, or the adopted instance's name", f"pulumi config rm --path '{path}'"))
+    if a.sql_instance and a.peering_range is None and s.network.existing_network:
+        path = f"{PROJECT}:adopt.peeringRange"
+        problems.append(Problem(path, "the adopted instance is peered through an existing range; a second range would be allocated", "the range's name (the seed used google-managed-services-default)", set_line(path, "google-managed-services-default")))
     return problems
 
 
@@ -535,6 +712,42 @@ def _check_pool(s: Settings) -> list[Problem]:
     return []
 
 
+def _check_domain(s: Settings) -> list[Problem]:
+    """The front door's hosts, and the source ranges that cannot apply once the VM has no external IP."""
+    d = s.domain
+    if d is None:
+        return []
+    problems = []
+    seen: dict[str, str] = {}
+    for role, host in d.hosts.items():
+        path = f"{PROJECT}:domain.{role}Host"
+        if host in seen:
+            problems.append(Problem(path, f"{host!r} is also the {seen[host]} host; each port needs its own name", "distinct host names", set_line(path, f"{role}.{host}")))
+        seen.setdefault(host, role)
+    path = f"{PROJECT}:domain.dashboardHost"
+    if s.convex.dashboard and not d.dashboard_host:
+        problems.append(Problem(path, "the dashboard is enabled but has no host name on the front door", "a host name, or convex.dashboard false", set_line(path, "dashboard." + d.api_host.partition(".")[2])))
+    if not s.convex.dashboard and d.dashboard_host:
+        problems.append(Problem(path, "convex.dashboard is false, so there is nothing to route this host to", "unset, or convex.dashboard true", f"pulumi config rm --path '{path}'"))
+    if d.dashboard_members and not d.dashboard_host:
+        path = f"{PROJECT}:domain.dashboardMembers"
+        problems.append(Problem(path, "there is no dashboard on the front door to grant access to", "unset without a dashboard host", f"pulumi config rm --path '{path}'"))
+    # Behind the front door the VM has no external IP: only private (VPC, peered, VPN) sources reach it.
+    for key, ranges in (("apiSourceRanges", s.network.api_source_ranges), ("dashboardSourceRanges", s.network.dashboard_source_ranges)):
+        public = [r for r in ranges if not ipaddress.ip_network(r).is_private]
+        if public:
+            path = f"{PROJECT}:network.{key}"
+            problems.append(
+                Problem(
+                    path,
+                    f"{', '.join(public)} cannot reach the VM: with a domain it has no external IP and clients come through the load balancer",
+                    "private ranges only (VPC, peered networks, VPN); restrict public clients with domain.armor.allowRanges",
+                    set_line(path, [r for r in ranges if r not in public]),
+                )
+            )
+    return problems
+
+
 def _check_prod(s: Settings) -> list[Problem]:
     if not s.is_prod:
         return []
@@ -555,6 +768,17 @@ def _check_prod(s: Settings) -> list[Problem]:
         need("database.tier", False, f"{s.database.tier} is shared-core, without an SLA", "db-custom-* or db-perf-optimized-N-*", "db-custom-2-7680")
     if "0.0.0.0/0" in s.network.dashboard_source_ranges:
         need("network.dashboardSourceRanges", False, "the dashboard would be open to the internet", "trusted ranges; the dashboard is also reachable through IAP", [])
+    if s.domain is None:
+        # Browsers refuse plain HTTP to an IP for a production app; the front door gives HTTPS names.
+        fix = " && ".join(set_line(f"{PROJECT}:domain.{key}", f"{role}.convex.example.com") for key, role in (("apiHost", "api"), ("siteHost", "site"), ("dashboardHost", "dashboard")))
+        problems.append(
+            Problem(
+                f"{PROJECT}:domain",
+                "the HTTPS front door is not configured; clients would reach Convex over plain HTTP on the VM's IP (required when environment is prod)",
+                "an object with apiHost, siteHost, dashboardHost (when the dashboard is on) and optionally managedZone; see docs/front-door.md",
+                fix,
+            )
+        )
     return problems
 
 

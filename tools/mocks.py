@@ -65,6 +65,12 @@ class GcpMocks(pulumi.runtime.Mocks):
             rid = "none"
         elif t == "random:index/randomId:RandomId":
             out = {"hex": "a1b2", "b64Url": "obI", "dec": "41394"}
+        elif t == "gcp:monitoring/uptimeCheckConfig:UptimeCheckConfig":
+            out = {"uptimeCheckId": f"{args.name}-check-id", "name": f"projects/{p}/uptimeCheckConfigs/{args.name}-check-id"}
+        elif t == "gcp:monitoring/notificationChannel:NotificationChannel":
+            out = {"name": f"projects/{p}/notificationChannels/{args.name}"}
+        elif t == "gcp:monitoring/alertPolicy:AlertPolicy":
+            out = {"name": f"projects/{p}/alertPolicies/{args.name}"}
         return rid, {**inputs, **out}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class Declared:
     protect: bool = False
     ignore_changes: list[str] = field(default_factory=list)
     custom: bool = True
+    import_id: str = ""
 
 
 @dataclass
@@ -133,6 +134,7 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
                         dependencies=list(request.dependencies),
                         protect=bool(request.protect),
                         ignore_changes=list(request.ignoreChanges),
+                        import_id=request.importId,
                         custom=bool(request.custom),
                     )
                 )

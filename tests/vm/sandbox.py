@@ -13,6 +13,7 @@ import json
 import os
 import secrets as pysecrets
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -106,11 +107,12 @@ class Sandbox:
         self.apis.add_secret(DB_PASSWORD_SECRET_ID, self.db_password.encode())
         self.health = HealthServer(self.fake_root / "docker.json")
         self.extra_env: dict[str, str] = {}
+        self.script_suffix = ""  # appended to the served startup-script (simulates a new version)
 
     # ------------------------------------------------------------ config --
     def _attributes(self) -> dict[str, str]:
         attrs = {
-            "startup-script": SCRIPT.read_text(),
+            "startup-script": SCRIPT.read_text() + getattr(self, "script_suffix", ""),
             "enable-oslogin": "TRUE",
             "convex-gcp-config": render_env(self.config),
             "convex-backend-env": render_env(self.backend_env),
@@ -168,8 +170,20 @@ class Sandbox:
         return Result(p.returncode, p.stdout, p.stderr)
 
     def popen(self, mode: str) -> subprocess.Popen:
+        """Start the script in the background in its own process group (see stop())."""
         return subprocess.Popen(["bash", str(SCRIPT), mode], env=self.env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+                                stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+    @staticmethod
+    def stop(proc: subprocess.Popen) -> str:
+        """Stop a popen()ed script and its children (a parked curl long-poll); return its output."""
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        out, _ = proc.communicate(timeout=30)
+        return out
 
     def reboot(self) -> None:
         """What a VM reboot resets: /run (tmpfs), mounts, transient units. Docker

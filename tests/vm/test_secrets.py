@@ -63,3 +63,23 @@ def test_script_has_no_xtrace(sandbox):
     for line in SCRIPT.read_text().splitlines():
         code = line.split("#", 1)[0]
         assert "set -x" not in code and "set -o xtrace" not in code
+
+
+def test_curl_argv_never_carries_token_or_secret(sandbox):
+    """Every process the script starts is visible in `ps`: wrap curl and base64 to record their argv."""
+    import shutil
+
+    log = sandbox.tmp / "argv.log"
+    for tool in ("curl", "base64", "sed", "sha256sum"):
+        real = shutil.which(tool, path="/usr/local/bin:/usr/bin:/bin")
+        w = sandbox.bin / tool
+        w.write_text(f'#!/bin/bash\nprintf "%s\\n" "{tool} $*" >>{log}\nexec {real} "$@"\n')
+        w.chmod(0o755)
+    sandbox.config["DB_PASSWORD_SECRET_ID"] = "projects/test-proj/secrets/convex-dev-db-password"
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    text = log.read_text()
+    assert "curl " in text and "-K -" in text
+    for value in sandbox.secret_values():
+        assert value not in text

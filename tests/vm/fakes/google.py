@@ -150,7 +150,8 @@ class ApisServer(_Server):
 
     def __init__(self) -> None:
         self.secrets: dict[str, list[bytes]] = {}
-        self.modes: dict[str, str] = {}  # secret id -> forbidden | scope | missing | unavailable
+        # secret id -> forbidden | scope | missing | unavailable | forbidden_add (access ok, add 403)
+        self.modes: dict[str, str] = {}
         self.sql_mode = "ok"  # ok | forbidden | missing
         super().__init__()
 
@@ -213,6 +214,10 @@ class ApisServer(_Server):
 
     def _add(self, h, sid, body):
         mode = self.modes.get(sid)
+        if mode == "forbidden_add":
+            return h._send(403, self._error(403, "PERMISSION_DENIED",
+                                            f"Permission 'secretmanager.versions.add' denied for resource '{sid}'.",
+                                            "IAM_PERMISSION_DENIED"))
         if mode in ("forbidden", "scope", "unavailable") or mode == "missing" or sid not in self.secrets:
             self._mode_error(h, sid)
             return None

@@ -1,0 +1,291 @@
+"""FrontDoor: the HTTPS entry point. A global external Application Load Balancer (EXTERNAL_MANAGED)
+with Google-managed certificates for the API, site and dashboard hosts, host rules to the VM's
+ports 3210/3211/6791 through an unmanaged instance group, an HTTP→HTTPS redirect, IAP on the
+dashboard, an optional Cloud Armor policy and optional Cloud DNS records. See docs/front-door.md."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pulumi
+import pulumi_gcp as gcp
+
+from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, SITE_PORT
+from convex_gcp.settings import DomainSettings
+
+# Named ports on the instance group; each backend service picks its port by name.
+PORTS = {"api": API_PORT, "site": SITE_PORT, "dashboard": DASHBOARD_PORT}
+
+# Convex functions stop long before these: actions (and HTTP actions) are limited to 10 minutes,
+# so the load balancer never cuts a request Convex would still finish.
+SITE_TIMEOUT_SEC = 900
+DASHBOARD_TIMEOUT_SEC = 60
+
+# Cloud Armor's default rule has the lowest priority there is.
+DEFAULT_RULE_PRIORITY = 2147483647
+
+
+@dataclass
+class FrontDoorArgs:
+    prefix: str
+    domain: DomainSettings
+    is_prod: bool
+    zone: str
+    instance_self_link: pulumi.Input[str]
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
+def certificate_name(prefix: str, role: str, host: str) -> str:
+    """A name that changes with the host, so a new certificate is created before the old one goes
+    (the proxy still references the old one while Pulumi replaces it)."""
+    return f"{prefix}-{role}-{hashlib.sha256(host.encode()).hexdigest()[:8]}"
+
+
+def backend_timeouts(domain: DomainSettings) -> dict[str, int]:
+    """Backend service timeout per role. On the global external ALB the timeout of a backend
+    service is also the longest a websocket through it may live, idle or not."""
+    return {"api": domain.websocket_timeout_sec, "site": SITE_TIMEOUT_SEC, "dashboard": DASHBOARD_TIMEOUT_SEC}
+
+
+def armor_rules(domain: DomainSettings) -> list[gcp.compute.SecurityPolicyRuleArgs]:
+    """Allowed (or all) sources, rate limited per client IP when configured; everything else is
+    denied when an allow-list is given."""
+    armor = domain.armor
+    assert armor is not None
+    sources = armor.allow_ranges or ["*"]
+    match = gcp.compute.SecurityPolicyRuleMatchArgs(
+        versioned_expr="SRC_IPS_V1", config=gcp.compute.SecurityPolicyRuleMatchConfigArgs(src_ip_ranges=sources)
+    )
+    rules = []
+    limit = armor.rate_limit
+    if limit is not None:
+        ban = limit.ban_duration_sec is not None
+        rules.append(
+            gcp.compute.SecurityPolicyRuleArgs(
+                priority=1000,
+                description="Rate limit per client IP" + (" with a ban" if ban else ""),
+                action="rate_based_ban" if ban else "throttle",
+                match=match,
+                rate_limit_options=gcp.compute.SecurityPolicyRuleRateLimitOptionsArgs(
+                    conform_action="allow",
+                    exceed_action="deny(429)",
+                    enforce_on_key="IP",
+                    rate_limit_threshold=gcp.compute.SecurityPolicyRuleRateLimitOptionsRateLimitThresholdArgs(
+                        count=limit.count, interval_sec=limit.interval_sec
+                    ),
+                    ban_duration_sec=limit.ban_duration_sec,
+                ),
+            )
+        )
+    elif armor.allow_ranges:
+        rules.append(gcp.compute.SecurityPolicyRuleArgs(priority=1000, description="Allow-list", action="allow", match=match))
+    rules.append(
+        gcp.compute.SecurityPolicyRuleArgs(
+            priority=DEFAULT_RULE_PRIORITY,
+            description="Default: deny what the allow-list does not name" if armor.allow_ranges else "Default: allow",
+            action="deny(403)" if armor.allow_ranges else "allow",
+            match=gcp.compute.SecurityPolicyRuleMatchArgs(
+                versioned_expr="SRC_IPS_V1", config=gcp.compute.SecurityPolicyRuleMatchConfigArgs(src_ip_ranges=["*"])
+            ),
+        )
+    )
+    return rules
+
+
+class FrontDoor(pulumi.ComponentResource):
+    """Owns the global IP, certificates, SSL policy, instance group, health checks, backend services,
+    URL maps, proxies, forwarding rules, the IAP grants on the dashboard, the optional Cloud Armor
+    policy and the optional DNS records."""
+
+    def __init__(self, name: str, args: FrontDoorArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("convex-gcp:index:FrontDoor", name, None, opts)
+        d, prefix = args.domain, args.prefix
+        child = pulumi.ResourceOptions(parent=self, depends_on=args.depends_on)
+        hosts = d.hosts
+
+        # DNS points at this address: keep it across updates, and protect it in prod.
+        self.address = gcp.compute.GlobalAddress(
+            f"{name}-ip",
+            name=f"{prefix}-lb-ip",
+            address_type="EXTERNAL",
+            ip_version="IPV4",
+            description="Convex HTTPS front door",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on, protect=args.is_prod),
+        )
+
+        # One certificate per host: a host whose DNS is not ready yet does not hold back the others.
+        self.certificates = {
+            role: gcp.compute.ManagedSslCertificate(
+                f"{name}-cert-{role}",
+                name=certificate_name(prefix, role, host),
+                managed=gcp.compute.ManagedSslCertificateManagedArgs(domains=[host]),
+                opts=child,
+            )
+            for role, host in hosts.items()
+        }
+        ssl_policy = gcp.compute.SSLPolicy(
+            f"{name}-tls",
+            name=f"{prefix}-tls",
+            profile="MODERN",
+            min_tls_version="TLS_1_2",
+            opts=child,
+        )
+
+        self.instance_group = gcp.compute.InstanceGroup(
+            f"{name}-group",
+            name=f"{prefix}-group",
+            zone=args.zone,
+            instances=[args.instance_self_link],
+            named_ports=[gcp.compute.InstanceGroupNamedPortArgs(name=role, port=PORTS[role]) for role in hosts],
+            description="The Convex VM, as a load balancer backend",
+            opts=child,
+        )
+
+        # 3211 proxies every path to the app's HTTP actions, so /version is only probed on 3210;
+        # both ports are served by the same backend process.
+        backend_check = gcp.compute.HealthCheck(
+            f"{name}-hc-backend",
+            name=f"{prefix}-hc-version",
+            check_interval_sec=10,
+            timeout_sec=5,
+            healthy_threshold=2,
+            unhealthy_threshold=3,
+            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=API_PORT, request_path="/version"),
+            log_config=gcp.compute.HealthCheckLogConfigArgs(enable=True),
+            opts=child,
+        )
+        checks = {"api": backend_check, "site": backend_check}
+        if "dashboard" in hosts:
+            checks["dashboard"] = gcp.compute.HealthCheck(
+                f"{name}-hc-dashboard",
+                name=f"{prefix}-hc-dashboard",
+                check_interval_sec=10,
+                timeout_sec=5,
+                healthy_threshold=2,
+                unhealthy_threshold=3,
+                http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=DASHBOARD_PORT, request_path="/"),
+                opts=child,
+            )
+
+        self.security_policy = None
+        if d.armor is not None:
+            self.security_policy = gcp.compute.SecurityPolicy(
+                f"{name}-armor",
+                name=f"{prefix}-armor",
+                description="Convex front door: allow-list and per-IP rate limit",
+                type="CLOUD_ARMOR",
+                rules=armor_rules(d),
+                opts=child,
+            )
+
+        timeouts = backend_timeouts(d)
+        self.backends: dict[str, gcp.compute.BackendService] = {}
+        for role in hosts:
+            self.backends[role] = gcp.compute.BackendService(
+                f"{name}-backend-{role}",
+                name=f"{prefix}-{role}",
+                load_balancing_scheme="EXTERNAL_MANAGED",
+                protocol="HTTP",
+                port_name=role,
+                timeout_sec=timeouts[role],
+                health_checks=checks[role].id,
+                backends=[gcp.compute.BackendServiceBackendArgs(group=self.instance_group.id, balancing_mode="UTILIZATION", capacity_scaler=1.0)],
+                security_policy=self.security_policy.id if self.security_policy else None,
+                # IAP asks for a Google identity before the dashboard's own admin-key login.
+                iap=gcp.compute.BackendServiceIapArgs(enabled=True) if role == "dashboard" else None,
+                log_config=gcp.compute.BackendServiceLogConfigArgs(enable=True, sample_rate=1.0),
+                opts=child,
+            )
+
+        # Without members nobody passes IAP: the dashboard stays reachable only through an IAP tunnel.
+        self.iap_members = []
+        if "dashboard" in self.backends:
+            self.iap_members = [
+                gcp.iap.WebBackendServiceIamMember(
+                    f"{name}-iap-{hashlib.sha256(member.encode()).hexdigest()[:8]}",
+                    web_backend_service=self.backends["dashboard"].name,
+                    role="roles/iap.httpsResourceAccessor",
+                    member=member,
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+                for member in d.dashboard_members
+            ]
+
+        self.url_map = gcp.compute.URLMap(
+            f"{name}-urls",
+            name=f"{prefix}-urls",
+            description="Convex: one host per port",
+            # Unknown hosts (scanners hitting the bare IP) are sent to the API name, never to a backend.
+            default_url_redirect=gcp.compute.URLMapDefaultUrlRedirectArgs(
+                host_redirect=d.api_host, https_redirect=True, strip_query=False, redirect_response_code="MOVED_PERMANENTLY_DEFAULT"
+            ),
+            host_rules=[gcp.compute.URLMapHostRuleArgs(hosts=[host], path_matcher=role) for role, host in hosts.items()],
+            path_matchers=[gcp.compute.URLMapPathMatcherArgs(name=role, default_service=self.backends[role].id) for role in hosts],
+            opts=child,
+        )
+        https_proxy = gcp.compute.TargetHttpsProxy(
+            f"{name}-https",
+            name=f"{prefix}-https",
+            url_map=self.url_map.id,
+            ssl_certificates=[cert.id for cert in self.certificates.values()],
+            ssl_policy=ssl_policy.id,
+            opts=child,
+        )
+        self.https_rule = gcp.compute.GlobalForwardingRule(
+            f"{name}-https-rule",
+            name=f"{prefix}-https",
+            load_balancing_scheme="EXTERNAL_MANAGED",
+            ip_protocol="TCP",
+            port_range="443",
+            ip_address=self.address.id,
+            target=https_proxy.id,
+            opts=child,
+        )
+
+        redirect_map = gcp.compute.URLMap(
+            f"{name}-redirect",
+            name=f"{prefix}-redirect",
+            description="Plain HTTP: redirect to HTTPS",
+            default_url_redirect=gcp.compute.URLMapDefaultUrlRedirectArgs(
+                https_redirect=True, strip_query=False, redirect_response_code="MOVED_PERMANENTLY_DEFAULT"
+            ),
+            opts=child,
+        )
+        http_proxy = gcp.compute.TargetHttpProxy(f"{name}-http", name=f"{prefix}-http", url_map=redirect_map.id, opts=child)
+        self.http_rule = gcp.compute.GlobalForwardingRule(
+            f"{name}-http-rule",
+            name=f"{prefix}-http",
+            load_balancing_scheme="EXTERNAL_MANAGED",
+            ip_protocol="TCP",
+            port_range="80",
+            ip_address=self.address.id,
+            target=http_proxy.id,
+            opts=child,
+        )
+
+        self.records = []
+        if d.managed_zone:
+            self.records = [
+                gcp.dns.RecordSet(
+                    f"{name}-dns-{role}",
+                    managed_zone=d.managed_zone,
+                    name=f"{host}.",
+                    type="A",
+                    ttl=300,
+                    rrdatas=[self.address.address],
+                    opts=child,
+                )
+                for role, host in hosts.items()
+            ]
+
+        self.ip = self.address.address
+        self.register_outputs(
+            {
+                "ip": self.address.address,
+                "hosts": hosts,
+                "certificates": {role: cert.name for role, cert in self.certificates.items()},
+                "url_map": self.url_map.name,
+            }
+        )

@@ -1,0 +1,250 @@
+"""Monitoring: email notification channels, an uptime check on Convex's `/version`, and alert
+policies for Cloud SQL (CPU, memory, disk, connections near max_connections), the VM being
+down, and the Auth Proxy or the backend restarting in a loop. Thresholds come from
+`convex-gcp:monitoring` (docs/monitoring.md)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import pulumi
+import pulumi_gcp as gcp
+
+from convex_gcp.settings import MonitoringSettings
+
+# The log the VM's Docker gcplogs driver writes container output to.
+DOCKER_LOG = "gcplogs-docker-driver"
+# Lines each process prints once per start (cloud-sql-proxy cmd/root.go; convex-backend local_backend main).
+START_LINES = {
+    "cloudsql-proxy": "The proxy has started successfully and is ready for new connections!",
+    "convex-backend": "Starting a Convex backend",
+}
+RESTART_WINDOW = "600s"
+
+
+def uptime_target(convex_url: str) -> dict[str, Any]:
+    """Host, port, TLS and path of the uptime check for a Convex URL (`http://ip:3210` or an HTTPS host)."""
+    parts = urlsplit(convex_url)
+    use_ssl = parts.scheme == "https"
+    return {
+        "host": parts.hostname or "",
+        "port": parts.port or (443 if use_ssl else 80),
+        "use_ssl": use_ssl,
+        "path": parts.path.rstrip("/") + "/version",
+    }
+
+
+def connections_threshold(max_connections: int, ratio: float) -> int:
+    return max(1, math.floor(max_connections * ratio))
+
+
+def sql_filter(metric: str, database_id: str) -> str:
+    return f'resource.type = "cloudsql_database" AND resource.label.database_id = "{database_id}" AND metric.type = "cloudsql.googleapis.com/database/{metric}"'
+
+
+def start_log_filter(project: str, container: str, instance_id: str) -> str:
+    return (
+        f'logName="projects/{project}/logs/{DOCKER_LOG}" AND resource.type="gce_instance" '
+        f'AND resource.labels.instance_id="{instance_id}" AND jsonPayload.container.name:"{container}" '
+        f'AND "{START_LINES[container]}"'
+    )
+
+
+@dataclass
+class MonitoringArgs:
+    project: str
+    prefix: str
+    environment: str
+    settings: MonitoringSettings
+    convex_url: pulumi.Input[str]
+    sql_database_id: pulumi.Input[str]  # project:instance, Cloud SQL's monitored-resource label
+    vm_instance_id: pulumi.Input[str]
+    vm_name: pulumi.Input[str]
+    max_connections: int
+
+
+class Monitoring(pulumi.ComponentResource):
+    """Owns the notification channels, the uptime check, two log-based metrics and the alert policies."""
+
+    def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("convex-gcp:index:Monitoring", name, None, opts)
+        m = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+        labels = {"app": "convex", "environment": args.environment, "stack": args.prefix}
+
+        self.channels = [
+            gcp.monitoring.NotificationChannel(
+                f"{name}-email-{index}",
+                display_name=f"{args.prefix}: {email}",
+                type="email",
+                labels={"email_address": email},
+                user_labels=labels,
+                opts=child,
+            )
+            for index, email in enumerate(m.notification_emails)
+        ]
+        channel_ids = [channel.name for channel in self.channels]
+
+        target = pulumi.Output.from_input(args.convex_url).apply(uptime_target)
+        self.uptime_check = gcp.monitoring.UptimeCheckConfig(
+            f"{name}-uptime",
+            display_name=f"{args.prefix} Convex /version",
+            period=f"{m.uptime_period_seconds}s",
+            timeout="10s",
+            http_check=gcp.monitoring.UptimeCheckConfigHttpCheckArgs(
+                path=target["path"],
+                port=target["port"],
+                use_ssl=target["use_ssl"],
+                validate_ssl=target["use_ssl"],
+                request_method="GET",
+                accepted_response_status_codes=[
+                    gcp.monitoring.UptimeCheckConfigHttpCheckAcceptedResponseStatusCodeArgs(status_class="STATUS_CLASS_2XX")
+                ],
+            ),
+            monitored_resource=gcp.monitoring.UptimeCheckConfigMonitoredResourceArgs(
+                type="uptime_url", labels={"project_id": args.project, "host": target["host"]}
+            ),
+            user_labels=labels,
+            opts=child,
+        )
+
+        # A log line per process start, counted; more than a few in ten minutes is a crash loop.
+        self.start_metrics = {
+            container: gcp.logging.Metric(
+                f"{name}-{container}-starts",
+                name=f"{args.prefix}-{container}-starts",
+                description=f"Starts of the {container} container on the Convex VM",
+                filter=pulumi.Output.from_input(args.vm_instance_id).apply(lambda iid, c=container: start_log_filter(args.project, c, iid)),
+                metric_descriptor=gcp.logging.MetricMetricDescriptorArgs(metric_kind="DELTA", value_type="INT64", unit="1"),
+                opts=child,
+            )
+            for container in START_LINES
+        }
+
+        duration = f"{m.alert_after_seconds}s"
+
+        def policy(key: str, title: str, condition: gcp.monitoring.AlertPolicyConditionArgs, fix: str, severity: str = "WARNING") -> gcp.monitoring.AlertPolicy:
+            return gcp.monitoring.AlertPolicy(
+                f"{name}-{key}",
+                display_name=f"{args.prefix}: {title}",
+                combiner="OR",
+                conditions=[condition],
+                notification_channels=channel_ids,
+                severity=severity,
+                documentation=gcp.monitoring.AlertPolicyDocumentationArgs(
+                    mime_type="text/markdown",
+                    content=f"{fix}\n\nDiagnose with `python -m tools.doctor <stack>`; runbooks in docs/runbooks.md.",
+                ),
+                alert_strategy=gcp.monitoring.AlertPolicyAlertStrategyArgs(auto_close="86400s"),
+                user_labels=labels,
+                opts=child,
+            )
+
+        def mean(period: str = "300s") -> list[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs]:
+            return [gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(alignment_period=period, per_series_aligner="ALIGN_MEAN")]
+
+        def sql_threshold(key: str, metric: str, title: str, value: float, fix: str) -> gcp.monitoring.AlertPolicy:
+            condition = gcp.monitoring.AlertPolicyConditionArgs(
+                display_name=title,
+                condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                    filter=pulumi.Output.from_input(args.sql_database_id).apply(lambda db: sql_filter(metric, db)),
+                    comparison="COMPARISON_GT",
+                    threshold_value=value,
+                    duration=duration,
+                    aggregations=mean(),
+                ),
+            )
+            return policy(key, title, condition, fix)
+
+        self.policies = {
+            "sql-cpu": sql_threshold("sql-cpu", "cpu/utilization", f"Cloud SQL CPU above {m.sql_cpu_utilization:.0%}", m.sql_cpu_utilization,
+                                     "Find slow queries in Query Insights; resize the tier (docs/runbooks.md, 'Resize the database tier')."),
+            "sql-memory": sql_threshold("sql-memory", "memory/utilization", f"Cloud SQL memory above {m.sql_memory_utilization:.0%}", m.sql_memory_utilization,
+                                        "Lower the Convex pool or shared_buffers, or resize the tier (docs/runbooks.md)."),
+            "sql-disk": sql_threshold("sql-disk", "disk/utilization", f"Cloud SQL disk above {m.sql_disk_utilization:.0%}", m.sql_disk_utilization,
+                                      "Storage auto-increase is on; check its limit and what grows (DOCUMENT_RETENTION_DELAY, exports)."),
+            "sql-connections": sql_threshold(
+                "sql-connections", "postgresql/num_backends",
+                f"Cloud SQL connections above {connections_threshold(args.max_connections, m.sql_connections_ratio)} of max_connections {args.max_connections}",
+                connections_threshold(args.max_connections, m.sql_connections_ratio),
+                "The Convex pool (convex.poolSize) plus other clients approach max_connections; the doctor's 'pool fits' check shows the numbers.",
+            ),
+        }
+
+        uptime_filter = self.uptime_check.uptime_check_id.apply(
+            lambda cid: f'resource.type = "uptime_url" AND metric.type = "monitoring.googleapis.com/uptime_check/check_passed" AND metric.label.check_id = "{cid}"'
+        )
+        self.policies["convex-down"] = policy(
+            "convex-down",
+            "Convex /version failing",
+            gcp.monitoring.AlertPolicyConditionArgs(
+                display_name="uptime check failing",
+                condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                    filter=uptime_filter,
+                    comparison="COMPARISON_GT",
+                    threshold_value=1,
+                    duration=duration,
+                    trigger=gcp.monitoring.AlertPolicyConditionConditionThresholdTriggerArgs(count=1),
+                    # Alert when more than one checker region fails, not on one flaky probe.
+                    aggregations=[
+                        gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                            alignment_period="1200s",
+                            per_series_aligner="ALIGN_NEXT_OLDER",
+                            cross_series_reducer="REDUCE_COUNT_FALSE",
+                            group_by_fields=["resource.label.*"],
+                        )
+                    ],
+                ),
+            ),
+            "Run the doctor; check the VM (docs/runbooks.md, 'Recover the VM') and the firewall's apiSourceRanges (uptime checkers must be allowed).",
+            severity="CRITICAL",
+        )
+        vm_filter = pulumi.Output.from_input(args.vm_instance_id).apply(
+            lambda iid: f'resource.type = "gce_instance" AND resource.label.instance_id = "{iid}" AND metric.type = "compute.googleapis.com/instance/uptime"'
+        )
+        self.policies["vm-down"] = policy(
+            "vm-down",
+            "Convex VM down",
+            gcp.monitoring.AlertPolicyConditionArgs(
+                display_name="no uptime reported by the VM",
+                condition_absent=gcp.monitoring.AlertPolicyConditionConditionAbsentArgs(
+                    filter=vm_filter, duration=f"{max(120, m.alert_after_seconds)}s", aggregations=mean("60s"),
+                ),
+            ),
+            "The VM stopped or was deleted: docs/runbooks.md, 'Recover the VM'.",
+            severity="CRITICAL",
+        )
+        for container, metric in self.start_metrics.items():
+            restart_filter = metric.name.apply(
+                lambda n: f'resource.type = "gce_instance" AND metric.type = "logging.googleapis.com/user/{n}"'
+            )
+            self.policies[f"{container}-restarts"] = policy(
+                f"{container}-restarts",
+                f"{container} restarting",
+                gcp.monitoring.AlertPolicyConditionArgs(
+                    display_name=f"more than {m.restarts_per_10_minutes} starts in 10 minutes",
+                    condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                        filter=restart_filter,
+                        comparison="COMPARISON_GT",
+                        threshold_value=m.restarts_per_10_minutes,
+                        duration="0s",
+                        aggregations=[
+                            gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                                alignment_period=RESTART_WINDOW, per_series_aligner="ALIGN_SUM"
+                            )
+                        ],
+                    ),
+                ),
+                f"Read the {container} container's logs (Logs Explorer, log {DOCKER_LOG}); run the doctor.",
+            )
+
+        self.register_outputs(
+            {
+                "uptime_check": self.uptime_check.uptime_check_id,
+                "channels": channel_ids,
+                "policies": [p.name for p in self.policies.values()],
+            }
+        )

@@ -1,0 +1,145 @@
+"""Settings changes: only containers whose spec changed are recreated; the watcher applies them."""
+
+from __future__ import annotations
+
+import time
+
+from sandbox import SHA
+
+
+def _boot(sb):
+    r = sb.run()
+    assert r.rc == 0, r.stderr
+    sb.clear_calls()
+
+
+def test_backend_env_change_recreates_only_backend(sandbox):
+    _boot(sandbox)
+    old_ids = {n: c["id"] for n, c in sandbox.docker_state()["containers"].items()}
+    sandbox.backend_env["RUST_LOG"] = "debug"
+    sandbox.publish()
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    assert sandbox.runs() == ["convex-backend"]
+    stops = [c["argv"] for c in sandbox.docker("stop")]
+    assert stops == [["stop", "convex-backend"]]  # SIGINT via the container's --stop-signal
+    ids = {n: c["id"] for n, c in sandbox.docker_state()["containers"].items()}
+    assert ids["cloudsql-proxy"] == old_ids["cloudsql-proxy"]
+    assert ids["convex-dashboard"] == old_ids["convex-dashboard"]
+    assert ids["convex-backend"] != old_ids["convex-backend"]
+    assert sandbox.calls("mount") == [] and sandbox.calls("systemd-run") == []
+    assert "changed: convex-backend" in r.stderr
+
+
+def test_proxy_args_change_recreates_only_proxy(sandbox):
+    _boot(sandbox)
+    sandbox.config["PROXY_ARGS"] = sandbox.config["PROXY_ARGS"].replace("--structured-logs", "--debug-logs")
+    sandbox.publish()
+    assert sandbox.run("reconcile").rc == 0
+    assert sandbox.runs() == ["cloudsql-proxy"]
+
+
+def test_instance_secret_rotation_recreates_backend(sandbox):
+    from sandbox import INSTANCE_SECRET_ID
+
+    _boot(sandbox)
+    sandbox.apis.secrets[INSTANCE_SECRET_ID].append(b"f" * 64)
+    assert sandbox.run("reconcile").rc == 0
+    assert sandbox.runs() == ["convex-backend"]
+
+
+def test_image_upgrade_pulls_and_recreates_backend_and_dashboard(sandbox):
+    _boot(sandbox)
+    new = "0" * 40
+    sandbox.config["BACKEND_IMAGE"] = sandbox.config["BACKEND_IMAGE"].replace(SHA, new)
+    sandbox.config["DASHBOARD_IMAGE"] = sandbox.config["DASHBOARD_IMAGE"].replace(SHA, new)
+    sandbox.publish()
+    assert sandbox.run("reconcile").rc == 0
+    assert {c["argv"][-1].split(":")[-1] for c in sandbox.docker("pull")} == {new}
+    assert sandbox.runs() == ["convex-backend", "convex-dashboard"]
+
+
+def test_dashboard_disabled_removes_only_dashboard(sandbox):
+    _boot(sandbox)
+    sandbox.config["DASHBOARD_ENABLED"] = "false"
+    sandbox.publish()
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    assert sandbox.runs() == []
+    assert "convex-dashboard" not in sandbox.docker_state()["containers"]
+    assert set(sandbox.docker_state()["containers"]) == {"cloudsql-proxy", "convex-backend"}
+
+
+def test_unknown_config_key_is_ignored_with_warning(sandbox):
+    sandbox.config["SOMETHING_NEW"] = "x"
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 0 and "ignoring unknown convex-gcp-config key SOMETHING_NEW" in r.stderr
+
+
+def _wait_for(pred, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_watcher_applies_metadata_change(sandbox):
+    _boot(sandbox)
+    # A long timeout_sec: if the long-poll did not return at once on change,
+    # nothing would happen within the wait below.
+    sandbox.extra_env["CONVEX_GCP_WATCH_TIMEOUT"] = "300"
+    watcher = sandbox.popen("watch")
+    try:
+        # Wait until the watcher is parked in its long-poll, with the boot's etag.
+        assert _wait_for(lambda: any("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests))
+        assert sandbox.runs() == []
+        sandbox.backend_env["RUST_LOG"] = "warn"
+        sandbox.publish()
+        assert _wait_for(lambda: sandbox.runs() == ["convex-backend"]), "watcher did not reconcile"
+        # and it settles: no further recreation
+        time.sleep(1.0)
+        assert sandbox.runs() == ["convex-backend"]
+        polls = [q["path"] for q in sandbox.metadata.requests if "wait_for_change=true" in q["path"]]
+        assert all("last_etag=" in p and "recursive=true" in p for p in polls)
+    finally:
+        out = sandbox.stop(watcher)
+    assert "metadata changed" in out
+    env = dict(e.split("=", 1) for e in sandbox.docker_state()["containers"]["convex-backend"]["env"])
+    assert env["RUST_LOG"] == "warn"
+
+
+def test_watcher_retries_unfinished_run(sandbox):
+    sandbox.health.db_up = False
+    assert sandbox.run().rc == 75
+    sandbox.clear_calls()
+    watcher = sandbox.popen("watch")
+    try:
+        sandbox.health.db_up = True
+        # CONVEX_GCP_PENDING_RETRY=1: the watcher retries without any metadata change.
+        assert _wait_for(lambda: not (sandbox.run_dir / "pending").exists(), timeout=40)
+        assert sandbox.runs() == ["convex-dashboard"]
+    finally:
+        sandbox.stop(watcher)
+
+
+def test_watcher_adopts_new_startup_script_but_not_a_broken_one(sandbox):
+    _boot(sandbox)
+    installed = sandbox.run_dir / "startup.sh"
+    watcher = sandbox.popen("watch")
+    try:
+        assert _wait_for(lambda: any("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests))
+        sandbox.script_suffix = "\n# release 2\n"
+        sandbox.publish()
+        assert _wait_for(lambda: "# release 2" in installed.read_text()), "new script not adopted"
+        sandbox.script_suffix = "\nif then fi\n"  # syntax error
+        sandbox.publish()
+        time.sleep(2.0)
+        assert "if then fi" not in installed.read_text()
+        assert watcher.poll() is None  # still watching with the last good version
+        assert sandbox.runs() == []  # nothing recreated by either change
+    finally:
+        out = sandbox.stop(watcher)
+    assert "restarting the watcher with the new version" in out

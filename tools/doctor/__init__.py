@@ -1,0 +1,1 @@
+"""convex-gcp doctor: diagnose a deployed stack (docs/doctor.md)."""

@@ -1,0 +1,211 @@
+"""Google-side checks: pure functions of the stack's outputs and the seam's typed records.
+The seed's diagnosis script checked scopes, peering, instance state, TCP and a psql login;
+these add what its troubleshooting section teaches (proxy readiness, /version, CA, restarts)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Optional
+
+from .gcloud_seam import Peering, ServiceConnection, SqlInstance, VmInstance, VmProbe
+from .result import Check, failed, passed, skipped, warned
+
+PROXY_SCOPES = {"https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/sqlservice.admin"}
+# The seed's scope: deprecated, and it does not let the proxy fetch its certificates.
+DEPRECATED_SCOPE = "https://www.googleapis.com/auth/sqlservice"
+SERVICE = "servicenetworking.googleapis.com"
+CA_WARN_DAYS = 30
+PROXY_SERVER_PORT = 3307
+
+
+@dataclass(frozen=True)
+class StackOutputs:
+    """The outputs contract (docs/outputs.md) the doctor reads what to check from."""
+
+    convex_url: str
+    sql_instance_name: str
+    sql_connection_name: str
+    sql_private_ip: str
+    database_name: str
+    database_user: str
+    vm_name: str
+    vm_zone: str
+    vm_service_account: str
+    network: str
+    peering_range: str
+    connection_mode: str
+
+    @property
+    def project(self) -> str:
+        return self.sql_connection_name.split(":")[0]
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> "StackOutputs":
+        missing = [name for name in cls.__dataclass_fields__ if name not in data]
+        if missing:
+            raise ValueError(f"stack outputs lack {', '.join(missing)}: run `pulumi up` first, or pass the right --outputs file")
+        return cls(**{name: str(data[name]) for name in cls.__dataclass_fields__})
+
+
+def check_vm_scopes(out: StackOutputs, vm: VmInstance) -> Check:
+    scopes = set(vm.scopes)
+    fix = (
+        f"pulumi up (the program declares the scopes), or by hand:\n"
+        f"gcloud compute instances stop {out.vm_name} --zone={out.vm_zone} --project={out.project} && "
+        f"gcloud compute instances set-service-account {out.vm_name} --zone={out.vm_zone} --project={out.project} "
+        f"--service-account={out.vm_service_account} --scopes=cloud-platform,sqlservice.admin && "
+        f"gcloud compute instances start {out.vm_name} --zone={out.vm_zone} --project={out.project}"
+    )
+    if vm.service_account != out.vm_service_account:
+        return failed("vm_scopes", f"the VM runs as {vm.service_account or 'no service account'}, not {out.vm_service_account}", fix)
+    if not scopes & PROXY_SCOPES:
+        why = " (the seed's sqlservice scope is deprecated; the proxy gets 403 ACCESS_TOKEN_SCOPE_INSUFFICIENT)" if DEPRECATED_SCOPE in scopes else ""
+        return failed("vm_scopes", f"scopes {sorted(scopes)} include neither cloud-platform nor sqlservice.admin{why}", fix)
+    if "https://www.googleapis.com/auth/cloud-platform" not in scopes:
+        return failed("vm_scopes", "no cloud-platform scope: Secret Manager (INSTANCE_SECRET, admin key) accepts no narrower scope", fix)
+    return passed("vm_scopes", f"{vm.service_account} with {', '.join(s.rsplit('/', 1)[-1] for s in sorted(scopes))}")
+
+
+def check_vm_running(out: StackOutputs, vm: VmInstance) -> Check:
+    if vm.status != "RUNNING":
+        return failed("vm_running", f"{out.vm_name} is {vm.status}", f"gcloud compute instances start {out.vm_name} --zone={out.vm_zone} --project={out.project} (docs/runbooks.md, 'Recover the VM')")
+    return passed("vm_running", f"{out.vm_name} is RUNNING")
+
+
+def check_peering(out: StackOutputs, connections: list[ServiceConnection], peerings: list[Peering]) -> Check:
+    fix = (
+        f"gcloud services vpc-peerings connect --service={SERVICE} --ranges={out.peering_range} --network={out.network} --project={out.project}\n"
+        "(or `pulumi up`, which declares the connection)"
+    )
+    connection = next((c for c in connections if c.service.endswith(SERVICE)), None)
+    if connection is None:
+        return failed("vpc_peering", f"network {out.network} has no private services connection", fix)
+    if out.peering_range not in connection.reserved_ranges:
+        return failed("vpc_peering", f"the connection reserves {list(connection.reserved_ranges)}, not {out.peering_range}",
+                      f"gcloud services vpc-peerings update --service={SERVICE} --ranges={out.peering_range} --network={out.network} --project={out.project} --force")
+    peering = next((p for p in peerings if p.name == connection.peering), None)
+    if peering is None or peering.state != "ACTIVE":
+        state = peering.state if peering else "missing"
+        return failed("vpc_peering", f"VPC peering {connection.peering} is {state}", fix)
+    return passed("vpc_peering", f"{connection.peering} ACTIVE with range {out.peering_range}")
+
+
+def check_sql_instance(out: StackOutputs, sql: SqlInstance) -> Check:
+    name = f"--project={out.project} {out.sql_instance_name}"
+    if sql.state != "RUNNABLE":
+        return failed("sql_instance", f"{out.sql_instance_name} is {sql.state}", f"gcloud sql instances describe {name}; gcloud sql operations list --instance={out.sql_instance_name} --project={out.project}")
+    if not sql.private_network.endswith(f"/networks/{out.network}"):
+        return failed("sql_instance", f"private network is {sql.private_network or 'unset'}, not {out.network}",
+                      f"gcloud sql instances patch {name} --network={out.network} --no-assign-ip (needs the peering first)")
+    if sql.private_ip != out.sql_private_ip:
+        return failed("sql_instance", f"private IP {sql.private_ip or 'none'} differs from the stack's {out.sql_private_ip}", "pulumi refresh && pulumi up")
+    if sql.ipv4_enabled or sql.public_ips:
+        return warned("sql_instance", f"RUNNABLE on {sql.private_ip}, but a public IP is on ({', '.join(sql.public_ips)})",
+                      f"gcloud sql instances patch {name} --no-assign-ip")
+    return passed("sql_instance", f"RUNNABLE, {sql.database_version} {sql.tier}, private IP {sql.private_ip} on {out.network}")
+
+
+def expected_ssl_modes(connection_mode: str) -> tuple[str, ...]:
+    return {
+        "proxy": ("TRUSTED_CLIENT_CERTIFICATE_REQUIRED", "ENCRYPTED_ONLY"),
+        "ssl": ("ENCRYPTED_ONLY",),
+        "plaintext": ("ALLOW_UNENCRYPTED_AND_ENCRYPTED",),
+    }.get(connection_mode, ())
+
+
+def check_server_ca(out: StackOutputs, sql: SqlInstance, now: Optional[datetime] = None) -> Check:
+    now = now or datetime.now(timezone.utc)
+    patch = f"gcloud sql instances patch {out.sql_instance_name} --project={out.project}"
+    if sql.ssl_mode not in expected_ssl_modes(out.connection_mode):
+        return failed("server_ca", f"ssl_mode {sql.ssl_mode or 'unset'} does not suit connection mode {out.connection_mode}",
+                      f"pulumi up (the program sets it), or {patch} --ssl-mode={expected_ssl_modes(out.connection_mode)[0]}")
+    detail = f"ssl_mode {sql.ssl_mode}, {sql.server_ca_mode}"
+    if out.connection_mode == "ssl" and sql.server_ca_mode != "GOOGLE_MANAGED_CAS_CA":
+        return failed("server_ca", f"{detail}: its certificates carry no usable SAN, so Convex (rustls, host-name checks) cannot verify them",
+                      f"{patch} --server-ca-mode=GOOGLE_MANAGED_CAS_CA, then connect by the instance's DNS name")
+    if sql.server_ca_expires is not None:
+        left = sql.server_ca_expires - now
+        when = sql.server_ca_expires.date().isoformat()
+        rotate = (f"gcloud sql ssl server-ca-certs create --instance={out.sql_instance_name} --project={out.project}; "
+                  f"update PG_CA_FILE where used; then gcloud sql ssl server-ca-certs rotate --instance={out.sql_instance_name} --project={out.project}")
+        if left <= timedelta(0):
+            return failed("server_ca", f"{detail}; the server CA expired on {when}", rotate)
+        if left < timedelta(days=CA_WARN_DAYS):
+            return warned("server_ca", f"{detail}; the server CA expires on {when}", rotate)
+        detail += f"; CA valid until {when}"
+    if out.connection_mode == "proxy":
+        detail += " (the proxy verifies it itself; nothing to refresh on the VM)"
+    return passed("server_ca", detail)
+
+
+def probe_targets(out: StackOutputs) -> list[tuple[str, int]]:
+    """The proxy reaches the instance on 3307; direct modes on 5432."""
+    port = PROXY_SERVER_PORT if out.connection_mode == "proxy" else 5432
+    return [(out.sql_private_ip, port)]
+
+
+def check_tcp(out: StackOutputs, probe: VmProbe) -> Check:
+    host, port = probe_targets(out)[0]
+    key = f"{host}:{port}"
+    if key not in probe.tcp:
+        return skipped("tcp", f"{key} not probed")
+    if not probe.tcp[key]:
+        return failed("tcp", f"the VM cannot open TCP {key}",
+                      "Check the peering (vpc_peering) and that no egress firewall rule blocks the private services range; "
+                      f"gcloud compute networks peerings list --network={out.network} --project={out.project}")
+    return passed("tcp", f"the VM reaches {key}")
+
+
+def check_proxy(out: StackOutputs, probe: VmProbe) -> Check:
+    if out.connection_mode != "proxy":
+        return skipped("proxy_ready", f"connection mode {out.connection_mode} runs no proxy")
+    logs = f"gcloud compute ssh {out.vm_name} --zone={out.vm_zone} --project={out.project} --tunnel-through-iap --command='sudo docker logs --tail 50 cloudsql-proxy'"
+    if probe.proxy_ready != "200":
+        return failed("proxy_ready", f"the proxy's /readiness answered {probe.proxy_ready or 'nothing'}",
+                      "403 ACCESS_TOKEN_SCOPE_INSUFFICIENT in its log: the VM's scopes (vm_scopes). 'not authorized': roles/cloudsql.client.\n" + logs)
+    return passed("proxy_ready", "the proxy's /readiness answered 200")
+
+
+def check_containers(out: StackOutputs, probe: VmProbe, expected: list[str]) -> Check:
+    problems = []
+    for name in expected:
+        status, restarts = probe.containers.get(name, ("missing", 0))
+        if status != "running":
+            problems.append(f"{name} is {status}")
+        elif restarts:
+            problems.append(f"{name} restarted {restarts} times")
+    shown = ", ".join(f"{n} {probe.containers.get(n, ('missing', 0))[0]}" for n in expected)
+    if any("is " in p for p in problems):
+        return failed("containers", "; ".join(problems),
+                      f"sudo journalctl -u google-startup-scripts on the VM, then docker logs (docs/runbooks.md, 'Recover the VM')")
+    if problems:
+        return warned("containers", "; ".join(problems), "Restarts since the container was created: read its logs (docker logs NAME) for the cause.")
+    return passed("containers", shown)
+
+
+def fetch_version(url: str, timeout: float = 10) -> tuple[bool, str]:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/version", timeout=timeout) as response:  # noqa: S310 (operator-given stack URL)
+            return response.status == 200, response.read(200).decode(errors="replace").strip()
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return False, str(error)
+
+
+def check_version(out: StackOutputs, reachable: tuple[bool, str], probe: Optional[VmProbe]) -> Check:
+    ok, body = reachable
+    if ok:
+        return passed("convex_version", f"{out.convex_url}/version answered {body!r}")
+    local = probe.local_version if probe else ""
+    if local and local != "fail":
+        return failed("convex_version", f"{out.convex_url}/version failed from here ({body}) but answers on the VM ({local!r})",
+                      "The firewall's apiSourceRanges do not include your address (pulumi config set --path 'convex-gcp:network.apiSourceRanges[0]' <your-cidr>), or the front door is unhealthy.")
+    return failed("convex_version", f"{out.convex_url}/version failed ({body}); on the VM too",
+                  "The backend is not serving: it binds only after Postgres connected. Check postgres_* and proxy_ready, then the convex-backend container's logs.")
+
+
+def describe(checks: list[Check]) -> str:
+    return json.dumps([c.as_dict() for c in checks], indent=1)
