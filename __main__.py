@@ -2,7 +2,7 @@
 
 import pulumi
 
-from components.apis import REQUIRED_APIS, ProjectApis, ProjectApisArgs
+from components.apis import ProjectApis, ProjectApisArgs, required_apis
 from components.backups import DataDiskBackups, DataDiskBackupsArgs
 from components.convex_vm import ConvexVm, ConvexVmArgs
 from components.database import Database, DatabaseArgs
@@ -10,9 +10,18 @@ from components.front_door import FrontDoor, FrontDoorArgs
 from components.identity import Identity, IdentityArgs
 from components.monitoring import Monitoring, MonitoringArgs
 from components.network import VM_TAG, Network, NetworkArgs
+from components.private_dns import PrivateDns, PrivateDnsArgs
 from convex_gcp.adoption import import_ids
 from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, SITE_PORT
-from convex_gcp.settings import GOOGLE_LB_RANGES, IAP_RANGE, ConfigError, config_from_pulumi, load_settings, resource_prefix
+from convex_gcp.settings import (
+    GOOGLE_LB_RANGES,
+    IAP_RANGE,
+    ConfigError,
+    config_from_pulumi,
+    load_settings,
+    resource_prefix,
+    settings_warnings,
+)
 
 try:
     settings = load_settings(config_from_pulumi(), pulumi.get_stack())
@@ -21,12 +30,12 @@ except ConfigError as error:
 
 prefix = resource_prefix(settings.stack)
 domain = settings.domain
-# The front door's dashboard sits behind IAP; its records go into a Cloud DNS zone when one is named.
-extra_apis = ()
-if domain is not None:
-    extra_apis += ("iap.googleapis.com",) if domain.dashboard_host else ()
-    extra_apis += ("dns.googleapis.com",) if domain.managed_zone else ()
-apis = ProjectApis("apis", ProjectApisArgs(project=settings.project, apis=REQUIRED_APIS + extra_apis))
+for warning in settings_warnings(settings):
+    pulumi.log.warn(warning)
+apis = ProjectApis(
+    "apis",
+    ProjectApisArgs(project=settings.project, apis=required_apis(settings.connection_mode, bool(domain and domain.managed_zone))),
+)
 
 network = Network(
     "network",
@@ -39,6 +48,7 @@ network = Network(
         dashboard_source_ranges=settings.network.dashboard_source_ranges if settings.convex.dashboard else [],
         ssh_source_ranges=settings.network.ssh_source_ranges,
         iap_range=IAP_RANGE,
+        iap_ports=[22, DASHBOARD_PORT] if settings.convex.dashboard else [22],
         is_prod=settings.is_prod,
         existing_network=settings.network.existing_network,
         existing_subnetwork=settings.network.existing_subnetwork,
@@ -53,7 +63,15 @@ network = Network(
 
 identity = Identity(
     "identity",
-    IdentityArgs(prefix=prefix, project=settings.project, region=settings.region, iam_auth=settings.iam_auth, depends_on=apis.services),
+    IdentityArgs(
+        prefix=prefix,
+        project=settings.project,
+        region=settings.region,
+        iam_auth=settings.iam_auth,
+        labels=settings.labels,
+        sql_admin=settings.connection_mode != "plaintext",
+        depends_on=apis.services,
+    ),
 )
 
 database = Database(
@@ -69,6 +87,20 @@ database = Database(
     ),
 )
 
+private_dns = None
+if settings.connection_mode == "ssl":
+    private_dns = PrivateDns(
+        "sql-dns",
+        PrivateDnsArgs(
+            prefix=prefix,
+            network=network.network_id,
+            dns_name=database.private_dns_name,
+            private_ip=database.instance.private_ip_address,
+            labels=settings.labels,
+            depends_on=apis.services,
+        ),
+    )
+
 vm = ConvexVm(
     "convex",
     ConvexVmArgs(
@@ -82,9 +114,12 @@ vm = ConvexVm(
         instance_secret_id=identity.instance_secret.id,
         admin_key_secret_id=identity.admin_key.id,
         db_password_secret_id=identity.db_password_secret.id if identity.db_password_secret else "",
-        # Boot only once the database, its user and the VM's roles exist, so the first boot succeeds.
-        depends_on=[database.database, database.user, *identity.project_roles],
+        sql_dns_name=database.private_dns_name if settings.connection_mode == "ssl" else "",
+        sql_private_ip=database.instance.private_ip_address if settings.connection_mode == "plaintext" else "",
+        # Boot only once the database, its user, the VM's roles (and the DNS record) exist.
+        depends_on=[database.database, database.user, *identity.project_roles, *([private_dns.record] if private_dns else [])],
     ),
+    opts=pulumi.ResourceOptions(depends_on=apis.services),
 )
 
 front_door = None
@@ -110,7 +145,7 @@ if settings.vm.data_disk_snapshots.enabled:
             zone=settings.zone,
             disk_name=vm.data_disk.name,
             snapshots=settings.vm.data_disk_snapshots,
-            labels={"app": "convex", "environment": settings.environment, "stack": settings.stack},
+            labels=settings.labels,
         ),
         opts=pulumi.ResourceOptions(depends_on=apis.services),
     )

@@ -4,17 +4,21 @@
 # Creates, or leaves alone when they already exist (safe to re-run):
 #   - a GCS bucket for the Pulumi self-managed backend: versioned, uniform bucket-level access,
 #     public access prevention enforced;
-#   - a Cloud KMS key ring and key, the stacks' secrets provider (gcpkms://...);
+#   - a Cloud KMS key ring and ONE key PER STACK (convex-gcp-<stack>), each stack's secrets provider
+#     (gcpkms://...): whoever can decrypt with a stack's key can read that stack's secrets;
 #   - a Workload Identity Federation pool and GitHub OIDC provider limited to one repository;
-#   - two service accounts: a read-only previewer (pull requests) and a deployer (dev/prod
-#     environments only), with the roles listed in bootstrap/README.md.
+#   - three service accounts, with the roles listed in bootstrap/README.md:
+#       previewer       any run of the repository (pull requests): may decrypt only the dev key;
+#       prod-previewer  only jobs in the `prod-preview` GitHub environment: may decrypt the other keys;
+#       deployer        only jobs in the `dev`/`prod` GitHub environments.
 #
 # Usage:
 #   STATE_PROJECT=my-ops-project GITHUB_REPO=acme/convex-gcp \
 #   TARGET_PROJECTS="example-convex-dev example-convex-prod" bootstrap/bootstrap.sh
 #
 # Optional: REGION (asia-northeast1), BUCKET (<STATE_PROJECT>-pulumi-state), KEYRING (convex-gcp),
-# KEY (pulumi-secrets), POOL (github), PROVIDER (github-actions), STACKS ("dev prod"),
+# KEY_PREFIX (convex-gcp: keys convex-gcp-<stack>), POOL (github), PROVIDER (github-actions),
+# STACKS ("dev prod"), PR_STACKS ("dev": the stacks any pull request may preview),
 # INIT_STACKS=1 to also run `pulumi login`/`stack init` (needs the pulumi CLI) so the stack files
 # record the secrets provider.
 set -euo pipefail
@@ -25,12 +29,15 @@ set -euo pipefail
 REGION="${REGION:-asia-northeast1}"
 BUCKET="${BUCKET:-${STATE_PROJECT}-pulumi-state}"
 KEYRING="${KEYRING:-convex-gcp}"
-KEY="${KEY:-pulumi-secrets}"
+KEY_PREFIX="${KEY_PREFIX:-convex-gcp}"
 POOL="${POOL:-github}"
 PROVIDER="${PROVIDER:-github-actions}"
 STACKS="${STACKS:-dev prod}"
+PR_STACKS="${PR_STACKS:-dev}"
+PROD_PREVIEW_ENVIRONMENT="${PROD_PREVIEW_ENVIRONMENT:-prod-preview}"
 DEPLOYER="convex-gcp-deployer@${STATE_PROJECT}.iam.gserviceaccount.com"
 PREVIEWER="convex-gcp-previewer@${STATE_PROJECT}.iam.gserviceaccount.com"
+PROD_PREVIEWER="convex-gcp-prod-previewer@${STATE_PROJECT}.iam.gserviceaccount.com"
 
 if [[ ! "$GITHUB_REPO" =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]]; then
   echo "GITHUB_REPO must look like owner/name, got '$GITHUB_REPO'" >&2
@@ -38,6 +45,19 @@ if [[ ! "$GITHUB_REPO" =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]]; then
 fi
 
 say() { printf '==> %s\n' "$*"; }
+
+# pr_stack STACK: true when pull requests from any branch may preview STACK (decrypt its key).
+pr_stack() { [[ " ${PR_STACKS} " == *" $1 "* ]]; }
+
+# Conditions go through files: --condition=KEY=VALUE,... would split an expression at its commas.
+CONDITIONS="$(mktemp -d)"
+trap 'rm -rf "$CONDITIONS"' EXIT
+# condition TITLE EXPRESSION: prints the path of a condition file. JSON, so the expressions here use
+# only single-quoted CEL strings.
+condition() {
+  printf '{"title": "%s", "expression": "%s"}\n' "$1" "$2" >"${CONDITIONS}/$1.json"
+  printf '%s' "${CONDITIONS}/$1.json"
+}
 
 # exists <describe command...>: true when the resource is already there.
 exists() { "$@" >/dev/null 2>&1; }
@@ -57,19 +77,22 @@ fi
 gcloud storage buckets update "gs://${BUCKET}" --versioning --uniform-bucket-level-access \
   --public-access-prevention
 
-say "KMS key ${KEYRING}/${KEY} (${REGION})"
+say "KMS key ring ${KEYRING} (${REGION}), one key per stack"
 if ! exists gcloud kms keyrings describe "$KEYRING" --location="$REGION" --project="$STATE_PROJECT"; then
   gcloud kms keyrings create "$KEYRING" --location="$REGION" --project="$STATE_PROJECT"
 fi
-if ! exists gcloud kms keys describe "$KEY" --keyring="$KEYRING" --location="$REGION" --project="$STATE_PROJECT"; then
-  gcloud kms keys create "$KEY" --keyring="$KEYRING" --location="$REGION" --project="$STATE_PROJECT" \
-    --purpose=encryption --rotation-period=90d \
-    --next-rotation-time="$(date -u -d '+90 days' +%Y-%m-%dT%H:%M:%SZ)"
-fi
-KEY_ID="projects/${STATE_PROJECT}/locations/${REGION}/keyRings/${KEYRING}/cryptoKeys/${KEY}"
+for stack in $STACKS; do
+  key="${KEY_PREFIX}-${stack}"
+  if ! exists gcloud kms keys describe "$key" --keyring="$KEYRING" --location="$REGION" --project="$STATE_PROJECT"; then
+    gcloud kms keys create "$key" --keyring="$KEYRING" --location="$REGION" --project="$STATE_PROJECT" \
+      --purpose=encryption --rotation-period=90d \
+      --next-rotation-time="$(date -u -d '+90 days' +%Y-%m-%dT%H:%M:%SZ)"
+  fi
+done
+KEY_BASE="projects/${STATE_PROJECT}/locations/${REGION}/keyRings/${KEYRING}/cryptoKeys/${KEY_PREFIX}"
 
 say "Service accounts"
-for account in convex-gcp-deployer convex-gcp-previewer; do
+for account in convex-gcp-deployer convex-gcp-previewer convex-gcp-prod-previewer; do
   if ! exists gcloud iam service-accounts describe "${account}@${STATE_PROJECT}.iam.gserviceaccount.com" --project="$STATE_PROJECT"; then
     gcloud iam service-accounts create "$account" --project="$STATE_PROJECT" \
       --display-name="convex-gcp ${account#convex-gcp-} (GitHub Actions)"
@@ -95,12 +118,18 @@ PROJECT_NUMBER="$(gcloud projects describe "$STATE_PROJECT" --format='value(proj
 POOL_ID="projects/${PROJECT_NUMBER}/locations/global/workloadIdentityPools/${POOL}"
 
 say "Who may impersonate which account"
-# Any workflow run of the repository (pull requests included) may preview...
+# Any workflow run of the repository (pull requests included) may use the previewer: it can decrypt
+# only the keys of PR_STACKS, because `pulumi preview` runs the pull request's own Python.
 gcloud iam service-accounts add-iam-policy-binding "$PREVIEWER" --project="$STATE_PROJECT" \
   --role=roles/iam.workloadIdentityUser \
   --member="principalSet://iam.googleapis.com/${POOL_ID}/attribute.repository/${GITHUB_REPO}" >/dev/null
-# ...but only jobs running in the dev or prod GitHub environment may deploy (the token's subject is
-# repo:OWNER/NAME:environment:ENV; prod's environment has required reviewers).
+# The other stacks' previews need a job in the prod-preview environment (token subject
+# repo:OWNER/NAME:environment:prod-preview), which waits for one of its required reviewers.
+gcloud iam service-accounts add-iam-policy-binding "$PROD_PREVIEWER" --project="$STATE_PROJECT" \
+  --role=roles/iam.workloadIdentityUser \
+  --member="principal://iam.googleapis.com/${POOL_ID}/subject/repo:${GITHUB_REPO}:environment:${PROD_PREVIEW_ENVIRONMENT}" >/dev/null
+# Only jobs running in the dev or prod GitHub environment may deploy (restrict both environments to
+# the main branch; prod's has required reviewers).
 for environment in dev prod; do
   gcloud iam service-accounts add-iam-policy-binding "$DEPLOYER" --project="$STATE_PROJECT" \
     --role=roles/iam.workloadIdentityUser \
@@ -110,35 +139,45 @@ done
 say "State bucket and KMS key access"
 gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --member="serviceAccount:${DEPLOYER}" \
   --role=roles/storage.objectAdmin >/dev/null
-gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --member="serviceAccount:${PREVIEWER}" \
-  --role=roles/storage.objectViewer >/dev/null
-# A preview may take the stack's lock; it may write nothing else (no checkpoint, no history).
-gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --member="serviceAccount:${PREVIEWER}" \
-  --role=roles/storage.objectUser \
-  --condition="title=pulumi-locks-only,expression=resource.name.startsWith('projects/_/buckets/${BUCKET}/objects/.pulumi/locks/')" >/dev/null
-for account in "$DEPLOYER" "$PREVIEWER"; do
-  gcloud kms keys add-iam-policy-binding "$KEY" --keyring="$KEYRING" --location="$REGION" --project="$STATE_PROJECT" \
-    --member="serviceAccount:${account}" --role=roles/cloudkms.cryptoKeyEncrypterDecrypter >/dev/null
+for account in "$PREVIEWER" "$PROD_PREVIEWER"; do
+  gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --member="serviceAccount:${account}" \
+    --role=roles/storage.objectViewer >/dev/null
+  # A preview may take the stack's lock; it may write nothing else (no checkpoint, no history).
+  gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --member="serviceAccount:${account}" \
+    --role=roles/storage.objectUser \
+    --condition-from-file="$(condition pulumi-locks-only "resource.name.startsWith('projects/_/buckets/${BUCKET}/objects/.pulumi/locks/')")" >/dev/null
+done
+for stack in $STACKS; do
+  if pr_stack "$stack"; then previewer="$PREVIEWER"; else previewer="$PROD_PREVIEWER"; fi
+  # Key-level grants (never key ring or project): a previewer can decrypt exactly its stacks' keys.
+  for account in "$DEPLOYER" "$previewer"; do
+    gcloud kms keys add-iam-policy-binding "${KEY_PREFIX}-${stack}" --keyring="$KEYRING" --location="$REGION" \
+      --project="$STATE_PROJECT" --member="serviceAccount:${account}" \
+      --role=roles/cloudkms.cryptoKeyEncrypterDecrypter >/dev/null
+  done
 done
 
 # The roles the program's resources need, and nothing else (bootstrap/README.md says why each).
+# Not here on purpose: iam.serviceAccountAdmin (its setIamPolicy on every account would let the deployer
+# grant itself any account), iam.serviceAccountUser and secretmanager.admin (granted narrower below).
 DEPLOYER_ROLES=(
   roles/serviceusage.serviceUsageAdmin
   roles/compute.networkAdmin
   roles/compute.securityAdmin
   roles/compute.instanceAdmin.v1
   roles/compute.loadBalancerAdmin
-  roles/iam.serviceAccountAdmin
-  roles/iam.serviceAccountUser
   roles/cloudsql.admin
   roles/servicenetworking.networksAdmin
-  roles/secretmanager.admin
   roles/iap.admin
   roles/logging.configWriter
   roles/monitoring.editor
+  roles/dns.admin
 )
 # The program grants its VM account exactly these project roles; the deployer may grant no others.
 GRANTABLE="'roles/cloudsql.client', 'roles/cloudsql.instanceUser', 'roles/logging.logWriter', 'roles/monitoring.metricWriter'"
+# Manage the VM's service account without iam.serviceAccounts.setIamPolicy / actAs.
+SA_ROLE=convexDeployerServiceAccounts
+SA_PERMISSIONS=iam.serviceAccounts.create,iam.serviceAccounts.get,iam.serviceAccounts.list,iam.serviceAccounts.update,iam.serviceAccounts.delete,iam.serviceAccounts.enable,iam.serviceAccounts.disable
 
 for project in $TARGET_PROJECTS; do
   say "Roles in ${project}"
@@ -148,22 +187,68 @@ for project in $TARGET_PROJECTS; do
   done
   gcloud projects add-iam-policy-binding "$project" --member="serviceAccount:${DEPLOYER}" \
     --role=roles/resourcemanager.projectIamAdmin \
-    --condition="title=convex-vm-roles-only,expression=api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly([${GRANTABLE}])" >/dev/null
-  # Previews read current settings (data sources, refresh); viewer reads no secret payloads.
-  gcloud projects add-iam-policy-binding "$project" --member="serviceAccount:${PREVIEWER}" --role=roles/viewer \
-    --condition=None >/dev/null
+    --condition-from-file="$(condition convex-vm-roles-only "api.getAttribute('iam.googleapis.com/modifiedGrantsByRole', []).hasOnly([${GRANTABLE}])")" >/dev/null
+
+  if exists gcloud iam roles describe "$SA_ROLE" --project="$project"; then
+    gcloud iam roles update "$SA_ROLE" --project="$project" --permissions="$SA_PERMISSIONS" --stage=GA --quiet >/dev/null
+  else
+    gcloud iam roles create "$SA_ROLE" --project="$project" --title="convex-gcp deployer: service accounts" \
+      --permissions="$SA_PERMISSIONS" --stage=GA >/dev/null
+  fi
+  gcloud projects add-iam-policy-binding "$project" --member="serviceAccount:${DEPLOYER}" \
+    --role="projects/${project}/roles/${SA_ROLE}" --condition=None >/dev/null
+
+  # Secret Manager names resources with the project NUMBER in conditions. Project-level checks
+  # (secrets.create, list) see the project; every other check sees the secret, which must be ours.
+  number="$(gcloud projects describe "$project" --format='value(projectNumber)')"
+  gcloud projects add-iam-policy-binding "$project" --member="serviceAccount:${DEPLOYER}" \
+    --role=roles/secretmanager.admin \
+    --condition-from-file="$(condition convex-secrets-only "resource.type == 'cloudresourcemanager.googleapis.com/Project' || resource.name.startsWith('projects/${number}/secrets/convex-')")" >/dev/null
+
+  # actAs (attach the VM's account to the VM): IAM conditions cannot select service accounts by name
+  # (iam.googleapis.com has no resource attributes), so the grant goes on the VM accounts themselves
+  # once the first `pulumi up` created them; until then it is project-wide. Re-run this script after
+  # a stack's first deploy to narrow it.
+  vm_accounts=()
+  for stack in $STACKS; do
+    account_id="convex-${stack}-vm"
+    email="${account_id:0:30}@${project}.iam.gserviceaccount.com"
+    if exists gcloud iam service-accounts describe "$email" --project="$project"; then
+      vm_accounts+=("$email")
+    fi
+  done
+  if ((${#vm_accounts[@]})); then
+    for email in "${vm_accounts[@]}"; do
+      gcloud iam service-accounts add-iam-policy-binding "$email" --project="$project" \
+        --member="serviceAccount:${DEPLOYER}" --role=roles/iam.serviceAccountUser >/dev/null
+    done
+    if exists gcloud projects remove-iam-policy-binding "$project" --member="serviceAccount:${DEPLOYER}" \
+        --role=roles/iam.serviceAccountUser --condition=None; then
+      say "Narrowed actAs in ${project} to ${vm_accounts[*]}"
+    fi
+  else
+    gcloud projects add-iam-policy-binding "$project" --member="serviceAccount:${DEPLOYER}" \
+      --role=roles/iam.serviceAccountUser --condition=None >/dev/null
+    say "No convex-<stack>-vm account in ${project} yet: actAs is project-wide until you re-run this script after the first deploy"
+  fi
+
+  # Previews read current settings (data sources, refresh). roles/viewer has no secretmanager.versions.access.
+  for account in "$PREVIEWER" "$PROD_PREVIEWER"; do
+    gcloud projects add-iam-policy-binding "$project" --member="serviceAccount:${account}" --role=roles/viewer \
+      --condition=None >/dev/null
+  done
 done
 
 BACKEND_URL="gs://${BUCKET}"
-SECRETS_PROVIDER="gcpkms://${KEY_ID}"
 if [[ "${INIT_STACKS:-0}" == "1" ]]; then
-  say "Recording the secrets provider in the stack files"
+  say "Recording each stack's secrets provider in its stack file"
   pulumi login "$BACKEND_URL"
   for stack in $STACKS; do
+    provider="gcpkms://${KEY_BASE}-${stack}"
     if pulumi stack select "organization/convex-gcp/${stack}" >/dev/null 2>&1; then
-      pulumi stack change-secrets-provider --stack "organization/convex-gcp/${stack}" "$SECRETS_PROVIDER"
+      pulumi stack change-secrets-provider --stack "organization/convex-gcp/${stack}" "$provider"
     else
-      pulumi stack init "organization/convex-gcp/${stack}" --secrets-provider="$SECRETS_PROVIDER"
+      pulumi stack init "organization/convex-gcp/${stack}" --secrets-provider="$provider"
     fi
   done
 fi
@@ -174,8 +259,11 @@ Done. Set these GitHub repository variables (Settings > Secrets and variables > 
   gh variable set PULUMI_BACKEND_URL --body '${BACKEND_URL}'
   gh variable set GCP_WORKLOAD_IDENTITY_PROVIDER --body '${POOL_ID}/providers/${PROVIDER}'
   gh variable set GCP_PREVIEW_SERVICE_ACCOUNT --body '${PREVIEWER}'
+  gh variable set GCP_PROD_PREVIEW_SERVICE_ACCOUNT --body '${PROD_PREVIEWER}'
   gh variable set GCP_DEPLOY_SERVICE_ACCOUNT --body '${DEPLOYER}'
-Create the GitHub environments 'dev' and 'prod'; give 'prod' required reviewers.
-Secrets provider for the stack files: ${SECRETS_PROVIDER}
+Create the GitHub environments:
+  dev, prod        deployment branches: main only; prod with required reviewers
+  ${PROD_PREVIEW_ENVIRONMENT}     required reviewers + "Prevent self-review" (approving runs the PR's code with the prod key)
+Secrets provider of each stack: gcpkms://${KEY_BASE}-<stack>
   (INIT_STACKS=1 records it; then commit Pulumi.<stack>.yaml: secretsprovider + encryptedkey)
 EOF

@@ -11,12 +11,19 @@ REQUIRED_APIS = (
     "cloudresourcemanager.googleapis.com",  # project IAM bindings
     "compute.googleapis.com",
     "iam.googleapis.com",
+    "iap.googleapis.com",  # SSH and the dashboard through IAP TCP forwarding
     "logging.googleapis.com",
     "monitoring.googleapis.com",
     "secretmanager.googleapis.com",
     "servicenetworking.googleapis.com",
     "sqladmin.googleapis.com",
 )
+
+
+def required_apis(connection_mode: str, managed_dns_zone: bool) -> tuple[str, ...]:
+    """The APIs a stack needs: Cloud DNS only for ssl mode's private zone or the front door's records."""
+    extra = ("dns.googleapis.com",) if connection_mode == "ssl" or managed_dns_zone else ()
+    return REQUIRED_APIS + extra
 
 
 @dataclass

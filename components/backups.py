@@ -34,6 +34,8 @@ class DataDiskBackups(pulumi.ComponentResource):
     def __init__(self, name: str, args: DataDiskBackupsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("convex-gcp:index:DataDiskBackups", name, None, opts)
         snapshots = args.snapshots
+        # The component's own dependencies (the project's APIs) hold for every child.
+        child = pulumi.ResourceOptions(parent=self, depends_on=opts.depends_on if opts else None)
         self.policy = gcp.compute.ResourcePolicy(
             f"{name}-schedule",
             name=f"{args.prefix}-data-snapshots",
@@ -55,13 +57,13 @@ class DataDiskBackups(pulumi.ComponentResource):
                     labels={**args.labels, "purpose": "convex-data"},
                 ),
             ),
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=child,
         )
         self.attachment = gcp.compute.DiskResourcePolicyAttachment(
             f"{name}-attachment",
             name=self.policy.name,
             disk=args.disk_name,
             zone=args.zone,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=child,
         )
         self.register_outputs({"policy": self.policy.name, "disk": args.disk_name})

@@ -35,6 +35,9 @@ class ConvexVmArgs:
     instance_secret_id: pulumi.Input[str]
     admin_key_secret_id: pulumi.Input[str]
     db_password_secret_id: pulumi.Input[str] = ""
+    # Where Convex connects in ssl mode (the instance's DNS name) and plaintext mode (its private IP).
+    sql_dns_name: pulumi.Input[str] = ""
+    sql_private_ip: pulumi.Input[str] = ""
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -45,7 +48,7 @@ class ConvexVm(pulumi.ComponentResource):
         super().__init__("convex-gcp:index:ConvexVm", name, None, opts)
         s = args.settings
         protect = s.is_prod
-        labels = {"app": "convex", "environment": s.environment, "stack": s.stack}
+        labels = s.labels
 
         # Behind the front door the VM has no external IP: clients come through the load balancer and
         # image pulls go out through Cloud NAT.
@@ -57,7 +60,7 @@ class ConvexVm(pulumi.ComponentResource):
                 region=s.region,
                 address_type="EXTERNAL",
                 network_tier="PREMIUM",
-                opts=pulumi.ResourceOptions(parent=self, protect=protect),
+                opts=pulumi.ResourceOptions(parent=self, protect=protect, depends_on=opts.depends_on if opts else None),
             )
         public_host: pulumi.Input[str] = self.address.address if self.address else ""
         # /convex/data holds files, modules and search snapshots that must match the database.
@@ -68,7 +71,7 @@ class ConvexVm(pulumi.ComponentResource):
             type=s.vm.data_disk_type,
             size=s.vm.data_disk_size_gb,
             labels=labels,
-            opts=pulumi.ResourceOptions(parent=self, protect=protect),
+            opts=pulumi.ResourceOptions(parent=self, protect=protect, depends_on=opts.depends_on if opts else None),
         )
 
         metadata = pulumi.Output.all(
@@ -78,6 +81,8 @@ class ConvexVm(pulumi.ComponentResource):
             args.instance_secret_id,
             args.admin_key_secret_id,
             args.db_password_secret_id,
+            args.sql_dns_name,
+            args.sql_private_ip,
         ).apply(
             lambda v: instance_metadata(
                 s,
@@ -89,6 +94,8 @@ class ConvexVm(pulumi.ComponentResource):
                     instance_secret_id=v[3],
                     admin_key_secret_id=v[4],
                     db_password_secret_id=v[5] or "",
+                    sql_dns_name=v[6] or "",
+                    sql_private_ip=v[7] or "",
                 ),
                 STARTUP_SCRIPT.read_text(),
             )

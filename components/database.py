@@ -10,6 +10,7 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_random as random
 
+from convex_gcp import cloudsql
 from convex_gcp.adoption import import_ids
 from convex_gcp.settings import Settings
 
@@ -21,6 +22,24 @@ def ssl_mode(settings: Settings) -> str:
     )
 
 
+# The shared CA (Certificate Authority Service) issues server certificates whose SAN holds the
+# instance's DNS name, which a strict client (Convex's rustls) can verify. Set in every mode so a
+# mode switch never asks Cloud SQL to change the CA of an existing instance (docs/connection-modes.md).
+SERVER_CA_MODE = "GOOGLE_MANAGED_CAS_CA"
+SERVER_CA_MODE_PATH = "settings.ipConfiguration.serverCaMode"
+
+
+def private_dns_name(dns_names: list | None) -> str:
+    """The instance's private-services-access DNS name without the trailing dot ("" if none)."""
+    for entry in dns_names or []:
+        get = entry.get if isinstance(entry, dict) else lambda key: getattr(entry, key, None)
+        kind = get("connection_type") or get("connectionType")
+        scope = get("dns_scope") or get("dnsScope")
+        if kind == "PRIVATE_SERVICES_ACCESS" and scope == "INSTANCE" and get("name"):
+            return str(get("name")).rstrip(".")
+    return ""
+
+
 def connector_enforcement(settings: Settings) -> str:
     required = settings.connection_mode == "proxy" and settings.database.connector_enforcement
     return "REQUIRED" if required else "NOT_REQUIRED"
@@ -29,6 +48,7 @@ def connector_enforcement(settings: Settings) -> str:
 def instance_settings(settings: Settings, private_network: pulumi.Input[str]) -> gcp.sql.DatabaseInstanceSettingsArgs:
     db = settings.database
     backups = db.backups
+    pitr = backups.point_in_time_recovery and backups.enabled
     return gcp.sql.DatabaseInstanceSettingsArgs(
         tier=db.tier,
         edition=db.edition,  # PG16+ would default to ENTERPRISE_PLUS, which rejects custom tiers
@@ -43,13 +63,15 @@ def instance_settings(settings: Settings, private_network: pulumi.Input[str]) ->
             ipv4_enabled=False,
             private_network=private_network,
             ssl_mode=ssl_mode(settings),
+            server_ca_mode=SERVER_CA_MODE,
         ),
         connector_enforcement=connector_enforcement(settings),
         backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
             enabled=backups.enabled,
             start_time=backups.start_time,
-            point_in_time_recovery_enabled=backups.point_in_time_recovery and backups.enabled,
-            transaction_log_retention_days=backups.transaction_log_retention_days,
+            point_in_time_recovery_enabled=pitr,
+            # Only meaningful with PITR; Cloud SQL also wants it below the number of retained backups.
+            transaction_log_retention_days=backups.transaction_log_retention_days if pitr else None,
             backup_retention_settings=gcp.sql.DatabaseInstanceSettingsBackupConfigurationBackupRetentionSettingsArgs(
                 retained_backups=backups.retained_backups, retention_unit="COUNT"
             ),
@@ -61,7 +83,7 @@ def instance_settings(settings: Settings, private_network: pulumi.Input[str]) ->
         insights_config=gcp.sql.DatabaseInstanceSettingsInsightsConfigArgs(
             query_insights_enabled=db.query_insights, record_application_tags=False, record_client_address=False
         ),
-        user_labels={"app": "convex", "environment": settings.environment, "stack": settings.stack},
+        user_labels=settings.labels,
     )
 
 
@@ -109,7 +131,9 @@ class Database(pulumi.ComponentResource):
                 # No implicit dependency exists on the peering; creation fails without it.
                 depends_on=[args.service_networking_connection, *args.depends_on],
                 # disk_autoresize grows the disk; do not shrink it back to the configured size.
-                ignore_changes=["settings.diskSize"],
+                # An instance created before the CA choice (or adopted) keeps its CA unless ssl mode
+                # needs the shared CA: Cloud SQL may refuse to change the CA of an existing instance.
+                ignore_changes=["settings.diskSize"] + ([] if s.connection_mode == "ssl" else [SERVER_CA_MODE_PATH]),
                 import_=adopted["sql_instance"],
             ),
         )
@@ -122,9 +146,7 @@ class Database(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, protect=protect, import_=adopted["sql_database"]),
         )
         if s.iam_auth:
-            user_name = pulumi.Output.from_input(args.service_account_email).apply(
-                lambda email: email.removesuffix(".gserviceaccount.com")
-            )
+            user_name = pulumi.Output.from_input(args.service_account_email).apply(cloudsql.iam_user_name)
             self.user = gcp.sql.User(
                 f"{name}-iam-user",
                 name=user_name,
@@ -148,6 +170,9 @@ class Database(pulumi.ComponentResource):
                 deletion_policy="ABANDON",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.database]),
             )
+
+        # What Convex connects to in ssl mode: the name in the server certificate's SAN.
+        self.private_dns_name = self.instance.dns_names.apply(private_dns_name)
 
         self.register_outputs(
             {

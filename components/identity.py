@@ -10,9 +10,10 @@ import pulumi_gcp as gcp
 import pulumi_random as random
 
 
-def vm_project_roles(iam_auth: bool) -> list[str]:
-    """Least privilege for the VM: connect through the proxy, log in as itself, ship logs and metrics."""
-    roles = ["roles/cloudsql.client", "roles/logging.logWriter", "roles/monitoring.metricWriter"]
+def vm_project_roles(iam_auth: bool, sql_admin: bool = True) -> list[str]:
+    """Least privilege for the VM: connect through the proxy (or read the server CAs in ssl mode), log in
+    as itself, ship logs and metrics. Plaintext mode never calls the SQL Admin API."""
+    roles = (["roles/cloudsql.client"] if sql_admin else []) + ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
     if iam_auth:
         roles.insert(1, "roles/cloudsql.instanceUser")
     return roles
@@ -24,6 +25,9 @@ class IdentityArgs:
     project: str
     region: str
     iam_auth: bool
+    labels: dict[str, str] = field(default_factory=dict)
+    # The VM calls the SQL Admin API (proxy and ssl modes).
+    sql_admin: bool = True
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -50,7 +54,7 @@ class Identity(pulumi.ComponentResource):
                 member=member,
                 opts=pulumi.ResourceOptions(parent=self),
             )
-            for role in vm_project_roles(args.iam_auth)
+            for role in vm_project_roles(args.iam_auth, args.sql_admin)
         ]
 
         def secret(key: str, description: str) -> gcp.secretmanager.Secret:
@@ -62,7 +66,7 @@ class Identity(pulumi.ComponentResource):
                         replicas=[gcp.secretmanager.SecretReplicationUserManagedReplicaArgs(location=args.region)]
                     )
                 ),
-                labels={"app": "convex", "stack": args.prefix},
+                labels=args.labels,
                 annotations={"description": description},
                 opts=child,
             )
@@ -76,20 +80,10 @@ class Identity(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self),
             )
 
-        # Convex's INSTANCE_SECRET is 32 random bytes in hex. RandomBytes marks its outputs secret
-        # (RandomId would put the bytes in its plaintext resource id).
-        instance_secret_value = random.RandomBytes(
-            f"{name}-instance-secret-value",
-            length=32,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        # The VM generates INSTANCE_SECRET on its first boot and stores it here, so the value
+        # never enters Pulumi state (which every preview can decrypt).
         self.instance_secret = secret("instance-secret", "Convex INSTANCE_SECRET")
-        gcp.secretmanager.SecretVersion(
-            f"{name}-instance-secret-v1",
-            secret=self.instance_secret.id,
-            secret_data=instance_secret_value.hex,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        grant("instance-secret", self.instance_secret, "roles/secretmanager.secretVersionAdder")
         grant("instance-secret", self.instance_secret, "roles/secretmanager.secretAccessor")
 
         # The VM generates the admin key once Convex is up and stores it here; deployers read it.

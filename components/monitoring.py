@@ -72,7 +72,8 @@ class Monitoring(pulumi.ComponentResource):
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("convex-gcp:index:Monitoring", name, None, opts)
         m = args.settings
-        child = pulumi.ResourceOptions(parent=self)
+        # The component's own dependencies (the project's APIs) hold for every child.
+        child = pulumi.ResourceOptions(parent=self, depends_on=opts.depends_on if opts else None)
         labels = {"app": "convex", "environment": args.environment, "stack": args.prefix}
 
         self.channels = [

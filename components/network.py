@@ -25,6 +25,7 @@ class NetworkArgs:
     ssh_source_ranges: list[str]
     iap_range: str
     is_prod: bool
+    iap_ports: list[int] = field(default_factory=lambda: [22])
     existing_network: Optional[str] = None
     existing_subnetwork: Optional[str] = None
     # Adoption (convex_gcp/adoption.py): an existing range and its peering, imported.
@@ -127,7 +128,7 @@ class Network(pulumi.ComponentResource):
                 )
             )
 
-        allow("iap", [22, DASHBOARD_PORT], [args.iap_range], "SSH and the dashboard through IAP TCP forwarding")
+        allow("iap", args.iap_ports, [args.iap_range], "SSH (and the dashboard) through IAP TCP forwarding")
         allow("ssh", [22], [r for r in args.ssh_source_ranges if r != args.iap_range], "SSH from configured ranges")
         allow("api", [API_PORT, SITE_PORT], args.api_source_ranges, "Convex API, sync websocket and HTTP actions")
         allow("dashboard", [DASHBOARD_PORT], args.dashboard_source_ranges, "Convex dashboard")

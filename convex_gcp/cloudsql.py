@@ -17,7 +17,7 @@ EDITIONS = ("ENTERPRISE", "ENTERPRISE_PLUS")
 SHARED_CORE_TIERS = {"db-f1-micro": 614, "db-g1-small": 1740}
 
 _CUSTOM = re.compile(r"^db-custom-(\d+)-(\d+)$")
-_PERF_OPTIMIZED = re.compile(r"^db-perf-optimized-n-(\d+)$")
+_PERF_OPTIMIZED = re.compile(r"^db-perf-optimized-N-(\d+)$")
 _PERF_OPTIMIZED_VCPUS = (2, 4, 8, 16, 32, 48, 64, 80, 96, 128)
 
 # Superuser slots PostgreSQL keeps out of max_connections (superuser_reserved_connections).

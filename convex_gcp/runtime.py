@@ -18,6 +18,8 @@ DASHBOARD_IMAGE = "ghcr.io/get-convex/convex-dashboard"
 API_PORT, SITE_PORT, DASHBOARD_PORT = 3210, 3211, 6791
 PROXY_HOST, PROXY_PORT, PROXY_HEALTH_PORT = "cloudsql-proxy", 5432, 9090
 DATA_DEVICE_NAME = "convex-data"
+# Where the VM mounts the instance's server CA bundle in the backend container (ssl mode).
+SQL_CA_FILE = "/convex-gcp/sql-ca.pem"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,9 @@ class RuntimeInputs:
     instance_secret_id: str
     admin_key_secret_id: str
     db_password_secret_id: str = ""
+    # ssl mode: the instance's DNS name (no trailing dot); plaintext mode: its private IP.
+    sql_dns_name: str = ""
+    sql_private_ip: str = ""
 
 
 def proxy_args(settings: Settings, connection_name: str) -> list[str]:
@@ -82,9 +87,7 @@ def backend_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
         "INSTANCE_NAME": settings.convex.instance_name,
         "CONVEX_CLOUD_ORIGIN": urls["convex_url"],
         "CONVEX_SITE_ORIGIN": urls["convex_site_url"],
-        # The proxy's local listener speaks plaintext; the proxy itself encrypts to Cloud SQL.
-        "POSTGRES_URL": postgres_url(inputs.database_user, PROXY_HOST, PROXY_PORT, {"sslmode": "disable", "connect_timeout": "30"}),
-        "DO_NOT_REQUIRE_SSL": "1",
+        **database_env(settings, inputs),
         "POSTGRES_MAX_CONNECTIONS": str(settings.pool_size),
         "RUST_LOG": settings.convex.log_level,
         "LOG_FORMAT": "json",
@@ -97,6 +100,30 @@ def backend_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
     return env
 
 
+def database_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
+    """How Convex reaches Postgres in each connection mode (docs/connection-modes.md)."""
+    mode = settings.connection_mode
+    if mode == "ssl":
+        if not inputs.sql_dns_name:
+            raise ValueError("connectionMode ssl needs the instance's DNS name")
+        # No query: without DO_NOT_REQUIRE_SSL Convex adds sslmode=require and verifies the certificate
+        # (rustls: chain to PG_CA_FILE or the system roots, and the host name against the SAN).
+        return {
+            "POSTGRES_URL": postgres_url(inputs.database_user, inputs.sql_dns_name, PROXY_PORT, {}),
+            "PG_CA_FILE": SQL_CA_FILE,
+        }
+    if mode == "plaintext":
+        return {
+            "POSTGRES_URL": postgres_url(inputs.database_user, inputs.sql_private_ip, PROXY_PORT, {"sslmode": "disable", "connect_timeout": "30"}),
+            "DO_NOT_REQUIRE_SSL": "1",
+        }
+    # The proxy's local listener speaks plaintext; the proxy itself encrypts to Cloud SQL.
+    return {
+        "POSTGRES_URL": postgres_url(inputs.database_user, PROXY_HOST, PROXY_PORT, {"sslmode": "disable", "connect_timeout": "30"}),
+        "DO_NOT_REQUIRE_SSL": "1",
+    }
+
+
 def dashboard_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
     if not settings.convex.dashboard:
         return {}
@@ -106,11 +133,10 @@ def dashboard_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
 def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
     """Settings of the startup script itself."""
     version = settings.convex.version
-    return {
-        "CONNECTION_MODE": settings.connection_mode,
+    mode = settings.connection_mode
+    config = {
+        "CONNECTION_MODE": mode,
         "PROJECT_ID": inputs.project,
-        "PROXY_IMAGE": f"{PROXY_IMAGE}:{settings.convex.proxy_version}",
-        "PROXY_ARGS": " ".join(proxy_args(settings, inputs.connection_name)),
         "BACKEND_IMAGE": f"{BACKEND_IMAGE}:{version}",
         "DASHBOARD_IMAGE": f"{DASHBOARD_IMAGE}:{version}",
         "DASHBOARD_ENABLED": "true" if settings.convex.dashboard else "false",
@@ -119,6 +145,13 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
         "ADMIN_KEY_SECRET_ID": inputs.admin_key_secret_id,
         "DB_PASSWORD_SECRET_ID": inputs.db_password_secret_id,
     }
+    if mode == "proxy":
+        config["PROXY_IMAGE"] = f"{PROXY_IMAGE}:{settings.convex.proxy_version}"
+        config["PROXY_ARGS"] = " ".join(proxy_args(settings, inputs.connection_name))
+    if mode == "ssl":
+        # The VM reads the server CA bundle (current + upcoming CAs) from the SQL Admin API itself.
+        config["SQL_INSTANCE"] = inputs.connection_name
+    return config
 
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")

@@ -27,7 +27,7 @@ CONVEX_VERSION = "5f66740ae8dd506577d27294adc55b81e4fbe91b"
 PROXY_VERSION = "2.26.0"
 
 IAP_RANGE = "35.235.240.0/20"
-SUPPORTED_MODES = ("proxy",)
+SUPPORTED_MODES = ("proxy", "ssl", "plaintext")
 
 
 def _custom(reason: str, allowed: str, example: str) -> PydanticCustomError:
@@ -58,9 +58,7 @@ class NetworkSettings(_Model):
     @field_validator("api_source_ranges", "dashboard_source_ranges", "ssh_source_ranges")
     @classmethod
     def _cidrs(cls, values: list[str]) -> list[str]:
-        for value in values:
-            _check_cidr(value)
-        return values
+        return _check_cidrs(values)
 
     @field_validator("existing_network", "existing_subnetwork")
     @classmethod
@@ -68,6 +66,18 @@ class NetworkSettings(_Model):
         if value is not None and not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", value):
             raise _custom(f"{value!r} is not a network name", "a lowercase name such as default", "default")
         return value
+
+
+def _check_cidrs(values: list[str]) -> list[str]:
+    for value in values:
+        _check_cidr(value)
+    return values
+
+
+def _check_whole_hour(value: str, example: str) -> str:
+    if not re.fullmatch(r"([01]\d|2[0-3]):00", value):
+        raise _custom(f"{value!r} is not a whole hour HH:00 (UTC)", "HH:00 in UTC", example)
+    return value
 
 
 def _check_cidr(value: str) -> None:
@@ -87,9 +97,7 @@ class BackupSettings(_Model):
     @field_validator("start_time")
     @classmethod
     def _hhmm(cls, value: str) -> str:
-        if not re.fullmatch(r"([01]\d|2[0-3]):00", value):
-            raise _custom(f"{value!r} is not a whole hour HH:00 (UTC)", "HH:00 in UTC", "18:00")
-        return value
+        return _check_whole_hour(value, "18:00")
 
 
 class MaintenanceSettings(_Model):
@@ -149,9 +157,7 @@ class SnapshotSettings(_Model):
     @field_validator("start_time")
     @classmethod
     def _hhmm(cls, value: str) -> str:
-        if not re.fullmatch(r"([01]\d|2[0-3]):00", value):
-            raise _custom(f"{value!r} is not a whole hour HH:00 (UTC)", "HH:00 in UTC", "19:00")
-        return value
+        return _check_whole_hour(value, "19:00")
 
 
 class VmSettings(_Model):
@@ -240,9 +246,7 @@ class ArmorSettings(_Model):
     @field_validator("allow_ranges")
     @classmethod
     def _cidrs(cls, values: list[str]) -> list[str]:
-        for value in values:
-            _check_cidr(value)
-        return values
+        return _check_cidrs(values)
 
 
 class DomainSettings(_Model):
@@ -358,6 +362,11 @@ class Settings(_Model):
     @property
     def is_prod(self) -> bool:
         return self.environment == "prod"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Labels on every labelled resource, for billing and inventory."""
+        return {"app": "convex", "environment": self.environment, "stack": self.stack}
 
     @property
     def zone(self) -> str:
@@ -636,10 +645,22 @@ def _check_mode(s: Settings) -> list[Problem]:
 
 
 def _check_availability(s: Settings) -> list[Problem]:
-    if s.database.availability != "REGIONAL":
-        return []
     backups = s.database.backups
     problems = []
+    if backups.point_in_time_recovery and backups.retained_backups < backups.transaction_log_retention_days:
+        # Cloud SQL answers 400 "backup retention should be > transaction log retention" when the
+        # log days exceed the retained backups (its own defaults, 7 and 7, are accepted).
+        path = f"{PROJECT}:database.backups.retainedBackups"
+        problems.append(
+            Problem(
+                path,
+                f"{backups.retained_backups} retained backups are fewer than {backups.transaction_log_retention_days} days of transaction logs",
+                f"at least transactionLogRetentionDays ({backups.transaction_log_retention_days}), or lower that",
+                set_line(path, backups.transaction_log_retention_days),
+            )
+        )
+    if s.database.availability != "REGIONAL":
+        return problems
     for key, ok in (("enabled", backups.enabled), ("pointInTimeRecovery", backups.point_in_time_recovery)):
         if not ok:
             path = f"{PROJECT}:database.backups.{key}"
@@ -757,7 +778,11 @@ def _check_prod(s: Settings) -> list[Problem]:
         if not ok:
             problems.append(Problem(f"{PROJECT}:{path}", f"{reason} (required when environment is prod)", allowed, set_line(f"{PROJECT}:{path}", value)))
 
-    need("connectionMode", s.connection_mode == "proxy", f"{s.connection_mode!r} is not the Auth Proxy", "proxy", "proxy")
+    if s.connection_mode == "plaintext":
+        # A specific message: plaintext is the one mode that sends passwords and data unencrypted.
+        need("connectionMode", False, "'plaintext' sends database traffic, password included, unencrypted: it is for dev stacks only", "proxy", "proxy")
+    else:
+        need("connectionMode", s.connection_mode == "proxy", f"{s.connection_mode!r} is not the Auth Proxy", "proxy", "proxy")
     need("iamAuth", s.iam_auth, "password login is not allowed", "true", "true")
     need("database.deletionProtection", s.sql_deletion_protection, "the database must be protected from deletion", "true", "true")
     need("vm.deletionProtection", s.vm_deletion_protection, "the VM must be protected from deletion", "true", "true")
@@ -780,6 +805,17 @@ def _check_prod(s: Settings) -> list[Problem]:
             )
         )
     return problems
+
+
+def settings_warnings(settings: Settings) -> list[str]:
+    """Allowed but risky choices, shown by `pulumi preview` as warnings."""
+    warnings = []
+    if settings.connection_mode == "plaintext":
+        warnings.append(
+            "connectionMode is plaintext: traffic between Convex and Cloud SQL, the database password included, "
+            "is NOT encrypted (dev only; use ssl or proxy for anything else)"
+        )
+    return warnings
 
 
 def resource_prefix(stack: str) -> str:

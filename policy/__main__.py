@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pulumi_policy import EnforcementLevel, PolicyPack  # noqa: E402
 
-from policy.pack import PACK_NAME, build_policies  # noqa: E402
+from policy.pack import PACK_NAME, build_policies, keep_secret_paths  # noqa: E402
 
+keep_secret_paths()
 PolicyPack(name=PACK_NAME, policies=build_policies(), enforcement_level=EnforcementLevel.MANDATORY)

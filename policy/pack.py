@@ -1,13 +1,22 @@
 """Wraps each plain rule (policy/rules.py) as a pulumi-policy ResourceValidationPolicy.
 
 Importing this module starts nothing: only `PolicyPack(...)` in `__main__.py` starts the analyzer
-server, so tests can build and call these policies directly."""
+server, so tests can build and call these policies directly.
+
+Secrets: the engine sends Pulumi secrets to the analyzer marked as such (it marshals the inputs with
+KeepSecrets), but pulumi-policy (1.21.0, pinned) unwraps them to plaintext before `validate` and
+offers no way to ask whether a value was secret (pulumi/pulumi-policy#241). `keep_secret_paths()`,
+called by `__main__.py`, records the paths of the marked values while the SDK deserializes them, so
+`Resource.secret_paths` is filled in real previews as it is for offline plans."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pulumi_policy import EnforcementLevel, PolicyConfigSchema, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
+from pulumi_policy import policy as _analyzer
+from pulumi_policy.deserialize import SPECIAL_SECRET_SIG, SPECIAL_SIG_KEY, deserialize_properties
+from pulumi_policy.proxy import unknown_checking_proxy
 
 from policy import rules
 
@@ -20,6 +29,47 @@ CONFIGURABLE = {"prod-database-protected"}
 CONFIG_SCHEMA = PolicyConfigSchema(properties={"environment": {"type": "string", "enum": ["dev", "prod"]}})
 
 
+class SecretMarkedProps(dict):
+    """The plaintext inputs pulumi-policy builds, plus where the engine had marked a secret
+    (`metadata.<key>`, `a.b[0]`: the same paths the offline plan records)."""
+
+    secret_paths: tuple[str, ...] = ()
+
+
+def secret_paths(raw: Any, path: str = "") -> list[str]:
+    """Paths of the secret-marked values in the wire form of a property map."""
+    if isinstance(raw, dict):
+        if raw.get(SPECIAL_SIG_KEY) == SPECIAL_SECRET_SIG:
+            return [path, *secret_paths(raw.get("value"), path)]
+        return [p for k, v in raw.items() for p in secret_paths(v, f"{path}.{k}" if path else k)]
+    if isinstance(raw, list):
+        return [p for i, v in enumerate(raw) for p in secret_paths(v, f"{path}[{i}]")]
+    return []
+
+
+def _deserialize_keeping_secret_paths(props: dict[str, Any], proxy_secrets: bool = False) -> Any:
+    result = deserialize_properties(props, proxy_secrets)
+    if proxy_secrets:  # remediation: the SDK keeps secrets itself
+        return result
+    marked = SecretMarkedProps(result)
+    marked.secret_paths = tuple(secret_paths(props))
+    return marked
+
+
+def _proxy_keeping_secret_paths(props: Any) -> Any:
+    proxied = unknown_checking_proxy(props)  # copies the map: carry the paths over
+    proxied.secret_paths = tuple(getattr(props, "secret_paths", ()))
+    return proxied
+
+
+def keep_secret_paths() -> None:
+    """Make the analyzer record secret paths (see the module docstring): it deserializes the request,
+    then wraps the result in its unknown-checking proxy; both are swapped for versions that keep
+    `secret_paths` on the `props` a policy receives. Idempotent."""
+    _analyzer.deserialize_properties = _deserialize_keeping_secret_paths
+    _analyzer.unknown_checking_proxy = _proxy_keeping_secret_paths
+
+
 def resource_from_args(args: ResourceValidationArgs) -> rules.Resource:
     config: dict[str, Any] = dict(args.get_config() or {})
     return rules.Resource(
@@ -28,6 +78,7 @@ def resource_from_args(args: ResourceValidationArgs) -> rules.Resource:
         props=args.props,
         protect=bool(getattr(args.opts, "protect", False)),
         environment=str(config.get("environment") or ""),
+        secret_paths=tuple(getattr(args.props, "secret_paths", ())),
     )
 
 

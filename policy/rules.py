@@ -237,6 +237,8 @@ def no_secret_literals_in_metadata(resource: Resource) -> list[str]:
     if not isinstance(metadata, Mapping):
         return []
     problems = []
+    if "metadata" in resource.secret_paths:
+        return [f"VM '{resource.name}' metadata is a Pulumi secret: instance metadata is plaintext to every viewer."]
     for key, value in sorted(metadata.items()):
         if f"metadata.{key}" in resource.secret_paths:
             problems.append(f"VM '{resource.name}' metadata '{key}' carries a Pulumi secret in plaintext metadata.")

@@ -14,7 +14,7 @@ from convex_gcp.flags import FlagError, convert_flag
         ("db-custom-1-3840", "custom", 3840),
         ("db-custom-2-7680", "custom", 7680),
         ("db-custom-96-638976", "custom", 638976),
-        ("db-perf-optimized-n-8", "perf-optimized", 65536),
+        ("db-perf-optimized-N-8", "perf-optimized", 65536),
     ],
 )
 def test_valid_tiers(name, kind, memory):
@@ -31,7 +31,7 @@ def test_valid_tiers(name, kind, memory):
         ("db-custom-2-7000", "multiple of 256"),
         ("db-custom-1-1024", "0.9 to 6.5 GB per vCPU"),
         ("db-custom-2-14336", "0.9 to 6.5 GB per vCPU"),
-        ("db-perf-optimized-n-3", "vCPUs must be one of"),
+        ("db-perf-optimized-N-3", "vCPUs must be one of"),
         ("postgres-large", "unknown tier"),
     ],
 )
@@ -43,7 +43,7 @@ def test_invalid_tiers(name, fragment):
 def test_edition_must_match_tier():
     assert cloudsql.edition_problem(cloudsql.parse_tier("db-custom-2-7680"), "ENTERPRISE") is None
     assert "only on ENTERPRISE" in cloudsql.edition_problem(cloudsql.parse_tier("db-g1-small"), "ENTERPRISE_PLUS")
-    assert "only on ENTERPRISE_PLUS" in cloudsql.edition_problem(cloudsql.parse_tier("db-perf-optimized-n-2"), "ENTERPRISE")
+    assert "only on ENTERPRISE_PLUS" in cloudsql.edition_problem(cloudsql.parse_tier("db-perf-optimized-N-2"), "ENTERPRISE")
 
 
 @pytest.mark.parametrize(

@@ -62,25 +62,43 @@ def test_every_action_is_on_its_current_major_and_no_json_keys():
                                     "pulumi/actions@v7"}, f"{path.name}: {uses}"
 
 
+PREVIEW_JOBS = {"dev": "preview-dev", "prod": "preview-prod"}
+
+
 def test_pull_requests_test_first_then_preview_every_stack_with_policies():
     workflow = load("pull-request.yml")
     assert "pull_request" in workflow[True]  # PyYAML reads the `on` key as True
     jobs = workflow["jobs"]
     assert "pytest" in " ".join(s.get("run", "") for s in jobs["test"]["steps"])
-    preview = jobs["preview"]
-    assert preview["needs"] == "test"
-    assert sorted(preview["strategy"]["matrix"]["stack"]) == stacks()
-    assert preview["permissions"] == {"contents": "read", "id-token": "write", "pull-requests": "write"}
-    auth = steps(preview, "google-github-actions/auth")[0]["with"]
-    assert set(auth) == {"workload_identity_provider", "service_account"}
-    assert "PREVIEW" in auth["service_account"]
-    (pulumi,) = steps(preview, "pulumi/actions")
-    options = pulumi["with"]
-    assert options["command"] == "preview"
-    assert options["comment-on-pr"] is True
-    assert options["policyPacks"] == "policy"
-    assert options["policyPackConfigs"] == "policy/config/${{ matrix.stack }}.json"
-    assert options["stack-name"] == "organization/convex-gcp/${{ matrix.stack }}"
+    assert sorted(PREVIEW_JOBS) == stacks()
+    assert {name for name in jobs if name.startswith("preview")} == set(PREVIEW_JOBS.values())
+    for stack, name in PREVIEW_JOBS.items():
+        preview = jobs[name]
+        assert preview["needs"] == "test"
+        assert preview["permissions"] == {"contents": "read", "id-token": "write", "pull-requests": "write"}
+        (pulumi,) = steps(preview, "pulumi/actions")
+        options = pulumi["with"]
+        assert options["command"] == "preview"
+        assert options["comment-on-pr"] is True
+        assert options["policyPacks"] == "policy"
+        assert options["policyPackConfigs"] == f"policy/config/{stack}.json"
+        assert options["stack-name"] == f"organization/convex-gcp/{stack}"
+        auth = steps(preview, "google-github-actions/auth")[0]["with"]
+        assert set(auth) == {"workload_identity_provider", "service_account"}
+
+
+def test_a_plain_pull_request_job_cannot_become_the_prod_previewer():
+    jobs = load("pull-request.yml")["jobs"]
+    dev, prod = jobs["preview-dev"], jobs["preview-prod"]
+    # The identity any PR job may use decrypts only dev's key (bootstrap: PR_STACKS="dev").
+    assert "environment" not in dev
+    assert steps(dev, "google-github-actions/auth")[0]["with"]["service_account"] == "${{ vars.GCP_PREVIEW_SERVICE_ACCOUNT }}"
+    # Prod's preview identity trusts only tokens whose subject names the prod-preview environment.
+    assert prod["environment"] == "prod-preview"
+    assert steps(prod, "google-github-actions/auth")[0]["with"]["service_account"] == "${{ vars.GCP_PROD_PREVIEW_SERVICE_ACCOUNT }}"
+    bootstrap = (ROOT / "bootstrap" / "bootstrap.sh").read_text()
+    assert 'PROD_PREVIEW_ENVIRONMENT="${PROD_PREVIEW_ENVIRONMENT:-prod-preview}"' in bootstrap
+    assert "subject/repo:${GITHUB_REPO}:environment:${PROD_PREVIEW_ENVIRONMENT}" in bootstrap
 
 
 def test_merges_deploy_dev_then_prod_behind_its_environment_one_update_at_a_time():

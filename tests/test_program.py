@@ -158,6 +158,7 @@ def test_secret_access_is_per_secret(plan):
     prefix = f"convex-{plan.stack}"
     expected = {
         (f"{prefix}-instance-secret", "roles/secretmanager.secretAccessor"),
+        (f"{prefix}-instance-secret", "roles/secretmanager.secretVersionAdder"),  # generated on the VM
         (f"{prefix}-admin-key", "roles/secretmanager.secretAccessor"),
         (f"{prefix}-admin-key", "roles/secretmanager.secretVersionAdder"),
     }
@@ -262,6 +263,8 @@ def test_dashboard_output_only_when_enabled():
     assert "dashboard_url" not in plan.outputs
     assert "convex-dashboard-env" not in metadata(plan)
     assert env_lines(metadata(plan)["convex-gcp-config"])["DASHBOARD_ENABLED"] == "false"
+    iap = next(r.inputs for r in plan.of_type("gcp:compute/firewall:Firewall") if r.inputs["name"].endswith("-allow-iap"))
+    assert iap["allows"] == [{"ports": ["22"], "protocol": "tcp"}]  # no dashboard port without a dashboard
 
 
 def test_no_plaintext_secret_anywhere(plan):
@@ -274,7 +277,16 @@ def test_no_plaintext_secret_anywhere(plan):
         for sentinel in SECRET_SENTINELS.values():
             assert sentinel not in json.dumps(output["value"]), name
     secret_versions = plan.of_type("gcp:secretmanager/secretVersion:SecretVersion")
-    assert secret_versions and all("secretData" in v.secret_inputs for v in secret_versions)
+    assert all("secretData" in v.secret_inputs for v in secret_versions)
+
+
+def test_prod_state_holds_no_generated_secret(prod_plan, dev_plan):
+    """INSTANCE_SECRET is generated on the VM and prod logs in through IAM: nothing to leak from state."""
+    generated = ("random:index/randomBytes:RandomBytes", "random:index/randomPassword:RandomPassword",
+                 "gcp:secretmanager/secretVersion:SecretVersion")
+    assert not [r.name for r in prod_plan.resources if r.type in generated]
+    # dev (built-in user) holds only its database password.
+    assert [r.name for r in dev_plan.resources if r.type in generated] == ["identity-db-password-value", "identity-db-password-v1"]
 
 
 def paths_holding(value, needles, path=""):
@@ -286,7 +298,7 @@ def paths_holding(value, needles, path=""):
 
 
 def test_secret_detector_finds_a_leak():
-    leaky = {"metadata": {"convex-backend-env": "INSTANCE_SECRET=" + SECRET_SENTINELS["random:index/randomBytes:RandomBytes"]}}
+    leaky = {"metadata": {"convex-backend-env": "POSTGRES_URL=postgresql://convex:" + SECRET_SENTINELS["random:index/randomPassword:RandomPassword"] + "@db"}}
     assert paths_holding(leaky, tuple(SECRET_SENTINELS.values())) == ["metadata.convex-backend-env"]
 
 
@@ -322,9 +334,9 @@ def test_existing_network_is_looked_up_not_created():
 
 
 def test_bad_config_fails_before_anything_is_declared():
-    plan = run_plan_with("dev", {"convex-gcp:connectionMode": "ssl"})
-    assert "not supported yet" in plan.error
-    assert "pulumi config set 'convex-gcp:connectionMode' proxy" in plan.error
+    plan = run_plan_with("dev", {"convex-gcp:database": json.dumps({**stack_object("dev", "database"), "tier": "db-n1-standard-1"})})
+    assert "convex-gcp:database.tier" in plan.error
+    assert "pulumi config set --path 'convex-gcp:database.tier' db-custom-2-7680" in plan.error
     assert "Traceback" not in plan.error
     assert not [r for r in plan.resources if r.custom]
 
@@ -334,3 +346,31 @@ def test_plan_markdown_renders(dev_plan):
 
     text = render_markdown(dev_plan)
     assert "## VM runtime settings" in text and "PROXY_ARGS=" in text and "[secret]" not in text.split("## Outputs")[1]
+
+
+def _needs_all_apis(plan, resource, services, memo):
+    """Whether a resource waits, directly or through what it depends on, for every enabled API."""
+    if resource.urn in memo:
+        return memo[resource.urn]
+    memo[resource.urn] = set()
+    by_urn = {r.urn: r for r in plan.resources}
+    reached = {u for u in resource.dependencies if u in services}
+    for urn in resource.dependencies:
+        if urn in by_urn and urn not in services:
+            reached |= _needs_all_apis(plan, by_urn[urn], services, memo)
+    memo[resource.urn] = reached
+    return reached
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_every_google_resource_waits_for_the_apis(stack):
+    """Resources are created only after the APIs they need are enabled, on a fresh project too."""
+    plan = run_plan(stack)
+    services = {s.urn for s in plan.of_type("gcp:projects/service:Service")}
+    memo: dict = {}
+    missing = [
+        r.name for r in plan.resources
+        if r.custom and r.type.startswith("gcp:") and r.type != "gcp:projects/service:Service"
+        and _needs_all_apis(plan, r, services, memo) != services
+    ]
+    assert not missing, f"declared without waiting for the project APIs: {missing}"

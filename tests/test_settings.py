@@ -88,7 +88,7 @@ def test_edition_consistent_with_tier(tier):
 
 
 def test_perf_optimized_needs_enterprise_plus():
-    problem = one_problem(database={"tier": "db-perf-optimized-n-2", "edition": "ENTERPRISE"})
+    problem = one_problem(database={"tier": "db-perf-optimized-N-2", "edition": "ENTERPRISE"})
     assert problem.fix.endswith("ENTERPRISE_PLUS")
 
 
@@ -159,10 +159,22 @@ def test_zone_defaults_into_region():
 
 
 @pytest.mark.parametrize("mode", ["ssl", "plaintext"])
-def test_other_modes_not_supported_yet(mode):
-    problem = one_problem(connectionMode=mode)
-    assert problem.path == "convex-gcp:connectionMode" and "not supported yet" in problem.reason
+def test_other_modes_load_in_dev(mode):
+    assert load_settings(config(connectionMode=mode), "dev").connection_mode == mode
+
+
+def test_plaintext_rejected_in_prod_with_its_own_reason():
+    found = {p.path: p for p in problems("prod", connectionMode="plaintext")}
+    problem = found["convex-gcp:connectionMode"]
+    assert "unencrypted" in problem.reason and "dev stacks only" in problem.reason
     assert problem.fix == "pulumi config set 'convex-gcp:connectionMode' proxy"
+
+
+@pytest.mark.parametrize("mode", ["ssl", "plaintext"])
+def test_iam_auth_needs_the_proxy(mode):
+    problem = one_problem(connectionMode=mode, iamAuth="true")
+    assert problem.path == "convex-gcp:iamAuth" and "Auth Proxy" in problem.reason
+    assert problem.fix == "pulumi config set 'convex-gcp:iamAuth' false"
 
 
 def test_unknown_mode():
@@ -236,3 +248,12 @@ def test_set_line_quotes_values():
 def test_stack_name_must_fit_resource_names():
     with pytest.raises(ConfigError, match="pulumi stack rename"):
         load_settings(config(), "Very_Long_Stack_Name_For_Testing")
+
+
+def test_retained_backups_exceed_log_retention_with_pitr():
+    problem = one_problem(database={"backups": {"pointInTimeRecovery": True, "retainedBackups": 5, "transactionLogRetentionDays": 7}})
+    assert problem.path == "convex-gcp:database.backups.retainedBackups"
+    assert problem.fix == "pulumi config set --path 'convex-gcp:database.backups.retainedBackups' 7"
+    assert load_settings(config(database={"backups": {"pointInTimeRecovery": True, "retainedBackups": 7, "transactionLogRetentionDays": 7}}), "dev")
+    # Without PITR the log retention is not sent, so 3 backups are fine (the dev stack).
+    assert load_settings(config(database={"backups": {"pointInTimeRecovery": False, "retainedBackups": 3}}), "dev")

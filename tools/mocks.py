@@ -9,13 +9,14 @@ import pulumi
 
 # Known values for every generated secret, so tests can prove none leaks.
 SECRET_SENTINELS = {
-    "random:index/randomBytes:RandomBytes": "5e" * 32,
     "random:index/randomPassword:RandomPassword": "SentinelDbPassw0rdSentinelDbPass",
 }
 EXTERNAL_IP = "34.84.10.20"
 SQL_PRIVATE_IP = "10.123.0.3"
 VM_INTERNAL_IP = "10.20.0.2"
 FRONT_DOOR_IP = "34.117.20.30"
+# Shape of a private-services-access instance's DNS name: <uid>.<project label>.<region>.sql-psa.goog.
+SQL_DNS_UID = "0f1e2d3c4b5a"
 
 
 class GcpMocks(pulumi.runtime.Mocks):
@@ -53,13 +54,13 @@ class GcpMocks(pulumi.runtime.Mocks):
                 "privateIpAddress": SQL_PRIVATE_IP,
                 "selfLink": f"https://sqladmin.googleapis.com/sql/v1beta4/projects/{p}/instances/{name}",
                 "dnsName": "",
+                "dnsNames": [
+                    {"name": f"{SQL_DNS_UID}.{SQL_DNS_UID[::-1]}.{r}.sql-psa.goog.", "connectionType": "PRIVATE_SERVICES_ACCESS", "dnsScope": "INSTANCE"}
+                ],
             }
         elif t == "gcp:compute/instance:Instance":
             nics = [dict(nic, networkIp=VM_INTERNAL_IP) for nic in inputs.get("networkInterfaces", [])]
             out = {"networkInterfaces": nics, "instanceId": "1234567890", "selfLink": f"https://www.googleapis.com/compute/v1/projects/{p}/zones/{inputs.get('zone')}/instances/{name}"}
-        elif t == "random:index/randomBytes:RandomBytes":
-            out = {"hex": SECRET_SENTINELS[t], "base64": "XlZeXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl5eXl4="}
-            rid = "none"
         elif t == "random:index/randomPassword:RandomPassword":
             out = {"result": SECRET_SENTINELS[t]}
             rid = "none"

@@ -183,7 +183,7 @@ def plan_from_json(text: str) -> Plan:
 
 _KEY_SETTINGS = {
     "gcp:sql/databaseInstance:DatabaseInstance": ["databaseVersion", "settings.tier", "settings.edition", "settings.availabilityType",
-        "settings.ipConfiguration.ipv4Enabled", "settings.ipConfiguration.sslMode", "settings.connectorEnforcement",
+        "settings.ipConfiguration.ipv4Enabled", "settings.ipConfiguration.sslMode", "settings.ipConfiguration.serverCaMode", "settings.connectorEnforcement",
         "settings.backupConfiguration.pointInTimeRecoveryEnabled", "settings.databaseFlags", "deletionProtection",
         "settings.deletionProtectionEnabled"],
     "gcp:compute/instance:Instance": ["machineType", "zone", "bootDisk.initializeParams.image", "serviceAccount.scopes",

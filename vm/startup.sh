@@ -35,6 +35,8 @@
 #   CONVEX_GCP_POLL_MS           health poll interval (default 2000)
 #   CONVEX_GCP_WATCH_TIMEOUT     metadata long-poll timeout_sec (default 300)
 #   CONVEX_GCP_PENDING_RETRY     first retry interval (s) of an unfinished run (default 60)
+#   CONVEX_GCP_STATE_DIR         persistent state, e.g. the SQL server CA bundle (default /var/lib/convex-gcp)
+#   CONVEX_GCP_CA_REFRESH        ssl mode: seconds between server CA bundle checks (default 21600)
 # External commands looked up on PATH (the sandbox puts stand-ins first):
 #   docker systemctl systemd-run mount mountpoint flock curl blkid mkfs.ext4
 #   e2fsck resize2fs base64 sha256sum
@@ -73,6 +75,11 @@ BACKEND_WAIT_S=${CONVEX_GCP_BACKEND_WAIT:-300}
 POLL_MS=${CONVEX_GCP_POLL_MS:-2000}
 WATCH_TIMEOUT_S=${CONVEX_GCP_WATCH_TIMEOUT:-300}
 PENDING_RETRY_S=${CONVEX_GCP_PENDING_RETRY:-60}
+STATE_DIR=${CONVEX_GCP_STATE_DIR:-/var/lib/convex-gcp}
+CA_REFRESH_S=${CONVEX_GCP_CA_REFRESH:-21600}
+# Inside the backend container; the rendered backend env points PG_CA_FILE here.
+readonly SQL_CA_TARGET=/convex-gcp/sql-ca.pem
+SQL_CA_SHA=""
 
 readonly WATCH_UNIT=convex-config-watch
 readonly NETWORK=convex
@@ -315,7 +322,7 @@ fetch_metadata() {
 
 # ---------------------------------------------------------------- config --
 
-readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_CA_BUNDLE "
+readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE "
 
 # Parse KEY=VALUE lines; never sourced or evaluated.
 parse_config() {
@@ -342,7 +349,7 @@ parse_config() {
   done
   CFG[DASHBOARD_ENABLED]=${CFG[DASHBOARD_ENABLED]:-false}
   CFG[DB_PASSWORD_SECRET_ID]=${CFG[DB_PASSWORD_SECRET_ID]:-}
-  CFG[SQL_CA_BUNDLE]=${CFG[SQL_CA_BUNDLE]:-}
+  CFG[SQL_INSTANCE]=${CFG[SQL_INSTANCE]:-}
   CFG[PROXY_ARGS]=${CFG[PROXY_ARGS]:-}
   CFG[PROXY_IMAGE]=${CFG[PROXY_IMAGE]:-}
   CFG[DASHBOARD_IMAGE]=${CFG[DASHBOARD_IMAGE]:-}
@@ -352,7 +359,11 @@ parse_config() {
       [[ -n ${CFG[PROXY_IMAGE]} ]] || die "convex-gcp-config: PROXY_IMAGE is required in proxy mode" "settings"
       [[ -n ${CFG[PROXY_ARGS]} ]] || die "convex-gcp-config: PROXY_ARGS is required in proxy mode" "settings"
       ;;
-    ssl | plaintext) ;;
+    ssl)
+      [[ ${CFG[SQL_INSTANCE]} =~ ^.+:[a-z0-9-]+:[a-z0-9-]+$ ]] ||
+        die "convex-gcp-config: SQL_INSTANCE must be project:region:instance in ssl mode" "settings"
+      ;;
+    plaintext) ;;
     *) die "convex-gcp-config: CONNECTION_MODE=${CFG[CONNECTION_MODE]} is not proxy|ssl|plaintext" "settings" ;;
   esac
   case "${CFG[DASHBOARD_ENABLED]}" in
@@ -421,11 +432,11 @@ check_scopes() {
   else
     preflight FAIL scopes-secretmanager "scope cloud-platform missing (have: ${SCOPES:-none})" \
       "set the VM service_account scopes to [${SCOPE_CP}] (needs a VM stop/start); Secret Manager accepts no narrower scope"
-    if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
+    if [[ ${CFG[CONNECTION_MODE]} != plaintext ]]; then
       if [[ " $SCOPES " == *" ${SCOPE_SQL} "* ]]; then
         preflight PASS scopes-sqladmin "sqlservice.admin present"
       else
-        preflight FAIL scopes-sqladmin "neither cloud-platform nor sqlservice.admin present; the proxy cannot get certificates" \
+        preflight FAIL scopes-sqladmin "neither cloud-platform nor sqlservice.admin present; the proxy cannot get certificates and the server CAs cannot be read" \
           "add scope ${SCOPE_SQL} or ${SCOPE_CP}"
       fi
     fi
@@ -517,9 +528,17 @@ write_secret_env() {
 
   local raw="${SECRETS_DIR}/instance-secret.raw" rc=0
   sm_access "${CFG[INSTANCE_SECRET_ID]}" "$raw" || rc=$?
+  if ((rc == 3)) && [[ $HTTP_STATUS == 404 ]]; then
+    # First boot: the secret has no version. Generating it here keeps it out of
+    # Pulumi state; re-reading afterwards makes the stored version the one used.
+    generate_instance_secret "$raw"
+    rc=0
+    sm_access "${CFG[INSTANCE_SECRET_ID]}" "$raw" || rc=$?
+  fi
   if ((rc == 3)); then
-    die "secret ${CFG[INSTANCE_SECRET_ID]} does not exist or has no enabled version" \
-      "the Pulumi program created the secret AND a version (gcp.secretmanager.SecretVersion)"
+    die "secret ${CFG[INSTANCE_SECRET_ID]} has no enabled latest version (HTTP ${HTTP_STATUS})" \
+      "a disabled or destroyed latest version is never replaced automatically: Convex data is tied to INSTANCE_SECRET" \
+      "re-enable it: gcloud secrets versions enable <version> --secret ${CFG[INSTANCE_SECRET_ID]##*/}"
   fi
   local secret
   secret=$(<"$raw")
@@ -554,18 +573,91 @@ write_secret_env() {
   else
     cp "${RUN_DIR}/backend.env.meta" "$plain"
   fi
-  if [[ -n ${CFG[SQL_CA_BUNDLE]} ]]; then
-    # Reserved for ssl mode: base64 of a PEM bundle; mounted read-only.
-    printf '%s' "${CFG[SQL_CA_BUNDLE]}" | base64 -d >"${RUN_DIR}/sql-ca.pem" 2>/dev/null ||
-      die "SQL_CA_BUNDLE is not valid base64" "settings"
-    chmod 0644 "${RUN_DIR}/sql-ca.pem"
-    printf 'PG_CA_FILE=/convex-gcp/sql-ca.pem\n' >>"$plain"
-  fi
   chmod 0600 "$env" "$plain"
   mv -f "$env" "${SECRETS_DIR}/backend.env"
   mv -f "$plain" "${RUN_DIR}/backend.env"
   cp "${RUN_DIR}/dashboard.env.meta" "${RUN_DIR}/dashboard.env"
   step_done
+}
+
+# ----------------------------------------------------------- sql server ca --
+
+# pem_bundle JSON OUT: every "cert" PEM of a SQL Admin response (listServerCas:
+# certs[].cert; instances.get: serverCaCert.cert), split into certificates,
+# de-duplicated and sorted, so the same set of CAs always gives the same bytes
+# (and hash) whatever order the API lists them in. Returns 1 when none.
+pem_bundle() {
+  local json=$1 out=$2 line block="" inside=0
+  local -a blocks=()
+  while IFS= read -r line; do
+    line=${line%$'\r'}
+    if [[ $line == "-----BEGIN CERTIFICATE-----" ]]; then
+      inside=1
+      block=$line
+    elif [[ $line == "-----END CERTIFICATE-----" ]]; then
+      if ((inside)); then
+        blocks+=("${block}|${line}")
+      fi
+      inside=0
+    elif ((inside)) && [[ -n $line ]]; then
+      block+="|${line}"
+    fi
+  done < <(grep -o '"cert" *: *"[^"]*"' "$json" |
+    sed -e 's/^"cert" *: *"//' -e 's/"$//' -e 's#\\/#/#g' -e 's/\\n/\n/g')
+  ((${#blocks[@]})) || return 1
+  printf '%s\n' "${blocks[@]}" | LC_ALL=C sort -u | tr '|' '\n' >"$out"
+}
+
+# ssl mode: the instance's server CAs (current, upcoming and previous during a
+# rotation) from the SQL Admin API, written atomically to a root-owned file on
+# persistent disk that is bind-mounted read-only into the backend. Sets SQL_CA_SHA.
+ensure_sql_ca() {
+  if [[ ${CFG[CONNECTION_MODE]} != ssl ]]; then
+    rm -f "${RUN_DIR}/ca-refresh"
+    return 0
+  fi
+  step sql-ca
+  # The watcher re-runs reconcile every CA_REFRESH_S while this marker exists.
+  touch "${RUN_DIR}/ca-refresh"
+  mkdir -p "$STATE_DIR"
+  chmod 0755 "$STATE_DIR"
+  local conn=${CFG[SQL_INSTANCE]} bundle="${STATE_DIR}/sql-ca.pem"
+  [[ $conn =~ ^(.+):([a-z0-9-]+):([a-z0-9-]+)$ ]]
+  local base="${SQLADMIN_ENDPOINT}/v1/projects/${BASH_REMATCH[1]}/instances/${BASH_REMATCH[3]}"
+  local resp="${RUN_DIR}/sql-ca.json" new="${STATE_DIR}/sql-ca.pem.new" source=""
+  if api_retry "sqladmin listServerCas ${conn}" GET "${base}/listServerCas" "$resp" bearer; then
+    if [[ $HTTP_STATUS == 200 ]]; then
+      source=listServerCas
+    elif [[ $HTTP_STATUS == 403 ]]; then
+      preflight WARN sql-ca-list "listServerCas denied (HTTP 403 $(api_error_detail "$resp")): using instances.get serverCaCert, the current CA only" \
+        "an upcoming CA is then trusted only once it is current (the backend restarts then); grant the VM service account the permission to list the instance's server CAs"
+      if api_retry "sqladmin get ${conn}" GET "$base" "$resp" bearer && [[ $HTTP_STATUS == 200 ]]; then
+        source=instances.get
+      fi
+    fi
+  fi
+  if [[ -n $source ]] && pem_bundle "$resp" "$new"; then
+    chmod 0644 "$new"
+    if [[ -f $bundle && $(sha256sum <"$new") == "$(sha256sum <"$bundle")" ]]; then
+      rm -f "$new"
+    else
+      mv -f "$new" "$bundle"
+      log "server CA bundle ${bundle} written from ${source}"
+    fi
+    preflight PASS sql-ca "$(grep -c -- '-----BEGIN CERTIFICATE-----' "$bundle") CA certificate(s) from ${source}"
+  elif [[ -s $bundle ]]; then
+    rm -f "$new"
+    preflight WARN sql-ca "could not read the server CAs of ${conn} (HTTP ${HTTP_STATUS} $(api_error_detail "$resp")); keeping the last bundle" \
+      "roles/cloudsql.client; scope ${SCOPE_SQL} or cloud-platform; egress to sqladmin.googleapis.com"
+  else
+    rm -f "$new" "$resp"
+    die "no server CA bundle for ${conn}: the SQL Admin API answered HTTP ${HTTP_STATUS} and no earlier bundle exists" \
+      "a first deploy: the instance may still be being created (the watcher retries)" \
+      "roles/cloudsql.client on the VM service account; scope ${SCOPE_SQL} or cloud-platform; egress to sqladmin.googleapis.com"
+  fi
+  rm -f "$resp"
+  SQL_CA_SHA=$(sha256sum <"$bundle" | cut -d' ' -f1)
+  step_done "sha256 ${SQL_CA_SHA:0:12}"
 }
 
 # -------------------------------------------------------------- data disk --
@@ -798,9 +890,10 @@ ensure_proxy() {
   local -a pargs
   read -r -a pargs <<<"${CFG[PROXY_ARGS]}"
   # 5432 is NOT published on the host: only containers on ${NETWORK} reach it.
+  # The stop timeout outlasts PROXY_ARGS' --max-sigterm-delay=30s so connections drain.
   ensure_container cloudsql-proxy "${CFG[PROXY_IMAGE]}" \
     --network "$NETWORK" --network-alias cloudsql-proxy --restart always \
-    --log-driver gcplogs -p 127.0.0.1:9090:9090 \
+    --stop-timeout 40 --log-driver gcplogs -p 127.0.0.1:9090:9090 \
     -- "${pargs[@]}"
   step_done
 }
@@ -810,8 +903,11 @@ ensure_backend() {
   mountpoint -q "$MOUNT_POINT" ||
     die "${MOUNT_POINT} is not a mount point; refusing to start the backend on the boot disk" "the data disk step above"
   local -a extra=()
-  if [[ -n ${CFG[SQL_CA_BUNDLE]} ]]; then
-    extra+=(--mount "type=bind,source=${RUN_DIR}/sql-ca.pem,target=/convex-gcp/sql-ca.pem,readonly")
+  if [[ ${CFG[CONNECTION_MODE]} == ssl ]]; then
+    # The label puts the bundle's content into the spec hash: a new CA set recreates the backend
+    # (once); the same set leaves it alone.
+    extra+=(--mount "type=bind,source=${STATE_DIR}/sql-ca.pem,target=${SQL_CA_TARGET},readonly"
+      --label "convex-gcp.sql-ca-sha256=${SQL_CA_SHA}")
   fi
   ensure_container convex-backend "${CFG[BACKEND_IMAGE]}" \
     --network "$NETWORK" --restart always \
@@ -878,27 +974,46 @@ ensure_admin_key() {
   [[ $key == *'|'* && $key != *[[:space:]]* ]] ||
     die "generate_admin_key.sh printed no recognisable admin key" "docker exec convex-backend ./generate_admin_key.sh by hand"
   local body="${SECRETS_DIR}/admin-key.body"
-  printf '{"payload":{"data":"%s"}}' "$(printf '%s' "$key" | base64 -w0)" >"$body"
+  printf '%s' "$key" >"$body"
   key=""
-  local resp="${SECRETS_DIR}/admin-key.resp"
+  sm_add_version "$sid" "$body" "the admin key"
+  rm -f "$body"
+  step_done "stored a new version in ${sid}"
+}
+
+# sm_add_version SECRET_ID PAYLOAD_FILE WHAT: store the file's bytes as a new version.
+sm_add_version() {
+  local sid=$1 payload=$2 what=$3
+  local body="${SECRETS_DIR}/add-version.body" resp="${SECRETS_DIR}/add-version.resp"
+  printf '{"payload":{"data":"%s"}}' "$(base64 -w0 <"$payload")" >"$body"
   if ! api_retry "secret manager addVersion ${sid}" POST \
     "${SECRETMANAGER_ENDPOINT}/v1/${sid}:addVersion" "$resp" bearer "$body"; then
     rm -f "$body" "$resp"
-    die "Secret Manager unreachable while storing the admin key in ${sid}" "egress to Google APIs (Cloud NAT / Private Google Access)"
+    die "Secret Manager unreachable while storing ${what} in ${sid}" "egress to Google APIs (Cloud NAT / Private Google Access)"
   fi
   rm -f "$body"
   local detail
   detail=$(api_error_detail "$resp")
   rm -f "$resp"
   case "$HTTP_STATUS" in
-    200) step_done "stored a new version in ${sid}" ;;
-    403 | 401) die "Secret Manager denied adding the admin key to ${sid} (HTTP ${HTTP_STATUS} ${detail})" \
+    200) return 0 ;;
+    403 | 401) die "Secret Manager denied adding ${what} to ${sid} (HTTP ${HTTP_STATUS} ${detail})" \
       "the VM service account has roles/secretmanager.secretVersionAdder (secretmanager.versions.add) on ${sid}" \
       "the VM scopes include ${SCOPE_CP}" ;;
     404) die "secret ${sid} does not exist (addVersion HTTP 404)" \
-      "the Pulumi program creates the admin key secret (no version needed)" ;;
+      "the Pulumi program creates the secret (without a version)" ;;
     *) die "Secret Manager addVersion on ${sid} answered HTTP ${HTTP_STATUS} ${detail}" "the secret's state" ;;
   esac
+}
+
+# generate_instance_secret FILE: Convex's INSTANCE_SECRET is 32 random bytes in hex.
+generate_instance_secret() {
+  local file=$1
+  log "instance secret ${CFG[INSTANCE_SECRET_ID]} has no version yet: generating and storing it"
+  head -c 32 /dev/urandom | od -An -v -tx1 | tr -d ' \n' >"$file"
+  [[ $(wc -c <"$file") -eq 64 ]] || die "could not generate the instance secret from /dev/urandom" "od and /dev/urandom on the VM"
+  sm_add_version "${CFG[INSTANCE_SECRET_ID]}" "$file" "the instance secret"
+  rm -f "$file"
 }
 
 # --------------------------------------------------------------- watcher --
@@ -909,7 +1024,7 @@ watcher_env() {
     CONVEX_GCP_MOUNT_POINT CONVEX_GCP_DATA_DEVICE CONVEX_GCP_RETRY_BASE_MS CONVEX_GCP_RETRY_MAX_MS \
     CONVEX_GCP_RETRY_ATTEMPTS CONVEX_GCP_PROXY_READY_URL CONVEX_GCP_BACKEND_VERSION_URL \
     CONVEX_GCP_PROXY_WAIT CONVEX_GCP_BACKEND_WAIT CONVEX_GCP_POLL_MS CONVEX_GCP_WATCH_TIMEOUT \
-    CONVEX_GCP_PENDING_RETRY; do
+    CONVEX_GCP_PENDING_RETRY CONVEX_GCP_STATE_DIR CONVEX_GCP_CA_REFRESH; do
     if [[ -n ${!v:-} ]]; then
       printf -- '--setenv=%s=%s\n' "$v" "${!v}"
     fi
@@ -947,13 +1062,23 @@ ensure_watcher() {
 
 watch_loop() {
   local script="${RUN_DIR}/startup.sh" hdr="${RUN_DIR}/watch.headers"
-  local etag interval=$PENDING_RETRY_S fails=0
+  local etag interval=$PENDING_RETRY_S fails=0 last_run=$EPOCHSECONDS
   etag=$(cat "${RUN_DIR}/applied-etag" 2>/dev/null || printf 'none')
   log "watching instance metadata (last etag ${etag})"
   while :; do
     local timeout=$WATCH_TIMEOUT_S
     if [[ -e ${RUN_DIR}/pending ]] && ((interval < timeout)); then
       timeout=$interval
+    fi
+    # ssl mode: wake up in time for the next server CA check.
+    if [[ -e ${RUN_DIR}/ca-refresh ]]; then
+      local until_ca=$((last_run + CA_REFRESH_S - EPOCHSECONDS))
+      if ((until_ca < 1)); then
+        until_ca=1
+      fi
+      if ((until_ca < timeout)); then
+        timeout=$until_ca
+      fi
     fi
     local code=000
     code=$(curl -sS -o /dev/null -D "$hdr" -w '%{http_code}' -H 'Metadata-Flavor: Google' \
@@ -973,6 +1098,8 @@ watch_loop() {
       run="metadata changed (etag ${etag} -> ${new})"
     elif [[ -e ${RUN_DIR}/pending ]]; then
       run="previous run unfinished; periodic retry"
+    elif [[ -e ${RUN_DIR}/ca-refresh ]] && ((EPOCHSECONDS - last_run >= CA_REFRESH_S)); then
+      run="periodic server CA check"
     fi
     etag=${new:-$etag}
     [[ -n $run ]] || continue
@@ -985,6 +1112,7 @@ watch_loop() {
       continue
     fi
     local rc=0
+    last_run=$EPOCHSECONDS
     bash "$next" reconcile || rc=$?
     if ((rc == 0)); then
       interval=$PENDING_RETRY_S
@@ -1027,6 +1155,7 @@ apply() {
   prepare_disk
   write_secret_env
   check_sqladmin
+  ensure_sql_ca
   ensure_network
   pull_images
   ensure_proxy

@@ -63,6 +63,7 @@ class Sandbox:
         self.fake_root = tmp / "fake"
         self.run_dir = tmp / "run" / "convex-gcp"
         self.mount_point = tmp / "mnt" / "disks" / "convex-data"
+        self.state_dir = tmp / "var" / "lib" / "convex-gcp"  # persistent: survives reboot()
         self.disk = tmp / "disk.img"
         for d in (self.bin, self.fake_root, self.run_dir.parent):
             d.mkdir(parents=True, exist_ok=True)
@@ -121,6 +122,19 @@ class Sandbox:
             attrs["convex-dashboard-env"] = render_env(self.dashboard_env)
         return attrs
 
+    def use_ssl(self, server_cas: list[str], host: str = "abc123.def456.europe-west1.sql-psa.goog") -> None:
+        """Render connectionMode ssl the way convex_gcp.runtime does, and serve these CA PEMs."""
+        for key in ("PROXY_IMAGE", "PROXY_ARGS"):
+            self.config.pop(key, None)
+        self.config["CONNECTION_MODE"] = "ssl"
+        self.config["SQL_INSTANCE"] = "test-proj:europe-west1:convex-db"
+        self.config["DB_PASSWORD_SECRET_ID"] = DB_PASSWORD_SECRET_ID
+        self.backend_env.pop("DO_NOT_REQUIRE_SSL", None)
+        self.backend_env["POSTGRES_URL"] = f"postgresql://convex@{host}:5432"
+        self.backend_env["PG_CA_FILE"] = "/convex-gcp/sql-ca.pem"
+        self.apis.server_cas = list(server_cas)
+        self.publish()
+
     def publish(self) -> None:
         """Push the current config/env dicts to the metadata server (like `pulumi up`)."""
         attrs = self._attributes()
@@ -148,6 +162,7 @@ class Sandbox:
             "SECRETMANAGER_ENDPOINT": f"http://127.0.0.1:{self.apis.port}",
             "SQLADMIN_ENDPOINT": f"http://127.0.0.1:{self.apis.port}",
             "CONVEX_GCP_RUN_DIR": str(self.run_dir),
+            "CONVEX_GCP_STATE_DIR": str(self.state_dir),
             "CONVEX_GCP_MOUNT_POINT": str(self.mount_point),
             "CONVEX_GCP_DATA_DEVICE": str(self.disk),
             "CONVEX_GCP_RETRY_BASE_MS": "10",

@@ -55,6 +55,7 @@ def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox):
     proxy = _argv_of_run(sandbox, "cloudsql-proxy")
     assert "127.0.0.1:9090:9090" in proxy and not any("5432:" in a for a in proxy)
     assert proxy[-1] == "test-proj:europe-west1:convex-db" and "--private-ip" in proxy
+    assert int(proxy[proxy.index("--stop-timeout") + 1]) > 30  # outlasts --max-sigterm-delay=30s
     backend = _argv_of_run(sandbox, "convex-backend")
     for flag, value in [("--stop-signal", "SIGINT"), ("--restart", "always"), ("--log-driver", "gcplogs"),
                         ("--network", "convex")]:

@@ -83,3 +83,36 @@ def test_curl_argv_never_carries_token_or_secret(sandbox):
     assert "curl " in text and "-K -" in text
     for value in sandbox.secret_values():
         assert value not in text
+
+
+def test_instance_secret_generated_on_the_vm_when_it_has_no_version(sandbox):
+    """Pulumi creates the secret without a version, so its value never enters Pulumi state."""
+    import re
+
+    from sandbox import INSTANCE_SECRET_ID
+
+    sandbox.apis.secrets[INSTANCE_SECRET_ID] = []
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    versions = sandbox.apis.secrets[INSTANCE_SECRET_ID]
+    assert len(versions) == 1 and re.fullmatch(rb"[0-9a-f]{64}", versions[0])
+    generated = versions[0].decode()
+    env = dict(e.split("=", 1) for e in sandbox.docker_state()["containers"]["convex-backend"]["env"])
+    assert env["INSTANCE_SECRET"] == generated
+    assert generated not in r.output and generated not in sandbox.all_argv_text()
+
+    r = sandbox.run()  # the next boot reads it back and generates nothing
+    assert r.rc == 0, r.stderr
+    assert sandbox.apis.secrets[INSTANCE_SECRET_ID] == [generated.encode()]
+
+
+def test_disabled_instance_secret_is_never_replaced(sandbox):
+    from sandbox import INSTANCE_SECRET_ID
+
+    sandbox.apis.modes[INSTANCE_SECRET_ID] = "disabled"
+    before = list(sandbox.apis.secrets[INSTANCE_SECRET_ID])
+    r = sandbox.run()
+    assert r.rc == 1
+    assert "no enabled latest version (HTTP 400)" in r.stderr and "gcloud secrets versions enable" in r.stderr
+    assert sandbox.apis.secrets[INSTANCE_SECRET_ID] == before
+    assert not sandbox.docker("run")

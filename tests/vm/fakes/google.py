@@ -150,9 +150,12 @@ class ApisServer(_Server):
 
     def __init__(self) -> None:
         self.secrets: dict[str, list[bytes]] = {}
-        # secret id -> forbidden | scope | missing | unavailable | forbidden_add (access ok, add 403)
+        # secret id -> forbidden | scope | missing | unavailable | disabled | forbidden_add (access ok, add 403)
         self.modes: dict[str, str] = {}
         self.sql_mode = "ok"  # ok | forbidden | missing
+        # Server CA PEMs of the instance: [0] is the current CA (instances.get serverCaCert).
+        self.server_cas: list[str] = []
+        self.list_cas_mode = "ok"  # ok | forbidden (listServerCas only)
         super().__init__()
 
     def add_secret(self, sid: str, *versions: bytes) -> None:
@@ -174,7 +177,16 @@ class ApisServer(_Server):
                 return h._send(403, self._error(403, "PERMISSION_DENIED", "The client is not authorized to make this request.", "IAM_PERMISSION_DENIED"))
             if self.sql_mode == "missing":
                 return h._send(404, self._error(404, "NOT_FOUND", "The Cloud SQL instance does not exist."))
-            return h._send(200, json.dumps({"kind": "sql#instance", "state": "RUNNABLE"}))
+            if path.endswith("/listServerCas"):
+                if self.list_cas_mode == "forbidden":
+                    return h._send(403, self._error(403, "PERMISSION_DENIED", "The client is not authorized to make this request.", "IAM_PERMISSION_DENIED"))
+                certs = [{"kind": "sql#sslCert", "cert": pem, "commonName": f"C=US,O=Google\\, Inc,CN=Google Cloud SQL Server CA {i}",
+                          "sha1Fingerprint": hashlib.sha1(pem.encode()).hexdigest()} for i, pem in enumerate(self.server_cas)]
+                return h._send(200, json.dumps({"certs": certs, "activeVersion": "current", "kind": "sql#instancesListServerCas"}, indent=2))
+            instance = {"kind": "sql#instance", "state": "RUNNABLE"}
+            if self.server_cas:
+                instance["serverCaCert"] = {"kind": "sql#sslCert", "cert": self.server_cas[0]}
+            return h._send(200, json.dumps(instance))
         if method == "GET" and path.endswith("/versions/latest:access"):
             sid = path[len("/v1/"):-len("/versions/latest:access")]
             return self._access(h, sid)
@@ -196,6 +208,9 @@ class ApisServer(_Server):
             return True
         if mode == "unavailable":
             h._send(503, self._error(503, "UNAVAILABLE", "The service is currently unavailable."))
+            return True
+        if mode == "disabled":
+            h._send(400, self._error(400, "FAILED_PRECONDITION", f"Secret Version [{sid}/versions/1] is in DISABLED state."))
             return True
         if mode == "missing" or sid not in self.secrets:
             h._send(404, self._error(404, "NOT_FOUND", f"Secret [{sid}] not found or has no versions."))

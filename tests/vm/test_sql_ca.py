@@ -1,0 +1,160 @@
+"""connectionMode ssl on the VM: the server CA bundle is read from the SQL Admin API, mounted read-only
+into the backend, re-checked periodically, and the backend restarts only when the bundle changed."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+import pytest
+
+from tlsutil import make_ca
+
+
+@pytest.fixture(scope="module")
+def cas(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cas")
+    return [make_ca(d, f"ca{i}")[0].read_text() for i in range(3)]
+
+
+def _backend(sb) -> dict:
+    return sb.docker_state()["containers"]["convex-backend"]
+
+
+def _mount_source(container: dict) -> str:
+    for m in container["opts"]["--mount"]:
+        if "target=/convex-gcp/sql-ca.pem" in m:
+            assert m.endswith(",readonly"), m
+            return dict(part.split("=", 1) for part in m.split(",") if "=" in part)["source"]
+    raise AssertionError("the CA bundle is not mounted")
+
+
+def _certs(text: str) -> list[str]:
+    blocks = text.split("-----END CERTIFICATE-----")
+    return sorted(b.strip() + "\n-----END CERTIFICATE-----" for b in blocks if b.strip())
+
+
+def test_bundle_fetched_and_mounted_read_only(sandbox, cas):
+    sandbox.use_ssl(cas[:2])
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    bundle = sandbox.state_dir / "sql-ca.pem"
+    assert _certs(bundle.read_text()) == _certs(cas[0] + cas[1])
+    assert stat.S_IMODE(os.stat(bundle).st_mode) == 0o644
+    backend = _backend(sandbox)
+    assert _mount_source(backend) == str(bundle)
+    env = dict(e.split("=", 1) for e in backend["env"])
+    assert env["PG_CA_FILE"] == "/convex-gcp/sql-ca.pem" and "DO_NOT_REQUIRE_SSL" not in env
+    assert env["POSTGRES_URL"] == f"postgresql://convex:{sandbox.db_password}@abc123.def456.europe-west1.sql-psa.goog:5432"
+    # No proxy in ssl mode; the CAs came from listServerCas.
+    assert "cloudsql-proxy" not in sandbox.docker_state()["containers"]
+    assert any(q["path"].endswith("/instances/convex-db/listServerCas") for q in sandbox.apis.requests)
+    assert "PREFLIGHT PASS sql-ca: 2 CA certificate(s) from listServerCas" in r.stderr
+
+
+def test_unchanged_bundle_does_not_restart_backend(sandbox, cas):
+    sandbox.use_ssl(cas[:2])
+    assert sandbox.run().rc == 0
+    sandbox.clear_calls()
+    # Same CAs, listed in another order: same bundle bytes, nothing recreated.
+    sandbox.apis.server_cas = [cas[1], cas[0]]
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    assert sandbox.runs() == [] and sandbox.docker("stop") == []
+
+
+def test_upcoming_ca_restarts_backend_exactly_once(sandbox, cas):
+    sandbox.use_ssl(cas[:1])
+    assert sandbox.run().rc == 0
+    old = _backend(sandbox)["id"]
+    sandbox.clear_calls()
+    sandbox.apis.server_cas = [cas[0], cas[2]]  # rotation: an upcoming CA is added
+    assert sandbox.run("reconcile").rc == 0
+    assert sandbox.runs() == ["convex-backend"]
+    assert [c["argv"] for c in sandbox.docker("stop")] == [["stop", "convex-backend"]]
+    assert _backend(sandbox)["id"] != old
+    assert _certs((sandbox.state_dir / "sql-ca.pem").read_text()) == _certs(cas[0] + cas[2])
+    sandbox.clear_calls()
+    assert sandbox.run("reconcile").rc == 0
+    assert sandbox.runs() == []
+
+
+def test_list_server_cas_forbidden_falls_back_to_instances_get(sandbox, cas):
+    sandbox.use_ssl(cas[:2])
+    sandbox.apis.list_cas_mode = "forbidden"
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert "PREFLIGHT WARN sql-ca-list: listServerCas denied (HTTP 403" in r.stderr
+    # instances.get holds the current CA only.
+    assert _certs((sandbox.state_dir / "sql-ca.pem").read_text()) == _certs(cas[0])
+    assert "PREFLIGHT PASS sql-ca: 1 CA certificate(s) from instances.get" in r.stderr
+
+
+def test_api_down_keeps_last_bundle_and_first_boot_without_one_fails(sandbox, cas):
+    sandbox.use_ssl(cas[:2])
+    sandbox.apis.sql_mode = "forbidden"
+    r = sandbox.run()
+    assert r.rc == 1 and "no server CA bundle for test-proj:europe-west1:convex-db" in r.stderr
+    sandbox.apis.sql_mode = "ok"
+    assert sandbox.run().rc == 0
+    sandbox.clear_calls()
+    sandbox.apis.sql_mode = "forbidden"
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    assert "keeping the last bundle" in r.stderr and sandbox.runs() == []
+
+
+def test_bundle_survives_reboot_without_restart(sandbox, cas):
+    sandbox.use_ssl(cas[:2])
+    assert sandbox.run().rc == 0
+    sandbox.reboot()
+    sandbox.clear_calls()
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert sandbox.runs() == []
+
+
+def test_switch_proxy_to_ssl_removes_proxy_and_back(sandbox, cas):
+    assert sandbox.run().rc == 0
+    proxy = dict(sandbox.config)
+    sandbox.use_ssl(cas[:1])
+    assert sandbox.run("reconcile").rc == 0
+    assert "cloudsql-proxy" not in sandbox.docker_state()["containers"]
+    assert (sandbox.run_dir / "ca-refresh").exists()
+    sandbox.config = proxy
+    sandbox.backend_env.pop("PG_CA_FILE")
+    sandbox.backend_env["DO_NOT_REQUIRE_SSL"] = "1"
+    sandbox.publish()
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    assert "cloudsql-proxy" in sandbox.docker_state()["containers"]
+    assert not any("sql-ca" in m for m in _backend(sandbox)["opts"]["--mount"])
+    assert not (sandbox.run_dir / "ca-refresh").exists()
+
+
+def test_watcher_picks_up_a_new_ca_by_itself(sandbox, cas):
+    sandbox.use_ssl(cas[:1])
+    assert sandbox.run().rc == 0
+    sandbox.clear_calls()
+    sandbox.extra_env["CONVEX_GCP_CA_REFRESH"] = "1"
+    sandbox.extra_env["CONVEX_GCP_WATCH_TIMEOUT"] = "300"
+    watcher = sandbox.popen("watch")
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline and sum(q["path"].endswith("/listServerCas") for q in sandbox.apis.requests) < 1:
+            time.sleep(0.1)
+        assert sandbox.runs() == []  # periodic checks of an unchanged bundle restart nothing
+        sandbox.apis.server_cas = [cas[0], cas[1]]
+        deadline = time.time() + 30
+        while time.time() < deadline and sandbox.runs() != ["convex-backend"]:
+            time.sleep(0.1)
+        assert sandbox.runs() == ["convex-backend"], "the watcher did not apply the new CA bundle"
+        checks = sum(q["path"].endswith("/listServerCas") for q in sandbox.apis.requests)
+        deadline = time.time() + 30
+        while time.time() < deadline and sum(q["path"].endswith("/listServerCas") for q in sandbox.apis.requests) < checks + 2:
+            time.sleep(0.1)
+        assert sandbox.runs() == ["convex-backend"]  # and it settles: exactly one restart
+    finally:
+        out = sandbox.stop(watcher)
+    assert "periodic server CA check" in out

@@ -1,0 +1,30 @@
+"""Throwaway certificate authorities and server certificates (openssl), for the ssl-mode tests."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/O=convex-gcp test/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-keyout", str(key), "-out", str(cert))
+    return cert, key
+
+
+def make_server_cert(directory: Path, name: str, ca: tuple[Path, Path], dns_name: str) -> tuple[Path, Path]:
+    """A leaf like a CAS-issued Cloud SQL server certificate: the instance's DNS name in the SAN only."""
+    cert, key, csr = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr"
+    ext = directory / f"{name}.ext"
+    ext.write_text(f"subjectAltName=DNS:{dns_name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                   "keyUsage=critical,digitalSignature,keyEncipherment\n")
+    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=project:instance", "-keyout", str(key), "-out", str(csr))
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial", "-days", "2",
+             "-extfile", str(ext), "-out", str(cert))
+    return cert, key
