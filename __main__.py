@@ -156,7 +156,7 @@ if settings.monitoring_enabled:
         MonitoringArgs(
             project=settings.project,
             prefix=prefix,
-            environment=settings.environment,
+            labels=settings.labels,
             settings=settings.monitoring,
             convex_url=vm.convex_url,
             sql_database_id=database.instance.name.apply(lambda instance: f"{settings.project}:{instance}"),

@@ -17,7 +17,10 @@ from convex_gcp.settings import MonitoringSettings
 
 # The log the VM's Docker gcplogs driver writes container output to.
 DOCKER_LOG = "gcplogs-docker-driver"
-# Lines each process prints once per start (cloud-sql-proxy cmd/root.go; convex-backend local_backend main).
+# Lines each process prints once per start. cloud-sql-proxy: cmd/root.go. convex-backend: the first
+# line of `main()` in get-convex/convex-backend crates/local_backend/src/main.rs,
+# `tracing::info!("Starting a Convex backend")` in every build that can use Postgres
+# (`connect_persistence`); the older SQLite-only builds said "Starting a local backend".
 START_LINES = {
     "cloudsql-proxy": "The proxy has started successfully and is ready for new connections!",
     "convex-backend": "Starting a Convex backend",
@@ -57,7 +60,7 @@ def start_log_filter(project: str, container: str, instance_id: str) -> str:
 class MonitoringArgs:
     project: str
     prefix: str
-    environment: str
+    labels: dict[str, str]
     settings: MonitoringSettings
     convex_url: pulumi.Input[str]
     sql_database_id: pulumi.Input[str]  # project:instance, Cloud SQL's monitored-resource label
@@ -74,7 +77,7 @@ class Monitoring(pulumi.ComponentResource):
         m = args.settings
         # The component's own dependencies (the project's APIs) hold for every child.
         child = pulumi.ResourceOptions(parent=self, depends_on=opts.depends_on if opts else None)
-        labels = {"app": "convex", "environment": args.environment, "stack": args.prefix}
+        labels = args.labels
 
         self.channels = [
             gcp.monitoring.NotificationChannel(

@@ -34,11 +34,14 @@ def test_dev_has_no_monitoring_by_default():
 
 def test_prod_has_monitoring_by_default_with_its_email_channel():
     plan = run_plan_with("prod", {})
-    if plan.error and "convex-gcp:domain" in plan.error:
-        pytest.skip("prod needs the front door's domain config in this tree")
+    # A prod plan that fails must fail this test, not skip it.
     assert not plan.error, plan.error
     assert [c.inputs["labels"] for c in plan.of_type(CHANNEL)] == [{"email_address": "oncall@example.com"}]
     assert len(plan.of_type(ALERT)) == 8
+    # Labelled like every other component: the stack name, not the resource prefix.
+    labelled = plan.of_type(CHANNEL) + plan.of_type(ALERT) + plan.of_type(UPTIME)
+    assert labelled and all(r.inputs["userLabels"] == {"app": "convex", "environment": "prod", "stack": "prod"}
+                            for r in labelled)
 
 
 def test_prod_without_emails_is_a_config_problem():

@@ -57,7 +57,10 @@ def test_secret_missing_404(sandbox):
     sandbox.apis.modes[INSTANCE_SECRET_ID] = "missing"
     r = sandbox.run()
     assert r.rc == 1
-    assert f"secret {INSTANCE_SECRET_ID} does not exist or has no enabled version" in r.stderr
+    # No version: the VM would generate one, but the secret itself is missing.
+    assert f"secret {INSTANCE_SECRET_ID} does not exist (addVersion HTTP 404)" in r.stderr
+    assert "the Pulumi program creates the secret" in r.stderr
+    assert not sandbox.docker("run")
 
 
 def test_secret_manager_unavailable_then_recovers(sandbox):
