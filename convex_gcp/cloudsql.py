@@ -85,7 +85,12 @@ def edition_problem(tier: Tier, edition: str) -> str | None:
 
 
 def default_max_connections(tier: Tier) -> int:
-    """Cloud SQL's default max_connections for PostgreSQL, by instance memory."""
+    """Cloud SQL's default max_connections for PostgreSQL, by instance memory.
+
+    Only the shared-core rows are verified (docs quotas page); for the bands, memory exactly on a
+    boundary takes the lower band, so a derived pool never exceeds the real limit. Set
+    database.flags.max_connections to pin the limit and the pool together.
+    """
     gb = tier.memory_mb / 1024
     if tier.name == "db-f1-micro":
         return 25
@@ -93,7 +98,7 @@ def default_max_connections(tier: Tier) -> int:
         return 50
     bands = ((6, 100), (7.5, 200), (15, 400), (30, 500), (60, 600), (120, 800))
     for upper_gb, connections in bands:
-        if gb < upper_gb:
+        if gb <= upper_gb:
             return connections
     return 1000
 

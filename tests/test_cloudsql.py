@@ -52,12 +52,16 @@ def test_edition_must_match_tier():
         ("db-f1-micro", 25),
         ("db-g1-small", 50),
         ("db-custom-1-3840", 100),
-        ("db-custom-1-6144", 200),
-        ("db-custom-2-7680", 400),
-        ("db-custom-4-15360", 500),
-        ("db-custom-8-30720", 600),
-        ("db-custom-16-61440", 800),
-        ("db-custom-32-122880", 1000),
+        ("db-custom-1-6144", 100),  # exactly on a boundary: the lower band
+        ("db-custom-1-6400", 200),
+        ("db-custom-2-7680", 200),
+        ("db-custom-2-8192", 400),
+        ("db-custom-4-15360", 400),
+        ("db-custom-4-16384", 500),
+        ("db-custom-8-30720", 500),
+        ("db-custom-16-61440", 600),
+        ("db-custom-32-122880", 800),
+        ("db-custom-32-131072", 1000),
     ],
 )
 def test_default_max_connections_by_memory(tier, expected):
