@@ -70,6 +70,8 @@ identity = Identity(
         iam_auth=settings.iam_auth,
         labels=settings.labels,
         sql_admin=settings.connection_mode != "plaintext",
+        list_server_cas=settings.connection_mode == "ssl",
+        protect_secrets=settings.is_prod,
         depends_on=apis.services,
     ),
 )
@@ -117,7 +119,7 @@ vm = ConvexVm(
         sql_dns_name=database.private_dns_name if settings.connection_mode == "ssl" else "",
         sql_private_ip=database.instance.private_ip_address if settings.connection_mode == "plaintext" else "",
         # Boot only once the database, its user, the VM's roles (and the DNS record) exist.
-        depends_on=[database.database, database.user, *identity.project_roles, *([private_dns.record] if private_dns else [])],
+        depends_on=[database.database, database.user, *identity.vm_prerequisites, *([private_dns.record] if private_dns else [])],
     ),
     opts=pulumi.ResourceOptions(depends_on=apis.services),
 )

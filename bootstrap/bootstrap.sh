@@ -174,7 +174,7 @@ DEPLOYER_ROLES=(
   roles/dns.admin
 )
 # The program grants its VM account exactly these project roles; the deployer may grant no others.
-GRANTABLE="'roles/cloudsql.client', 'roles/cloudsql.instanceUser', 'roles/logging.logWriter', 'roles/monitoring.metricWriter'"
+GRANTABLE="'roles/cloudsql.client', 'roles/cloudsql.instanceUser', 'roles/cloudsql.viewer', 'roles/logging.logWriter', 'roles/monitoring.metricWriter'"
 # Manage the VM's service account without iam.serviceAccounts.setIamPolicy / actAs.
 SA_ROLE=convexDeployerServiceAccounts
 SA_PERMISSIONS=iam.serviceAccounts.create,iam.serviceAccounts.get,iam.serviceAccounts.list,iam.serviceAccounts.update,iam.serviceAccounts.delete,iam.serviceAccounts.enable,iam.serviceAccounts.disable

@@ -10,12 +10,16 @@ import pulumi_gcp as gcp
 import pulumi_random as random
 
 
-def vm_project_roles(iam_auth: bool, sql_admin: bool = True) -> list[str]:
+def vm_project_roles(iam_auth: bool, sql_admin: bool = True, list_server_cas: bool = False) -> list[str]:
     """Least privilege for the VM: connect through the proxy (or read the server CAs in ssl mode), log in
     as itself, ship logs and metrics. Plaintext mode never calls the SQL Admin API."""
     roles = (["roles/cloudsql.client"] if sql_admin else []) + ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
     if iam_auth:
         roles.insert(1, "roles/cloudsql.instanceUser")
+    if list_server_cas:
+        # cloudsql.client lacks cloudsql.instances.listServerCas, which returns the upcoming CA
+        # during a rotation; cloudsql.viewer is the narrowest predefined role that has it.
+        roles.insert(1, "roles/cloudsql.viewer")
     return roles
 
 
@@ -28,6 +32,10 @@ class IdentityArgs:
     labels: dict[str, str] = field(default_factory=dict)
     # The VM calls the SQL Admin API (proxy and ssl modes).
     sql_admin: bool = True
+    # ssl mode: the VM keeps the server CA bundle (current and upcoming CAs) current.
+    list_server_cas: bool = False
+    # prod: the instance secret's loss would orphan the Convex data tied to it.
+    protect_secrets: bool = False
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -54,13 +62,14 @@ class Identity(pulumi.ComponentResource):
                 member=member,
                 opts=pulumi.ResourceOptions(parent=self),
             )
-            for role in vm_project_roles(args.iam_auth, args.sql_admin)
+            for role in vm_project_roles(args.iam_auth, args.sql_admin, args.list_server_cas)
         ]
 
-        def secret(key: str, description: str) -> gcp.secretmanager.Secret:
+        def secret(key: str, description: str, protect: bool = False) -> gcp.secretmanager.Secret:
             return gcp.secretmanager.Secret(
                 f"{name}-{key}",
                 secret_id=f"{args.prefix}-{key}",
+                deletion_protection=protect,
                 replication=gcp.secretmanager.SecretReplicationArgs(
                     user_managed=gcp.secretmanager.SecretReplicationUserManagedArgs(
                         replicas=[gcp.secretmanager.SecretReplicationUserManagedReplicaArgs(location=args.region)]
@@ -68,21 +77,23 @@ class Identity(pulumi.ComponentResource):
                 ),
                 labels=args.labels,
                 annotations={"description": description},
-                opts=child,
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(protect=protect)),
             )
 
+        self.secret_grants: list[gcp.secretmanager.SecretIamMember] = []
+
         def grant(key: str, target: gcp.secretmanager.Secret, role: str) -> None:
-            gcp.secretmanager.SecretIamMember(
+            self.secret_grants.append(gcp.secretmanager.SecretIamMember(
                 f"{name}-{key}-{role.split('.')[-1]}",
                 secret_id=target.id,
                 role=role,
                 member=member,
                 opts=pulumi.ResourceOptions(parent=self),
-            )
+            ))
 
         # The VM generates INSTANCE_SECRET on its first boot and stores it here, so the value
         # never enters Pulumi state (which every preview can decrypt).
-        self.instance_secret = secret("instance-secret", "Convex INSTANCE_SECRET")
+        self.instance_secret = secret("instance-secret", "Convex INSTANCE_SECRET", protect=args.protect_secrets)
         grant("instance-secret", self.instance_secret, "roles/secretmanager.secretVersionAdder")
         grant("instance-secret", self.instance_secret, "roles/secretmanager.secretAccessor")
 
@@ -92,6 +103,7 @@ class Identity(pulumi.ComponentResource):
         # Read access lets the VM see that a key exists already instead of minting another.
         grant("admin-key", self.admin_key, "roles/secretmanager.secretAccessor")
 
+        self.db_password_version: gcp.secretmanager.SecretVersion | None = None
         self.db_password: pulumi.Output[str] | None = None
         self.db_password_secret: gcp.secretmanager.Secret | None = None
         if not args.iam_auth:
@@ -103,13 +115,20 @@ class Identity(pulumi.ComponentResource):
             )
             self.db_password = password.result
             self.db_password_secret = secret("db-password", "Password of the Convex database user")
-            gcp.secretmanager.SecretVersion(
+            self.db_password_version = gcp.secretmanager.SecretVersion(
                 f"{name}-db-password-v1",
                 secret=self.db_password_secret.id,
                 secret_data=password.result,
                 opts=pulumi.ResourceOptions(parent=self),
             )
             grant("db-password", self.db_password_secret, "roles/secretmanager.secretAccessor")
+
+        # What must exist before the VM boots, so its first boot can read and write its secrets.
+        self.vm_prerequisites: list[pulumi.Resource] = [
+            *self.project_roles,
+            *self.secret_grants,
+            *([self.db_password_version] if self.db_password_version else []),
+        ]
 
         self.register_outputs(
             {

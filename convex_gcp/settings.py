@@ -27,7 +27,6 @@ CONVEX_VERSION = "5f66740ae8dd506577d27294adc55b81e4fbe91b"
 PROXY_VERSION = "2.26.0"
 
 IAP_RANGE = "35.235.240.0/20"
-SUPPORTED_MODES = ("proxy", "ssl", "plaintext")
 
 
 def _custom(reason: str, allowed: str, example: str) -> PydanticCustomError:
@@ -628,16 +627,7 @@ def _check_region(s: Settings) -> list[Problem]:
 
 def _check_mode(s: Settings) -> list[Problem]:
     problems = []
-    if s.connection_mode not in SUPPORTED_MODES:
-        problems.append(
-            Problem(
-                f"{PROJECT}:connectionMode",
-                f"{s.connection_mode!r} is not supported yet (only the Auth Proxy approach is built)",
-                "proxy",
-                set_line(f"{PROJECT}:connectionMode", "proxy"),
-            )
-        )
-    elif s.iam_auth and s.connection_mode != "proxy":
+    if s.iam_auth and s.connection_mode != "proxy":
         problems.append(
             Problem(f"{PROJECT}:iamAuth", "IAM database login needs the Auth Proxy (--auto-iam-authn)", "true only with connectionMode proxy", set_line(f"{PROJECT}:iamAuth", "false"))
         )

@@ -65,7 +65,11 @@ def _proxy_keeping_secret_paths(props: Any) -> Any:
 def keep_secret_paths() -> None:
     """Make the analyzer record secret paths (see the module docstring): it deserializes the request,
     then wraps the result in its unknown-checking proxy; both are swapped for versions that keep
-    `secret_paths` on the `props` a policy receives. Idempotent."""
+    `secret_paths` on the `props` a policy receives. Idempotent. Fails loudly when a pulumi-policy
+    upgrade renamed what it patches, instead of silently losing secret detection."""
+    for attribute in ("deserialize_properties", "unknown_checking_proxy"):
+        if not hasattr(_analyzer, attribute):
+            raise RuntimeError(f"pulumi-policy changed: {_analyzer.__name__}.{attribute} is gone; update policy/pack.py")
     _analyzer.deserialize_properties = _deserialize_keeping_secret_paths
     _analyzer.unknown_checking_proxy = _proxy_keeping_secret_paths
 

@@ -87,8 +87,9 @@ def test_ssl_convex_env_verifies_by_name():
     assert config["SQL_INSTANCE"] == plan.outputs["sql_connection_name"]["value"]
     assert not any(key.startswith("PROXY_") for key in config)
     assert config["DB_PASSWORD_SECRET_ID"] == "projects/example-convex-dev/secrets/convex-dev-db-password"
-    # The VM reads the server CAs from the SQL Admin API.
-    assert "roles/cloudsql.client" in roles(plan)
+    # The VM reads the server CAs from the SQL Admin API; listServerCas needs cloudsql.viewer.
+    assert {"roles/cloudsql.client", "roles/cloudsql.viewer"} <= roles(plan)
+    assert "roles/cloudsql.viewer" not in roles(mode_plan("proxy"))
 
 
 def test_plaintext_convex_env_and_warning():

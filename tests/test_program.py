@@ -98,6 +98,20 @@ def test_prod_sql_is_protected_three_ways_with_pitr(prod_plan):
     assert flags["cloudsql.iam_authentication"] == "on"
 
 
+def test_prod_instance_secret_cannot_be_deleted(prod_plan, dev_plan):
+    """Convex data is tied to INSTANCE_SECRET, which lives only in Secret Manager."""
+    secret = prod_plan.by_name("identity-instance-secret")
+    assert secret.protect is True and secret.inputs["deletionProtection"] is True
+    dev_secret = dev_plan.by_name("identity-instance-secret")
+    assert dev_secret.protect is False and dev_secret.inputs["deletionProtection"] is False  # dev stays destroyable
+
+
+def test_vm_boots_after_its_secret_grants(plan):
+    vm = plan.one(VM)
+    grants = plan.of_type("gcp:secretmanager/secretIamMember:SecretIamMember")
+    assert grants and all(g.urn in vm.dependencies for g in grants)
+
+
 def test_prod_data_disk_protected(prod_plan, dev_plan):
     assert prod_plan.by_name("convex-data").protect is True
     assert prod_plan.one(VM).inputs["deletionProtection"] is True

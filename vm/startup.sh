@@ -480,6 +480,11 @@ check_sqladmin() {
 
 # --------------------------------------------------------- secret manager --
 
+# Google's JSON encoders may escape '=', '+' and '/' (base64 and PEM characters).
+json_unescape() {
+  sed -e 's/\\u003[dD]/=/g' -e 's/\\u002[bB]/+/g' -e 's/\\u002[fF]/\//g' -e 's#\\/#/#g'
+}
+
 # sm_access SECRET_ID OUTFILE -> 0 ok (decoded payload written 0600),
 # 3 secret or version not found (404/FAILED_PRECONDITION); dies otherwise.
 sm_access() {
@@ -494,7 +499,7 @@ sm_access() {
   case "$HTTP_STATUS" in
     200)
       local data
-      data=$(sed -n 's/.*"data" *: *"\([A-Za-z0-9+\/=_-]*\)".*/\1/p' "$out" | head -n1)
+      data=$(json_unescape <"$out" | sed -n 's/.*"data" *: *"\([A-Za-z0-9+\/=_-]*\)".*/\1/p' | head -n1)
       rm -f "$out"
       printf '%s' "$data" | base64 -d >"$dest" 2>/dev/null ||
         die "Secret Manager returned an undecodable payload for ${sid}" "the secret's latest version"
@@ -531,7 +536,8 @@ write_secret_env() {
   if ((rc == 3)) && [[ $HTTP_STATUS == 404 ]]; then
     # First boot: the secret has no version. Generating it here keeps it out of
     # Pulumi state; re-reading afterwards makes the stored version the one used.
-    generate_instance_secret "$raw"
+    # A data disk that already holds Convex data keeps its own secret instead.
+    provide_instance_secret "$raw"
     rc=0
     sm_access "${CFG[INSTANCE_SECRET_ID]}" "$raw" || rc=$?
   fi
@@ -602,8 +608,8 @@ pem_bundle() {
     elif ((inside)) && [[ -n $line ]]; then
       block+="|${line}"
     fi
-  done < <(grep -o '"cert" *: *"[^"]*"' "$json" |
-    sed -e 's/^"cert" *: *"//' -e 's/"$//' -e 's#\\/#/#g' -e 's/\\n/\n/g')
+  done < <(json_unescape <"$json" | grep -o '"cert" *: *"[^"]*"' |
+    sed -e 's/^"cert" *: *"//' -e 's/"$//' -e 's/\\n/\n/g')
   ((${#blocks[@]})) || return 1
   printf '%s\n' "${blocks[@]}" | LC_ALL=C sort -u | tr '|' '\n' >"$out"
 }
@@ -1006,12 +1012,27 @@ sm_add_version() {
   esac
 }
 
-# generate_instance_secret FILE: Convex's INSTANCE_SECRET is 32 random bytes in hex.
-generate_instance_secret() {
-  local file=$1
-  log "instance secret ${CFG[INSTANCE_SECRET_ID]} has no version yet: generating and storing it"
-  head -c 32 /dev/urandom | od -An -v -tx1 | tr -d ' \n' >"$file"
-  [[ $(wc -c <"$file") -eq 64 ]] || die "could not generate the instance secret from /dev/urandom" "od and /dev/urandom on the VM"
+# provide_instance_secret FILE: store a first INSTANCE_SECRET (32 random bytes in
+# hex). Convex keeps a copy in /convex/data/credentials; when the data disk has
+# one (the secret was deleted or recreated), that copy is restored instead,
+# because the data on the disk and in the database is tied to it.
+provide_instance_secret() {
+  local file=$1 data="${MOUNT_POINT}/convex"
+  local saved="${data}/credentials/instance_secret"
+  if [[ -f $saved ]]; then
+    tr -d '\n' <"$saved" >"$file"
+    grep -qE '^[0-9a-f]{64}$' "$file" ||
+      die "${saved} on the data disk is not a 64-hex instance secret; refusing to guess" \
+        "restore the right version in ${CFG[INSTANCE_SECRET_ID]} by hand"
+    log "instance secret ${CFG[INSTANCE_SECRET_ID]} has no version: restoring the one on the data disk"
+  elif [[ -n $(find "$data" -mindepth 1 -maxdepth 1 -print -quit 2>/dev/null) ]]; then
+    die "instance secret ${CFG[INSTANCE_SECRET_ID]} has no version, and the data disk already holds Convex data" \
+      "a new INSTANCE_SECRET would not match that data: restore the old secret version (gcloud secrets versions list)"
+  else
+    log "instance secret ${CFG[INSTANCE_SECRET_ID]} has no version yet: generating and storing it"
+    head -c 32 /dev/urandom | od -An -v -tx1 | tr -d ' \n' >"$file"
+    [[ $(wc -c <"$file") -eq 64 ]] || die "could not generate the instance secret from /dev/urandom" "od and /dev/urandom on the VM"
+  fi
   sm_add_version "${CFG[INSTANCE_SECRET_ID]}" "$file" "the instance secret"
   rm -f "$file"
 }
@@ -1137,9 +1158,9 @@ apply() {
   mkdir -p "$RUN_DIR" "$SECRETS_DIR"
   chmod 0700 "$RUN_DIR" "$SECRETS_DIR"
   exec 9>"${RUN_DIR}/lock"
-  if command -v flock >/dev/null 2>&1; then
-    flock -w 1800 9 || die "another convex-gcp run holds ${RUN_DIR}/lock for 30 min" "ps -ef | grep startup.sh"
-  fi
+  # Overlapping runs could race on containers and secrets: never run unlocked.
+  command -v flock >/dev/null 2>&1 || die "flock (util-linux) not found; refusing to run without the run lock" "the VM image"
+  flock -w 1800 9 || die "another convex-gcp run holds ${RUN_DIR}/lock for 30 min" "ps -ef | grep startup.sh"
   touch "${RUN_DIR}/pending"
   log "convex-gcp ${MODE} starting"
 

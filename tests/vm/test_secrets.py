@@ -116,3 +116,31 @@ def test_disabled_instance_secret_is_never_replaced(sandbox):
     assert "no enabled latest version (HTTP 400)" in r.stderr and "gcloud secrets versions enable" in r.stderr
     assert sandbox.apis.secrets[INSTANCE_SECRET_ID] == before
     assert not sandbox.docker("run")
+
+
+def test_instance_secret_restored_from_the_data_disk_not_reminted(sandbox):
+    """A secret recreated empty must not orphan the data: Convex's own copy on the disk wins."""
+    from sandbox import INSTANCE_SECRET_ID
+
+    saved = "ab" * 32
+    credentials = sandbox.mount_point / "convex" / "credentials"
+    credentials.mkdir(parents=True)
+    (credentials / "instance_secret").write_text(saved + "\n")
+    sandbox.apis.secrets[INSTANCE_SECRET_ID] = []
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert sandbox.apis.secrets[INSTANCE_SECRET_ID] == [saved.encode()]
+    assert "restoring the one on the data disk" in r.stderr and saved not in r.output
+
+
+def test_no_new_instance_secret_over_existing_convex_data(sandbox):
+    from sandbox import INSTANCE_SECRET_ID
+
+    storage = sandbox.mount_point / "convex" / "storage"
+    storage.mkdir(parents=True)
+    (storage / "module.js").write_text("x")
+    sandbox.apis.secrets[INSTANCE_SECRET_ID] = []
+    r = sandbox.run()
+    assert r.rc == 1 and "already holds Convex data" in r.stderr
+    assert sandbox.apis.secrets[INSTANCE_SECRET_ID] == []
+    assert not sandbox.docker("run")

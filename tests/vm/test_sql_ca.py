@@ -158,3 +158,15 @@ def test_watcher_picks_up_a_new_ca_by_itself(sandbox, cas):
     finally:
         out = sandbox.stop(watcher)
     assert "periodic server CA check" in out
+
+
+def test_escaped_google_json_is_decoded(sandbox, cas):
+    """Some Google JSON encoders write '=' as \\u003d and '/' as \\/: secrets and PEMs must survive it."""
+    sandbox.use_ssl(cas[:2])
+    sandbox.apis.escape_json = True
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert _certs((sandbox.state_dir / "sql-ca.pem").read_text()) == _certs(cas[0] + cas[1])
+    env = dict(e.split("=", 1) for e in _backend(sandbox)["env"])
+    assert env["INSTANCE_SECRET"] == sandbox.instance_secret
+    assert f":{sandbox.db_password}@" in env["POSTGRES_URL"]

@@ -156,6 +156,8 @@ class ApisServer(_Server):
         # Server CA PEMs of the instance: [0] is the current CA (instances.get serverCaCert).
         self.server_cas: list[str] = []
         self.list_cas_mode = "ok"  # ok | forbidden (listServerCas only)
+        # Escape '=', '+' and '/' the way some Google JSON encoders do (\u003d, \u002b, \/).
+        self.escape_json = False
         super().__init__()
 
     def add_secret(self, sid: str, *versions: bytes) -> None:
@@ -167,6 +169,12 @@ class ApisServer(_Server):
         if reason:
             err["details"] = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": reason}]
         return json.dumps({"error": err}, indent=2)
+
+    def _json(self, value) -> str:
+        text = json.dumps(value, indent=2)
+        if self.escape_json:
+            text = text.replace("=", "\\u003d").replace("+", "\\u002b").replace("/", "\\/")
+        return text
 
     def handle(self, h, method, body):
         if h.headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -182,7 +190,7 @@ class ApisServer(_Server):
                     return h._send(403, self._error(403, "PERMISSION_DENIED", "The client is not authorized to make this request.", "IAM_PERMISSION_DENIED"))
                 certs = [{"kind": "sql#sslCert", "cert": pem, "commonName": f"C=US,O=Google\\, Inc,CN=Google Cloud SQL Server CA {i}",
                           "sha1Fingerprint": hashlib.sha1(pem.encode()).hexdigest()} for i, pem in enumerate(self.server_cas)]
-                return h._send(200, json.dumps({"certs": certs, "activeVersion": "current", "kind": "sql#instancesListServerCas"}, indent=2))
+                return h._send(200, self._json({"certs": certs, "activeVersion": "current", "kind": "sql#instancesListServerCas"}))
             instance = {"kind": "sql#instance", "state": "RUNNABLE"}
             if self.server_cas:
                 instance["serverCaCert"] = {"kind": "sql#sslCert", "cert": self.server_cas[0]}
@@ -224,8 +232,7 @@ class ApisServer(_Server):
         if not versions:
             return h._send(404, self._error(404, "NOT_FOUND", f"Secret [{sid}] not found or has no versions."))
         data = base64.b64encode(versions[-1]).decode()
-        return h._send(200, json.dumps({"name": f"{sid}/versions/{len(versions)}",
-                                        "payload": {"data": data, "dataCrc32c": "0"}}, indent=2))
+        return h._send(200, self._json({"name": f"{sid}/versions/{len(versions)}", "payload": {"data": data, "dataCrc32c": "0"}}))
 
     def _add(self, h, sid, body):
         mode = self.modes.get(sid)
