@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.doctor.conftest import _as_owner, _bin, _free_port
-from tlsutil import make_ca, make_server_cert
+from tlsutil import make_ca, make_intermediate_ca, make_server_cert
 
 NAME = "abc123.def456.europe-west1.sql-psa.goog"
 PASSWORD = "convex-tls-test-password"
@@ -132,6 +132,38 @@ def test_bundle_keeps_working_after_the_server_rotates_to_the_upcoming_ca(server
         # Why the bundle must hold the upcoming CA before the switch:
         with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
             connect(server, NAME, only_current)
+    finally:
+        server.install_cert(pki["leaf_current"])
+        server.ctl("reload")
+
+
+def test_two_level_chain_like_the_shared_cas_hierarchy(server, pki, sandbox, tmp_path):
+    """Cloud SQL's shared CA is root -> regional subordinate -> server certificate. Whether the server
+    sends the subordinate or the API returns it, the bundle the VM writes verifies the chain by name."""
+    d = pki["dir"]
+    root = make_ca(d, "cas-root")
+    subordinate = make_intermediate_ca(d, "cas-regional", root)
+    leaf = make_server_cert(d, "server-cas", subordinate, NAME)
+    chained = d / "server-cas-chain.crt"
+    chained.write_text(leaf[0].read_text() + subordinate[0].read_text())
+    try:
+        # The server presents leaf + subordinate; the API returned only the root.
+        server.install_cert((chained, leaf[1]))
+        server.ctl("reload")
+        sandbox.use_ssl([root[0].read_text()], host=NAME)
+        assert sandbox.run().rc == 0
+        assert connect(server, NAME, sandbox.state_dir / "sql-ca.pem") == "true"
+        # The server presents only its leaf; the API returned subordinate and root.
+        server.install_cert(leaf)
+        server.ctl("reload")
+        sandbox.use_ssl([subordinate[0].read_text(), root[0].read_text()], host=NAME)
+        assert sandbox.run().rc == 0
+        assert connect(server, NAME, sandbox.state_dir / "sql-ca.pem") == "true"
+        # Neither side has the subordinate: verification fails, so the test can tell.
+        root_only = tmp_path / "root-only.pem"
+        root_only.write_text(root[0].read_text())
+        with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+            connect(server, NAME, root_only)
     finally:
         server.install_cert(pki["leaf_current"])
         server.ctl("reload")

@@ -28,3 +28,14 @@ def make_server_cert(directory: Path, name: str, ca: tuple[Path, Path], dns_name
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial", "-days", "2",
              "-extfile", str(ext), "-out", str(cert))
     return cert, key
+
+
+def make_intermediate_ca(directory: Path, name: str, root: tuple[Path, Path]) -> tuple[Path, Path]:
+    """A subordinate CA signed by `root`, like the regional CA under Cloud SQL's shared CAS root."""
+    cert, key, csr = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr"
+    ext = directory / f"{name}.ext"
+    ext.write_text("basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n")
+    _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/O=convex-gcp test/CN={name}", "-keyout", str(key), "-out", str(csr))
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(root[0]), "-CAkey", str(root[1]), "-CAcreateserial", "-days", "2",
+             "-extfile", str(ext), "-out", str(cert))
+    return cert, key
