@@ -233,16 +233,19 @@ class FrontDoor(pulumi.ComponentResource):
             ssl_policy=ssl_policy.id,
             opts=child,
         )
-        self.https_rule = gcp.compute.GlobalForwardingRule(
-            f"{name}-https-rule",
-            name=f"{prefix}-https",
-            load_balancing_scheme="EXTERNAL_MANAGED",
-            ip_protocol="TCP",
-            port_range="443",
-            ip_address=self.address.id,
-            target=https_proxy.id,
-            opts=child,
-        )
+        def forwarding_rule(scheme: str, port: int, target: pulumi.Input[str]) -> gcp.compute.GlobalForwardingRule:
+            return gcp.compute.GlobalForwardingRule(
+                f"{name}-{scheme}-rule",
+                name=f"{prefix}-{scheme}",
+                load_balancing_scheme="EXTERNAL_MANAGED",
+                ip_protocol="TCP",
+                port_range=str(port),
+                ip_address=self.address.id,
+                target=target,
+                opts=child,
+            )
+
+        self.https_rule = forwarding_rule("https", 443, https_proxy.id)
 
         redirect_map = gcp.compute.URLMap(
             f"{name}-redirect",
@@ -254,16 +257,7 @@ class FrontDoor(pulumi.ComponentResource):
             opts=child,
         )
         http_proxy = gcp.compute.TargetHttpProxy(f"{name}-http", name=f"{prefix}-http", url_map=redirect_map.id, opts=child)
-        self.http_rule = gcp.compute.GlobalForwardingRule(
-            f"{name}-http-rule",
-            name=f"{prefix}-http",
-            load_balancing_scheme="EXTERNAL_MANAGED",
-            ip_protocol="TCP",
-            port_range="80",
-            ip_address=self.address.id,
-            target=http_proxy.id,
-            opts=child,
-        )
+        self.http_rule = forwarding_rule("http", 80, http_proxy.id)
 
         self.records = []
         if d.managed_zone:
