@@ -12,9 +12,10 @@ from urllib.parse import quote
 
 from .settings import Settings
 
-PROXY_IMAGE = "gcr.io/cloud-sql-connectors/cloud-sql-proxy"
-BACKEND_IMAGE = "ghcr.io/get-convex/convex-backend"
-DASHBOARD_IMAGE = "ghcr.io/get-convex/convex-dashboard"
+# Image references always carry a pinned tag: the templates cannot be used without one.
+PROXY_IMAGE = "gcr.io/cloud-sql-connectors/cloud-sql-proxy:{tag}"
+BACKEND_IMAGE = "ghcr.io/get-convex/convex-backend:{tag}"
+DASHBOARD_IMAGE = "ghcr.io/get-convex/convex-dashboard:{tag}"
 API_PORT, SITE_PORT, DASHBOARD_PORT = 3210, 3211, 6791
 PROXY_HOST, PROXY_PORT, PROXY_HEALTH_PORT = "cloudsql-proxy", 5432, 9090
 DATA_DEVICE_NAME = "convex-data"
@@ -137,8 +138,8 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
     config = {
         "CONNECTION_MODE": mode,
         "PROJECT_ID": inputs.project,
-        "BACKEND_IMAGE": f"{BACKEND_IMAGE}:{version}",
-        "DASHBOARD_IMAGE": f"{DASHBOARD_IMAGE}:{version}",
+        "BACKEND_IMAGE": BACKEND_IMAGE.format(tag=version),
+        "DASHBOARD_IMAGE": DASHBOARD_IMAGE.format(tag=version),
         "DASHBOARD_ENABLED": "true" if settings.convex.dashboard else "false",
         "DATA_DEVICE_NAME": DATA_DEVICE_NAME,
         "INSTANCE_SECRET_ID": inputs.instance_secret_id,
@@ -146,7 +147,7 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
         "DB_PASSWORD_SECRET_ID": inputs.db_password_secret_id,
     }
     if mode == "proxy":
-        config["PROXY_IMAGE"] = f"{PROXY_IMAGE}:{settings.convex.proxy_version}"
+        config["PROXY_IMAGE"] = PROXY_IMAGE.format(tag=settings.convex.proxy_version)
         config["PROXY_ARGS"] = " ".join(proxy_args(settings, inputs.connection_name))
     if mode == "ssl":
         # The VM reads the server CA bundle (current + upcoming CAs) from the SQL Admin API itself.
