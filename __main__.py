@@ -12,6 +12,7 @@ from components.monitoring import Monitoring, MonitoringArgs
 from components.network import VM_TAG, Network, NetworkArgs
 from components.private_dns import PrivateDns, PrivateDnsArgs
 from convex_gcp.adoption import import_ids
+from convex_gcp.placement import PulumiLookup
 from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, SITE_PORT
 from convex_gcp.settings import (
     GOOGLE_LB_RANGES,
@@ -24,7 +25,7 @@ from convex_gcp.settings import (
 )
 
 try:
-    settings = load_settings(config_from_pulumi(), pulumi.get_stack())
+    settings = load_settings(config_from_pulumi(), pulumi.get_stack(), lookup=PulumiLookup())
 except ConfigError as error:
     raise pulumi.RunError(str(error)) from None
 

@@ -125,3 +125,52 @@ def database_name(instance_name: str) -> str:
 def iam_user_name(service_account_email: str) -> str:
     """Cloud SQL's IAM user name for a service account: the email without the domain suffix."""
     return service_account_email.removesuffix(".gserviceaccount.com")
+
+
+# Tiers offered for "did you mean" when a name is misspelt.
+COMMON_TIERS = (
+    *SHARED_CORE_TIERS,
+    "db-custom-1-3840", "db-custom-2-7680", "db-custom-4-15360", "db-custom-8-30720", "db-custom-16-61440",
+    *(f"db-perf-optimized-N-{n}" for n in _PERF_OPTIMIZED_VCPUS),
+)
+
+
+def tiers_meant(name: str) -> list[str]:
+    """The valid tiers most likely meant by an invalid `name`; several when ambiguous, none when
+    there is no good guess. Numbers are moved to the nearest allowed ones; MySQL's db-n1-* names
+    map to the custom tier of the same shape (n1-standard: 3.75 GB per vCPU, n1-highmem: 6.5 GB)."""
+    n1 = re.fullmatch(r"db-n1-(standard|highmem)-(\d+)", name)
+    if n1:
+        vcpus = int(n1.group(2))
+        per_vcpu = 3840 if n1.group(1) == "standard" else 6656
+        return [t for t in (f"db-custom-{vcpus}-{vcpus * per_vcpu}",) if _valid(t)]
+    custom = _CUSTOM.match(name)
+    if custom:
+        vcpus, memory_mb = int(custom.group(1)), int(custom.group(2))
+        counts = [1] + list(range(2, 97, 2))
+        nearest = sorted(counts, key=lambda c: (abs(c - vcpus), c))
+        options = [c for c in nearest if abs(c - vcpus) == abs(nearest[0] - vcpus)]
+        return [f"db-custom-{c}-{_fit_memory(c, memory_mb)}" for c in options]
+    perf = _PERF_OPTIMIZED.match(name)
+    if perf:
+        vcpus = int(perf.group(1))
+        best = min(abs(n - vcpus) for n in _PERF_OPTIMIZED_VCPUS)
+        return [f"db-perf-optimized-N-{n}" for n in _PERF_OPTIMIZED_VCPUS if abs(n - vcpus) == best]
+    from .suggest import closest
+
+    return closest(name, COMMON_TIERS)
+
+
+def _fit_memory(vcpus: int, memory_mb: int) -> int:
+    low = _round_up(max(math.ceil(vcpus * 0.9 * 1024), 3840), 256)
+    high = math.floor(vcpus * 6.5 * 1024) // 256 * 256
+    rounded = (memory_mb + 128) // 256 * 256
+    return min(max(rounded, low), high)
+
+
+def _valid(name: str) -> bool:
+    try:
+        parse_tier(name)
+    except TierError:
+        return False
+    return True

@@ -5,19 +5,21 @@ allowed and the `pulumi config set` line that fixes it.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Literal, Optional, get_args
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from . import cloudsql
-from .flags import FlagError, FlagValue, convert_flag, flag_bytes
+from . import cloudsql, gce_catalog, suggest
+from .errors import ConfigError, Problem, problem_from_pydantic, rm_line, segment, set_line
+from .flags import FLAGS, FlagError, FlagValue, convert_flag, flag_bytes
+from .placement import Lookup
+
+__all__ = ["ConfigError", "Problem", "Settings", "load_settings", "set_line"]
 
 PROJECT = "convex-gcp"
 
@@ -29,8 +31,13 @@ PROXY_VERSION = "2.26.0"
 IAP_RANGE = "35.235.240.0/20"
 
 
-def _custom(reason: str, allowed: str, example: str) -> PydanticCustomError:
-    return PydanticCustomError("convex_gcp", "{reason}", {"reason": reason, "allowed": allowed, "example": example})
+def _custom(reason: str, allowed: str, example: str, candidates: Optional[list[str]] = None) -> PydanticCustomError:
+    """A validation error carrying its fix: `candidates` are the values most likely meant
+    (several: ambiguous, each gets a fix line); without them `example` is the fix."""
+    ctx: dict[str, Any] = {"reason": reason, "allowed": allowed, "example": example}
+    if candidates is not None:
+        ctx["candidates"] = candidates
+    return PydanticCustomError("convex_gcp", "{reason}", ctx)
 
 
 class _Model(BaseModel):
@@ -133,6 +140,7 @@ class DatabaseSettings(_Model):
                 str(error),
                 "db-f1-micro, db-g1-small, db-custom-<vCPUs>-<MB> (ENTERPRISE), db-perf-optimized-N-<vCPUs> (ENTERPRISE_PLUS)",
                 "db-custom-2-7680",
+                cloudsql.tiers_meant(value),
             ) from None
         return value
 
@@ -174,8 +182,10 @@ class VmSettings(_Model):
     @field_validator("machine_type")
     @classmethod
     def _machine_type(cls, value: str) -> str:
+        # Whether the type exists (and in the zone) is checked with the region: _check_placement.
         if not re.fullmatch(r"[a-z][a-z0-9]*-[a-z0-9-]+", value):
-            raise _custom(f"{value!r} is not a machine type", "a Compute Engine machine type", "e2-medium")
+            meant = suggest.closest(value, gce_catalog.predefined())
+            raise _custom(f"{value!r} is not a machine type", "a Compute Engine machine type such as e2-medium", "e2-medium", meant)
         return value
 
 
@@ -369,7 +379,8 @@ class Settings(_Model):
 
     @property
     def zone(self) -> str:
-        return self.vm.zone or f"{self.region}-a"
+        # Unset: the region's first zone (not always -a: us-east1 starts at -b).
+        return self.vm.zone or (gce_catalog.zones_of(self.region) or [f"{self.region}-a"])[0]
 
     @property
     def tier(self) -> cloudsql.Tier:
@@ -407,36 +418,6 @@ class Settings(_Model):
 
 # --------------------------------------------------------------------------- errors
 
-
-@dataclass(frozen=True)
-class Problem:
-    path: str  # e.g. convex-gcp:database.tier
-    reason: str
-    allowed: str
-    fix: str
-
-    def render(self) -> str:
-        return f"{self.path}: {self.reason}\n    allowed: {self.allowed}\n    fix:     {self.fix}"
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[Problem], stack: str = "<stack>"):
-        self.problems = problems
-        lines = [f"{len(problems)} configuration problem(s) in stack {stack!r}; nothing was created:"]
-        lines += [problem.render() for problem in problems]
-        super().__init__("\n".join(lines))
-
-
-def set_line(path: str, value: Any) -> str:
-    """The command that sets a config key; object fields use --path."""
-    namespace, _, key = path.partition(":")
-    shown = value if isinstance(value, str) else json.dumps(value)
-    if shown == "" or re.search(r"[\s\"'$*?]", shown):
-        shown = "'" + shown.replace("'", "'\\''") + "'"
-    flag = " --path" if ("." in key or "[" in key) and namespace == PROJECT else ""
-    return f"pulumi config set{flag} '{path}' {shown}"
-
-
 _TOP_LEVEL = {
     "environment": "environment",
     "connectionMode": "connection_mode",
@@ -449,69 +430,10 @@ _TOP_LEVEL = {
     "monitoring": "monitoring",
     "adopt": "adopt",
 }
-_EXAMPLES = {
-    "environment": "dev",
-    "connectionMode": "proxy",
-    "iamAuth": "true",
-}
-
-
-def _key_path(loc: tuple[Any, ...]) -> str:
-    """pydantic location → config key path (`convex-gcp:database.flags.work_mem`)."""
-    parts = [str(part) for part in loc]
-    if not parts:
-        return f"{PROJECT}:"
-    if parts[0] in ("project", "region"):
-        return f"gcp:{parts[0]}"
-    head = to_camel(parts[0])
-    rest = "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in parts[1:])
-    return f"{PROJECT}:{head}{rest}"
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    model: Any = Settings
-    for part in loc:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            for name, candidate in model.model_fields.items():
-                if candidate.alias == part:
-                    field = candidate
-                    break
-        annotation = field.annotation if field is not None else None
-        # Optional[Model] (convex-gcp:domain) names its model among the union's members.
-        models = [a for a in (get_args(annotation) or (annotation,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not models:
-            return None
-        model = models[0]
-    return model
 
 
 def _problem_from_pydantic(error: dict[str, Any]) -> Problem:
-    loc = tuple(error["loc"])
-    path = _key_path(loc)
-    ctx = error.get("ctx") or {}
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1]) or Settings
-        known = sorted(field.alias or name for name, field in parent.model_fields.items() if name != "stack")
-        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        fix_path = _key_path(loc[:-1] + (close[0],)) if close else path
-        fix = f"pulumi config rm --path '{path}'" + (f" && {set_line(fix_path, error.get('input'))}" if close else "")
-        return Problem(path, f"unknown key {str(loc[-1])!r}{hint}", "keys: " + ", ".join(known), fix)
-    if kind == "convex_gcp":
-        return Problem(path, ctx["reason"], ctx["allowed"], set_line(path, ctx["example"]))
-    if kind == "literal_error":
-        allowed = ctx.get("expected", "")
-        first = re.findall(r"'([^']*)'", allowed)
-        return Problem(path, f"{error.get('input')!r} is not allowed", f"one of {allowed}", set_line(path, first[0] if first else ""))
-    if kind == "missing":
-        example = _EXAMPLES.get(str(loc[-1]), "<value>")
-        return Problem(path, "is required and not set", "see the README's configuration reference", set_line(path, example))
-    bounds = {k: v for k, v in ctx.items() if k in ("ge", "le", "gt", "lt")}
-    allowed = ", ".join(f"{k} {v}" for k, v in bounds.items()) or error["msg"]
-    example = bounds.get("ge", bounds.get("le", "<value>"))
-    return Problem(path, f"{error.get('input')!r}: {error['msg']}", allowed, set_line(path, example))
+    return problem_from_pydantic(error, Settings)
 
 
 def _parse_value(value: Any) -> Any:
@@ -524,8 +446,10 @@ def _parse_value(value: Any) -> Any:
     return value
 
 
-def load_settings(config: dict[str, Any], stack: str) -> Settings:
-    """Build Settings from a flat Pulumi config map (`ns:key` → value); raise ConfigError."""
+def load_settings(config: dict[str, Any], stack: str, lookup: Optional[Lookup] = None) -> Settings:
+    """Build Settings from a flat Pulumi config map (`ns:key` → value); raise ConfigError.
+    `lookup` asks the project for its zones and machine types (convex_gcp/placement.py);
+    without it, or when it cannot answer, the table in gce_catalog is the reference."""
     problems: list[Problem] = []
     raw: dict[str, Any] = {"stack": stack}
     for field in ("project", "region"):
@@ -537,11 +461,7 @@ def load_settings(config: dict[str, Any], stack: str) -> Settings:
         if namespace != PROJECT:
             continue
         if name not in _TOP_LEVEL:
-            close = difflib.get_close_matches(name, list(_TOP_LEVEL), n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(
-                Problem(f"{PROJECT}:{name}", f"unknown key{hint}", "keys: " + ", ".join(_TOP_LEVEL), f"pulumi config rm '{PROJECT}:{name}'")
-            )
+            problems.append(_unknown_top_level(name, value))
             continue
         parsed = _parse_value(value)
         if name in ("environment", "connectionMode") and not isinstance(parsed, str):
@@ -553,9 +473,27 @@ def load_settings(config: dict[str, Any], stack: str) -> Settings:
         problems += [_problem_from_pydantic(e) for e in error.errors(include_url=False)]
         raise ConfigError(problems, stack) from None
     problems += check_rules(settings)
+    problems += _check_placement(settings, lookup)
     if problems:
         raise ConfigError(problems, stack)
     return settings
+
+
+def _unknown_top_level(name: str, value: Any) -> Problem:
+    path = f"{PROJECT}:{name}"
+    head = re.split(r"[.\[]", name, maxsplit=1)[0]
+    if head in _TOP_LEVEL and head != name:
+        # `pulumi config set convex-gcp:database.tier x` (no --path) stores one flat key named
+        # "database.tier"; Pulumi nests it only with --path.
+        shown = value if isinstance(value, str) else json.dumps(value)
+        return Problem(
+            path,
+            f"a flat key named {name!r}: without --path, Pulumi does not nest it under {head!r}",
+            f"the same key set with --path (pulumi config set --path '{path}' ...)",
+            f"pulumi config rm '{path}' && {set_line(path, shown)}",
+        )
+    close = suggest.closest(name, list(_TOP_LEVEL), limit=1)
+    return Problem(path, f"unknown key{suggest.did_you_mean(close)}", "keys: " + ", ".join(_TOP_LEVEL), f"pulumi config rm '{path}'")
 
 
 # --------------------------------------------------------------------------- rules
@@ -604,25 +542,73 @@ def _check_adopt(s: Settings) -> list[Problem]:
     return problems
 
 
-_REGION = re.compile(r"^[a-z]+-[a-z]+\d+$")
+_PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
 
 
 def _check_region(s: Settings) -> list[Problem]:
+    """The stack name and project id (region and zone: _check_placement)."""
     problems = []
     if not re.fullmatch(r"[a-z][a-z0-9-]{0,14}[a-z0-9]|[a-z]", s.stack):
         problems.append(
             Problem("(stack name)", f"{s.stack!r} cannot prefix resource names", "1-16 lowercase letters, digits and '-'", f"pulumi stack rename {re.sub('[^a-z0-9-]', '-', s.stack.lower())[:16]}")
         )
-    if not _REGION.match(s.region):
-        problems.append(Problem("gcp:region", f"{s.region!r} is not a region name", "a region such as asia-northeast1", set_line("gcp:region", "asia-northeast1")))
-    if not re.fullmatch(r"[a-z][a-z0-9-]{4,28}[a-z0-9]", s.project):
-        problems.append(Problem("gcp:project", f"{s.project!r} is not a project id", "6-30 lowercase letters, digits and '-'", set_line("gcp:project", "<your-project-id>")))
-    zone = s.zone
-    if not (zone.startswith(s.region + "-") and re.fullmatch(r"[a-z]", zone[len(s.region) + 1 :])):
-        problems.append(
-            Problem(f"{PROJECT}:vm.zone", f"{zone!r} is not a zone of region {s.region!r}", f"{s.region}-a, {s.region}-b or {s.region}-c", set_line(f"{PROJECT}:vm.zone", f"{s.region}-a"))
-        )
+    if not _PROJECT_ID.fullmatch(s.project):
+        respelled = re.sub(r"[\s_.]+", "-", s.project.strip().lower())
+        fix = set_line("gcp:project", respelled) if _PROJECT_ID.fullmatch(respelled) else 'pulumi config set gcp:project "$(gcloud config get-value project)"'
+        problems.append(Problem("gcp:project", f"{s.project!r} is not a project id", "6-30 lowercase letters, digits and '-'", fix))
     return problems
+
+
+def _check_placement(s: Settings, lookup: Optional[Lookup]) -> list[Problem]:
+    """Region, zone and machine type: the project's answer when it gives one, else the table.
+    Both paths give the same problems; the reason names which one was asked."""
+    table = gce_catalog.TABLE
+    live_zones = lookup.zones(s.project, s.region) if lookup else None
+    if live_zones == [] and s.region in gce_catalog.ZONES:
+        live_zones = None  # a region the project cannot see (org policy?): Google's own error says why
+    asked = live_zones is not None
+    zones = sorted(live_zones) if asked else gce_catalog.zones_of(s.region)
+    source = f"project {s.project}" if asked else table
+    if not zones:
+        meant = suggest.closest(s.region, gce_catalog.REGIONS)
+        reason = f"{s.region!r} is not a region ({source}){suggest.did_you_mean(meant)}"
+        return [Problem("gcp:region", reason, f"a region such as asia-northeast1; list: gcloud compute regions list", suggest.fix_lines(set_line, "gcp:region", meant, ["asia-northeast1", "us-central1", "europe-west1"]))]
+    problems = []
+    path = f"{PROJECT}:vm.zone"
+    if s.zone not in zones:
+        meant = gce_catalog.closest_zone(s.zone, s.region) if not s.zone.startswith(s.region + "-") else []
+        meant = [z for z in meant if z in zones] or suggest.closest(s.zone, zones)
+        where = "is not a zone of" if s.zone.startswith(s.region + "-") else "is outside"
+        problems.append(Problem(path, f"{s.zone!r} {where} region {s.region!r} ({source}){suggest.did_you_mean(meant)}", ", ".join(zones), suggest.fix_lines(set_line, path, meant, zones)))
+        return problems
+    problems += _check_machine_type(s, lookup if asked else None)
+    return problems
+
+
+def _check_machine_type(s: Settings, lookup: Optional[Lookup]) -> list[Problem]:
+    name, path = s.vm.machine_type, f"{PROJECT}:vm.machineType"
+    offline = gce_catalog.machine_type_problem(name)
+    custom = "custom-" in name  # never listed by machineTypes.list: the table's shape rules decide
+    live = lookup.machine_types(s.project, s.zone) if lookup and not custom else None
+    if live:
+        if name in live:
+            return []
+        meant = offline[1] if offline and offline[1] else suggest.closest(name, live)
+        meant = [m for m in meant if m in live]
+        reason = f"{name!r} is not offered in zone {s.zone} (project {s.project}){suggest.did_you_mean(meant)}"
+        return [Problem(path, reason, "a machine type of the zone: gcloud compute machine-types list --zones " + s.zone, suggest.fix_lines(set_line, path, meant, ["e2-medium"]))]
+    if offline is None:
+        return []
+    reason, meant = offline
+    meant = meant or suggest.closest(name, gce_catalog.predefined())
+    return [
+        Problem(
+            path,
+            f"{reason} ({gce_catalog.TABLE}){suggest.did_you_mean(meant)}",
+            "e2-micro/small/medium, <series>-standard|highmem|highcpu-<vCPUs> (e2, n1, n2, n2d, n4, t2d, c2, c2d, c3, c3d, c4), <series>-custom-<vCPUs>-<MB>",
+            suggest.fix_lines(set_line, path, meant, ["e2-medium"]),
+        )
+    ]
 
 
 def _check_mode(s: Settings) -> list[Problem]:
@@ -676,16 +662,16 @@ def _check_edition(s: Settings) -> list[Problem]:
 def _check_flags(s: Settings) -> list[Problem]:
     problems = []
     for name, value in sorted(s.database.flags.items()):
-        path = f"{PROJECT}:database.flags.{name}"
+        path = f"{PROJECT}:database.flags{segment(name)}"
         try:
             api_value = convert_flag(name, value)
         except FlagError as error:
             if error.reason.startswith("unknown flag"):
-                close = difflib.get_close_matches(name, list(_flag_names()), n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(Problem(path, error.reason + hint, "flags: " + ", ".join(sorted(_flag_names())), f"pulumi config rm --path '{path}'"))
+                close = suggest.closest(name, list(FLAGS), limit=1)
+                fix = rm_line(path) + (f" && {set_line(f'{PROJECT}:database.flags{segment(close[0])}', value)}" if close else "")
+                problems.append(Problem(path, error.reason + suggest.did_you_mean(close), "flags: " + ", ".join(sorted(FLAGS)), fix))
             else:
-                problems.append(Problem(path, error.reason, error.allowed, set_line(path, error.example)))
+                problems.append(_flag_value_problem(s, name, value, path, error))
             continue
         if name == "shared_buffers":
             memory = s.tier.memory_mb * 1024**2
@@ -697,10 +683,60 @@ def _check_flags(s: Settings) -> list[Problem]:
     return problems
 
 
-def _flag_names() -> list[str]:
-    from .flags import FLAGS
+def _flag_value_problem(s: Settings, name: str, value: FlagValue, path: str, error: FlagError) -> Problem:
+    """The value most likely meant: the unit spelt right (8mb → 8MB), the nearest bound when out
+    of range, the nearest choice by spelling; unreadable: the default (the tier's for
+    max_connections, Cloud SQL's otherwise, by removing the flag) — never the minimum."""
+    spec = FLAGS[name]
+    respelled = suggest.unit_respelled(value) if spec.kind in ("memory", "time") else None
+    if respelled is not None and _converts(name, respelled):
+        return Problem(path, f"{error.reason}{suggest.did_you_mean([respelled])}", error.allowed, set_line(path, respelled))
+    if spec.kind in ("bool", "enum"):
+        choices = ["on", "off"] if spec.kind == "bool" else list(spec.choices)
+        meant = suggest.closest(value, choices)
+        return Problem(path, error.reason + suggest.did_you_mean(meant), error.allowed, suggest.fix_lines(set_line, path, meant, choices))
+    if error.reason.endswith("out of range"):
+        try:
+            number = _base_number(name, value)  # bounds are in the base unit
+        except (ValueError, KeyError):
+            number = None
+        if number is not None:
+            bound = spec.minimum if spec.minimum is not None and number < spec.minimum else spec.maximum
+            shown = _in_base_unit(spec, bound)
+            return Problem(path, f"{error.reason}; the nearest allowed value is {shown}", error.allowed, set_line(path, shown))
+    if name == "max_connections":
+        default = cloudsql.default_max_connections(s.tier)
+        return Problem(path, f"{error.reason}; the fix sets tier {s.tier.name}'s default", error.allowed, set_line(path, default))
+    return Problem(path, f"{error.reason}; removing the flag restores Cloud SQL's default", error.allowed, rm_line(path))
 
-    return list(FLAGS)
+
+def _converts(name: str, value: str) -> bool:
+    try:
+        convert_flag(name, value)
+    except FlagError:
+        return False
+    return True
+
+
+def _base_number(name: str, value: FlagValue) -> float:
+    """An out-of-range value in the flag's base unit (convert_flag checked the range last)."""
+    from .flags import FLAGS as specs, _base_multiplier, _MEMORY_UNITS, _NUMBER_WITH_UNIT, _TIME_UNITS
+
+    spec = specs[name]
+    match = _NUMBER_WITH_UNIT.match(str(value))
+    if not match:
+        raise ValueError(value)
+    number, unit = float(match.group(1)), match.group(2)
+    if not unit or spec.kind in ("int", "real"):
+        return number
+    units = _MEMORY_UNITS if spec.kind == "memory" else _TIME_UNITS
+    return number * units[unit] / _base_multiplier(spec)
+
+
+def _in_base_unit(spec: Any, bound: float) -> str:
+    text = str(int(bound)) if float(bound).is_integer() else str(bound)
+    # "8kB" blocks have no PostgreSQL unit name: those stay plain integers in the base unit.
+    return text + spec.base_unit if spec.kind in ("memory", "time") and spec.base_unit != "8kB" and bound >= 0 else text
 
 
 def _check_pool(s: Settings) -> list[Problem]:

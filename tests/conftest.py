@@ -1,9 +1,14 @@
 """Shared fixtures: whole-program runs under the Pulumi SDK's mocks, one subprocess per run
-because the SDK's mock state is process-global."""
+because the SDK's mock state is process-global.
+
+Skips: a run that skipped tests ends by naming each one and why; with CI set (.ci/run, the
+workflows) a skip is a failure, because a skipped test guards nothing.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from functools import lru_cache
@@ -23,9 +28,12 @@ def _run(stack: str, overrides: tuple[tuple[str, str], ...]) -> Plan:
     for key, value in overrides:
         command += ["--set", f"{key}={value}"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if result.returncode != 0:
-        raise AssertionError(f"plan {stack} failed:\n{result.stderr[-4000:]}")
-    return plan_from_json(result.stdout)
+    # Exit 1 is a configuration error, recorded in the plan (tests assert on it); anything else failed.
+    if result.returncode not in (0, 1) or not result.stdout.startswith("{"):
+        raise AssertionError(f"plan {stack} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    plan = plan_from_json(result.stdout)
+    assert (result.returncode == 1) == bool(plan.error), f"exit {result.returncode} with error {plan.error!r}"
+    return plan
 
 
 def run_plan(stack: str, **overrides: str) -> Plan:
@@ -52,3 +60,48 @@ def stack_object(stack: str, key: str) -> dict:
     from tools.plan import stack_config
 
     return json.loads(stack_config(stack)[f"convex-gcp:{key}"])
+
+
+# --------------------------------------------------------------------------- skips
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _fail_skip_in_ci(report) -> None:
+    if _in_ci() and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI={os.environ['CI']}, where every test must run: {_skip_reason(report)}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_skip_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    # Module-level skips (pytest.importorskip at import) are collection reports, not test reports.
+    outcome = yield
+    _fail_skip_in_ci(outcome.get_result())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Last lines of a run that skipped: which tests and why (runs on the xdist controller,
+    which receives every worker's reports)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if not hasattr(r, "wasxfail")]
+    if not skipped:
+        return
+    terminalreporter.section(f"{len(skipped)} skipped: these tests did not run", sep="=", yellow=True, bold=True)
+    for report in skipped:
+        terminalreporter.write_line(f"SKIPPED {report.nodeid}: {_skip_reason(report)}")
+    terminalreporter.write_line("Install what they need (README, Run the tests) or run with CI=1 to make skips fail.")

@@ -7,6 +7,8 @@ from typing import Any
 
 import pulumi
 
+from convex_gcp import gce_catalog
+
 # Known values for every generated secret, so tests can prove none leaks.
 SECRET_SENTINELS = {
     "random:index/randomPassword:RandomPassword": "SentinelDbPassw0rdSentinelDbPass",
@@ -80,6 +82,14 @@ class GcpMocks(pulumi.runtime.Mocks):
         if args.token == "gcp:compute/getNetwork:getNetwork":
             rid = f"projects/{p}/global/networks/{a['name']}"
             return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}
+        if args.token == "gcp:compute/getZones:getZones":
+            # The provider filters the project's zones by region suffix: unknown region → [] (placement.py).
+            return {"id": f"projects/{a.get('project', p)}/regions/{a.get('region', r)}", "names": gce_catalog.zones_of(a.get("region", r)), "project": a.get("project", p)}
+        if args.token == "gcp:compute/getMachineTypes:getMachineTypes":
+            # machineTypes.list on an unknown zone is a 404, not an empty list.
+            if not any(a.get("zone") in gce_catalog.zones_of(region) for region in gce_catalog.REGIONS):
+                raise Exception(f"googleapi: Error 404: The resource 'projects/{p}/zones/{a.get('zone')}' was not found")
+            return {"id": f"projects/{p}/zones/{a['zone']}", "machineTypes": [{"name": name} for name in gce_catalog.predefined()], "project": p, "zone": a["zone"]}
         if args.token == "gcp:compute/getSubnetwork:getSubnetwork":
             rid = f"projects/{p}/regions/{a.get('region', r)}/subnetworks/{a['name']}"
             return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}

@@ -4,6 +4,12 @@ declares. Tests and reviewers use the same code.
     python -m tools.plan dev                 # Markdown summary
     python -m tools.plan prod --json         # everything recorded, as JSON
     python -m tools.plan dev --set convex-gcp:connectionMode=ssl
+    python -m tools.plan dev --set database.tier=db-custom-2-7680   # like pulumi config set --path
+
+--set KEY=VALUE overrides one key for this run; the namespace defaults to convex-gcp. A key with
+'.' or '[' sets one field inside an object, as `pulumi config set --path` does (true/false become
+booleans, digits integers); a plain object key (--set 'convex-gcp:vm={...}') replaces the object.
+Exit status: 0 planned, 1 configuration error (in every output mode), 2 usage error.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import runpy
 import sys
 from dataclasses import asdict, dataclass, field
@@ -62,9 +69,24 @@ class Plan:
         return next(r for r in self.resources if r.name == name)
 
 
+class UsageError(Exception):
+    """A bad command line or stack name: reported in one line, exit status 2."""
+
+
+def stacks() -> list[str]:
+    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in ROOT.glob("Pulumi.*.yaml"))
+
+
 def stack_config(stack: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The flat config map the engine would pass: `ns:key` → string (objects as JSON)."""
-    document = yaml.safe_load((ROOT / f"Pulumi.{stack}.yaml").read_text()) or {}
+    """The flat config map the engine would pass: `ns:key` → string (objects as JSON).
+    Override keys with '.' or '[' are --path sets (apply_set)."""
+    path = ROOT / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        raise UsageError(f"no stack {stack!r} (no {path.name}); stacks: {', '.join(stacks())}")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path.name} is not valid YAML: {error}") from None
     config: dict[str, str] = {}
     for key, value in (document.get("config") or {}).items():
         if ":" not in key:
@@ -77,8 +99,78 @@ def stack_config(stack: str, overrides: dict[str, str] | None = None) -> dict[st
             config[key] = "true" if value else "false"
         else:
             config[key] = str(value)
-    config.update(overrides or {})
+    for key, value in (overrides or {}).items():
+        apply_set(config, key, value)
     return config
+
+
+_SEGMENT = re.compile(r'\.?([^.\[\]"]+)|\[(\d+)\]|\["((?:[^"\\]|\\.)*)"\]')
+
+
+def parse_path(name: str) -> list[str | int]:
+    """A Pulumi property path (`database.flags["cloudsql.iam_authentication"]`, `a.b[0]`) → segments."""
+    segments: list[str | int] = []
+    position = 0
+    while position < len(name):
+        match = _SEGMENT.match(name, position)
+        if not match or (position == 0 and name.startswith(".")):
+            raise UsageError(f"cannot read the key path {name!r} at {name[position:]!r}")
+        key, index, quoted = match.groups()
+        segments.append(key if key is not None else int(index) if index is not None else quoted)
+        position = match.end()
+    if not segments or not isinstance(segments[0], str):
+        raise UsageError(f"the key path {name!r} must start with a name")
+    return segments
+
+
+def _path_value(value: str) -> Any:
+    """What `pulumi config set --path` stores (pulumi sdk/go/common/resource/config, adjustObjectValue)."""
+    if value in ("true", "false"):
+        return value == "true"
+    if len(value) > 1 and value.startswith("0"):
+        return value
+    return int(value) if re.fullmatch(r"[-+]?\d+", value) else value
+
+
+def apply_set(config: dict[str, str], key: str, value: str) -> None:
+    """`--set KEY=VALUE` into the flat config map: a plain key replaces, a path sets one field."""
+    namespace, _, name = key.rpartition(":") if ":" in key else (PROJECT, ":", key)
+    if not name:
+        raise UsageError(f"--set {key}=…: the key is empty")
+    if "." not in name and "[" not in name:
+        config[f"{namespace}:{name}"] = value
+        return
+    segments = parse_path(name)
+    flat = f"{namespace}:{segments[0]}"
+    try:
+        root = json.loads(config[flat]) if flat in config else None
+    except ValueError:
+        root = config[flat]
+    container_kind = dict if isinstance(segments[1], str) else list
+    if root is None:
+        root = container_kind()
+    node: Any = root
+    for depth, (segment, following) in enumerate(zip(segments[1:], segments[2:] + [None]), start=1):
+        shown = key.split(":", 1)[-1] if ":" in key else key
+        last = following is None
+        child = _path_value(value) if last else ({} if isinstance(following, str) else [])
+        if isinstance(segment, str):
+            if not isinstance(node, dict):
+                raise UsageError(f"--set {shown}: {'.'.join(map(str, segments[:depth]))} is not an object")
+            node[segment] = child if last or segment not in node else node[segment]
+            node = node[segment]
+        else:
+            if not isinstance(node, list):
+                raise UsageError(f"--set {shown}: {'.'.join(map(str, segments[:depth]))} is not a list")
+            # Pulumi allows an index up to the list's length (append), not beyond.
+            if segment > len(node):
+                raise UsageError(f"--set {shown}: index {segment} is beyond the end of a list of {len(node)}")
+            if segment == len(node):
+                node.append(child)
+            elif last:
+                node[segment] = child
+            node = node[segment]
+    config[flat] = json.dumps(root)
 
 
 def _unwrap(value: Any, path: str, secrets: list[str]) -> Any:
@@ -97,6 +189,9 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        # The mock monitor's protobuf Struct carries every number as a double: 16 arrives as 16.0.
+        return int(value)
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return repr(value)
@@ -236,21 +331,29 @@ def render_markdown(plan: Plan) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{item!r} is not KEY=VALUE, e.g. --set database.tier=db-custom-2-7680")
+    return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stack")
+    parser.add_argument("stack", help="a stack with a Pulumi.<stack>.yaml: " + ", ".join(stacks()))
     parser.add_argument("--json", action="store_true", help="print every recorded resource as JSON")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    options = parser.parse_args(argv)
-    overrides = dict(item.split("=", 1) for item in options.set)
-    plan = run_program(options.stack, overrides)
+    parser.add_argument("--set", action="append", default=[], type=_override, metavar="KEY=VALUE", help="override a config key (see above)")
+    options = parser.parse_args(argv)  # exits 2 with a one-line message on a bad --set
+    try:
+        stack_config(options.stack, dict(options.set))  # usage errors before the SDK starts
+    except UsageError as error:
+        parser.error(str(error))
+    plan = run_program(options.stack, dict(options.set))
     if options.json:
         print(json.dumps(asdict(plan), indent=1, sort_keys=True))
     else:
         print(render_markdown(plan), end="")
-    if plan.error and not options.json:
-        return 1
-    return 0
+    return 1 if plan.error else 0
 
 
 if __name__ == "__main__":
