@@ -60,7 +60,7 @@ def set_line(path: str, value: Any) -> str:
     """The command that sets a config key; object fields use --path. A list under --path is
     removed and set item by item (an empty list: removed, which restores the default [])."""
     if isinstance(value, list) and _uses_path(path):
-        lines = [f"pulumi config rm --path {_quote(path)}"]
+        lines = [rm_line(path)]
         lines += [set_line(f"{path}[{i}]", item) for i, item in enumerate(value)]
         return " && ".join(lines)
     shown = value if isinstance(value, str) else json.dumps(value)

@@ -350,7 +350,8 @@ def test_existing_network_is_looked_up_not_created():
 def test_bad_config_fails_before_anything_is_declared():
     plan = run_plan_with("dev", {"convex-gcp:database": json.dumps({**stack_object("dev", "database"), "tier": "db-n1-standard-1"})})
     assert "convex-gcp:database.tier" in plan.error
-    assert "pulumi config set --path 'convex-gcp:database.tier' db-custom-2-7680" in plan.error
+    # MySQL's db-n1-standard-1 (1 vCPU, 3.75 GB) is PostgreSQL's db-custom-1-3840.
+    assert "pulumi config set --path 'convex-gcp:database.tier' db-custom-1-3840" in plan.error
     assert "Traceback" not in plan.error
     assert not [r for r in plan.resources if r.custom]
 

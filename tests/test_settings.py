@@ -52,8 +52,14 @@ def test_message_names_path_reason_allowed_and_fix():
     assert problem.path == "convex-gcp:database.tier"
     assert "1 or an even number" in problem.reason
     assert "db-custom-<vCPUs>-<MB>" in problem.allowed
-    assert problem.fix == "pulumi config set --path 'convex-gcp:database.tier' db-custom-2-7680"
+    # 3 vCPUs: 2 and 4 are equally near and both fit 7680 MB, so both are offered.
+    assert problem.fix.splitlines() == [
+        "no single likely value; run one of:",
+        "pulumi config set --path 'convex-gcp:database.tier' db-custom-2-7680",
+        "pulumi config set --path 'convex-gcp:database.tier' db-custom-4-7680",
+    ]
     assert text.startswith("convex-gcp:database.tier: ")
+    assert "\n             pulumi config set --path 'convex-gcp:database.tier' db-custom-4-7680" in text
 
 
 def test_all_problems_reported_together():
@@ -179,7 +185,8 @@ def test_iam_auth_needs_the_proxy(mode):
 
 def test_unknown_mode():
     problem = one_problem(connectionMode="tunnel")
-    assert "'proxy', 'ssl' or 'plaintext'" in problem.allowed
+    assert problem.allowed == "one of proxy, ssl, plaintext"
+    assert problem.fix.startswith("no close match; run one of:")
 
 
 def test_prod_requires_iam_auth_and_proxy():
@@ -215,7 +222,7 @@ def test_regional_needs_backups():
 
 def test_missing_project():
     problem = one_problem(**{"gcp:project": None})
-    assert problem.path == "gcp:project" and problem.fix.startswith("pulumi config set 'gcp:project'")
+    assert problem.path == "gcp:project" and problem.fix == 'pulumi config set gcp:project "$(gcloud config get-value project)"'
 
 
 def test_missing_environment():
