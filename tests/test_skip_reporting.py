@@ -39,13 +39,13 @@ def test_never_collected():
 """
 
 
-def run(tmp_path: Path, *args: str, ci: str | None = None) -> subprocess.CompletedProcess:
+def run(tmp_path: Path, *args: str, ci: str | None = None, target: str = "") -> subprocess.CompletedProcess:
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_demo.py").write_text(TESTS)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path), *args]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path / target), *args]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -68,9 +68,13 @@ def test_ci_turns_a_skip_into_a_failure(tmp_path, workers):
 
 def test_ci_fails_a_module_level_importorskip(tmp_path):
     (tmp_path / "test_optional.py").write_text(MODULE_SKIP)
-    assert run(tmp_path).returncode == 0
-    result = run(tmp_path, ci="true")
-    assert result.returncode != 0 and "no_such_module_for_convex_gcp" in result.stdout, result.stdout
+    quiet = run(tmp_path, target="test_optional.py")
+    # Exit 5: no test ran; the skip is still named at the end.
+    assert quiet.returncode == 5 and "SKIPPED test_optional.py: could not import" in quiet.stdout, quiet.stdout
+    result = run(tmp_path, ci="true", target="test_optional.py")
+    # A collection error: pytest stops with exit 2.
+    assert result.returncode == 2 and "skipped under CI=true, where every test must run" in result.stdout, result.stdout
+    assert "no_such_module_for_convex_gcp" in result.stdout
 
 
 def test_ci_zero_means_off(tmp_path):
