@@ -63,6 +63,8 @@ def test_set_path_values_are_typed_as_pulumi_types_them():
     assert json.loads(config["convex-gcp:vm"]) == {"dataDiskSizeGb": 50, "deletionProtection": True, "image": "0123"}
     assert json.loads(config["convex-gcp:network"]) == {"apiSourceRanges": ["10.0.0.0/8"]}
     assert json.loads(config["convex-gcp:database"]) == {"flags": {"cloudsql.iam_authentication": "on"}}
+    apply_set(config, 'adopt["a:b"]', "x")  # a colon inside a quoted segment is not a namespace
+    assert json.loads(config["convex-gcp:adopt"]) == {"a:b": "x"}
 
 
 def test_parse_path():

@@ -134,7 +134,8 @@ def _path_value(value: str) -> Any:
 
 def apply_set(config: dict[str, str], key: str, value: str) -> None:
     """`--set KEY=VALUE` into the flat config map: a plain key replaces, a path sets one field."""
-    namespace, _, name = key.rpartition(":") if ":" in key else (PROJECT, ":", key)
+    prefix = re.match(r"([A-Za-z0-9_-]+):", key)  # a namespace, not a colon inside a quoted path segment
+    namespace, name = (prefix.group(1), key[prefix.end():]) if prefix else (PROJECT, key)
     if not name:
         raise UsageError(f"--set {key}=…: the key is empty")
     if "." not in name and "[" not in name:
