@@ -154,15 +154,16 @@ if ! exists gcloud iam workload-identity-pools describe "$POOL" --location=globa
   gcloud iam workload-identity-pools create "$POOL" --location=global --project="$STATE_PROJECT" \
     --display-name="GitHub Actions"
 fi
-# `attribute.deploy` is the environment of a job of the deploy workflow at main on a push to main,
-# and "none" for every other token. GitHub's `sub` for an environment job does not carry the branch,
-# and a job may name an environment nobody configured (github/docs#3126), so the deployers are bound to
-# this attribute, not to the subject. Claims (docs.github.com, "OpenID Connect reference"): `ref` is the
-# ref that triggered the run; `job_workflow_ref` is <owner>/<repo>/<path>@<ref> of the workflow file the
-# job comes from, so a job added to another workflow, or deploy.yml from another branch, maps to "none";
-# `environment` is present only when the job names one. No commas: gcloud splits the mapping at them.
+# `attribute.deploy` is the token's subject (repo:<owner>/<name>:environment:<env> for a job that names
+# an environment) when the job comes from the deploy workflow at main on a run for main, and "none" for
+# every other token. The subject alone carries no branch, and a job may name an environment nobody
+# configured (github/docs#3126), so the deployers are bound to this attribute, never to the subject.
+# Claims (docs.github.com, "OpenID Connect reference"): `ref` is the ref the run is for;
+# `job_workflow_ref` is <owner>/<repo>/<path>@<ref> of the workflow file the job comes from, so a job
+# added to another workflow, or deploy.yml from a branch, maps to "none". `sub` is always present
+# (`environment` is not). No commas: gcloud splits the mapping at them.
 DEPLOY_REF="${GITHUB_REPO}/${DEPLOY_WORKFLOW}@refs/heads/main"
-DEPLOY_ATTRIBUTE="assertion.ref == 'refs/heads/main' && assertion.job_workflow_ref == '${DEPLOY_REF}' && 'environment' in assertion ? assertion.environment : 'none'"
+DEPLOY_ATTRIBUTE="assertion.ref == 'refs/heads/main' && assertion.job_workflow_ref == '${DEPLOY_REF}' ? assertion.sub : 'none'"
 MAPPING="google.subject=assertion.sub,attribute.repository_id=assertion.repository_id,attribute.repository_owner_id=assertion.repository_owner_id,attribute.ref=assertion.ref,attribute.job_workflow_ref=assertion.job_workflow_ref,attribute.deploy=${DEPLOY_ATTRIBUTE}"
 # Admission into the pool at all: this repository, by its numeric ids.
 ADMISSION="assertion.repository_id == '${GITHUB_REPOSITORY_ID}' && assertion.repository_owner_id == '${GITHUB_OWNER_ID}'"
@@ -182,7 +183,8 @@ fi
 PROJECT_NUMBER="$(gcloud projects describe "$STATE_PROJECT" --format='value(projectNumber)')"
 POOL_ID="projects/${PROJECT_NUMBER}/locations/global/workloadIdentityPools/${POOL}"
 ANY_RUN="principalSet://iam.googleapis.com/${POOL_ID}/attribute.repository_id/${GITHUB_REPOSITORY_ID}"
-main_deploy_job() { printf 'principalSet://iam.googleapis.com/%s/attribute.deploy/%s' "$POOL_ID" "$1"; }
+# main_deploy_job ENVIRONMENT: a job of deploy.yml at main that runs in ENVIRONMENT.
+main_deploy_job() { printf 'principalSet://iam.googleapis.com/%s/attribute.deploy/repo:%s:environment:%s' "$POOL_ID" "$GITHUB_REPO" "$1"; }
 
 # impersonation ACCOUNT MEMBER: the only workloadIdentityUser of ACCOUNT is MEMBER.
 impersonation() {

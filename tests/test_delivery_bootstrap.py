@@ -197,7 +197,7 @@ def test_provider_admits_the_repository_by_numeric_ids_and_maps_the_deploy_attri
     deploy = mapping["attribute.deploy"]
     assert "assertion.ref == 'refs/heads/main'" in deploy
     assert "assertion.job_workflow_ref == 'acme/convex-gcp/.github/workflows/deploy.yml@refs/heads/main'" in deploy
-    assert deploy.endswith("? assertion.environment : 'none'")
+    assert deploy.endswith("? assertion.sub : 'none'")
 
 
 def test_a_rerun_converges_what_an_earlier_version_made(tmp_path):
@@ -233,14 +233,15 @@ def pool(run_: Run) -> str:
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_each_deployer_is_impersonable_only_by_main_deploy_jobs_of_its_environment(default, stack):
-    assert impersonators(default, DEPLOY[stack]) == [f"{pool(default)}/attribute.deploy/{stack}"]
+    assert impersonators(default, DEPLOY[stack]) == [f"{pool(default)}/attribute.deploy/repo:acme/convex-gcp:environment:{stack}"]
 
 
 def test_previewers_any_branch_for_dev_main_only_for_prod(default):
     assert impersonators(default, PREVIEW["dev"]) == [f"{pool(default)}/attribute.repository_id/260064828"]
-    assert impersonators(default, PREVIEW["prod"]) == [f"{pool(default)}/attribute.deploy/prod-preview"]
-    # Nothing binds a subject: an environment subject does not carry the branch.
+    assert impersonators(default, PREVIEW["prod"]) == [f"{pool(default)}/attribute.deploy/repo:acme/convex-gcp:environment:prod-preview"]
+    # Nothing binds a bare subject: an environment subject does not carry the branch.
     assert not [b for b in default.bindings if "/subject/" in b["member"]]
+    assert not [b for b in default.bindings if "/attribute.deploy/" in b["member"] and b["member"].endswith("/none")]
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
@@ -384,7 +385,7 @@ def test_more_stacks_get_their_own_identities(tmp_path):
     # Dropping staging from PR_STACKS later removes its any-branch binding.
     again = run(tmp_path, STACK_PROJECTS="dev=app-dev staging=app-stg prod=app-prod")
     assert again.result.returncode == 0, again.result.stderr
-    assert impersonators(again, staging) == [f"{pool(again)}/attribute.deploy/staging-preview"]
+    assert impersonators(again, staging) == [f"{pool(again)}/attribute.deploy/repo:acme/convex-gcp:environment:staging-preview"]
 
 
 @pytest.mark.parametrize("missing", ["STATE_PROJECT", "GITHUB_REPO", "GITHUB_REPOSITORY_ID", "GITHUB_OWNER_ID", "STACK_PROJECTS"])
