@@ -51,6 +51,10 @@ class Identity(pulumi.ComponentResource):
             account_id=f"{args.prefix}-vm"[:30],
             display_name=f"Convex backend VM ({args.prefix})",
             description="Runs the Cloud SQL Auth Proxy and Convex on the Convex VM",
+            # bootstrap/bootstrap.sh creates this account so the deployer can act as it alone (never
+            # project-wide); the program adopts it and leaves it on destroy (the deployer cannot delete accounts).
+            create_ignore_already_exists=True,
+            deletion_policy="ABANDON",
             opts=child,
         )
         member = self.service_account.email.apply(lambda email: f"serviceAccount:{email}")

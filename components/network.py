@@ -128,7 +128,10 @@ class Network(pulumi.ComponentResource):
                 )
             )
 
-        allow("iap", args.iap_ports, [args.iap_range], "SSH (and the dashboard) through IAP TCP forwarding")
+        # IAP TCP forwarding (gcloud compute start-iap-tunnel): SSH, the Convex API and site, the dashboard.
+        # Without a domain this is how clients reach Convex unless network.publicHttpWithoutTls opens them.
+        iap_ports = sorted(set(args.iap_ports) | {API_PORT, SITE_PORT})
+        allow("iap", iap_ports, [args.iap_range], "SSH, the Convex API and the dashboard through IAP TCP forwarding")
         allow("ssh", [22], [r for r in args.ssh_source_ranges if r != args.iap_range], "SSH from configured ranges")
         allow("api", [API_PORT, SITE_PORT], args.api_source_ranges, "Convex API, sync websocket and HTTP actions")
         allow("dashboard", [DASHBOARD_PORT], args.dashboard_source_ranges, "Convex dashboard")

@@ -74,6 +74,10 @@ def origins(settings: Settings, public_host: str) -> dict[str, str]:
             "convex_site_url": f"https://{domain.site_host}",
             "dashboard_url": f"https://{domain.dashboard_host}" if domain.dashboard_host else "",
         }
+    if not settings.network.public_http_without_tls:
+        # Clients reach Convex through an IAP tunnel on their own machine (docs/delivery.md), so the
+        # origins Convex hands out (and the dashboard calls) are the tunnel's local ports.
+        public_host = "localhost"
     return {
         "convex_url": f"http://{public_host}:{API_PORT}",
         "convex_site_url": f"http://{public_host}:{SITE_PORT}",

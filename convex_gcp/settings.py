@@ -54,6 +54,9 @@ class NetworkSettings(_Model):
     api_source_ranges: list[str] = []
     dashboard_source_ranges: list[str] = []
     ssh_source_ranges: list[str] = [IAP_RANGE]
+    # Without a domain, public apiSourceRanges/dashboardSourceRanges send the admin key over plain HTTP:
+    # refused unless this says so (dev only; the default is the IAP tunnel, docs/delivery.md).
+    public_http_without_tls: bool = False
 
     @field_validator("subnet_cidr")
     @classmethod
@@ -516,7 +519,33 @@ def check_rules(settings: Settings) -> list[Problem]:
     problems += prod
     problems += _check_monitoring(settings)
     problems += _check_adopt(settings)
+    problems += _check_public_http(settings)
     return problems
+
+
+def _public_http_ranges(s: Settings) -> dict[str, tuple[list[str], list[str]]]:
+    """Without a domain: key -> (its ranges, the public ones), where public ranges would reach Convex over plain HTTP."""
+    if s.domain is None:
+        keyed = {"apiSourceRanges": s.network.api_source_ranges, "dashboardSourceRanges": s.network.dashboard_source_ranges}
+        found = {key: (ranges, [r for r in ranges if not ipaddress.ip_network(r).is_private]) for key, ranges in keyed.items()}
+        return {key: value for key, value in found.items() if value[1]}
+    return {}
+
+
+def _check_public_http(s: Settings) -> list[Problem]:
+    if s.network.public_http_without_tls or s.is_prod:  # prod requires the domain (_check_prod)
+        return []
+    return [
+        Problem(
+            f"{PROJECT}:network.{key}",
+            f"{', '.join(public)} would reach Convex over plain HTTP: the admin key (npx convex deploy, the dashboard) "
+            "would cross the internet unencrypted",
+            "private ranges; reach Convex through the IAP tunnel (docs/delivery.md), or set domain for HTTPS, "
+            "or accept plaintext in dev with network.publicHttpWithoutTls true",
+            set_line(f"{PROJECT}:network.{key}", [r for r in ranges if r not in public]),
+        )
+        for key, (ranges, public) in _public_http_ranges(s).items()
+    ]
 
 
 def _check_monitoring(s: Settings) -> list[Problem]:
@@ -836,6 +865,17 @@ def _check_prod(s: Settings) -> list[Problem]:
 def settings_warnings(settings: Settings) -> list[str]:
     """Allowed but risky choices, shown by `pulumi preview` as warnings."""
     warnings = []
+    for key, (_, ranges) in _public_http_ranges(settings).items():
+        if settings.network.public_http_without_tls:
+            warnings.append(
+                f"network.publicHttpWithoutTls is true: network.{key} {', '.join(ranges)} reach Convex over plain HTTP; "
+                "the admin key crosses the internet unencrypted (use the IAP tunnel or a domain instead)"
+            )
+    if settings.monitoring_enabled and settings.domain is None and not settings.network.public_http_without_tls:
+        warnings.append(
+            "monitoring is on without a domain or network.publicHttpWithoutTls: the uptime check cannot reach "
+            "Convex, which is only reachable through the IAP tunnel"
+        )
     if settings.connection_mode == "plaintext":
         warnings.append(
             "connectionMode is plaintext: traffic between Convex and Cloud SQL, the database password included, "

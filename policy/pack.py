@@ -25,8 +25,13 @@ PACK_NAME = "convex-gcp"
 # Which environment a stack is. The workflows pass it per stack with a pack config file
 # (policy/config/<stack>.json), so the code under review cannot talk its way out of the prod rules
 # by changing a label; without it the resource's `environment` label decides.
-CONFIGURABLE = {"prod-database-protected"}
-CONFIG_SCHEMA = PolicyConfigSchema(properties={"environment": {"type": "string", "enum": ["dev", "prod"]}})
+CONFIG_SCHEMAS = {
+    "prod-database-protected": PolicyConfigSchema(properties={"environment": {"type": "string", "enum": ["dev", "prod"]}}),
+    "no-external-ip-in-prod": PolicyConfigSchema(properties={"environment": {"type": "string", "enum": ["dev", "prod"]}}),
+    # Ports the stack may open to the internet (dev: 3210/3211 with network.publicHttpWithoutTls).
+    "no-world-open-ports": PolicyConfigSchema(properties={
+        "allowedTcpPorts": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 65535}}}),
+}
 
 
 class SecretMarkedProps(dict):
@@ -83,12 +88,13 @@ def resource_from_args(args: ResourceValidationArgs) -> rules.Resource:
         protect=bool(getattr(args.opts, "protect", False)),
         environment=str(config.get("environment") or ""),
         secret_paths=tuple(getattr(args.props, "secret_paths", ())),
+        config=config,
     )
 
 
 def _validator(rule: rules.Rule):
     def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-        if args.resource_type not in rule.types:
+        if not rule.applies(args.resource_type):
             return
         for message in rule.check(resource_from_args(args)):
             report_violation(message, args.urn)
@@ -103,7 +109,7 @@ def build_policies() -> list[ResourceValidationPolicy]:
             description=rule.description,
             validate=_validator(rule),
             enforcement_level=EnforcementLevel.MANDATORY,
-            config_schema=CONFIG_SCHEMA if rule.name in CONFIGURABLE else None,
+            config_schema=CONFIG_SCHEMAS.get(rule.name),
             remediation_steps=rule.remediation,
         )
         for rule in rules.RULES

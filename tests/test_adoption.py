@@ -14,7 +14,8 @@ from tools.plan import stack_config
 
 SEED = {
     "convex-gcp:adopt": json.dumps({"sqlInstance": "convex-postgres", "peeringRange": "google-managed-services-default", "vm": "convex-backend-instance"}),
-    "convex-gcp:network": json.dumps({"existingNetwork": "default", "apiSourceRanges": ["0.0.0.0/0"]}),
+    # The seed guide serves Convex over plain HTTP on the VM's IP: an explicit opt-in here.
+    "convex-gcp:network": json.dumps({"existingNetwork": "default", "apiSourceRanges": ["0.0.0.0/0"], "publicHttpWithoutTls": True}),
     "convex-gcp:convex": json.dumps({"instanceName": "convex-self-hosted"}),
 }
 

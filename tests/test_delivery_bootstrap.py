@@ -1,13 +1,18 @@
-"""bootstrap/bootstrap.sh against a stand-in `gcloud` that remembers what it created: the first
-run creates everything, a second run creates nothing, and the grants are the documented ones
-(one KMS key per stack; pull-request previews cannot decrypt prod; no project-wide actAs or
-Secret Manager admin once the VM accounts exist)."""
+"""bootstrap/bootstrap.sh against a stand-in `gcloud` that keeps what it was told in a state file
+(resources, IAM bindings with their conditions) and fails where gcloud fails (describing or removing
+what is not there, creating what exists). The tests read that final IAM state and ask who may act
+where: one deployer per stack with roles only in its own project and key, previewers with a narrow
+read role, actAs on one account, state history nobody in CI can erase, and a second run that changes
+nothing."""
 
 from __future__ import annotations
 
+import json
 import os
-import shlex
 import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,34 +21,94 @@ from tests.conftest import ROOT
 
 SCRIPT = ROOT / "bootstrap" / "bootstrap.sh"
 
-FAKE_GCLOUD = r'''#!/usr/bin/env python3
-import os, sys
+# The interpreter running the tests, not `/usr/bin/env python3` (a slow shim on PATH can cost a second a
+# call); -I -S: no user site or site-packages to scan, ~100 calls a run.
+FAKE_GCLOUD = f"#!{sys.executable} -IS\n" + r'''
+import json, os, sys, zlib
 args = sys.argv[1:]
-# Log a condition file's content instead of its (temporary) path.
-args = [("--condition-from-file=" + " ".join(open(a.split("=", 1)[1]).read().split()))
-        if a.startswith("--condition-from-file=") else a for a in args]
+flags = {}
+for a in args:
+    if a.startswith("--"):
+        key, _, value = a[2:].partition("=")
+        flags[key] = value
+condition = None
+if "condition-from-file" in flags:
+    condition = json.load(open(flags["condition-from-file"]))["expression"]
+    args = [a for a in args if not a.startswith("--condition-from-file=")] + ["--condition-from-file=" + condition]
 with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(" ".join(args) + "\n")
-state = os.environ["FAKE_STATE"]
-known = open(state).read().splitlines() if os.path.exists(state) else []
+    log.write(json.dumps(args) + "\n")
+path = os.environ["FAKE_STATE"]
+state = json.load(open(path)) if os.path.exists(path) else {"resources": [], "bindings": []}
 positional = [a for a in args if not a.startswith("--")]
-project = next((a.split("=", 1)[1] for a in args if a.startswith("--project=")), "")
-for verb in ("describe", "create", "create-oidc"):
-    if verb in positional:
-        i = positional.index(verb)
-        kind = " ".join(positional[:i])
-        if kind == "projects":
-            print("123456789")
-            sys.exit(0)
-        key = kind + " " + positional[i + 1].split("@")[0] + " " + project
-        if verb == "describe":
-            sys.exit(0 if key in known else 1)
-        open(state, "a").write(key + "\n")
-sys.exit(0)
+VERBS = ("describe", "create", "create-oidc", "update", "update-oidc", "disable", "enable",
+         "add-iam-policy-binding", "remove-iam-policy-binding")
+verb = next((v for v in positional if v in VERBS), None)
+if verb is None or positional[0] == "services":  # services enable
+    sys.exit(0)
+i = positional.index(verb)
+kind = " ".join(positional[:i])
+name = positional[i + 1] if len(positional) > i + 1 else ""
+if kind == "projects" and verb == "describe":
+    # A stable fake project number per project id.
+    print(100000000000 + zlib.crc32(name.encode()))
+    sys.exit(0)
+# Bucket names are global: gcloud finds a bucket without --project.
+project = "" if kind == "storage buckets" else flags.get("project", "")
+if kind == "iam service-accounts" and "@" in name:  # described by email, created by id
+    name, project = name.split("@")[0], name.split("@")[1].split(".")[0]
+key = f"{kind} {name} {project}".strip()
+def fail(message):
+    print("ERROR: (gcloud) " + message, file=sys.stderr)
+    sys.exit(1)
+def save():
+    json.dump(state, open(path, "w"), indent=1)
+if verb in ("create", "create-oidc"):
+    if key in state["resources"]:
+        fail(f"ALREADY_EXISTS: {key}")
+    state["resources"].append(key)
+elif verb in ("describe", "update", "update-oidc", "disable", "enable"):
+    if key not in state["resources"]:
+        fail(f"NOT_FOUND: {key}")
+    if verb == "disable":
+        state["resources"].append("disabled " + key)
+elif verb in ("add-iam-policy-binding", "remove-iam-policy-binding"):
+    binding = {"resource": key if kind != "projects" else f"projects {name}", "member": flags["member"],
+               "role": flags["role"], "condition": condition}
+    if verb == "add-iam-policy-binding":
+        if binding not in state["bindings"]:
+            state["bindings"].append(binding)
+    else:
+        if binding not in state["bindings"]:
+            fail("Policy binding with the specified principal, role, and condition not found!")
+        state["bindings"].remove(binding)
+save()
 '''
 
+STATE = "ops-proj"
+ENV = {
+    "STATE_PROJECT": STATE, "GITHUB_REPO": "acme/convex-gcp", "GITHUB_REPOSITORY_ID": "260064828",
+    "GITHUB_OWNER_ID": "1342004", "STACK_PROJECTS": "dev=app-dev prod=app-prod",
+}
 
-def run(tmp_path: Path, existing: tuple[str, ...] = (), **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+
+@dataclass
+class Run:
+    result: subprocess.CompletedProcess
+    calls: list[list[str]]
+    state: dict
+
+    @property
+    def bindings(self) -> list[dict]:
+        return self.state["bindings"]
+
+    def grants(self, member: str) -> list[dict]:
+        return [b for b in self.bindings if b["member"] == member]
+
+    def lines(self) -> list[str]:
+        return [" ".join(c) for c in self.calls]
+
+
+def run(tmp_path: Path, **env: str) -> Run:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "gcloud"
@@ -51,159 +116,300 @@ def run(tmp_path: Path, existing: tuple[str, ...] = (), **env: str) -> tuple[sub
     fake.chmod(0o755)
     log = tmp_path / "log"
     log.write_text("")
-    if existing:
-        with open(tmp_path / "state", "a") as state:
-            state.write("".join(f"{key}\n" for key in existing))
-    environment = {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_STATE": str(tmp_path / "state"),
-        "STATE_PROJECT": "ops-proj", "GITHUB_REPO": "acme/convex-gcp", "TARGET_PROJECTS": "app-dev app-prod", **env,
-    }
+    environment = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),
+                   "FAKE_STATE": str(tmp_path / "state.json"), **ENV, **env}
     result = subprocess.run(["bash", str(SCRIPT)], env=environment, capture_output=True, text=True, timeout=120)
-    return result, log.read_text().splitlines()
+    state_file = tmp_path / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {"resources": [], "bindings": []}
+    return Run(result, [json.loads(line) for line in log.read_text().splitlines()], state)
 
 
-def creates(calls: list[str]) -> list[str]:
-    return [c for c in calls if any(v in shlex.split(c) for v in ("create", "create-oidc"))]
+def creates(run_: Run) -> list[str]:
+    return [line for line, call in zip(run_.lines(), run_.calls) if {"create", "create-oidc"} & set(call)]
 
 
-def test_first_run_creates_everything_and_second_run_nothing(tmp_path):
-    first, calls = run(tmp_path)
-    assert first.returncode == 0, first.stderr
-    made = creates(calls)
+@pytest.fixture(scope="module")
+def default(tmp_path_factory) -> Run:
+    """The default run, shared by the tests that only read it."""
+    done = run(tmp_path_factory.mktemp("bootstrap"))
+    assert done.result.returncode == 0, done.result.stderr
+    return done
+
+
+def sa(kind: str, stack: str) -> str:
+    return f"serviceAccount:convex-gcp-{kind}-{stack}@{STATE}.iam.gserviceaccount.com"
+
+
+DEPLOY = {s: sa("deploy", s) for s in ("dev", "prod")}
+PREVIEW = {s: sa("preview", s) for s in ("dev", "prod")}
+PROJECT = {"dev": "app-dev", "prod": "app-prod"}
+OTHER = {"dev": "prod", "prod": "dev"}
+
+
+def project_roles(run_: Run, member: str, project: str) -> dict[str, str | None]:
+    return {b["role"]: b["condition"] for b in run_.grants(member) if b["resource"] == f"projects {project}"}
+
+
+def test_first_run_creates_everything_and_a_second_run_converges_without_creating(default, tmp_path):
+    made = creates(default)
     for expected in ("storage buckets create gs://ops-proj-pulumi-state", "kms keyrings create convex-gcp",
                      "kms keys create convex-gcp-dev", "kms keys create convex-gcp-prod",
-                     "iam service-accounts create convex-gcp-deployer", "iam service-accounts create convex-gcp-previewer",
-                     "iam service-accounts create convex-gcp-prod-previewer", "iam workload-identity-pools create github",
+                     "iam service-accounts create convex-gcp-deploy-dev", "iam service-accounts create convex-gcp-deploy-prod",
+                     "iam service-accounts create convex-gcp-preview-dev", "iam service-accounts create convex-gcp-preview-prod",
+                     "iam service-accounts create convex-dev-vm --project=app-dev",
+                     "iam service-accounts create convex-prod-vm --project=app-prod",
+                     "iam workload-identity-pools create github",
                      "iam workload-identity-pools providers create-oidc github-actions",
-                     "iam roles create convexDeployerServiceAccounts --project=app-dev",
+                     "iam roles create convexStateWriter --project=ops-proj",
+                     "iam roles create convexPreviewer --project=app-dev",
                      "iam roles create convexDeployerServiceAccounts --project=app-prod"):
         assert any(c.startswith(expected) for c in made), expected
-    assert not any("pulumi-secrets" in c for c in calls), "no key shared by every stack"
-    second, calls = run(tmp_path)
-    assert second.returncode == 0, second.stderr
-    assert creates(calls) == []
-    # Settings are enforced on every run, so a hand-made bucket converges too.
-    assert any(c.startswith("storage buckets update gs://ops-proj-pulumi-state --versioning --uniform-bucket-level-access "
-                            "--public-access-prevention") for c in calls)
+    # Run again over the state the first run left.
+    (tmp_path / "state.json").write_text(json.dumps(default.state))
+    second = run(tmp_path)
+    assert second.result.returncode == 0, second.result.stderr
+    assert creates(second) == []
+    # Same IAM state: the second run's bindings are idempotent.
+    assert sorted(map(json.dumps, second.bindings)) == sorted(map(json.dumps, default.bindings))
+    # The provider and the custom roles are re-applied, not left as an earlier version made them.
+    assert any(c.startswith("iam workload-identity-pools providers update-oidc github-actions") for c in second.lines())
+    assert any(c.startswith("iam roles update convexPreviewer --project=app-dev") for c in second.lines())
+    assert any(c.startswith("storage buckets update gs://ops-proj-pulumi-state --versioning") for c in second.lines())
 
 
-def test_bucket_is_private_and_provider_is_limited_to_the_repository(tmp_path):
-    _, calls = run(tmp_path)
-    (bucket,) = [c for c in calls if c.startswith("storage buckets create")]
-    assert "--uniform-bucket-level-access" in bucket and "--public-access-prevention" in bucket
-    (provider,) = [c for c in calls if "create-oidc" in c]
-    assert "--attribute-condition=assertion.repository == 'acme/convex-gcp'" in provider
-    assert "--issuer-uri=https://token.actions.githubusercontent.com" in provider
+def provider_call(run_: Run) -> list[str]:
+    (call,) = [c for c in run_.calls if {"create-oidc", "update-oidc"} & set(c)]
+    return call
 
 
-DEPLOYER = "serviceAccount:convex-gcp-deployer@ops-proj.iam.gserviceaccount.com"
-PREVIEWER = "serviceAccount:convex-gcp-previewer@ops-proj.iam.gserviceaccount.com"
-PROD_PREVIEWER = "serviceAccount:convex-gcp-prod-previewer@ops-proj.iam.gserviceaccount.com"
+def flag(call: list[str], name: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in call if a.startswith(f"--{name}=")]
+    return value
 
 
-def project_grants(calls: list[str], project: str, member: str) -> dict[str, str]:
-    """role -> the rest of the call (its condition), for `projects add-iam-policy-binding`."""
-    prefix = f"projects add-iam-policy-binding {project} --member={member} --role="
-    return {c[len(prefix):].split()[0]: c for c in calls if c.startswith(prefix)}
+def test_provider_admits_the_repository_by_numeric_ids_and_maps_the_deploy_attribute(default):
+    call = provider_call(default)
+    assert flag(call, "attribute-condition") == "assertion.repository_id == '260064828' && assertion.repository_owner_id == '1342004'"
+    assert flag(call, "issuer-uri") == "https://token.actions.githubusercontent.com"
+    mapping = dict(item.split("=", 1) for item in flag(call, "attribute-mapping").split(","))
+    assert mapping["google.subject"] == "assertion.sub"
+    assert mapping["attribute.repository_id"] == "assertion.repository_id"
+    deploy = mapping["attribute.deploy"]
+    assert "assertion.ref == 'refs/heads/main'" in deploy
+    assert "assertion.job_workflow_ref == 'acme/convex-gcp/.github/workflows/deploy.yml@refs/heads/main'" in deploy
+    assert deploy.endswith("? assertion.sub : 'none'")
 
 
-def key_members(calls: list[str]) -> dict[str, set[str]]:
-    members: dict[str, set[str]] = {}
-    for c in calls:
-        if c.startswith("kms keys add-iam-policy-binding"):
-            assert "--role=roles/cloudkms.cryptoKeyEncrypterDecrypter" in c
-            members.setdefault(shlex.split(c)[3], set()).add(c.split("--member=")[1].split()[0])
-    return members
+def test_a_rerun_converges_what_an_earlier_version_made(tmp_path):
+    """The earlier version's provider (name-based condition) and its shared accounts."""
+    earlier = {"resources": ["iam workload-identity-pools github ops-proj",
+                             "iam workload-identity-pools providers github-actions ops-proj",
+                             *(f"iam service-accounts {a} {STATE}" for a in ("convex-gcp-deployer", "convex-gcp-previewer"))],
+               "bindings": []}
+    (tmp_path / "state.json").write_text(json.dumps(earlier))
+    done = run(tmp_path)
+    assert done.result.returncode == 0, done.result.stderr
+    call = provider_call(done)
+    assert "update-oidc" in call and "repository_id" in flag(call, "attribute-condition")
+    assert "attribute.deploy=" in flag(call, "attribute-mapping")
+    disabled = [c for c in done.lines() if c.startswith("iam service-accounts disable")]
+    assert sorted(d.split()[3] for d in disabled) == [f"convex-gcp-deployer@{STATE}.iam.gserviceaccount.com",
+                                                        f"convex-gcp-previewer@{STATE}.iam.gserviceaccount.com"]
 
 
-def test_one_key_per_stack_and_pull_requests_cannot_decrypt_prod(tmp_path):
-    _, calls = run(tmp_path)
-    assert key_members(calls) == {
-        "convex-gcp-dev": {DEPLOYER, PREVIEWER},
-        "convex-gcp-prod": {DEPLOYER, PROD_PREVIEWER},
-    }
-    # Keys are granted one by one: nothing on the key ring, nothing KMS-wide in a project.
-    assert not [c for c in calls if c.startswith("kms keyrings add-iam-policy-binding")]
-    assert not [c for c in calls if c.startswith("projects add-iam-policy-binding") and "cloudkms" in c]
-    impersonation = [c for c in calls if "roles/iam.workloadIdentityUser" in c]
-    (previewer,) = [c for c in impersonation if "convex-gcp-previewer@" in c]
-    assert "principalSet://" in previewer and "attribute.repository/acme/convex-gcp" in previewer
-    # Only a job in the prod-preview environment (required reviewers) becomes the prod previewer.
-    (prod_previewer,) = [c for c in impersonation if "convex-gcp-prod-previewer@" in c]
-    assert "--member=principal://" in prod_previewer
-    assert prod_previewer.endswith("/subject/repo:acme/convex-gcp:environment:prod-preview")
-    deployer = [c for c in impersonation if "convex-gcp-deployer@" in c]
-    assert sorted(c.rsplit(":", 1)[1] for c in deployer) == ["dev", "prod"]
-    assert all("/subject/repo:acme/convex-gcp:environment:" in c for c in deployer)
+def impersonators(run_: Run, account: str) -> list[str]:
+    email = account.split(":", 1)[1]
+    key = f"iam service-accounts {email.split('@')[0]} {STATE}"
+    return sorted(b["member"] for b in run_.bindings if b["resource"] == key and b["role"] == "roles/iam.workloadIdentityUser")
 
 
-def test_pr_stacks_decides_which_keys_the_pull_request_previewer_gets(tmp_path):
-    _, calls = run(tmp_path, STACKS="dev staging prod")
-    members = key_members(calls)
-    assert PREVIEWER in members["convex-gcp-dev"]
-    assert PREVIEWER not in members["convex-gcp-staging"] | members["convex-gcp-prod"]
-    assert PROD_PREVIEWER in members["convex-gcp-staging"] and PROD_PREVIEWER in members["convex-gcp-prod"]
+POOL = "principalSet://iam.googleapis.com/projects/{number}/locations/global/workloadIdentityPools/github"
 
 
-def test_deployer_roles(tmp_path):
-    _, calls = run(tmp_path)
-    assert not [c for c in calls if "service-accounts keys" in c], "no JSON keys"
-    for project in ("app-dev", "app-prod"):
-        roles = project_grants(calls, project, DEPLOYER)
-        assert {"roles/cloudsql.admin", "roles/dns.admin", "roles/resourcemanager.projectIamAdmin"} <= set(roles)
-        assert not set(roles) & {"roles/owner", "roles/editor", "roles/iam.serviceAccountAdmin"}
-        assert "modifiedGrantsByRole" in roles["roles/resourcemanager.projectIamAdmin"]
-        assert "'roles/cloudsql.client'" in roles["roles/resourcemanager.projectIamAdmin"]
-        # Secret Manager admin only over the program's secrets (conditions name secrets by project number).
-        secrets = roles["roles/secretmanager.admin"]
-        assert "resource.name.startsWith('projects/123456789/secrets/convex-')" in secrets
-        assert "--condition=None" not in secrets
-        # Service accounts are managed through a custom role without setIamPolicy/actAs.
-        custom = f"projects/{project}/roles/convexDeployerServiceAccounts"
-        assert custom in roles
-        (created,) = [c for c in calls if c.startswith(f"iam roles create convexDeployerServiceAccounts --project={project}")]
-        permissions = created.split("--permissions=")[1].split()[0].split(",")
-        assert "iam.serviceAccounts.create" in permissions
-        assert not [p for p in permissions if p.endswith(("setIamPolicy", "actAs", "getAccessToken"))]
+def pool(run_: Run) -> str:
+    (number,) = {m.split("/projects/")[1].split("/")[0] for b in run_.bindings for m in [b["member"]] if "/workloadIdentityPools/" in m}
+    return POOL.format(number=number)
 
 
-def test_act_as_is_project_wide_only_until_the_vm_accounts_exist(tmp_path):
-    _, calls = run(tmp_path)
-    for project in ("app-dev", "app-prod"):
-        assert "roles/iam.serviceAccountUser" in project_grants(calls, project, DEPLOYER)
-    # After the first deploy created convex-dev-vm in app-dev, a re-run moves the grant onto that account.
-    later = tmp_path / "later"
-    later.mkdir()
-    result, calls = run(later, existing=("iam service-accounts convex-dev-vm app-dev",))
-    assert result.returncode == 0, result.stderr
-    assert "roles/iam.serviceAccountUser" not in project_grants(calls, "app-dev", DEPLOYER)
-    (on_account,) = [c for c in calls if c.startswith("iam service-accounts add-iam-policy-binding convex-dev-vm@")]
-    assert on_account.startswith("iam service-accounts add-iam-policy-binding convex-dev-vm@app-dev.iam.gserviceaccount.com")
-    assert f"--member={DEPLOYER}" in on_account and "--role=roles/iam.serviceAccountUser" in on_account
-    assert any(c.startswith(f"projects remove-iam-policy-binding app-dev --member={DEPLOYER} "
-                            "--role=roles/iam.serviceAccountUser") for c in calls)
-    # app-prod has no VM account yet: still project-wide there.
-    assert "roles/iam.serviceAccountUser" in project_grants(calls, "app-prod", DEPLOYER)
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_each_deployer_is_impersonable_only_by_main_deploy_jobs_of_its_environment(default, stack):
+    assert impersonators(default, DEPLOY[stack]) == [f"{pool(default)}/attribute.deploy/repo:acme/convex-gcp:environment:{stack}"]
 
 
-def test_previewers_read_but_hold_no_write_or_secret_roles(tmp_path):
-    _, calls = run(tmp_path)
-    for member in (PREVIEWER, PROD_PREVIEWER):
-        for project in ("app-dev", "app-prod"):
-            assert set(project_grants(calls, project, member)) == {"roles/viewer"}
-        bucket = [c for c in calls if c.startswith("storage buckets add-iam-policy-binding") and f"--member={member}" in c]
-        assert {c.split("--role=")[1].split()[0] for c in bucket} == {"roles/storage.objectViewer", "roles/storage.objectUser"}
-        (writer,) = [c for c in bucket if "objectUser" in c]
-        assert "objects/.pulumi/locks/" in writer
+def test_previewers_any_branch_for_dev_main_only_for_prod(default):
+    assert impersonators(default, PREVIEW["dev"]) == [f"{pool(default)}/attribute.repository_id/260064828"]
+    assert impersonators(default, PREVIEW["prod"]) == [f"{pool(default)}/attribute.deploy/repo:acme/convex-gcp:environment:prod-preview"]
+    # Nothing binds a bare subject: an environment subject does not carry the branch.
+    assert not [b for b in default.bindings if "/subject/" in b["member"]]
+    assert not [b for b in default.bindings if "/attribute.deploy/" in b["member"] and b["member"].endswith("/none")]
 
 
-@pytest.mark.parametrize("missing", ["STATE_PROJECT", "GITHUB_REPO", "TARGET_PROJECTS"])
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_a_deployer_holds_roles_only_in_its_own_project_and_key(default, stack):
+    deployer = DEPLOY[stack]
+    resources = {b["resource"] for b in default.grants(deployer)}
+    assert resources == {f"projects {PROJECT[stack]}", f"kms keys convex-gcp-{stack} {STATE}",
+                         f"iam service-accounts convex-{stack}-vm {PROJECT[stack]}",
+                         "storage buckets gs://ops-proj-pulumi-state"}
+    keys = {b["resource"]: b["role"] for b in default.grants(deployer) if b["resource"].startswith("kms keys")}
+    assert keys == {f"kms keys convex-gcp-{stack} {STATE}": "roles/cloudkms.cryptoKeyEncrypterDecrypter"}
+    roles = project_roles(default, deployer, PROJECT[stack])
+    assert {"roles/cloudsql.admin", "roles/dns.admin", "roles/compute.networkAdmin"} <= set(roles)
+    assert not set(roles) & {"roles/owner", "roles/editor", "roles/viewer", "roles/iam.serviceAccountAdmin",
+                             "roles/iam.serviceAccountUser", "roles/compute.admin", "roles/storage.admin"}
+    # Nothing on the key ring, nothing KMS-wide in a project.
+    assert not [b for b in default.bindings if b["resource"].startswith("kms keyrings")]
+    assert not [b for b in default.bindings if b["resource"].startswith("projects ") and "cloudkms" in b["role"]]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_conditions_narrow_instance_admin_secrets_and_grantable_roles(default, stack):
+    project = PROJECT[stack]
+    roles = project_roles(default, DEPLOY[stack], project)
+    instances = roles["roles/compute.instanceAdmin.v1"]
+    assert f"resource.name.startsWith('projects/{project}/zones/asia-northeast1-a/instances/convex-{stack}-')" in instances
+    assert f"resource.name.startsWith('projects/{project}/zones/asia-northeast1-a/disks/convex-{stack}-')" in instances
+    assert "resource.type != 'compute.googleapis.com/Instance'" in instances
+    number = 100000000000 + zlib.crc32(project.encode())  # the fake's project number
+    assert roles["roles/secretmanager.admin"].endswith(f"resource.name.startsWith('projects/{number}/secrets/convex-{stack}-')")
+    assert "modifiedGrantsByRole" in roles["roles/resourcemanager.projectIamAdmin"]
+    assert "'roles/cloudsql.client'" in roles["roles/resourcemanager.projectIamAdmin"]
+    assert "'roles/owner'" not in roles["roles/resourcemanager.projectIamAdmin"]
+
+
+def custom_permissions(run_: Run, role: str, project: str) -> list[str]:
+    calls = [c for c in run_.calls if c[:3] == ["iam", "roles", "create"] and c[3] == role and f"--project={project}" in c]
+    (call,) = calls
+    return flag(call, "permissions").split(",")
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_act_as_only_on_the_vm_account_and_no_account_can_be_deleted(default, stack):
+    project = PROJECT[stack]
+    act_as = [b for b in default.bindings if b["role"] in ("roles/iam.serviceAccountUser", "roles/iam.serviceAccountTokenCreator")]
+    mine = [b for b in act_as if b["member"] == DEPLOY[stack]]
+    assert mine == [{"resource": f"iam service-accounts convex-{stack}-vm {project}", "member": DEPLOY[stack],
+                     "role": "roles/iam.serviceAccountUser", "condition": None}]
+    assert not [b for b in act_as if b["resource"].startswith("projects ")], "no project-wide actAs"
+    permissions = custom_permissions(default, "convexDeployerServiceAccounts", project)
+    assert "iam.serviceAccounts.create" in permissions
+    assert not [p for p in permissions if p.endswith(("delete", "setIamPolicy", "actAs", "getAccessToken", "disable", "enable"))]
+    assert not [p for p in permissions if ".keys." in p]
+    assert f"projects/{project}/roles/convexDeployerServiceAccounts" in project_roles(default, DEPLOY[stack], project)
+
+
+# The program's VM account must match what the bootstrap creates and lets the deployer act as.
+def test_the_program_adopts_the_account_the_bootstrap_created():
+    source = (ROOT / "components" / "identity.py").read_text()
+    assert 'account_id=f"{args.prefix}-vm"[:30]' in source
+    assert "create_ignore_already_exists=True" in source
+    assert 'deletion_policy="ABANDON"' in source
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_previewers_have_no_viewer_only_the_narrow_role_in_their_own_project(default, stack):
+    previewer = PREVIEW[stack]
+    assert not [b for b in default.bindings if b["role"] in ("roles/viewer", "roles/editor", "roles/owner")]
+    project_grants = [b for b in default.grants(previewer) if b["resource"].startswith("projects ")]
+    assert project_grants == [{"resource": f"projects {PROJECT[stack]}", "member": previewer,
+                               "role": f"projects/{PROJECT[stack]}/roles/convexPreviewer", "condition": None}]
+    keys = {b["resource"]: b["role"] for b in default.grants(previewer) if b["resource"].startswith("kms keys")}
+    assert keys == {f"kms keys convex-gcp-{stack} {STATE}": "roles/cloudkms.cryptoKeyDecrypter"}
+
+
+def test_the_preview_role_reads_what_preview_needs_and_no_logs_payloads_or_writes(default):
+    permissions = custom_permissions(default, "convexPreviewer", "app-prod")
+    for needed in ("compute.instances.get", "compute.firewalls.get", "cloudsql.instances.get", "cloudsql.users.list",
+                   "secretmanager.secrets.get", "iam.serviceAccounts.get", "serviceusage.services.get",
+                   "resourcemanager.projects.getIamPolicy", "compute.networks.get", "compute.subnetworks.get"):
+        assert needed in permissions, needed
+    assert len(permissions) == len(set(permissions))
+    for permission in permissions:
+        assert permission.rsplit(".", 1)[1] in ("get", "list", "getIamPolicy"), permission
+        assert not permission.startswith(("logging.logEntries", "storage.")), permission
+    assert "secretmanager.versions.access" not in permissions
+    assert "compute.instances.getSerialPortOutput" not in permissions
+
+
+STATE_OBJECTS = "projects/_/buckets/ops-proj-pulumi-state/objects/.pulumi"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_state_access_is_limited_to_the_stacks_objects(default, stack):
+    bucket = "storage buckets gs://ops-proj-pulumi-state"
+    for member in (DEPLOY[stack], PREVIEW[stack]):
+        grants = {b["role"]: b["condition"] for b in default.grants(member) if b["resource"] == bucket}
+        assert "roles/storage.objectAdmin" not in grants and "roles/storage.admin" not in grants
+        assert grants["roles/storage.legacyBucketReader"] is None  # list names, read no object
+        read = grants["roles/storage.objectViewer"]
+        assert f"startsWith('{STATE_OBJECTS}/stacks/convex-gcp/{stack}.json')" in read
+        assert f"startsWith('{STATE_OBJECTS}/locks/organization/convex-gcp/{stack}/')" in read
+        assert f"/{OTHER[stack]}" not in read
+        # Every clause names an object of this stack (or the backend's meta.yaml).
+        for clause in read.split(" || "):
+            assert f"/{stack}" in clause or clause.endswith(".pulumi/meta.yaml'"), clause
+    writer = f"projects/{STATE}/roles/convexStateWriter"
+    deploy = {b["role"]: b["condition"] for b in default.grants(DEPLOY[stack]) if b["resource"] == bucket}
+    assert f"/{stack}.json" in deploy[writer] and f"/{OTHER[stack]}" not in deploy[writer]
+    preview = {b["role"]: b["condition"] for b in default.grants(PREVIEW[stack]) if b["resource"] == bucket}
+    assert preview[writer] == f"resource.name.startsWith('{STATE_OBJECTS}/locks/organization/convex-gcp/{stack}/')"
+
+
+def test_state_history_cannot_be_erased_by_ci(default):
+    (update,) = [c for c in default.calls if c[:3] == ["storage", "buckets", "update"]]
+    assert "--versioning" in update and "--public-access-prevention" in update
+    assert flag(update, "soft-delete-duration") == "90d"
+    writer = custom_permissions(default, "convexStateWriter", STATE)
+    # create+delete: Pulumi overwrites its checkpoint and removes locks; deleting makes a generation
+    # noncurrent or soft-deleted, and restoring/purging/shortening need permissions CI never holds.
+    assert sorted(writer) == ["storage.objects.create", "storage.objects.delete", "storage.objects.get"]
+    ci = {m for b in default.bindings for m in [b["member"]] if m.startswith("serviceAccount:convex-gcp-")}
+    for b in default.bindings:
+        if b["member"] in ci:
+            assert b["role"] not in ("roles/storage.admin", "roles/storage.objectAdmin", "roles/storage.objectUser"), b
+
+
+def test_pr_stacks_cannot_include_prod_and_must_name_stacks(tmp_path):
+    done = run(tmp_path, PR_STACKS="dev prod")
+    assert done.result.returncode == 2 and "PR_STACKS must not include prod" in done.result.stderr
+    assert done.calls == []
+    done = run(tmp_path, PR_STACKS="qa")
+    assert done.result.returncode == 2 and "not in STACK_PROJECTS" in done.result.stderr
+
+
+def test_more_stacks_get_their_own_identities(tmp_path):
+    done = run(tmp_path, STACK_PROJECTS="dev=app-dev staging=app-stg prod=app-prod", PR_STACKS="dev staging")
+    assert done.result.returncode == 0, done.result.stderr
+    staging = sa("preview", "staging")
+    assert impersonators(done, staging) == [f"{pool(done)}/attribute.repository_id/260064828"]
+    # Dropping staging from PR_STACKS later removes its any-branch binding.
+    again = run(tmp_path, STACK_PROJECTS="dev=app-dev staging=app-stg prod=app-prod")
+    assert again.result.returncode == 0, again.result.stderr
+    assert impersonators(again, staging) == [f"{pool(again)}/attribute.deploy/repo:acme/convex-gcp:environment:staging-preview"]
+
+
+@pytest.mark.parametrize("missing", ["STATE_PROJECT", "GITHUB_REPO", "GITHUB_REPOSITORY_ID", "GITHUB_OWNER_ID", "STACK_PROJECTS"])
 def test_required_settings(tmp_path, missing):
-    result, calls = run(tmp_path, **{missing: ""})
-    assert result.returncode != 0 and missing in result.stderr
-    assert calls == []
+    done = run(tmp_path, **{missing: ""})
+    assert done.result.returncode != 0 and missing in done.result.stderr
+    assert done.calls == []
 
 
-def test_repository_must_be_owner_slash_name(tmp_path):
-    result, calls = run(tmp_path, GITHUB_REPO="acme")
-    assert result.returncode == 2 and calls == []
+@pytest.mark.parametrize("env,message", [
+    ({"GITHUB_REPO": "acme"}, "owner/name"),
+    ({"GITHUB_REPOSITORY_ID": "acme/convex-gcp"}, "numeric repository id"),
+    ({"STACK_PROJECTS": "dev=app-dev prod=app-dev"}, "share project app-dev"),
+    ({"STACK_PROJECTS": "dev=ops-proj"}, "keep STATE_PROJECT out"),
+    ({"STACK_PROJECTS": "dev"}, "want <stack>=<project>"),
+    ({"TARGET_PROJECTS": "app-dev app-prod"}, "replaced by STACK_PROJECTS"),
+])
+def test_bad_settings_stop_before_any_call(tmp_path, env, message):
+    done = run(tmp_path, **env)
+    assert done.result.returncode == 2 and message in done.result.stderr, done.result.stderr
+    assert done.calls == []
+
+
+def test_no_json_keys_and_the_script_is_shellcheck_clean(default):
+    assert not [c for c in default.lines() if "service-accounts keys" in c]
+    result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout

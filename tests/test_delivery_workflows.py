@@ -5,6 +5,7 @@ stack at a time, prod behind its environment)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,70 +51,142 @@ def test_actionlint_reports_a_broken_workflow(tmp_path):
     assert result.returncode != 0 and "missing" in result.stdout
 
 
-def test_every_action_is_on_its_current_major_and_no_json_keys():
+# Resolved from each action's repository (git rev-parse refs/tags/<tag>^{commit} in a mirror fetched
+# 2026-11-29); the tags are the newest release of the major the workflows used before pinning.
+PINNED = {
+    "actions/checkout": ("d23441a48e516b6c34aea4fa41551a30e30af803", "v6.1.0"),
+    "actions/setup-python": ("ece7cb06caefa5fff74198d8649806c4678c61a1", "v6.3.0"),
+    "google-github-actions/auth": ("7c6bc770dae815cd3e89ee6cdf493a5fab2cc093", "v3.0.0"),
+    "pulumi/actions": ("8e5e406f4007fca908480587cb9893c07090f58d", "v7.0.0"),
+}
+USES = re.compile(r"^\s*-?\s*uses:\s*(\S+?)@(\S+)(?:\s+#\s*(\S+))?\s*$")
+
+
+def test_every_action_is_pinned_to_a_full_commit_with_its_tag_and_no_json_keys():
+    seen = set()
     for path in WORKFLOWS.glob("*.yml"):
         text = path.read_text()
         assert "credentials_json" not in text, path.name
+        for line in text.splitlines():
+            if "uses:" not in line:
+                continue
+            match = USES.match(line)
+            assert match, f"{path.name}: {line.strip()}"
+            action, ref, tag = match.groups()
+            if action not in PINNED:
+                # Another workflow's actions: at least a full SHA and the tag in a comment.
+                assert re.fullmatch(r"[0-9a-f]{40}", ref) and tag, f"{path.name}: {line.strip()}"
+                continue
+            assert (ref, tag) == PINNED[action], f"{path.name}: {line.strip()}"
+            seen.add(action)
         for job in load(path.name)["jobs"].values():
-            for step in job.get("steps", []):
-                uses = step.get("uses")
-                if uses:
-                    assert uses in {"actions/checkout@v6", "actions/setup-python@v6", "google-github-actions/auth@v3",
-                                    "pulumi/actions@v7"}, f"{path.name}: {uses}"
+            for step in steps(job, "actions/checkout"):
+                # The job's token is not left in .git/config for later steps (the PR's own code runs there).
+                assert step["with"]["persist-credentials"] is False, path.name
+    assert seen == set(PINNED)
 
 
-PREVIEW_JOBS = {"dev": "preview-dev", "prod": "preview-prod"}
+def _lock_pins(lock: Path) -> dict[str, str]:
+    pins = {}
+    entries = re.split(r"\n(?=[A-Za-z0-9])", lock.read_text())
+    for entry in entries:
+        match = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", entry)
+        if match:
+            assert "--hash=sha256:" in entry, f"{lock.name}: {match.group(0)} has no hash"
+            pins[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return pins
 
 
-def test_pull_requests_test_first_then_preview_every_stack_with_policies():
+def _txt_pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            pins.update(_txt_pins(path.parent / line[3:].strip()))
+        elif "==" in line:
+            name, version = line.split("==")
+            pins[name.split("[")[0].strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+@pytest.mark.parametrize("source,lock", [("requirements.txt", "requirements.lock"), ("requirements-dev.txt", "requirements-dev.lock"),
+                                         ("policy/requirements.txt", "policy/requirements.lock")])
+def test_locks_hash_every_package_and_match_the_pins(source, lock):
+    locked = _lock_pins(ROOT / lock)
+    for name, version in _txt_pins(ROOT / source).items():
+        assert locked.get(name) == version, f"{lock} has {name}=={locked.get(name)}, {source} pins {version}: run tools/lock_requirements.sh"
+    assert "tools/lock_requirements.sh" in (ROOT / lock).read_text()
+
+
+def test_every_install_is_hash_locked():
+    installs = []
+    for path in [*WORKFLOWS.glob("*.yml"), ROOT / ".ci" / "run"]:
+        installs += [(path.name, line.strip()) for line in path.read_text().splitlines()
+                     if re.search(r"\bpip3? install\b", line) and not line.strip().startswith("#")]
+    assert installs
+    for name, line in installs:
+        assert "--require-hashes" in line and re.search(r"-r \S+\.lock\b", line), f"{name}: {line}"
+        assert "--upgrade" not in line, f"{name}: {line}"
+
+
+def test_codeowners_guard_the_pipeline():
+    owners = (ROOT / ".github" / "CODEOWNERS").read_text()
+    patterns = {line.split()[0] for line in owners.splitlines() if line.strip() and not line.startswith("#")}
+    assert {"/policy/", "/.github/", "/bootstrap/"} <= patterns
+
+
+def test_pull_requests_test_first_then_preview_dev_with_the_base_branchs_policy():
     workflow = load("pull-request.yml")
     assert "pull_request" in workflow[True]  # PyYAML reads the `on` key as True
+    assert "pull_request_target" not in workflow[True]
     jobs = workflow["jobs"]
     assert "pytest" in " ".join(s.get("run", "") for s in jobs["test"]["steps"])
-    assert sorted(PREVIEW_JOBS) == stacks()
-    assert {name for name in jobs if name.startswith("preview")} == set(PREVIEW_JOBS.values())
-    for stack, name in PREVIEW_JOBS.items():
-        preview = jobs[name]
-        assert preview["needs"] == "test"
-        assert preview["permissions"] == {"contents": "read", "id-token": "write", "pull-requests": "write"}
-        (pulumi,) = steps(preview, "pulumi/actions")
-        options = pulumi["with"]
-        assert options["command"] == "preview"
-        assert options["comment-on-pr"] is True
-        assert options["policyPacks"] == "policy"
-        assert options["policyPackConfigs"] == f"policy/config/{stack}.json"
-        assert options["stack-name"] == f"organization/convex-gcp/{stack}"
-        auth = steps(preview, "google-github-actions/auth")[0]["with"]
-        assert set(auth) == {"workload_identity_provider", "service_account"}
+    assert {name for name in jobs if name.startswith("preview")} == {"preview-dev"}
+    preview = jobs["preview-dev"]
+    assert preview["needs"] == "test"
+    assert "environment" not in preview
+    assert preview["permissions"] == {"contents": "read", "id-token": "write", "pull-requests": "write"}
+    checkouts = steps(preview, "actions/checkout")
+    (base,) = [c for c in checkouts if c["with"].get("path") == "base"]
+    assert base["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    install = " ".join(s.get("run", "") for s in preview["steps"])
+    assert "base/policy/venv/bin/pip install --require-hashes -r base/policy/requirements.lock" in install
+    (pulumi,) = steps(preview, "pulumi/actions")
+    options = pulumi["with"]
+    assert options["command"] == "preview" and options["comment-on-pr"] is True
+    assert options["stack-name"] == "organization/convex-gcp/dev"
+    # The pack and its config come from the base branch, never the PR's checkout.
+    assert options["policyPacks"] == "base/policy"
+    assert options["policyPackConfigs"] == "base/policy/config/dev.json"
+    auth = steps(preview, "google-github-actions/auth")[0]["with"]
+    assert auth == {"workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
+                    "service_account": "${{ vars.GCP_PREVIEWER_DEV }}"}
+    # No job of this workflow names a prod identity or an environment the deployers trust.
+    text = (WORKFLOWS / "pull-request.yml").read_text()
+    assert "PROD" not in text and "GCP_DEPLOYER" not in text
 
 
-def test_a_plain_pull_request_job_cannot_become_the_prod_previewer():
-    jobs = load("pull-request.yml")["jobs"]
-    dev, prod = jobs["preview-dev"], jobs["preview-prod"]
-    # The identity any PR job may use decrypts only dev's key (bootstrap: PR_STACKS="dev").
-    assert "environment" not in dev
-    assert steps(dev, "google-github-actions/auth")[0]["with"]["service_account"] == "${{ vars.GCP_PREVIEW_SERVICE_ACCOUNT }}"
-    # Prod's preview identity trusts only tokens whose subject names the prod-preview environment.
-    assert prod["environment"] == "prod-preview"
-    assert steps(prod, "google-github-actions/auth")[0]["with"]["service_account"] == "${{ vars.GCP_PROD_PREVIEW_SERVICE_ACCOUNT }}"
-    bootstrap = (ROOT / "bootstrap" / "bootstrap.sh").read_text()
-    assert 'PROD_PREVIEW_ENVIRONMENT="${PROD_PREVIEW_ENVIRONMENT:-prod-preview}"' in bootstrap
-    assert "subject/repo:${GITHUB_REPO}:environment:${PROD_PREVIEW_ENVIRONMENT}" in bootstrap
-
-
-def test_merges_deploy_dev_then_prod_behind_its_environment_one_update_at_a_time():
+def test_merges_deploy_dev_preview_prod_then_deploy_prod_one_update_at_a_time():
     workflow = load("deploy.yml")
     assert workflow[True]["push"]["branches"] == ["main"]
     jobs = workflow["jobs"]
-    assert jobs["dev"]["needs"] == "test" and jobs["prod"]["needs"] == "dev"
-    for stack in ("dev", "prod"):
-        job = jobs[stack]
-        assert job["environment"] == stack
-        assert job["concurrency"] == {"group": f"pulumi-up-{stack}", "cancel-in-progress": False}
-        assert job["permissions"]["id-token"] == "write"
-        assert "DEPLOY" in steps(job, "google-github-actions/auth")[0]["with"]["service_account"]
+    assert jobs["dev"]["needs"] == "test" and jobs["preview-prod"]["needs"] == "dev" and jobs["prod"]["needs"] == "preview-prod"
+    # The bootstrap binds identities to this file at main (job_workflow_ref) and to these environments.
+    bootstrap = (ROOT / "bootstrap" / "bootstrap.sh").read_text()
+    assert 'DEPLOY_WORKFLOW="${DEPLOY_WORKFLOW:-.github/workflows/deploy.yml}"' in bootstrap
+    expected = {"dev": ("dev", "GCP_DEPLOYER_DEV", "up"), "preview-prod": ("prod-preview", "GCP_PREVIEWER_PROD", "preview"),
+                "prod": ("prod", "GCP_DEPLOYER_PROD", "up")}
+    for name, (environment, account, command) in expected.items():
+        job = jobs[name]
+        stack = "dev" if name == "dev" else "prod"
+        assert job["environment"] == environment
+        assert job["if"] == "github.ref == 'refs/heads/main'"
+        assert job["permissions"] == {"contents": "read", "id-token": "write"}
+        assert steps(job, "google-github-actions/auth")[0]["with"]["service_account"] == "${{ vars.%s }}" % account
         options = steps(job, "pulumi/actions")[0]["with"]
-        assert options["command"] == "up"
+        assert options["command"] == command
         assert options["stack-name"] == f"organization/convex-gcp/{stack}"
         assert options["policyPacks"] == "policy"
         assert options["policyPackConfigs"] == f"policy/config/{stack}.json"
+        if command == "up":
+            assert job["concurrency"] == {"group": f"pulumi-up-{stack}", "cancel-in-progress": False}

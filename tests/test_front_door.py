@@ -60,7 +60,9 @@ def test_without_domain_there_is_no_front_door_and_the_vm_keeps_its_ip(dev_plan)
     assert not dev_plan.of_type(CERT) and not dev_plan.of_type(BACKEND) and not dev_plan.of_type(RULE)
     assert len(dev_plan.of_type("gcp:compute/address:Address")) == 1
     assert dev_plan.one(INSTANCE).inputs["networkInterfaces"][0]["accessConfigs"]
-    assert dev_plan.outputs["convex_url"]["value"] == f"http://{EXTERNAL_IP}:3210"
+    assert dev_plan.one("gcp:compute/address:Address").inputs["addressType"] == "EXTERNAL"
+    # Reached through the IAP tunnel unless network.publicHttpWithoutTls (docs/delivery.md).
+    assert dev_plan.outputs["convex_url"]["value"] == "http://localhost:3210"
     assert "front_door_ip" not in dev_plan.outputs
     assert not [r for r in dev_plan.of_type(FIREWALL) if set(r.inputs["sourceRanges"]) & LB_RANGES]
 
@@ -247,7 +249,8 @@ def test_prod_plan_has_the_front_door(prod_plan):
 
 
 def test_dev_may_use_the_front_door_but_not_with_public_source_ranges():
-    plan = run_plan("dev", **{"convex-gcp__domain": json.dumps(domain())})
+    network = {**stack_object("dev", "network"), "apiSourceRanges": ["0.0.0.0/0"]}
+    plan = run_plan("dev", **{"convex-gcp__domain": json.dumps(domain()), "convex-gcp__network": json.dumps(network)})
     assert "convex-gcp:network.apiSourceRanges" in plan.error
     assert "0.0.0.0/0 cannot reach the VM" in plan.error
 

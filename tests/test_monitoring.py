@@ -64,7 +64,9 @@ def test_bad_email_and_threshold_are_problems():
 
 @pytest.fixture(scope="module")
 def monitored():
-    plan = run_plan_with("dev", monitoring(enabled=True, notificationEmails=["a@example.com", "b@example.com"], sqlCpuUtilization=0.7, sqlConnectionsRatio=0.5))
+    # The uptime check needs a URL Google's checkers reach: without a domain, the public HTTP opt-in.
+    public = {"convex-gcp:network": json.dumps({"apiSourceRanges": ["0.0.0.0/0"], "publicHttpWithoutTls": True})}
+    plan = run_plan_with("dev", {**monitoring(enabled=True, notificationEmails=["a@example.com", "b@example.com"], sqlCpuUtilization=0.7, sqlConnectionsRatio=0.5), **public})
     assert not plan.error, plan.error
     return plan
 

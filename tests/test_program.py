@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import run_plan, run_plan_with, stack_object
-from tools.mocks import SECRET_SENTINELS
+from tools.mocks import EXTERNAL_IP, SECRET_SENTINELS
 
 SQL = "gcp:sql/databaseInstance:DatabaseInstance"
 VM = "gcp:compute/instance:Instance"
@@ -201,7 +201,10 @@ def test_vm_has_static_ip_and_separate_data_disk(plan):
         # Behind the HTTPS front door (prod) the VM has no external IP (tests/test_front_door.py).
         assert not vm["networkInterfaces"][0].get("accessConfigs")
     else:
-        assert vm["networkInterfaces"][0]["accessConfigs"][0]["natIp"] == plan.outputs["convex_url"]["value"].split("//")[1].split(":")[0]
+        # Without a domain the VM keeps its IP; clients use it only with network.publicHttpWithoutTls,
+        # otherwise convex_url is the IAP tunnel's local end (docs/delivery.md).
+        assert vm["networkInterfaces"][0]["accessConfigs"][0]["natIp"] == EXTERNAL_IP
+        assert plan.outputs["convex_url"]["value"] == "http://localhost:3210"
     disk = plan.by_name("convex-data").inputs
     assert vm["attachedDisks"] == [{"deviceName": "convex-data", "mode": "READ_WRITE", "source": f"{disk['name']}-id"}]
 
@@ -278,7 +281,7 @@ def test_dashboard_output_only_when_enabled():
     assert "convex-dashboard-env" not in metadata(plan)
     assert env_lines(metadata(plan)["convex-gcp-config"])["DASHBOARD_ENABLED"] == "false"
     iap = next(r.inputs for r in plan.of_type("gcp:compute/firewall:Firewall") if r.inputs["name"].endswith("-allow-iap"))
-    assert iap["allows"] == [{"ports": ["22"], "protocol": "tcp"}]  # no dashboard port without a dashboard
+    assert iap["allows"] == [{"ports": ["22", "3210", "3211"], "protocol": "tcp"}]  # no dashboard port without a dashboard
 
 
 def test_no_plaintext_secret_anywhere(plan):
@@ -332,7 +335,9 @@ def test_network_nat_private_access_and_firewalls(dev_plan):
     assert nat["natIpAllocateOption"] == "AUTO_ONLY"
     rules = {r.inputs["name"]: r.inputs for r in dev_plan.of_type("gcp:compute/firewall:Firewall")}
     assert rules["convex-dev-allow-iap"]["sourceRanges"] == ["35.235.240.0/20"]
-    assert rules["convex-dev-allow-api"]["allows"] == [{"ports": ["3210", "3211"], "protocol": "tcp"}]
+    # No domain: the API is reached through the IAP tunnel, not opened to the internet.
+    assert "convex-dev-allow-api" not in rules
+    assert rules["convex-dev-allow-iap"]["allows"] == [{"ports": ["22", "3210", "3211", "6791"], "protocol": "tcp"}]
     for rule in rules.values():
         assert rule["targetTags"] == ["convex-backend"]
         if "22" in rule["allows"][0]["ports"]:

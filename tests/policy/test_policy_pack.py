@@ -24,7 +24,7 @@ def run_policy(policy, resource: rules.Resource, config: dict | None = None) -> 
             protect=resource.protect, ignore_changes=[], delete_before_replace=None, aliases=[],
             custom_timeouts=pulumi_policy.PolicyCustomTimeouts(0, 0, 0), additional_secret_outputs=[]),
         provider=None,
-        config=config if config is not None else {"environment": resource.environment},
+        config=config if config is not None else {"environment": resource.environment, **resource.config},
     )
     reported: list[str] = []
     policy.validate(args, lambda message, urn=None: reported.append(message))
@@ -108,7 +108,8 @@ def vm_props() -> dict:
     # Self-contained (not the plan) so this test pins the SDK's behaviour, not the program's.
     return {
         "serviceAccount": {"email": "convex-dev-vm@p.iam.gserviceaccount.com", "scopes": ["cloud-platform"]},
-        "metadata": {"convex-gcp-config": "CONVEX_IMAGE=ghcr.io/get-convex/convex-backend:1.0\nLOG_LEVEL=info\n"},
+        "metadata": {"convex-gcp-config": "CONVEX_IMAGE=ghcr.io/get-convex/convex-backend:1.0\nLOG_LEVEL=info\n",
+                     "enable-oslogin": "TRUE"},
     }
 
 
