@@ -1,5 +1,6 @@
-"""Shared fixtures: whole-program runs under the Pulumi SDK's mocks, one subprocess per run
-because the SDK's mock state is process-global.
+"""Shared fixtures: whole-program runs under the Pulumi SDK's mocks, each in a fresh process
+because the SDK's mock state is process-global. The process is forked from tools.runner's server,
+which has the SDK imported already; runs are cached per test process by (stack, overrides).
 
 Skips: a run that skipped tests ends by naming each one and why; with CI set (.ci/run, the
 workflows) a skip is a failure, because a skipped test guards nothing.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -19,15 +19,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tools import runner  # noqa: E402
 from tools.plan import Plan, plan_from_json  # noqa: E402
 
 
 @lru_cache(maxsize=None)
 def _run(stack: str, overrides: tuple[tuple[str, str], ...]) -> Plan:
-    command = [sys.executable, "-m", "tools.plan", stack, "--json"]
+    command = ["-m", "tools.plan", stack, "--json"]
     for key, value in overrides:
         command += ["--set", f"{key}={value}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = runner.run_python(command, cwd=ROOT, timeout=300)
     # Exit 1 is a configuration error, recorded in the plan (tests assert on it); anything else failed.
     if result.returncode not in (0, 1) or not result.stdout.startswith("{"):
         raise AssertionError(f"plan {stack} failed ({result.returncode}):\n{result.stderr[-4000:]}")

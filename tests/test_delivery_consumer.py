@@ -4,12 +4,11 @@ really exports, so a contract break shows up here before it reaches them."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from tests.conftest import ROOT, run_plan
+from tools import runner
 from tools.render_plans import stacks
 
 CONSUMER = ROOT / "examples" / "consumer"
@@ -19,9 +18,9 @@ MEMBER = "serviceAccount:web-ci@example-web.iam.gserviceaccount.com"
 def run_consumer(tmp_path, outputs: dict, stack: str, *extra: str) -> dict:
     path = tmp_path / "outputs.json"
     path.write_text(json.dumps(outputs))
-    command = [sys.executable, str(CONSUMER / "offline.py"), "--outputs", str(path), "--stack", stack,
+    command = [str(CONSUMER / "offline.py"), "--outputs", str(path), "--stack", stack,
                "--set", f"convex-consumer:deployerMember={MEMBER}", *extra]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = runner.run_python(command, cwd=ROOT, timeout=300)
     assert result.stdout, result.stderr[-3000:]
     return json.loads(result.stdout)
 

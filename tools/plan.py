@@ -227,7 +227,7 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
                         parent=request.parent,
                         inputs=_jsonable(inputs),
                         secret_inputs=secrets,
-                        dependencies=list(request.dependencies),
+                        dependencies=sorted(request.dependencies),  # the SDK's order varies run to run
                         protect=bool(request.protect),
                         ignore_changes=list(request.ignoreChanges),
                         import_id=request.importId,
@@ -267,7 +267,8 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
                 "value": _jsonable(_sync_await(output.future())),
                 "secret": bool(_sync_await(output.is_secret())),
             }
-    return Plan(stack, resources, outputs, warnings, error)
+    # Registration order varies with the SDK's task scheduling; URNs are unique and stable.
+    return Plan(stack, sorted(resources, key=lambda r: r.urn), outputs, warnings, error)
 
 
 def plan_from_json(text: str) -> Plan:

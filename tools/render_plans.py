@@ -9,9 +9,10 @@ effect as a Markdown diff without cloud credentials."""
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
+
+from tools import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "docs" / "plans"
@@ -24,8 +25,8 @@ def stacks() -> list[str]:
 
 def render(stack: str) -> str:
     """The Markdown `python -m tools.plan <stack>` prints; one process per stack because the SDK's
-    mock state is process-global."""
-    result = subprocess.run([sys.executable, "-m", "tools.plan", stack], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    mock state is process-global (forked from tools.runner's server, which has the SDK imported)."""
+    result = runner.run_python(["-m", "tools.plan", stack], cwd=ROOT, timeout=300)
     if result.returncode != 0 or not result.stdout.startswith("# Stack"):
         raise RuntimeError(f"python -m tools.plan {stack} failed:\n{result.stdout[-2000:]}{result.stderr[-4000:]}")
     return result.stdout

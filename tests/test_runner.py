@@ -1,0 +1,82 @@
+"""tools.runner: program runs forked from one warm server behave like fresh interpreters, keep
+nothing from the run before, and give byte-identical plans for the same stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import ROOT
+from tools import runner
+
+PLAN_DEV = ["-m", "tools.plan", "dev", "--json"]
+
+
+def test_two_runs_of_a_stack_are_byte_identical_and_match_a_fresh_interpreter():
+    first = runner.run_python(PLAN_DEV, cwd=ROOT)
+    second = runner.run_python(PLAN_DEV, cwd=ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout == second.stdout
+    fresh = subprocess.run([sys.executable, *PLAN_DEV], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert fresh.stdout == first.stdout
+
+
+def test_a_run_keeps_nothing_from_the_run_before():
+    # In one reused process, a dev run after a prod run carried prod's front_door_ip output.
+    before = runner.run_python(PLAN_DEV, cwd=ROOT).stdout
+    prod = json.loads(runner.run_python(["-m", "tools.plan", "prod", "--json"], cwd=ROOT).stdout)
+    assert "front_door_ip" in prod["outputs"]
+    after_prod = runner.run_python(PLAN_DEV, cwd=ROOT).stdout
+    assert "front_door_ip" not in json.loads(after_prod)["outputs"]
+    assert after_prod == before
+
+
+def test_the_server_forks_only_as_a_single_thread():
+    assert runner.run_python(PLAN_DEV, cwd=ROOT).server_threads == 1
+    # A server with a second thread refuses instead of forking (a lock that thread holds would be
+    # held forever in the child).
+    probe = textwrap.dedent("""
+        import json, sys, threading, pathlib, tempfile
+        sys.path.insert(0, sys.argv[1])
+        from tools import runner
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
+        reply = runner._serve_one({"argv": ["-c"], "cwd": ".", "env": {}}, pathlib.Path(tempfile.mkdtemp()), set())
+        print(json.dumps(reply))
+    """)
+    result = subprocess.run([sys.executable, "-c", probe, str(ROOT)], capture_output=True, text=True, timeout=60)
+    reply = json.loads(result.stdout)
+    assert reply["returncode"] == 1 and reply["threads"] >= 2
+    assert "refusing to fork" in reply["stderr"]
+
+
+SCRIPT = """
+import os, sys
+print("out", sys.argv[1:], os.getcwd(), os.environ.get("RUNNER_PROBE"), sys.path[0] == os.path.dirname(os.path.abspath(__file__)))
+print("err", file=sys.stderr)
+print("stdin:", repr(sys.stdin.read()))
+if sys.argv[1] == "raise":
+    raise ValueError("boom")
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_a_run_looks_like_a_subprocess_to_the_caller(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(SCRIPT)
+    env = {"PATH": "/usr/bin:/bin", "RUNNER_PROBE": "seen"}
+    for arg in ("0", "3", "raise"):
+        forked = runner.run_python([str(script), arg], cwd=tmp_path, env=env)
+        fresh = subprocess.run([sys.executable, str(script), arg], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert (forked.returncode, forked.stdout) == (fresh.returncode, fresh.stdout)
+        assert forked.stderr.splitlines()[0] == "err" and forked.stderr.splitlines()[-1] == fresh.stderr.splitlines()[-1]
+    assert " seen True" in forked.stdout and "stdin: ''" in forked.stdout
+
+
+def test_a_hung_run_is_stopped_at_its_timeout(tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text("import time\ntime.sleep(30)\n")
+    result = runner.run_python([str(script)], cwd=tmp_path, timeout=1)
+    assert result.returncode != 0 and "timed out after 1 s" in result.stderr
