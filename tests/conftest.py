@@ -106,3 +106,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     for report in skipped:
         terminalreporter.write_line(f"SKIPPED {report.nodeid}: {_skip_reason(report)}")
     terminalreporter.write_line("Install what they need (README, Run the tests) or run with CI=1 to make skips fail.")
+
+
+# --------------------------------------------------------------------------- parallel by default
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """`pytest -q` spreads the tests over the machine's cores (pytest-xdist `-n auto`). Set here, not
+    in addopts, so that `-p no:xdist` still works; an explicit `-n N` or `-n 0` wins, and --pdb or
+    --collect-only stay in one process. Runs before xdist's own tryfirst hook (registered later)."""
+    if not config.pluginmanager.hasplugin("xdist") or config.option.numprocesses is not None:
+        return
+    if hasattr(config, "workerinput") or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # an xdist worker runs this hook too; it must not start workers of its own
+    if config.getoption("usepdb") or config.getoption("trace") or config.getoption("collectonly"):
+        return
+    config.option.numprocesses = "auto"

@@ -34,19 +34,19 @@ def test_a_run_keeps_nothing_from_the_run_before():
     assert after_prod == before
 
 
-def test_the_server_forks_only_as_a_single_thread():
+def test_the_server_forks_only_as_a_single_thread(tmp_path):
     assert runner.run_python(PLAN_DEV, cwd=ROOT).server_threads == 1
     # A server with a second thread refuses instead of forking (a lock that thread holds would be
     # held forever in the child).
     probe = textwrap.dedent("""
-        import json, sys, threading, pathlib, tempfile
+        import json, sys, threading, pathlib
         sys.path.insert(0, sys.argv[1])
         from tools import runner
         threading.Thread(target=threading.Event().wait, daemon=True).start()
-        reply = runner._serve_one({"argv": ["-c"], "cwd": ".", "env": {}}, pathlib.Path(tempfile.mkdtemp()), set())
+        reply = runner._serve_one({"argv": ["-c"], "cwd": ".", "env": {}}, pathlib.Path(sys.argv[2]), set())
         print(json.dumps(reply))
     """)
-    result = subprocess.run([sys.executable, "-c", probe, str(ROOT)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", probe, str(ROOT), str(tmp_path)], capture_output=True, text=True, timeout=60)
     reply = json.loads(result.stdout)
     assert reply["returncode"] == 1 and reply["threads"] >= 2
     assert "refusing to fork" in reply["stderr"]
