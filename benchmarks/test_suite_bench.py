@@ -1,0 +1,67 @@
+"""Time the whole test suite against one offline plan of the dev stack, and print the ratio.
+
+One offline plan is `python -m tools.plan dev` in a fresh interpreter (what a reviewer runs); the
+suite is the README's command, `pytest -q`, as it stands (parallel by default). The goal is a suite
+of at most 15 such plans. It asserts nothing: on a shared or busy machine both figures move, so
+read the ratio next to the machine's load.
+
+    python benchmarks/test_suite_bench.py [--plans N] [--suites N] [-- extra pytest args]
+    python benchmarks/test_suite_bench.py -- -n 0          # the same suite in one process
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GOAL = 15
+
+
+def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    return time.perf_counter() - start, result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plans", type=int, default=5, help="offline plans to time (median is used)")
+    parser.add_argument("--suites", type=int, default=1, help="suite runs to time (median is used)")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
+    options = parser.parse_args()
+
+    plans = []
+    for _ in range(options.plans):
+        seconds, result = timed([sys.executable, "-m", "tools.plan", "dev"])
+        if result.returncode != 0:
+            print(result.stderr[-3000:], file=sys.stderr)
+            return 1
+        plans.append(seconds)
+    plan = statistics.median(plans)
+    print(f"offline plan of dev: median {plan:.2f} s over {len(plans)} (min {min(plans):.2f}, max {max(plans):.2f})")
+
+    suites = []
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options.pytest_args]
+    for _ in range(options.suites):
+        seconds, result = timed(command)
+        summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
+        print(f"suite: {seconds:.1f} s wall  [{summary}]")
+        if result.returncode != 0:
+            print(result.stdout[-3000:], file=sys.stderr)
+        suites.append(seconds)
+    suite = statistics.median(suites)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"cores: {os.cpu_count()}  load average (1 min) after the run: {load:.1f}")
+    print(f"suite / offline plan = {suite:.1f} s / {plan:.2f} s = {suite / plan:.1f}x  (goal: at most {GOAL}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
