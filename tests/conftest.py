@@ -113,13 +113,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """`pytest -q` spreads the tests over the machine's cores (pytest-xdist `-n auto`). Set here, not
-    in addopts, so that `-p no:xdist` still works; an explicit `-n N` or `-n 0` wins, and --pdb or
-    --collect-only stay in one process. Runs before xdist's own tryfirst hook (registered later)."""
-    if not config.pluginmanager.hasplugin("xdist") or config.option.numprocesses is not None:
+    """`pytest -q` spreads the tests over the machine's cores (pytest-xdist `-n auto`, default
+    `--dist load`). Set here, not in addopts, so that `-p no:xdist` still works; an explicit `-n N` or
+    `-n 0` wins, and --pdb, --trace or --collect-only stay in one process. Runs before xdist's own
+    tryfirst hook, which was registered earlier."""
+    if not config.pluginmanager.hasplugin("xdist"):
         return
-    if hasattr(config, "workerinput") or os.environ.get("PYTEST_XDIST_WORKER"):
-        return  # an xdist worker runs this hook too; it must not start workers of its own
-    if config.getoption("usepdb") or config.getoption("trace") or config.getoption("collectonly"):
-        return
-    config.option.numprocesses = "auto"
+    if hasattr(config, "workerinput"):
+        return  # a worker runs this hook too; it must not start workers of its own
+    if config.option.numprocesses is None and not (
+            config.getoption("usepdb") or config.getoption("trace") or config.getoption("collectonly")):
+        config.option.numprocesses = "auto"

@@ -31,8 +31,8 @@ def pack_config(stack: str) -> dict:
 def plan_resources(stack: str) -> list[rules.Resource]:
     plan = run_plan(stack)
     assert not plan.error, plan.error
-    config = pack_config(stack)
-    return [rules.resource_from_plan(asdict(r), environment(stack), config.get(_rule_of(r.type), {}))
+    config, env = pack_config(stack), environment(stack)  # each parsed once, not once per resource
+    return [rules.resource_from_plan(asdict(r), env, config.get(_rule_of(r.type), {}))
             for r in plan.resources if r.custom]
 
 
