@@ -7,6 +7,7 @@ read the ratio next to the machine's load.
 
     python benchmarks/test_suite_bench.py [--plans N] [--suites N] [-- extra pytest args]
     python benchmarks/test_suite_bench.py -- -n 0          # the same suite in one process
+    python benchmarks/test_suite_bench.py --tail 40 -- --durations=30   # and where the time goes
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", type=int, default=5, help="offline plans to time (median is used)")
     parser.add_argument("--suites", type=int, default=1, help="suite runs to time (median is used)")
+    parser.add_argument("--tail", type=int, default=0, help="also print the last N lines of pytest's output (e.g. with -- --durations=30)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     options = parser.parse_args()
 
@@ -52,6 +54,8 @@ def main() -> int:
         seconds, result = timed(command)
         summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
         print(f"suite: {seconds:.1f} s wall  [{summary}]")
+        if options.tail:
+            print("\n".join(result.stdout.rstrip().splitlines()[-options.tail:]))
         if result.returncode != 0:
             print(result.stdout[-3000:], file=sys.stderr)
         suites.append(seconds)

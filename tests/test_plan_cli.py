@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
 from tests.conftest import ROOT, run_plan_with
+from tools import runner
 from tools.plan import UsageError, apply_set, parse_path, render_markdown, stack_config
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tools.plan", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # `python -m tools.plan …` in a fresh process, forked from tools.runner's warm server.
+    return runner.run_python(["-m", "tools.plan", *args], cwd=ROOT, timeout=300)
 
 
 @pytest.mark.parametrize(
