@@ -86,6 +86,7 @@ database = Database(
         service_networking_connection=network.connection,
         service_account_email=identity.service_account.email,
         db_password=identity.db_password,
+        allocated_ip_range=network.peering_range.name,
         depends_on=apis.services,
     ),
 )
@@ -112,15 +113,20 @@ vm = ConvexVm(
         subnetwork=network.subnetwork_id,
         network_tag=VM_TAG,
         service_account_email=identity.service_account.email,
-        connection_name=database.instance.connection_name,
-        database_user=database.user.name,
+        # Computed from inputs: in proxy mode the VM boots and pulls while Cloud SQL is created, and its
+        # boot path waits for the database (tools/critical_path.py).
+        connection_name=database.connection_name,
+        database_user=database.user_name,
         instance_secret_id=identity.instance_secret.id,
         admin_key_secret_id=identity.admin_key.id,
         db_password_secret_id=identity.db_password_secret.id if identity.db_password_secret else "",
         sql_dns_name=database.private_dns_name if settings.connection_mode == "ssl" else "",
         sql_private_ip=database.instance.private_ip_address if settings.connection_mode == "plaintext" else "",
-        # Boot only once the database, its user, the VM's roles (and the DNS record) exist.
-        depends_on=[database.database, database.user, *identity.vm_prerequisites, *([private_dns.record] if private_dns else [])],
+        # Boot once the VM's roles exist; ssl and plaintext modes also need the instance's address (and the
+        # DNS record), so they still wait for the database and its user.
+        depends_on=[*identity.vm_prerequisites]
+        + ([] if settings.connection_mode == "proxy" else [database.database, database.user])
+        + ([private_dns.record] if private_dns else []),
     ),
     opts=pulumi.ResourceOptions(depends_on=apis.services),
 )

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pulumi
+import pulumi.dynamic as dynamic
 import pulumi_gcp as gcp
 
 REQUIRED_APIS = (
@@ -26,10 +28,35 @@ def required_apis(connection_mode: str, managed_dns_zone: bool) -> tuple[str, ..
     return REQUIRED_APIS + extra
 
 
+# A newly enabled API answers 403 accessNotConfigured/SERVICE_DISABLED for a while after
+# services.enable returns (terraform-provider-google #8214, #11023: "wait a few minutes"; the usual fix
+# there is a time_sleep after google_project_service). pulumi-time is not a dependency here, so the
+# equivalent is a dynamic resource that sleeps when it is created, i.e. when an API set is first enabled.
+PROPAGATION_SECONDS = 90
+
+
+class _PropagationWait(dynamic.ResourceProvider):
+    """time_sleep's create_duration: sleep on create only; a changed API list replaces it (sleeps again)."""
+
+    def create(self, props):
+        time.sleep(int(props["seconds"]))
+        return dynamic.CreateResult(id_="apis-" + str(len(props["services"])), outs=props)
+
+    def diff(self, _id, olds, news):
+        changed = sorted(olds.get("services") or []) != sorted(news.get("services") or [])
+        return dynamic.DiffResult(changes=changed, replaces=["services"] if changed else [], delete_before_replace=False)
+
+
+class ApiPropagationWait(dynamic.Resource):
+    def __init__(self, name: str, services: pulumi.Input[list[str]], seconds: int, opts: pulumi.ResourceOptions):
+        super().__init__(_PropagationWait(), name, {"services": services, "seconds": seconds}, opts)
+
+
 @dataclass
 class ProjectApisArgs:
     project: str
     apis: tuple[str, ...] = field(default=REQUIRED_APIS)
+    propagation_seconds: int = PROPAGATION_SECONDS
 
 
 class ProjectApis(pulumi.ComponentResource):
@@ -49,4 +76,14 @@ class ProjectApis(pulumi.ComponentResource):
             )
             for api in args.apis
         ]
-        self.register_outputs({"services": [service.service for service in self.services]})
+        self.enabled = list(self.services)
+        # Everything else depends on this, not on the Service resources: it exists once every API is
+        # enabled and has had time to propagate.
+        self.ready = ApiPropagationWait(
+            "apis-propagated",
+            sorted(args.apis),
+            args.propagation_seconds,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.enabled),
+        )
+        self.services = [self.ready]
+        self.register_outputs({"services": [service.service for service in self.enabled]})

@@ -6,9 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import re
+
 import pulumi
+import pulumi_docker as docker
 import pulumi_gcp as gcp
 
+from convex_gcp import images
 from convex_gcp.runtime import DATA_DEVICE_NAME, RuntimeInputs, instance_metadata, origins
 from convex_gcp.adoption import import_ids
 from convex_gcp.settings import Settings
@@ -21,6 +25,27 @@ VM_SCOPES = [
     "https://www.googleapis.com/auth/cloud-platform",
     "https://www.googleapis.com/auth/sqlservice.admin",
 ]
+
+
+# Image families Google moves forward (COS: docs "Milestones and build numbers"); anything else is one image.
+_FAMILY = re.compile(r"cos-(stable|beta|dev|\d+-lts)")
+
+
+def boot_image_source(image: str) -> tuple[str, str, bool]:
+    """`project/name` -> (project, name, is_family). A family is resolved to its newest image at each
+    preview, so a new COS release shows up as a planned VM replacement."""
+    project, _, name = image.rpartition("/")
+    return project or "cos-cloud", name, bool(_FAMILY.fullmatch(name))
+
+
+def image_tags(s: Settings) -> dict[str, str]:
+    """The pinned `repo:tag` of every image the VM runs, by its runtime key."""
+    refs = {"BACKEND_IMAGE": images.tagged(images.BACKEND_REPO, s.convex.version)}
+    if s.convex.dashboard:
+        refs["DASHBOARD_IMAGE"] = images.tagged(images.DASHBOARD_REPO, s.convex.version)
+    if s.connection_mode == "proxy":
+        refs["PROXY_IMAGE"] = images.tagged(images.PROXY_REPO, s.convex.proxy_version)
+    return refs
 
 
 @dataclass
@@ -74,7 +99,24 @@ class ConvexVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, protect=protect, depends_on=opts.depends_on if opts else None),
         )
 
+        # Each pinned tag resolved to its digest at preview: a tag that does not exist fails the preview
+        # (not the boot), and a tag moved later cannot change what runs. The registry lookup is HTTP only
+        # (kreuzwerker/terraform-provider-docker data_source_docker_registry_image.go: HEAD on the manifest,
+        # anonymous bearer token on a 401, as ghcr.io and gcr.io serve public images), so no Docker daemon
+        # (disable_docker_daemon_check, provider PR #703) and no credentials are needed.
+        registry = docker.Provider(f"{name}-registry", disable_docker_daemon_check=True, opts=pulumi.ResourceOptions(parent=self))
+        pinned = pulumi.Output.all(
+            **{
+                key: docker.get_registry_image_output(name=ref, opts=pulumi.InvokeOptions(provider=registry, parent=self)).sha256_digest.apply(
+                    lambda digest, ref=ref: images.by_digest(ref, digest)
+                )
+                for key, ref in image_tags(s).items()
+            }
+        )
+        self.pinned_images = pinned
+
         metadata = pulumi.Output.all(
+            pinned,
             args.connection_name,
             public_host,
             args.database_user,
@@ -88,18 +130,30 @@ class ConvexVm(pulumi.ComponentResource):
                 s,
                 RuntimeInputs(
                     project=s.project,
-                    connection_name=v[0],
-                    public_host=v[1],
-                    database_user=v[2],
-                    instance_secret_id=v[3],
-                    admin_key_secret_id=v[4],
-                    db_password_secret_id=v[5] or "",
-                    sql_dns_name=v[6] or "",
-                    sql_private_ip=v[7] or "",
+                    connection_name=v[1],
+                    public_host=v[2],
+                    database_user=v[3],
+                    instance_secret_id=v[4],
+                    admin_key_secret_id=v[5],
+                    db_password_secret_id=v[6] or "",
+                    sql_dns_name=v[7] or "",
+                    sql_private_ip=v[8] or "",
+                    pinned_images=dict(v[0]),
                 ),
                 STARTUP_SCRIPT.read_text(),
             )
         )
+
+        image_project, image_name, follows = boot_image_source(s.vm.image)
+        if follows:
+            # Resolved at every preview/up: a newer COS in the family is a planned replacement of the VM
+            # (initialize_params.image forces a new instance). In-place COS updates are no alternative here:
+            # they are off by default since milestone 117 and unsupported with Secure Boot (COS docs, "Automatic updates").
+            boot_image: pulumi.Input[str] = gcp.compute.get_image_output(
+                family=image_name, project=image_project, opts=pulumi.InvokeOptions(parent=self)
+            ).self_link
+        else:
+            boot_image = f"projects/{image_project}/global/images/{image_name}"
 
         self.instance = gcp.compute.Instance(
             f"{name}-vm",
@@ -111,9 +165,12 @@ class ConvexVm(pulumi.ComponentResource):
             boot_disk=gcp.compute.InstanceBootDiskArgs(
                 auto_delete=True,
                 initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                    image=s.vm.image, size=s.vm.boot_disk_size_gb, type="pd-balanced", labels=labels
+                    image=boot_image, size=s.vm.boot_disk_size_gb, type="pd-balanced", labels=labels
                 ),
             ),
+            # An attached (non-boot) disk is sent without autoDelete (terraform-provider-google
+            # expandAttachedDisk sets only source, mode, deviceName), and Compute Engine's default is false:
+            # deleting the VM detaches the data disk and keeps it. The boot disk alone is auto-deleted.
             attached_disks=[
                 gcp.compute.InstanceAttachedDiskArgs(source=self.data_disk.id, device_name=DATA_DEVICE_NAME, mode="READ_WRITE")
             ],
@@ -134,7 +191,19 @@ class ConvexVm(pulumi.ComponentResource):
             allow_stopping_for_update=True,
             deletion_protection=s.vm_deletion_protection,
             scheduling=gcp.compute.InstanceSchedulingArgs(automatic_restart=True, on_host_maintenance="MIGRATE"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on, import_=import_ids(s)["vm"]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=args.depends_on,
+                import_=import_ids(s)["vm"],
+                # The name is fixed, so a create-first replacement gets 409 alreadyExists while the old VM
+                # still holds the data disk read-write. The engine honours an explicit option over the
+                # provider's choice (pulumi/pulumi pkg/resource/deploy/step_generator.go) and deletes
+                # first the dependents a replacement would replace (the front door's group membership).
+                delete_before_replace=True,
+                # With Compute Engine deletion protection on, any replacement fails at the delete: hold the
+                # boot image instead (docs/runbooks.md, "Replace the VM").
+                ignore_changes=["bootDisk.initializeParams.image"] if s.vm_deletion_protection else None,
+            ),
         )
 
         urls = pulumi.Output.from_input(public_host).apply(lambda ip: origins(s, ip))

@@ -45,7 +45,9 @@ def connector_enforcement(settings: Settings) -> str:
     return "REQUIRED" if required else "NOT_REQUIRED"
 
 
-def instance_settings(settings: Settings, private_network: pulumi.Input[str]) -> gcp.sql.DatabaseInstanceSettingsArgs:
+def instance_settings(
+    settings: Settings, private_network: pulumi.Input[str], allocated_ip_range: Optional[pulumi.Input[str]] = None
+) -> gcp.sql.DatabaseInstanceSettingsArgs:
     db = settings.database
     backups = db.backups
     pitr = backups.point_in_time_recovery and backups.enabled
@@ -62,6 +64,9 @@ def instance_settings(settings: Settings, private_network: pulumi.Input[str]) ->
         ip_configuration=gcp.sql.DatabaseInstanceSettingsIpConfigurationArgs(
             ipv4_enabled=False,
             private_network=private_network,
+            # Pinned to our private services access range: another range peered on the same network (a
+            # shared VPC often has several) is never picked, and the address is where the firewall expects it.
+            allocated_ip_range=allocated_ip_range,
             ssl_mode=ssl_mode(settings),
             server_ca_mode=SERVER_CA_MODE,
         ),
@@ -95,7 +100,22 @@ class DatabaseArgs:
     service_networking_connection: pulumi.Resource
     service_account_email: pulumi.Input[str]
     db_password: Optional[pulumi.Input[str]] = None
+    # The private services access range's name (settings.ipConfiguration.allocatedIpRange).
+    allocated_ip_range: Optional[pulumi.Input[str]] = None
     depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
+def suffix_keepers(settings: Settings) -> dict[str, str]:
+    """Every input that forces a new instance (terraform-provider-google resource_sql_database_instance.go,
+    v7.44+ as in pulumi-gcp 10.2.0: `region` and `project` are ForceNew; `disk_type` stopped being ForceNew
+    in #28616, `database_version` upgrades in place). A change to any of them draws a new suffix, so the new
+    instance never asks for the name Cloud SQL keeps reserved for a week after the old one is deleted."""
+    return {"project": settings.project, "region": settings.region}
+
+
+def connection_name(project: str, region: str, instance: str) -> str:
+    """Cloud SQL's connection name, `project:region:instance`, known before the instance exists."""
+    return f"{project}:{region}:{instance}"
 
 
 BUILT_IN_USER = "convex"
@@ -115,15 +135,21 @@ class Database(pulumi.ComponentResource):
             instance_name: pulumi.Input[str] = s.adopt.sql_instance or s.database.instance_name
         else:
             # Deleted instance names stay reserved for about a week; a suffix lets a stack be recreated.
-            suffix = random.RandomId(f"{name}-suffix", byte_length=2, opts=pulumi.ResourceOptions(parent=self))
+            # keepers: a ForceNew change replaces the suffix first, so the instance is replaced under a new
+            # name; in prod both are protected, so such a change stops at the preview instead.
+            suffix = random.RandomId(
+                f"{name}-suffix", byte_length=2, keepers=suffix_keepers(s), opts=pulumi.ResourceOptions(parent=self, protect=protect)
+            )
             instance_name = suffix.hex.apply(lambda h: f"{args.prefix}-pg-{h}")
+        # What the VM needs, computed from inputs so it does not wait for the instance (proxy mode).
+        self.connection_name = pulumi.Output.from_input(instance_name).apply(lambda n: connection_name(s.project, s.region, n))
 
         self.instance = gcp.sql.DatabaseInstance(
             f"{name}-instance",
             name=instance_name,
             region=s.region,
             database_version=s.database.version,
-            settings=instance_settings(s, args.private_network),
+            settings=instance_settings(s, args.private_network, args.allocated_ip_range),
             deletion_protection=s.sql_deletion_protection,
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -145,6 +171,7 @@ class Database(pulumi.ComponentResource):
             deletion_policy="ABANDON" if protect else "DELETE",
             opts=pulumi.ResourceOptions(parent=self, protect=protect, import_=adopted["sql_database"]),
         )
+        user_name: pulumi.Input[str] = BUILT_IN_USER
         if s.iam_auth:
             user_name = pulumi.Output.from_input(args.service_account_email).apply(cloudsql.iam_user_name)
             self.user = gcp.sql.User(
@@ -171,6 +198,7 @@ class Database(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.database]),
             )
 
+        self.user_name = pulumi.Output.from_input(user_name)
         # What Convex connects to in ssl mode: the name in the server certificate's SAN.
         self.private_dns_name = self.instance.dns_names.apply(private_dns_name)
 

@@ -121,7 +121,12 @@ class FrontDoor(pulumi.ComponentResource):
                 f"{name}-cert-{role}",
                 name=certificate_name(prefix, role, host),
                 managed=gcp.compute.ManagedSslCertificateManagedArgs(domains=[host]),
-                opts=child,
+                # The name differs per host, so create-first cannot collide, and the HTTPS proxy moves to the
+                # new certificate before the old one is deleted. Without this, pulumi-terraform-bridge deletes
+                # first because the auto-nameable `name` is set explicitly (nameRequiresDeleteBeforeReplace,
+                # pkg/tfbridge/schema.go; bridge PR #532) and Google refuses to delete a certificate a proxy
+                # still uses (terraform-provider-google #6147, #15966).
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=False)),
             )
             for role, host in hosts.items()
         }
@@ -137,10 +142,22 @@ class FrontDoor(pulumi.ComponentResource):
             f"{name}-group",
             name=f"{prefix}-group",
             zone=args.zone,
-            instances=[args.instance_self_link],
             named_ports=[gcp.compute.InstanceGroupNamedPortArgs(name=role, port=PORTS[role]) for role in hosts],
             description="The Convex VM, as a load balancer backend",
             opts=child,
+        )
+
+        # Membership as its own resource: deleting the VM removes it from the group and a recreated VM
+        # keeps its self link, so a group's `instances` list would show no diff and never re-add it
+        # (terraform-provider-google #4705, #6127). Every field of the membership forces replacement, so
+        # the VM's delete-before-replace deletes it first and creates it again after the new VM
+        # (pulumi/pulumi step_generator.go, calculateDependentReplacements).
+        self.membership = gcp.compute.InstanceGroupMembership(
+            f"{name}-member",
+            zone=args.zone,
+            instance_group=self.instance_group.name,
+            instance=args.instance_self_link,
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
         # 3211 proxies every path to the app's HTTP actions, so /version is only probed on 3210;

@@ -70,7 +70,7 @@ class MonitoringArgs:
 
 
 class Monitoring(pulumi.ComponentResource):
-    """Owns the notification channels, the uptime check, two log-based metrics and the alert policies."""
+    """Owns the notification channels, the uptime check and the alert policies (log-match for restarts)."""
 
     def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("convex-gcp:index:Monitoring", name, None, opts)
@@ -115,22 +115,10 @@ class Monitoring(pulumi.ComponentResource):
             opts=child,
         )
 
-        # A log line per process start, counted; more than a few in ten minutes is a crash loop.
-        self.start_metrics = {
-            container: gcp.logging.Metric(
-                f"{name}-{container}-starts",
-                name=f"{args.prefix}-{container}-starts",
-                description=f"Starts of the {container} container on the Convex VM",
-                filter=pulumi.Output.from_input(args.vm_instance_id).apply(lambda iid, c=container: start_log_filter(args.project, c, iid)),
-                metric_descriptor=gcp.logging.MetricMetricDescriptorArgs(metric_kind="DELTA", value_type="INT64", unit="1"),
-                opts=child,
-            )
-            for container in START_LINES
-        }
-
         duration = f"{m.alert_after_seconds}s"
 
-        def policy(key: str, title: str, condition: gcp.monitoring.AlertPolicyConditionArgs, fix: str, severity: str = "WARNING") -> gcp.monitoring.AlertPolicy:
+        def policy(key: str, title: str, condition: gcp.monitoring.AlertPolicyConditionArgs, fix: str, severity: str = "WARNING",
+                   strategy: gcp.monitoring.AlertPolicyAlertStrategyArgs | None = None) -> gcp.monitoring.AlertPolicy:
             return gcp.monitoring.AlertPolicy(
                 f"{name}-{key}",
                 display_name=f"{args.prefix}: {title}",
@@ -142,7 +130,7 @@ class Monitoring(pulumi.ComponentResource):
                     mime_type="text/markdown",
                     content=f"{fix}\n\nDiagnose with `python -m tools.doctor <stack>`; runbooks in docs/runbooks.md.",
                 ),
-                alert_strategy=gcp.monitoring.AlertPolicyAlertStrategyArgs(auto_close="86400s"),
+                alert_strategy=strategy or gcp.monitoring.AlertPolicyAlertStrategyArgs(auto_close="86400s"),
                 user_labels=labels,
                 opts=child,
             )
@@ -150,7 +138,15 @@ class Monitoring(pulumi.ComponentResource):
         def mean(period: str = "300s") -> list[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs]:
             return [gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(alignment_period=period, per_series_aligner="ALIGN_MEAN")]
 
-        def sql_threshold(key: str, metric: str, title: str, value: float, fix: str) -> gcp.monitoring.AlertPolicy:
+        def summed_per_instance() -> list[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs]:
+            # num_backends has one series per database (metric.label.database); max_connections is the
+            # instance's, so compare the instance's sum.
+            return [gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                alignment_period="300s", per_series_aligner="ALIGN_MEAN", cross_series_reducer="REDUCE_SUM",
+                group_by_fields=["resource.label.database_id"],
+            )]
+
+        def sql_threshold(key: str, metric: str, title: str, value: float, fix: str, summed: bool = False) -> gcp.monitoring.AlertPolicy:
             condition = gcp.monitoring.AlertPolicyConditionArgs(
                 display_name=title,
                 condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
@@ -158,7 +154,7 @@ class Monitoring(pulumi.ComponentResource):
                     comparison="COMPARISON_GT",
                     threshold_value=value,
                     duration=duration,
-                    aggregations=mean(),
+                    aggregations=summed_per_instance() if summed else mean(),
                 ),
             )
             return policy(key, title, condition, fix)
@@ -175,6 +171,7 @@ class Monitoring(pulumi.ComponentResource):
                 f"Cloud SQL connections above {connections_threshold(args.max_connections, m.sql_connections_ratio)} of max_connections {args.max_connections}",
                 connections_threshold(args.max_connections, m.sql_connections_ratio),
                 "The Convex pool (convex.poolSize) plus other clients approach max_connections; the doctor's 'pool fits' check shows the numbers.",
+                summed=True,
             ),
         }
 
@@ -221,28 +218,26 @@ class Monitoring(pulumi.ComponentResource):
             "The VM stopped or was deleted: docs/runbooks.md, 'Recover the VM'.",
             severity="CRITICAL",
         )
-        for container, metric in self.start_metrics.items():
-            restart_filter = metric.name.apply(
-                lambda n: f'resource.type = "gce_instance" AND metric.type = "logging.googleapis.com/user/{n}"'
-            )
+        # Log-match conditions: no log-based metric has to exist first, so the policies are created on the
+        # first deploy (an alert on a new log-based metric 404s for up to ~10 minutes,
+        # terraform-provider-google #11102). A log-match condition fires per matching entry and cannot count,
+        # so a start notifies at most once per window: a deploy notifies once, a crash loop every window.
+        for container in START_LINES:
+            start_filter = pulumi.Output.from_input(args.vm_instance_id).apply(lambda iid, c=container: start_log_filter(args.project, c, iid))
             self.policies[f"{container}-restarts"] = policy(
                 f"{container}-restarts",
-                f"{container} restarting",
+                f"{container} (re)started",
                 gcp.monitoring.AlertPolicyConditionArgs(
-                    display_name=f"more than {m.restarts_per_10_minutes} starts in 10 minutes",
-                    condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
-                        filter=restart_filter,
-                        comparison="COMPARISON_GT",
-                        threshold_value=m.restarts_per_10_minutes,
-                        duration="0s",
-                        aggregations=[
-                            gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
-                                alignment_period=RESTART_WINDOW, per_series_aligner="ALIGN_SUM"
-                            )
-                        ],
-                    ),
+                    display_name=f"{container} printed its start line",
+                    condition_matched_log=gcp.monitoring.AlertPolicyConditionConditionMatchedLogArgs(filter=start_filter),
                 ),
-                f"Read the {container} container's logs (Logs Explorer, log {DOCKER_LOG}); run the doctor.",
+                f"Expected once after a deploy or a VM replacement. Repeated notifications mean a crash loop: read the {container} "
+                f"container's logs (Logs Explorer, log {DOCKER_LOG}); run the doctor.",
+                strategy=gcp.monitoring.AlertPolicyAlertStrategyArgs(
+                    # Required for log-match conditions; one notification per window.
+                    notification_rate_limit=gcp.monitoring.AlertPolicyAlertStrategyNotificationRateLimitArgs(period=RESTART_WINDOW),
+                    auto_close="1800s",
+                ),
             )
 
         self.register_outputs(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Optional
 from urllib.parse import quote
 
 from .settings import Settings
@@ -37,6 +38,8 @@ class RuntimeInputs:
     # ssl mode: the instance's DNS name (no trailing dot); plaintext mode: its private IP.
     sql_dns_name: str = ""
     sql_private_ip: str = ""
+    # BACKEND_IMAGE/DASHBOARD_IMAGE/PROXY_IMAGE -> `repo@sha256:...`, resolved at preview (components/convex_vm.py).
+    pinned_images: Optional[dict[str, str]] = None
 
 
 def proxy_args(settings: Settings, connection_name: str) -> list[str]:
@@ -156,6 +159,7 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
     if mode == "ssl":
         # The VM reads the server CA bundle (current + upcoming CAs) from the SQL Admin API itself.
         config["SQL_INSTANCE"] = inputs.connection_name
+    config.update({key: ref for key, ref in (inputs.pinned_images or {}).items() if key in config})
     return config
 
 

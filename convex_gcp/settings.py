@@ -23,10 +23,8 @@ __all__ = ["ConfigError", "Problem", "Settings", "load_settings", "set_line"]
 
 PROJECT = "convex-gcp"
 
-# Pinned images: bump deliberately (docs/runbooks.md). Convex publishes one commit tag for
-# backend and dashboard; migrations only go forward, so never pin an older commit.
-CONVEX_VERSION = "5f66740ae8dd506577d27294adc55b81e4fbe91b"
-PROXY_VERSION = "2.26.0"
+# Pinned images, verified upstream (convex_gcp/images.py); bump deliberately (docs/runbooks.md).
+from .images import CONVEX_VERSION, PROXY_VERSION  # noqa: E402
 
 IAP_RANGE = "35.235.240.0/20"
 
@@ -237,7 +235,12 @@ class ConvexSettings(_Model):
 # Google's front ends (load balancer proxies and health checks) connect to backends from these.
 GOOGLE_LB_RANGES = ("130.211.0.0/22", "35.191.0.0/16")
 _HOST = re.compile(r"(?=.{4,63}$)([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
-_MEMBER = re.compile(r"(user|group|domain|serviceAccount|principal|principalSet):\S+")
+# IAM rejects a malformed principal only at apply time, after other resources changed: check the
+# shapes here (an email for user/group/serviceAccount, a domain name, or a principal:// URI).
+_MEMBER = re.compile(
+    r"(user|group|serviceAccount):[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+    r"|domain:[a-z0-9-]+(\.[a-z0-9-]+)*\.[a-z]{2,}|principal(Set)?://iam\.googleapis\.com/\S+"
+)
 
 
 class RateLimitSettings(_Model):
@@ -416,7 +419,9 @@ class Settings(_Model):
 
     @property
     def vm_deletion_protection(self) -> bool:
-        return self.vm.deletion_protection if self.vm.deletion_protection is not None else self.is_prod
+        # Off by default, prod included: the VM holds no data (the data disk is separate and protected)
+        # and is replaced to patch its OS, which Compute Engine deletion protection would block.
+        return bool(self.vm.deletion_protection)
 
 
 # --------------------------------------------------------------------------- errors
@@ -520,6 +525,7 @@ def check_rules(settings: Settings) -> list[Problem]:
     problems += _check_monitoring(settings)
     problems += _check_adopt(settings)
     problems += _check_public_http(settings)
+    problems += check_placeholders(settings)
     return problems
 
 
@@ -840,7 +846,6 @@ def _check_prod(s: Settings) -> list[Problem]:
         need("connectionMode", s.connection_mode == "proxy", f"{s.connection_mode!r} is not the Auth Proxy", "proxy", "proxy")
     need("iamAuth", s.iam_auth, "password login is not allowed", "true", "true")
     need("database.deletionProtection", s.sql_deletion_protection, "the database must be protected from deletion", "true", "true")
-    need("vm.deletionProtection", s.vm_deletion_protection, "the VM must be protected from deletion", "true", "true")
     need("database.backups.enabled", s.database.backups.enabled, "backups are off", "true", "true")
     need("database.backups.pointInTimeRecovery", s.database.backups.point_in_time_recovery, "point-in-time recovery is off", "true", "true")
     need("database.connectorEnforcement", s.database.connector_enforcement, "direct connections would be allowed", "true", "true")
@@ -862,6 +867,40 @@ def _check_prod(s: Settings) -> list[Problem]:
     return problems
 
 
+# RFC 2606 / RFC 6761 reserved names: documentation examples, never anyone's real host or mailbox.
+_RESERVED_SUFFIXES = ("example.com", "example.net", "example.org", "example", "test", "invalid", "localhost")
+
+
+def is_placeholder_domain(name: str) -> bool:
+    labels = name.lower().rstrip(".").split(".")
+    return any(".".join(labels[i:]) in _RESERVED_SUFFIXES for i in range(len(labels)))
+
+
+def check_placeholders(s: Settings) -> list[Problem]:
+    """Prod refuses the template's placeholder hosts, IAP members and alert emails: a certificate for
+    api.convex.example.com never provisions, and an alert to oncall@example.com reaches nobody."""
+    if not s.is_prod:
+        return []
+    found: list[tuple[str, str, str]] = []  # key path, value, example fix
+    if s.domain is not None:
+        for role, host in s.domain.hosts.items():
+            found.append((f"domain.{role}Host", host, f"{role}.convex.<your-domain>"))
+        for i, member in enumerate(s.domain.dashboard_members):
+            found.append((f"domain.dashboardMembers[{i}]", member, "group:<admins>@<your-domain>"))
+    for i, email in enumerate(s.monitoring.notification_emails):
+        found.append((f"monitoring.notificationEmails[{i}]", email, "oncall@<your-domain>"))
+    problems = []
+    for key, value, example in found:
+        domain = value.rpartition("@")[2] if "@" in value else value.partition(":")[2] or value
+        if is_placeholder_domain(domain):
+            path = f"{PROJECT}:{key}"
+            problems.append(
+                Problem(path, f"{value!r} is a reserved example name (RFC 2606), a template placeholder (required when environment is prod)",
+                        "a real host, member or address in a domain you control", set_line(path, example))
+            )
+    return problems
+
+
 def settings_warnings(settings: Settings) -> list[str]:
     """Allowed but risky choices, shown by `pulumi preview` as warnings."""
     warnings = []
@@ -876,6 +915,8 @@ def settings_warnings(settings: Settings) -> list[str]:
             "monitoring is on without a domain or network.publicHttpWithoutTls: the uptime check cannot reach "
             "Convex, which is only reachable through the IAP tunnel"
         )
+    if "restarts_per_10_minutes" in settings.monitoring.model_fields_set:
+        warnings.append("monitoring.restartsPer10Minutes has no effect any more: restarts alert through log-match conditions (docs/monitoring.md)")
     if settings.connection_mode == "plaintext":
         warnings.append(
             "connectionMode is plaintext: traffic between Convex and Cloud SQL, the database password included, "

@@ -93,4 +93,44 @@ class GcpMocks(pulumi.runtime.Mocks):
         if args.token == "gcp:compute/getSubnetwork:getSubnetwork":
             rid = f"projects/{p}/regions/{a.get('region', r)}/subnetworks/{a['name']}"
             return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}
+        if args.token == "gcp:compute/getImage:getImage":
+            return image_lookup(a)
+        if args.token == "docker:index/getRegistryImage:getRegistryImage":
+            return registry_lookup(a)
         return {}
+
+
+# Image families that exist in cos-cloud; the newest image of each, as an offline stand-in name.
+COS_FAMILIES = {"cos-stable", "cos-beta", "cos-dev", "cos-125-lts", "cos-121-lts", "cos-117-lts"}
+COS_OFFLINE_IMAGE = "cos-offline-stand-in"
+
+
+def image_lookup(a: dict[str, Any]) -> Any:
+    """gcp.compute.get_image: the family's newest image; an unknown family fails the lookup, as the
+    Compute API's images.getFromFamily answers 404 (the provider then fails the preview)."""
+    project, family, name = a.get("project", ""), a.get("family"), a.get("name")
+    if family and not (project == "cos-cloud" and family in COS_FAMILIES):
+        return {}, [("family", f"error retrieving image from family {family!r} in project {project!r}: googleapi: Error 404: not found")]
+    image = name or f"{COS_OFFLINE_IMAGE}-{family}"
+    link = f"https://www.googleapis.com/compute/v1/projects/{project}/global/images/{image}"
+    return {"name": image, "family": family or "", "selfLink": link, "id": f"projects/{project}/global/images/{image}", "project": project}
+
+
+def registry_lookup(a: dict[str, Any]) -> Any:
+    """pulumi_docker.get_registry_image: the digest of a pinned tag. Only the pins verified in
+    convex_gcp/images.py exist here; any other tag fails like the registry's 404 does in
+    kreuzwerker/terraform-provider-docker's data source ("Got error when attempting to fetch image version")."""
+    from convex_gcp import images
+
+    name = a.get("name", "")
+    repo, _, tag = name.rpartition(":")
+    known = {
+        images.BACKEND_REPO: {images.CONVEX_VERSION},
+        images.DASHBOARD_REPO: {images.CONVEX_VERSION},
+        images.PROXY_REPO: {images.PROXY_VERSION, images.PROXY_VERSION + "-alpine"},
+    }
+    if tag not in known.get(repo, set()):
+        path = repo.split("/", 1)[-1]
+        return {}, [("name", f"Got error when attempting to fetch image version {path}:{tag} from registry: Got bad response from registry: 404 Not Found")]
+    digest = images.fake_digest(name)
+    return {"id": digest, "name": name, "sha256Digest": digest, "insecureSkipVerify": False}

@@ -23,7 +23,7 @@ import runpy
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -46,6 +46,8 @@ class Declared:
     ignore_changes: list[str] = field(default_factory=list)
     custom: bool = True
     import_id: str = ""
+    # The deleteBeforeReplace option as the engine receives it; None when not set (the provider decides).
+    delete_before_replace: Optional[bool] = None
 
 
 @dataclass
@@ -99,6 +101,9 @@ def stack_config(stack: str, overrides: dict[str, str] | None = None) -> dict[st
             config[key] = "true" if value else "false"
         else:
             config[key] = str(value)
+    from tools.offline_values import replace_placeholders  # the template's example.com, see there
+
+    config = replace_placeholders(config)
     for key, value in (overrides or {}).items():
         apply_set(config, key, value)
     return config
@@ -232,6 +237,7 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
                         ignore_changes=list(request.ignoreChanges),
                         import_id=request.importId,
                         custom=bool(request.custom),
+                        delete_before_replace=request.deleteBeforeReplace if request.deleteBeforeReplaceDefined else None,
                     )
                 )
             return response
@@ -328,6 +334,9 @@ def render_markdown(plan: Plan) -> str:
     lines += ["", "## Outputs", "", "| name | value |", "|---|---|"]
     for key, out in sorted(plan.outputs.items()):
         lines.append(f"| {key} | {'[secret]' if out['secret'] else '`' + str(out['value']) + '`'} |")
+    from tools.critical_path import estimate, render
+
+    lines += [""] + render(estimate(plan))
     if plan.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in plan.warnings]
     return "\n".join(lines) + "\n"

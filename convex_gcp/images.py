@@ -1,0 +1,42 @@
+"""Pinned container images and how the VM is handed them: resolved to a digest at preview/up.
+
+Verified 2026-11-29 (fetch of the upstream repositories):
+- Convex: get-convex/convex-backend tag `precompiled-2026-08-22-652b828` is commit
+  652b828b5129e6cdbcaa3c20efa8d116d09ff3bf (snapshot 2026-08-22). On every push to the `release` branch,
+  .github/workflows/release_self_hosted_images.yml pushes `ghcr.io/get-convex/convex-{backend,dashboard}:${{ github.sha }}`
+  (a multi-arch manifest list), so the full commit SHA is the image tag of both images.
+- Cloud SQL Auth Proxy: GoogleCloudPlatform/cloud-sql-proxy's newest release tag is `v2.25.3` (commit 31c3b33,
+  snapshot 2026-08-20); its README ("Each image is tagged with the associated Proxy version ... without the
+  leading v (e.g., 2.25.3)") gives the image tag `2.25.3`. There is no v2.26.0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+CONVEX_VERSION = "652b828b5129e6cdbcaa3c20efa8d116d09ff3bf"  # precompiled-2026-08-22-652b828
+PROXY_VERSION = "2.25.3"  # release v2.25.3
+
+BACKEND_REPO = "ghcr.io/get-convex/convex-backend"
+DASHBOARD_REPO = "ghcr.io/get-convex/convex-dashboard"
+PROXY_REPO = "gcr.io/cloud-sql-connectors/cloud-sql-proxy"
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def tagged(repo: str, tag: str) -> str:
+    return f"{repo}:{tag}"
+
+
+def by_digest(reference: str, digest: str) -> str:
+    """`repo:tag` + digest -> `repo@sha256:...`: Docker pulls exactly that manifest, whatever the tag says later."""
+    if not _DIGEST.fullmatch(digest or ""):
+        raise ValueError(f"registry returned no sha256 digest for {reference}: {digest!r}")
+    repo = reference.rsplit(":", 1)[0] if "@" not in reference else reference.split("@", 1)[0]
+    return f"{repo}@{digest}"
+
+
+def fake_digest(reference: str) -> str:
+    """A stable stand-in digest for offline runs (tools/mocks.py); never used against a registry."""
+    return "sha256:" + hashlib.sha256(reference.encode()).hexdigest()
