@@ -114,10 +114,14 @@ def test_host_rules_route_each_host_to_its_port(door):
 
 
 def test_instance_group_holds_the_vm(door):
-    group = door.one("gcp:compute/instanceGroup:InstanceGroup").inputs
-    vm = door.one(INSTANCE).inputs
-    assert group["zone"] == vm["zone"]
-    assert group["instances"] == [f"https://www.googleapis.com/compute/v1/projects/example-convex-dev/zones/{vm['zone']}/instances/{vm['name']}"]
+    group = door.one("gcp:compute/instanceGroup:InstanceGroup")
+    vm = door.one(INSTANCE)
+    member = door.one("gcp:compute/instanceGroupMembership:InstanceGroupMembership")
+    assert group.inputs["zone"] == vm.inputs["zone"] == member.inputs["zone"]
+    # A separate membership, not the group's `instances`: it is re-created with a replaced VM (tests/test_engine.py).
+    assert "instances" not in group.inputs
+    assert member.inputs["instance"] == f"https://www.googleapis.com/compute/v1/projects/example-convex-dev/zones/{vm.inputs['zone']}/instances/{vm.inputs['name']}"
+    assert member.inputs["instanceGroup"] == group.inputs["name"] and vm.urn in member.dependencies
 
 
 def test_websocket_timeout_is_long_and_configurable(door):

@@ -36,7 +36,7 @@ def test_prod_has_monitoring_by_default_with_its_email_channel():
     plan = run_plan_with("prod", {})
     # A prod plan that fails must fail this test, not skip it.
     assert not plan.error, plan.error
-    assert [c.inputs["labels"] for c in plan.of_type(CHANNEL)] == [{"email_address": "oncall@example.com"}]
+    assert [c.inputs["labels"] for c in plan.of_type(CHANNEL)] == [{"email_address": "oncall@acmecorp.dev"}]  # tools/offline_values.py
     assert len(plan.of_type(ALERT)) == 8
     # Labelled like every other component: the stack name, not the resource prefix.
     labelled = plan.of_type(CHANNEL) + plan.of_type(ALERT) + plan.of_type(UPTIME)
@@ -113,15 +113,26 @@ def test_vm_down_and_uptime_failure_policies(monitored):
     assert down.inputs["severity"] == "CRITICAL"
 
 
-def test_restart_alerts_count_each_containers_start_line(monitored):
-    metrics = {m.name: m for m in monitored.of_type("gcp:logging/metric:Metric")}
-    assert set(metrics) == {"monitoring-cloudsql-proxy-starts", "monitoring-convex-backend-starts"}
-    backend = metrics["monitoring-convex-backend-starts"].inputs["filter"]
-    assert START_LINES["convex-backend"] in backend and 'jsonPayload.container.name:"convex-backend"' in backend
-    assert 'logName="projects/example-convex-dev/logs/gcplogs-docker-driver"' in backend
-    policy = monitored.by_name("monitoring-convex-backend-restarts").inputs["conditions"][0]["conditionThreshold"]
-    assert "logging.googleapis.com/user/convex-dev-convex-backend-starts" in policy["filter"]
-    assert policy["thresholdValue"] == 2 and policy["aggregations"][0]["alignmentPeriod"] == "600s"
+def test_restart_alerts_match_each_containers_start_line(monitored):
+    # Log-match conditions: no log-based metric that a first deploy's alert policy would 404 on.
+    assert monitored.of_type("gcp:logging/metric:Metric") == []
+    for container in START_LINES:
+        policy = monitored.by_name(f"monitoring-{container}-restarts").inputs
+        log = policy["conditions"][0]["conditionMatchedLog"]["filter"]
+        assert START_LINES[container] in log and f'jsonPayload.container.name:"{container}"' in log
+        assert 'logName="projects/example-convex-dev/logs/gcplogs-docker-driver"' in log
+        assert 'resource.labels.instance_id="1234567890"' in log
+        # Monitoring requires a notification rate limit on log-match policies.
+        assert policy["alertStrategy"]["notificationRateLimit"]["period"] == "600s"
+
+
+def test_connections_alert_sums_the_instances_databases(monitored):
+    threshold = monitored.by_name("monitoring-sql-connections").inputs["conditions"][0]["conditionThreshold"]
+    (aggregation,) = threshold["aggregations"]
+    assert aggregation["crossSeriesReducer"] == "REDUCE_SUM"
+    assert aggregation["groupByFields"] == ["resource.label.database_id"]
+    cpu = monitored.by_name("monitoring-sql-cpu").inputs["conditions"][0]["conditionThreshold"]
+    assert "crossSeriesReducer" not in cpu["aggregations"][0]
 
 
 def test_data_disk_snapshot_schedule_attached_to_the_data_disk():

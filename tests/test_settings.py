@@ -198,7 +198,6 @@ def test_prod_requires_iam_auth_and_proxy():
     "changes, path",
     [
         ({"database": {"deletionProtection": False}}, "convex-gcp:database.deletionProtection"),
-        ({"vm": {"deletionProtection": False}}, "convex-gcp:vm.deletionProtection"),
         ({"database": {"connectorEnforcement": False}}, "convex-gcp:database.connectorEnforcement"),
         ({"database": {"tier": "db-g1-small"}}, "convex-gcp:database.tier"),
         ({"network": {"dashboardSourceRanges": ["0.0.0.0/0"]}}, "convex-gcp:network.dashboardSourceRanges"),
