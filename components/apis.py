@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import pulumi
@@ -35,8 +34,17 @@ def required_apis(connection_mode: str, managed_dns_zone: bool) -> tuple[str, ..
 PROPAGATION_SECONDS = 90
 
 
-class _PropagationWait(dynamic.ResourceProvider):
-    """time_sleep's create_duration: sleep on create only; a changed API list replaces it (sleeps again)."""
+# The provider is pickled into the state (dill) and unpickled by the dynamic-provider process, which cannot
+# import this project's modules (a class from `components.apis` is pickled by reference and fails there
+# with "No module named 'components'", cf. pulumi/pulumi#7453). Defined outside any module, it is pickled
+# by value and needs only `time` and `pulumi.dynamic`.
+_PROVIDER_SOURCE = """
+import time
+from pulumi import dynamic
+
+
+class PropagationWait(dynamic.ResourceProvider):
+    \"\"\"time_sleep's create_duration: sleep on create only; a changed API list replaces it (sleeps again).\"\"\"
 
     def create(self, props):
         time.sleep(int(props["seconds"]))
@@ -45,6 +53,10 @@ class _PropagationWait(dynamic.ResourceProvider):
     def diff(self, _id, olds, news):
         changed = sorted(olds.get("services") or []) != sorted(news.get("services") or [])
         return dynamic.DiffResult(changes=changed, replaces=["services"] if changed else [], delete_before_replace=False)
+"""
+_namespace: dict = {"__name__": "__main__"}
+exec(compile(_PROVIDER_SOURCE, "<convex-gcp api propagation wait>", "exec"), _namespace)  # noqa: S102
+_PropagationWait = _namespace["PropagationWait"]
 
 
 class ApiPropagationWait(dynamic.Resource):

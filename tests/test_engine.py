@@ -106,7 +106,7 @@ def plan_dep(plan, urn):
 
 def test_propagation_wait_sleeps_only_on_create(monkeypatch):
     slept = []
-    monkeypatch.setattr("components.apis.time.sleep", slept.append)
+    monkeypatch.setattr("time.sleep", slept.append)
     provider = _PropagationWait()
     provider.create({"services": ["a", "b"], "seconds": 90})
     assert slept == [90]
@@ -115,6 +115,24 @@ def test_propagation_wait_sleeps_only_on_create(monkeypatch):
     more = provider.diff("id", {"services": ["a"], "seconds": 90}, {"services": ["a", "b"], "seconds": 90})
     assert more.changes and more.replaces == ["services"]
     assert issubclass(ApiPropagationWait, object)
+
+
+def test_propagation_provider_unpickles_without_this_project(tmp_path):
+    # The dynamic-provider process unpickles the provider from the state; it cannot import `components`.
+    import subprocess
+    import sys
+
+    from pulumi.dynamic.dynamic import serialize_provider
+
+    blob = tmp_path / "provider.b64"
+    blob.write_text(serialize_provider(_PropagationWait()))
+    code = (
+        "import base64, sys, dill; p = dill.loads(base64.b64decode(open(sys.argv[1]).read()));"
+        "d = p.diff('i', {'services': ['a']}, {'services': ['a', 'b']}); print(d.replaces, p.create({'services': ['a'], 'seconds': 0}).id)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(blob)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["['services']", "apis-1"]
 
 
 def test_vm_follows_the_cos_family(plan):
