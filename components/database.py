@@ -136,7 +136,8 @@ class Database(pulumi.ComponentResource):
         else:
             # Deleted instance names stay reserved for about a week; a suffix lets a stack be recreated.
             # keepers: a ForceNew change replaces the suffix first, so the instance is replaced under a new
-            # name; in prod both are protected, so such a change stops at the preview instead.
+            # name; in prod both are protected, so such a change stops at the preview instead (the engine
+            # refuses to replace a resource protected in both state and program, step_generator.go).
             suffix = random.RandomId(
                 f"{name}-suffix", byte_length=2, keepers=suffix_keepers(s), opts=pulumi.ResourceOptions(parent=self, protect=protect)
             )
