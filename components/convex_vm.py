@@ -3,10 +3,9 @@ persistent data disk; the startup script (vm/startup.sh) runs the Auth Proxy, th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import re
 
 import pulumi
 import pulumi_docker as docker
@@ -201,8 +200,9 @@ class ConvexVm(pulumi.ComponentResource):
                 # first the dependents a replacement would replace (the front door's group membership).
                 delete_before_replace=True,
                 # With Compute Engine deletion protection on, any replacement fails at the delete: hold the
-                # boot image instead (docs/runbooks.md, "Replace the VM").
-                ignore_changes=["bootDisk.initializeParams.image"] if s.vm_deletion_protection else None,
+                # boot image instead (docs/runbooks.md, "Replace the VM"). An adopted VM keeps the image it was
+                # built from, so its import matches (docs/adoption.md).
+                ignore_changes=["bootDisk.initializeParams.image"] if s.vm_deletion_protection or s.adopt.vm else None,
             ),
         )
 
