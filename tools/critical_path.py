@@ -96,7 +96,8 @@ def estimate(plan) -> Estimate:
         if urn in finish:
             return finish[urn]
         r = custom[urn]
-        deps = [d for d in r.dependencies if d in custom and d != urn]
+        # Sorted: the SDK's dependency order varies between runs, and ties must name the same resource.
+        deps = sorted(d for d in r.dependencies if d in custom and d != urn)
         start, prev = 0, None
         for d in deps:
             if done(d) > start:
