@@ -1,4 +1,5 @@
-"""convex-gcp: a Convex self-hosted backend on a VM, reaching a private-IP Cloud SQL."""
+"""convex-gcp: a Convex self-hosted backend on a VM, reaching a private-IP Cloud SQL;
+or, on a `convex-gcp:target: local` stack, the same backend on Docker (docs/local.md)."""
 
 import pulumi
 
@@ -19,182 +20,204 @@ from convex_gcp.settings import (
     IAP_RANGE,
     ConfigError,
     config_from_pulumi,
+    load_local_settings,
     load_settings,
     resource_prefix,
     settings_warnings,
+    stack_target,
 )
 
-try:
-    settings = load_settings(config_from_pulumi(), pulumi.get_stack(), lookup=PulumiLookup())
-except ConfigError as error:
-    raise pulumi.RunError(str(error)) from None
+config = config_from_pulumi()
+if stack_target(config) == "local":
+    from components.local_stack import LocalStack, LocalStackArgs
+    from convex_gcp.local_runtime import local_postgres_url
 
-prefix = resource_prefix(settings.stack)
-domain = settings.domain
-for warning in settings_warnings(settings):
-    pulumi.log.warn(warning)
-apis = ProjectApis(
-    "apis",
-    ProjectApisArgs(project=settings.project, apis=required_apis(settings.connection_mode, bool(domain and domain.managed_zone))),
-)
+    try:
+        local_settings = load_local_settings(config, pulumi.get_stack())
+    except ConfigError as error:
+        raise pulumi.RunError(str(error)) from None
+    local = LocalStack("local", LocalStackArgs(settings=local_settings, prefix=resource_prefix(local_settings.stack)))
+    # A subset of the outputs contract (docs/outputs.md), plus how to print the admin key.
+    pulumi.export("convex_url", local.convex_url)
+    pulumi.export("convex_site_url", local.convex_site_url)
+    if local_settings.convex.dashboard:
+        pulumi.export("dashboard_url", local.dashboard_url)
+    pulumi.export("database_name", local_settings.database_name)
+    pulumi.export("connection_mode", local_settings.connection_mode)
+    pulumi.export("admin_key_command", local.admin_key_command)
+    pulumi.export("postgres_url", pulumi.Output.secret(local.password.apply(lambda pw: local_postgres_url(local_settings, pw))))
+else:
+    try:
+        settings = load_settings(config, pulumi.get_stack(), lookup=PulumiLookup())
+    except ConfigError as error:
+        raise pulumi.RunError(str(error)) from None
 
-network = Network(
-    "network",
-    NetworkArgs(
-        prefix=prefix,
-        region=settings.region,
-        subnet_cidr=settings.network.subnet_cidr,
-        private_services_prefix_length=settings.network.private_services_prefix_length,
-        api_source_ranges=settings.network.api_source_ranges,
-        dashboard_source_ranges=settings.network.dashboard_source_ranges if settings.convex.dashboard else [],
-        ssh_source_ranges=settings.network.ssh_source_ranges,
-        iap_range=IAP_RANGE,
-        iap_ports=[22, DASHBOARD_PORT] if settings.convex.dashboard else [22],
-        is_prod=settings.is_prod,
-        existing_network=settings.network.existing_network,
-        existing_subnetwork=settings.network.existing_subnetwork,
-        peering_range_name=settings.adopt.peering_range,
-        peering_range_import_id=import_ids(settings)["peering_range"],
-        connection_import_id=import_ids(settings)["peering_connection"],
-        load_balancer_ranges=list(GOOGLE_LB_RANGES) if domain else [],
-        load_balancer_ports=([API_PORT, SITE_PORT] + ([DASHBOARD_PORT] if domain.dashboard_host else [])) if domain else [],
-        depends_on=apis.services,
-    ),
-)
-
-identity = Identity(
-    "identity",
-    IdentityArgs(
-        prefix=prefix,
-        project=settings.project,
-        region=settings.region,
-        iam_auth=settings.iam_auth,
-        labels=settings.labels,
-        sql_admin=settings.connection_mode != "plaintext",
-        list_server_cas=settings.connection_mode == "ssl",
-        protect_secrets=settings.is_prod,
-        depends_on=apis.services,
-    ),
-)
-
-database = Database(
-    "database",
-    DatabaseArgs(
-        settings=settings,
-        prefix=prefix,
-        private_network=network.network_id,
-        service_networking_connection=network.connection,
-        service_account_email=identity.service_account.email,
-        db_password=identity.db_password,
-        allocated_ip_range=network.peering_range.name,
-        depends_on=apis.services,
-    ),
-)
-
-private_dns = None
-if settings.connection_mode == "ssl":
-    private_dns = PrivateDns(
-        "sql-dns",
-        PrivateDnsArgs(
-            prefix=prefix,
-            network=network.network_id,
-            dns_name=database.private_dns_name,
-            private_ip=database.instance.private_ip_address,
-            labels=settings.labels,
-            depends_on=apis.services,
-        ),
+    prefix = resource_prefix(settings.stack)
+    domain = settings.domain
+    for warning in settings_warnings(settings):
+        pulumi.log.warn(warning)
+    apis = ProjectApis(
+        "apis",
+        ProjectApisArgs(project=settings.project, apis=required_apis(settings.connection_mode, bool(domain and domain.managed_zone))),
     )
 
-vm = ConvexVm(
-    "convex",
-    ConvexVmArgs(
-        settings=settings,
-        prefix=prefix,
-        subnetwork=network.subnetwork_id,
-        network_tag=VM_TAG,
-        service_account_email=identity.service_account.email,
-        # Computed from inputs: in proxy mode the VM boots and pulls while Cloud SQL is created, and its
-        # boot path waits for the database (tools/critical_path.py).
-        connection_name=database.connection_name,
-        database_user=database.user_name,
-        instance_secret_id=identity.instance_secret.id,
-        admin_key_secret_id=identity.admin_key.id,
-        db_password_secret_id=identity.db_password_secret.id if identity.db_password_secret else "",
-        sql_dns_name=database.private_dns_name if settings.connection_mode == "ssl" else "",
-        sql_private_ip=database.instance.private_ip_address if settings.connection_mode == "plaintext" else "",
-        # Boot once the VM's roles exist; ssl and plaintext modes also need the instance's address (and the
-        # DNS record), so they still wait for the database and its user.
-        depends_on=[*identity.vm_prerequisites]
-        + ([] if settings.connection_mode == "proxy" else [database.database, database.user])
-        + ([private_dns.record] if private_dns else []),
-    ),
-    opts=pulumi.ResourceOptions(depends_on=apis.services),
-)
-
-front_door = None
-if domain is not None:
-    front_door = FrontDoor(
-        "front-door",
-        FrontDoorArgs(
-            prefix=prefix,
-            domain=domain,
-            is_prod=settings.is_prod,
-            zone=settings.zone,
-            instance_self_link=vm.self_link,
-            depends_on=apis.services,
-        ),
-    )
-
-if settings.vm.data_disk_snapshots.enabled:
-    DataDiskBackups(
-        "data-backups",
-        DataDiskBackupsArgs(
+    network = Network(
+        "network",
+        NetworkArgs(
             prefix=prefix,
             region=settings.region,
-            zone=settings.zone,
-            disk_name=vm.data_disk.name,
-            snapshots=settings.vm.data_disk_snapshots,
-            labels=settings.labels,
+            subnet_cidr=settings.network.subnet_cidr,
+            private_services_prefix_length=settings.network.private_services_prefix_length,
+            api_source_ranges=settings.network.api_source_ranges,
+            dashboard_source_ranges=settings.network.dashboard_source_ranges if settings.convex.dashboard else [],
+            ssh_source_ranges=settings.network.ssh_source_ranges,
+            iap_range=IAP_RANGE,
+            iap_ports=[22, DASHBOARD_PORT] if settings.convex.dashboard else [22],
+            is_prod=settings.is_prod,
+            existing_network=settings.network.existing_network,
+            existing_subnetwork=settings.network.existing_subnetwork,
+            peering_range_name=settings.adopt.peering_range,
+            peering_range_import_id=import_ids(settings)["peering_range"],
+            connection_import_id=import_ids(settings)["peering_connection"],
+            load_balancer_ranges=list(GOOGLE_LB_RANGES) if domain else [],
+            load_balancer_ports=([API_PORT, SITE_PORT] + ([DASHBOARD_PORT] if domain.dashboard_host else [])) if domain else [],
+            depends_on=apis.services,
         ),
-        opts=pulumi.ResourceOptions(depends_on=apis.services),
     )
 
-if settings.monitoring_enabled:
-    Monitoring(
-        "monitoring",
-        MonitoringArgs(
-            project=settings.project,
+    identity = Identity(
+        "identity",
+        IdentityArgs(
             prefix=prefix,
+            project=settings.project,
+            region=settings.region,
+            iam_auth=settings.iam_auth,
             labels=settings.labels,
-            settings=settings.monitoring,
-            convex_url=vm.convex_url,
-            sql_database_id=database.instance.name.apply(lambda instance: f"{settings.project}:{instance}"),
-            vm_instance_id=vm.instance.instance_id,
-            vm_name=vm.instance.name,
-            max_connections=settings.max_connections,
+            sql_admin=settings.connection_mode != "plaintext",
+            list_server_cas=settings.connection_mode == "ssl",
+            protect_secrets=settings.is_prod,
+            depends_on=apis.services,
+        ),
+    )
+
+    database = Database(
+        "database",
+        DatabaseArgs(
+            settings=settings,
+            prefix=prefix,
+            private_network=network.network_id,
+            service_networking_connection=network.connection,
+            service_account_email=identity.service_account.email,
+            db_password=identity.db_password,
+            allocated_ip_range=network.peering_range.name,
+            depends_on=apis.services,
+        ),
+    )
+
+    private_dns = None
+    if settings.connection_mode == "ssl":
+        private_dns = PrivateDns(
+            "sql-dns",
+            PrivateDnsArgs(
+                prefix=prefix,
+                network=network.network_id,
+                dns_name=database.private_dns_name,
+                private_ip=database.instance.private_ip_address,
+                labels=settings.labels,
+                depends_on=apis.services,
+            ),
+        )
+
+    vm = ConvexVm(
+        "convex",
+        ConvexVmArgs(
+            settings=settings,
+            prefix=prefix,
+            subnetwork=network.subnetwork_id,
+            network_tag=VM_TAG,
+            service_account_email=identity.service_account.email,
+            # Computed from inputs: in proxy mode the VM boots and pulls while Cloud SQL is created, and its
+            # boot path waits for the database (tools/critical_path.py).
+            connection_name=database.connection_name,
+            database_user=database.user_name,
+            instance_secret_id=identity.instance_secret.id,
+            admin_key_secret_id=identity.admin_key.id,
+            db_password_secret_id=identity.db_password_secret.id if identity.db_password_secret else "",
+            sql_dns_name=database.private_dns_name if settings.connection_mode == "ssl" else "",
+            sql_private_ip=database.instance.private_ip_address if settings.connection_mode == "plaintext" else "",
+            # Boot once the VM's roles exist; ssl and plaintext modes also need the instance's address (and the
+            # DNS record), so they still wait for the database and its user.
+            depends_on=[*identity.vm_prerequisites]
+            + ([] if settings.connection_mode == "proxy" else [database.database, database.user])
+            + ([private_dns.record] if private_dns else []),
         ),
         opts=pulumi.ResourceOptions(depends_on=apis.services),
     )
 
-# The outputs contract (docs/outputs.md): names are stable; nothing here is a secret value.
-pulumi.export("convex_url", vm.convex_url)
-pulumi.export("convex_site_url", vm.convex_site_url)
-if settings.convex.dashboard:
-    pulumi.export("dashboard_url", vm.dashboard_url)
-pulumi.export("admin_key_secret", identity.admin_key.id)
-pulumi.export("sql_instance_name", database.instance.name)
-pulumi.export("sql_connection_name", database.instance.connection_name)
-pulumi.export("sql_private_ip", database.instance.private_ip_address)
-pulumi.export("database_name", database.database.name)
-pulumi.export("database_user", database.user.name)
-pulumi.export("vm_name", vm.instance.name)
-pulumi.export("vm_zone", vm.instance.zone)
-pulumi.export("vm_internal_ip", vm.internal_ip)
-pulumi.export("vm_service_account", identity.service_account.email)
-pulumi.export("network", network.network_name)
-pulumi.export("subnetwork", network.subnetwork_name)
-pulumi.export("peering_range", network.peering_range.name)
-pulumi.export("connection_mode", settings.connection_mode)
-if front_door is not None:
-    # Point the hosts' A records here when no managed zone holds them (docs/front-door.md).
-    pulumi.export("front_door_ip", front_door.ip)
+    front_door = None
+    if domain is not None:
+        front_door = FrontDoor(
+            "front-door",
+            FrontDoorArgs(
+                prefix=prefix,
+                domain=domain,
+                is_prod=settings.is_prod,
+                zone=settings.zone,
+                instance_self_link=vm.self_link,
+                depends_on=apis.services,
+            ),
+        )
+
+    if settings.vm.data_disk_snapshots.enabled:
+        DataDiskBackups(
+            "data-backups",
+            DataDiskBackupsArgs(
+                prefix=prefix,
+                region=settings.region,
+                zone=settings.zone,
+                disk_name=vm.data_disk.name,
+                snapshots=settings.vm.data_disk_snapshots,
+                labels=settings.labels,
+            ),
+            opts=pulumi.ResourceOptions(depends_on=apis.services),
+        )
+
+    if settings.monitoring_enabled:
+        Monitoring(
+            "monitoring",
+            MonitoringArgs(
+                project=settings.project,
+                prefix=prefix,
+                labels=settings.labels,
+                settings=settings.monitoring,
+                convex_url=vm.convex_url,
+                sql_database_id=database.instance.name.apply(lambda instance: f"{settings.project}:{instance}"),
+                vm_instance_id=vm.instance.instance_id,
+                vm_name=vm.instance.name,
+                max_connections=settings.max_connections,
+            ),
+            opts=pulumi.ResourceOptions(depends_on=apis.services),
+        )
+
+    # The outputs contract (docs/outputs.md): names are stable; nothing here is a secret value.
+    pulumi.export("convex_url", vm.convex_url)
+    pulumi.export("convex_site_url", vm.convex_site_url)
+    if settings.convex.dashboard:
+        pulumi.export("dashboard_url", vm.dashboard_url)
+    pulumi.export("admin_key_secret", identity.admin_key.id)
+    pulumi.export("sql_instance_name", database.instance.name)
+    pulumi.export("sql_connection_name", database.instance.connection_name)
+    pulumi.export("sql_private_ip", database.instance.private_ip_address)
+    pulumi.export("database_name", database.database.name)
+    pulumi.export("database_user", database.user.name)
+    pulumi.export("vm_name", vm.instance.name)
+    pulumi.export("vm_zone", vm.instance.zone)
+    pulumi.export("vm_internal_ip", vm.internal_ip)
+    pulumi.export("vm_service_account", identity.service_account.email)
+    pulumi.export("network", network.network_name)
+    pulumi.export("subnetwork", network.subnetwork_name)
+    pulumi.export("peering_range", network.peering_range.name)
+    pulumi.export("connection_mode", settings.connection_mode)
+    if front_door is not None:
+        # Point the hosts' A records here when no managed zone holds them (docs/front-door.md).
+        pulumi.export("front_door_ip", front_door.ip)

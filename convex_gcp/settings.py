@@ -458,7 +458,7 @@ def load_settings(config: dict[str, Any], stack: str, lookup: Optional[Lookup] =
     """Build Settings from a flat Pulumi config map (`ns:key` → value); raise ConfigError.
     `lookup` asks the project for its zones and machine types (convex_gcp/placement.py);
     without it, or when it cannot answer, the table in gce_catalog is the reference."""
-    problems: list[Problem] = []
+    problems: list[Problem] = check_target(config)
     raw: dict[str, Any] = {"stack": stack}
     for field in ("project", "region"):
         value = config.get(f"gcp:{field}")
@@ -466,7 +466,7 @@ def load_settings(config: dict[str, Any], stack: str, lookup: Optional[Lookup] =
             raw[field] = value
     for key, value in config.items():
         namespace, _, name = key.partition(":")
-        if namespace != PROJECT:
+        if namespace != PROJECT or name in ("target", *_LOCAL_ONLY):
             continue
         if name not in _TOP_LEVEL:
             problems.append(_unknown_top_level(name, value))
@@ -937,3 +937,139 @@ def config_from_pulumi() -> dict[str, Any]:
     merged: dict[str, Any] = dict(runtime_config.get_config_env())
     merged.update(runtime_config.CONFIG.get())
     return merged
+
+
+# --------------------------------------------------------------------------- local target (docs/local.md)
+
+TARGETS = ("gcp", "local")
+# Exact tag from docker-library/postgres versions.json ("17": "17.9", variant bookworm); bump deliberately.
+LOCAL_POSTGRES_TAG = "17.9-bookworm"
+_LOCAL_TOP_LEVEL = {"target": "target", "environment": "environment", "convex": "convex", "local": "local"}
+# Keys that only mean something on one target: naming them on the other is an error, not a silent no-op.
+_GCP_ONLY = sorted(set(_TOP_LEVEL) - set(_LOCAL_TOP_LEVEL))
+_LOCAL_ONLY = ["local"]
+
+
+class LocalSettings(_Model):
+    """`convex-gcp:local`: ports on 127.0.0.1 and the Postgres container."""
+
+    api_port: int = Field(3210, ge=1024, le=65535)
+    site_port: int = Field(3211, ge=1024, le=65535)
+    dashboard_port: int = Field(6791, ge=1024, le=65535)
+    # Published on 127.0.0.1 only, so tools/e2e.py can check the documents table.
+    postgres_port: int = Field(5432, ge=1024, le=65535)
+    postgres_tag: str = LOCAL_POSTGRES_TAG
+    # Postgres' own default; the Convex pool is derived from it as on Cloud SQL.
+    max_connections: int = Field(100, ge=20, le=10000)
+
+    @field_validator("postgres_tag")
+    @classmethod
+    def _tag(cls, value: str) -> str:
+        if not re.fullmatch(r"1[5-8]\.\d+(-(bookworm|trixie|alpine3\.\d+))?", value):
+            raise _custom(f"{value!r} is not a pinned postgres image tag", "an exact 15..18 minor tag such as " + LOCAL_POSTGRES_TAG, LOCAL_POSTGRES_TAG)
+        return value
+
+
+class LocalStackSettings(_Model):
+    """A `convex-gcp:target: local` stack: Postgres, the backend and the dashboard on Docker."""
+
+    stack: str
+    target: Literal["local"] = "local"
+    environment: Literal["dev"] = "dev"
+    convex: ConvexSettings = ConvexSettings()
+    local: LocalSettings = LocalSettings()
+
+    # What runtime.backend_env reads, so the local containers get the VM's rendering.
+    domain: None = None
+    # On a private Docker network with no TLS on the server: the VM's plaintext wiring.
+    connection_mode: Literal["plaintext"] = "plaintext"
+    is_prod: bool = False
+
+    @property
+    def max_connections(self) -> int:
+        return self.local.max_connections
+
+    @property
+    def pool_size(self) -> int:
+        return self.convex.pool_size or cloudsql.derived_pool(self.max_connections)
+
+    @property
+    def database_name(self) -> str:
+        return cloudsql.database_name(self.convex.instance_name)
+
+
+def stack_target(config: dict[str, Any]) -> str:
+    """`convex-gcp:target` (default gcp); an unknown value is reported by the loaders."""
+    return str(config.get(f"{PROJECT}:target") or "gcp")
+
+
+def _wrong_target(config: dict[str, Any], target: str) -> list[Problem]:
+    problems = []
+    if target == "local":
+        foreign = [k for k in sorted(config) if k.startswith("gcp:")] + [f"{PROJECT}:{k}" for k in _GCP_ONLY if f"{PROJECT}:{k}" in config]
+        for key in foreign:
+            problems.append(Problem(key, "is a Google Cloud setting; a local stack runs on Docker and would ignore it", "on a local stack: convex-gcp:target, environment (dev), convex, local", f"pulumi config rm '{key}'"))
+    else:
+        for name in _LOCAL_ONLY:
+            key = f"{PROJECT}:{name}"
+            if key in config:
+                problems.append(Problem(key, "is a setting of local (Docker) stacks; this stack deploys to Google Cloud", "unset, or convex-gcp:target local on a stack without gcp:* keys", f"pulumi config rm '{key}'"))
+    return problems
+
+
+def check_target(config: dict[str, Any]) -> list[Problem]:
+    target = stack_target(config)
+    if target not in TARGETS:
+        path = f"{PROJECT}:target"
+        return [Problem(path, f"{target!r} is not a target", "gcp (default) or local", set_line(path, "local"))]
+    return _wrong_target(config, target)
+
+
+def load_local_settings(config: dict[str, Any], stack: str) -> LocalStackSettings:
+    """Build a local stack's settings; GCP-only keys are errors. Raise ConfigError."""
+    problems = check_target(config)
+    raw: dict[str, Any] = {"stack": stack}
+    for key, value in config.items():
+        namespace, _, name = key.partition(":")
+        if namespace != PROJECT or name in _GCP_ONLY:
+            continue  # reported by check_target
+        if name not in _LOCAL_TOP_LEVEL:
+            problems.append(Problem(key, "unknown key", "keys on a local stack: " + ", ".join(_LOCAL_TOP_LEVEL), f"pulumi config rm '{key}'"))
+            continue
+        raw[name] = value if name in ("target", "environment") else _parse_value(value)
+    try:
+        settings = LocalStackSettings.model_validate(raw)
+    except ValidationError as error:
+        problems += [_local_problem(e) for e in error.errors(include_url=False)]
+        raise ConfigError(problems, stack) from None
+    limit = cloudsql.max_pool(settings.max_connections)
+    if settings.convex.pool_size is not None and settings.convex.pool_size > limit:
+        path = f"{PROJECT}:convex.poolSize"
+        problems.append(Problem(path, f"{settings.convex.pool_size} connections do not fit under local.maxConnections {settings.max_connections} minus {cloudsql.pool_headroom(settings.max_connections)} kept free", f"1 to {limit}, or unset to derive it", set_line(path, limit)))
+    ports = {"apiPort": settings.local.api_port, "sitePort": settings.local.site_port, "dashboardPort": settings.local.dashboard_port, "postgresPort": settings.local.postgres_port}
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port in seen:
+            path = f"{PROJECT}:local.{key}"
+            problems.append(Problem(path, f"port {port} is also local.{seen[port]}", "a distinct port on 127.0.0.1", set_line(path, max(ports.values()) + 1)))
+        seen.setdefault(port, key)
+    if problems:
+        raise ConfigError(problems, stack)
+    return settings
+
+
+def _local_problem(error: dict[str, Any]) -> Problem:
+    """The shared pydantic → Problem rendering, with the local model's key names."""
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden" and len(loc) > 1:
+        parent: Any = LocalStackSettings
+        for part in loc[:-1]:
+            field = next((f for n, f in parent.model_fields.items() if part in (n, f.alias)), None)
+            parent = field.annotation if field is not None else None
+            if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
+                break
+        if isinstance(parent, type) and issubclass(parent, BaseModel):
+            known = sorted(f.alias or n for n, f in parent.model_fields.items())
+            path = _key_path(loc)
+            return Problem(path, f"unknown key {str(loc[-1])!r}", "keys: " + ", ".join(known), f"pulumi config rm --path '{path}'")
+    return _problem_from_pydantic(error)

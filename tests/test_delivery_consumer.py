@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import ROOT, run_plan
 from tools import runner
-from tools.render_plans import stacks
+from tools.render_plans import gcp_stacks
 
 CONSUMER = ROOT / "examples" / "consumer"
 MEMBER = "serviceAccount:web-ci@example-web.iam.gserviceaccount.com"
@@ -29,7 +29,7 @@ def stack_outputs(stack: str) -> dict:
     return {k: v["value"] for k, v in run_plan(stack).outputs.items()}
 
 
-@pytest.mark.parametrize("stack", stacks())
+@pytest.mark.parametrize("stack", gcp_stacks())
 def test_consumer_reads_every_stack(tmp_path, stack):
     outputs = stack_outputs(stack)
     result = run_consumer(tmp_path, outputs, stack)

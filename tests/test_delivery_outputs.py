@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.conftest import ROOT, run_plan
-from tools.render_plans import stacks
+from tools.render_plans import gcp_stacks
 
 CONTRACT = json.loads((ROOT / "docs" / "outputs.json").read_text())
 NAMES = set(CONTRACT["outputs"])
@@ -43,7 +43,7 @@ def test_released_names_are_still_in_the_contract():
         f"__main__.py and docs/outputs.json, or bump docs/outputs.json to {MAJOR + 1}.0.0 and record the break")
 
 
-@pytest.mark.parametrize("stack", stacks())
+@pytest.mark.parametrize("stack", gcp_stacks())
 def test_stack_exports_match_the_contract(stack):
     plan = run_plan(stack)
     assert not plan.error, plan.error
@@ -60,7 +60,7 @@ def test_stack_exports_match_the_contract(stack):
 
 
 def test_every_conditional_output_is_exported_by_some_stack():
-    exported = set().union(*(run_plan(s).outputs for s in stacks()))
+    exported = set().union(*(run_plan(s).outputs for s in gcp_stacks()))
     conditional = {n for n, spec in CONTRACT["outputs"].items() if spec["when"] != "always"}
     assert conditional <= exported, sorted(conditional - exported)
 
@@ -72,7 +72,7 @@ def test_docs_describe_every_output_and_the_version():
     assert documented == NAMES, {"undocumented": sorted(NAMES - documented), "unknown": sorted(documented - NAMES)}
 
 
-@pytest.mark.parametrize("stack", stacks())
+@pytest.mark.parametrize("stack", gcp_stacks())
 def test_no_contract_output_is_a_secret_value(stack):
     # Consumers read these in plaintext; the admin key is published as its Secret Manager id only.
     secret = sorted(k for k, v in run_plan(stack).outputs.items() if v["secret"])

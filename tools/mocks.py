@@ -19,6 +19,8 @@ VM_INTERNAL_IP = "10.20.0.2"
 FRONT_DOOR_IP = "34.117.20.30"
 # Shape of a private-services-access instance's DNS name: <uid>.<project label>.<region>.sql-psa.goog.
 SQL_DNS_UID = "0f1e2d3c4b5a"
+# A sha256 image id, as `docker inspect` shows it.
+DOCKER_IMAGE_ID = "5" * 64
 
 
 class GcpMocks(pulumi.runtime.Mocks):
@@ -72,6 +74,12 @@ class GcpMocks(pulumi.runtime.Mocks):
             out = {"uptimeCheckId": f"{args.name}-check-id", "name": f"projects/{p}/uptimeCheckConfigs/{args.name}-check-id"}
         elif t == "gcp:monitoring/notificationChannel:NotificationChannel":
             out = {"name": f"projects/{p}/notificationChannels/{args.name}"}
+        elif t == "docker:index/remoteImage:RemoteImage":
+            # Read from the Docker daemon after the pull; the id is image id + name (terraform-provider-docker).
+            rid = f"sha256:{DOCKER_IMAGE_ID}{inputs['name']}"
+            out = {"imageId": f"sha256:{DOCKER_IMAGE_ID}", "repoDigest": f"{inputs['name'].rsplit(':', 1)[0]}@sha256:{DOCKER_IMAGE_ID}"}
+        elif t in ("docker:index/volume:Volume", "docker:index/network:Network"):
+            rid = inputs.get("name") or args.name
         elif t == "gcp:monitoring/alertPolicy:AlertPolicy":
             out = {"name": f"projects/{p}/alertPolicies/{args.name}"}
         return rid, {**inputs, **out}

@@ -297,7 +297,11 @@ _KEY_SETTINGS = {
     "gcp:sql/user:User": ["name", "type", "databaseRoles"],
     "gcp:projects/iAMMember:IAMMember": ["role"],
     "gcp:secretmanager/secretIamMember:SecretIamMember": ["role"],
+    "docker:index/remoteImage:RemoteImage": ["name"],
+    "docker:index/container:Container": ["name", "ports", "volumes", "healthcheck.tests", "stopSignal", "wait"],
 }
+# Environment values that carry a password: shown as [secret] in renderings.
+_SECRET_ENV = ("POSTGRES_URL=", "POSTGRES_PASSWORD=")
 
 
 def _get(data: Any, dotted: str) -> Any:
@@ -331,6 +335,12 @@ def render_markdown(plan: Plan) -> str:
                 lines += [f"- `{key}`:", "", "```", value.rstrip("\n"), "```", ""]
             else:
                 lines.append(f"- `{key}`: `{value}`")
+    containers = sorted((r for r in plan.resources if r.type == "docker:index/container:Container"), key=lambda r: r.name)
+    if containers:
+        lines += ["", "## Container environments", ""]
+        for r in containers:
+            envs = [e.split("=", 1)[0] + "=[secret]" if e.startswith(_SECRET_ENV) else e for e in r.inputs.get("envs") or []]
+            lines += [f"- `{r.inputs.get('name')}`:", "", "```", *sorted(envs), "```", ""]
     lines += ["", "## Outputs", "", "| name | value |", "|---|---|"]
     for key, out in sorted(plan.outputs.items()):
         lines.append(f"| {key} | {'[secret]' if out['secret'] else '`' + str(out['value']) + '`'} |")

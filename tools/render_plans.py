@@ -23,6 +23,13 @@ def stacks() -> list[str]:
     return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in ROOT.glob("Pulumi.*.yaml"))
 
 
+def gcp_stacks() -> list[str]:
+    """The stacks that deploy to Google Cloud (not `convex-gcp:target: local`, docs/local.md)."""
+    from tools.plan import stack_config
+
+    return [s for s in stacks() if stack_config(s).get("convex-gcp:target", "gcp") == "gcp"]
+
+
 def render(stack: str) -> str:
     """The Markdown `python -m tools.plan <stack>` prints; one process per stack because the SDK's
     mock state is process-global (forked from tools.runner's server, which has the SDK imported)."""
