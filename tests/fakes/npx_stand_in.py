@@ -1,0 +1,34 @@
+"""Stand-in `npm` and `npx` for tools/e2e.py (installed on PATH under both names).
+
+npm: `npm ci` refuses to run without package-lock.json, as the real one does. npx: `convex deploy`
+reads CONVEX_SELF_HOSTED_URL and CONVEX_SELF_HOSTED_ADMIN_KEY (npm-packages/convex/src/cli/lib/utils/
+utils.ts) and pushes to the fake backend with "Authorization: Convex <key>". Every call is logged
+as a JSON line to $FAKE_NPX_LOG."""
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+name = Path(sys.argv[0]).name
+args = sys.argv[1:]
+with open(os.environ["FAKE_NPX_LOG"], "a") as log:
+    log.write(json.dumps({"tool": name, "args": args, "cwd": os.getcwd(),
+                          "url": os.environ.get("CONVEX_SELF_HOSTED_URL", ""), "deployment": os.environ.get("CONVEX_DEPLOYMENT")}) + "\n")
+if name == "npm":
+    if args[:1] == ["ci"] and not Path("package-lock.json").exists():
+        sys.exit("npm error The `npm ci` command can only install with an existing package-lock.json")
+    sys.exit(0)
+if args[:3] != ["--no-install", "convex", "deploy"]:
+    sys.exit(f"stand-in npx: unexpected {args}")
+url, key = os.environ.get("CONVEX_SELF_HOSTED_URL"), os.environ.get("CONVEX_SELF_HOSTED_ADMIN_KEY")
+if not url or not key:
+    sys.exit("✖ No CONVEX_DEPLOYMENT set, run `npx convex dev` to configure a Convex project")
+request = urllib.request.Request(f"{url}/test/push", data=b"{}", method="POST", headers={"Authorization": f"Convex {key}", "Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(request, timeout=10)
+except urllib.error.HTTPError as error:
+    sys.exit(f"✖ Error: Unable to push deployment config to {url}\n{error.code} {error.read().decode()}")
+print("✔ Deployed Convex functions to " + url)
