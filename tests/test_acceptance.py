@@ -1,0 +1,178 @@
+"""tools/acceptance.py against a stand-in pulumi CLI (tests/fakes/pulumi_cli.py) that records
+calls and writes an engine event log, plus the e2e stand-ins (fake Convex backend, real Postgres)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from convex_gcp.settings import load_settings
+from tests.conftest import ROOT
+from tests.test_e2e_script import ADMIN_KEY, PASSWORD, database_url, fake, outputs, stand_ins  # noqa: F401 (fixtures)
+from tools import acceptance
+
+
+@pytest.fixture
+def pulumi(tmp_path, monkeypatch, stand_ins):  # noqa: F811
+    bin_dir = tmp_path / "pulumi-bin"
+    bin_dir.mkdir()
+    path = bin_dir / "pulumi"
+    path.write_text(f"#!{sys.executable}\n" + (ROOT / "tests" / "fakes" / "pulumi_cli.py").read_text())
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "state").mkdir()
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_PULUMI_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("FAKE_PULUMI_LOG", str(tmp_path / "pulumi.log"))
+    monkeypatch.setenv("FAKE_PULUMI_OUTPUTS", str(tmp_path / "outputs.json"))
+    monkeypatch.delenv("PULUMI_DEBUG_COMMANDS", raising=False)
+    return project
+
+
+def calls(tmp_path: Path) -> list[list[str]]:
+    return [json.loads(line)["args"] for line in (tmp_path / "pulumi.log").read_text().splitlines()]
+
+
+def commands(tmp_path: Path) -> list[str]:
+    return [" ".join(a[:2]) if a[0] == "stack" else a[0] for a in calls(tmp_path)]
+
+
+def local_outputs(tmp_path, fake, database_url) -> None:  # noqa: F811
+    (tmp_path / "outputs.json").write_text(json.dumps({**outputs(fake), "postgres_url": database_url, "connection_mode": "plaintext"}))
+
+
+def run_local(tmp_path, project, **kwargs):
+    return acceptance.run("local", tmp_path / "out", run_id="abcdef12", timeout=30, project_dir=project, **kwargs)
+
+
+def test_local_run_deploys_checks_records_and_tears_down(tmp_path, pulumi, fake, database_url):  # noqa: F811
+    local_outputs(tmp_path, fake, database_url)
+    report = run_local(tmp_path, pulumi)
+    assert report.ok, report.steps
+    assert report.stack == "acc-loc-abcdef12"
+    assert commands(tmp_path) == ["stack init", "up", "stack output", "destroy", "stack rm"]
+    up = calls(tmp_path)[1]
+    assert up[up.index("--event-log") + 1] == str(tmp_path / "out" / "events.jsonl")
+    assert {"--yes", "--skip-preview", "--non-interactive"} <= set(up) and up[up.index("--stack") + 1] == report.stack
+    assert [s.name for s in report.steps] == ["stack-init", "up", "outputs", "version", "e2e", "destroy", "stack-rm"]
+    assert report.time_to_healthy_seconds is not None
+    assert [(r["type"], r["seconds"]) for r in report.resources] == [
+        ("docker:index/container:Container", 30), ("docker:index/network:Network", 20), ("pulumi:pulumi:Stack", 10)]
+    assert report.e2e["error"] == "" and report.e2e["marker"]
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["ok"] is True and saved["resources"] == report.resources
+    assert not (pulumi / f"Pulumi.{report.stack}.yaml").exists()
+
+
+def test_the_stack_file_is_the_committed_local_config(tmp_path, pulumi, fake, database_url, monkeypatch):  # noqa: F811
+    local_outputs(tmp_path, fake, database_url)
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "destroy")
+    report = run_local(tmp_path, pulumi)
+    kept = pulumi / f"Pulumi.{report.stack}.yaml"
+    import yaml
+
+    assert yaml.safe_load(kept.read_text())["config"] == yaml.safe_load((ROOT / "Pulumi.local.yaml").read_text())["config"]
+
+
+def test_no_secret_reaches_the_artifact(tmp_path, pulumi, fake, database_url):  # noqa: F811
+    local_outputs(tmp_path, fake, database_url)
+    run_local(tmp_path, pulumi)
+    for path in (tmp_path / "out").iterdir():
+        text = path.read_text()
+        assert PASSWORD not in text, path.name
+        assert ADMIN_KEY not in text, path.name
+
+
+def test_a_failed_up_still_destroys_and_removes_the_stack(tmp_path, pulumi, monkeypatch):
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "up")
+    report = run_local(tmp_path, pulumi)
+    assert not report.ok
+    assert commands(tmp_path) == ["stack init", "up", "destroy", "stack rm"]
+    assert report.resources[0]["failed"] is True
+    assert [s.name for s in report.steps if not s.ok] == ["up"]
+
+
+def test_a_failed_destroy_keeps_the_stack_for_a_human(tmp_path, pulumi, fake, database_url, monkeypatch):  # noqa: F811
+    local_outputs(tmp_path, fake, database_url)
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "destroy")
+    report = run_local(tmp_path, pulumi)
+    assert not report.ok
+    # stack rm would be refused while resources remain; the stack file stays with the state.
+    assert commands(tmp_path)[-1] == "destroy"
+    assert (pulumi / f"Pulumi.{report.stack}.yaml").exists()
+
+
+@pytest.mark.parametrize("fake", [{"drop_writes": True}], indirect=True)
+def test_a_failed_e2e_fails_the_run_and_still_tears_down(tmp_path, pulumi, fake, database_url):  # noqa: F811
+    local_outputs(tmp_path, fake, database_url)
+    report = run_local(tmp_path, pulumi)
+    assert not report.ok
+    assert [s.name for s in report.steps if not s.ok] == ["e2e"]
+    assert commands(tmp_path)[-2:] == ["destroy", "stack rm"]
+
+
+def test_an_existing_stack_is_never_reused_or_destroyed(tmp_path, pulumi, monkeypatch):
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "init")
+    report = run_local(tmp_path, pulumi)
+    assert not report.ok
+    assert commands(tmp_path) == ["stack init"]
+    assert not list(pulumi.glob("Pulumi.acc-*.yaml"))
+
+
+def test_gcp_run_runs_the_doctor_and_e2e_through_the_tunnel(tmp_path, pulumi, fake, database_url):  # noqa: F811
+    (tmp_path / "outputs.json").write_text(json.dumps({**outputs(fake), "connection_mode": "proxy"}))
+    opened = []
+
+    @contextlib.contextmanager
+    def tunnel(outs):
+        opened.append(outs["connection_mode"])
+        yield database_url
+
+    report = acceptance.run("gcp", tmp_path / "out", project="sandbox-proj-1", region="asia-northeast1", run_id="1234567890",
+                            timeout=30, database_url_for_gcp=tunnel, project_dir=pulumi)
+    names = [s.name for s in report.steps]
+    assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "destroy", "stack-rm"]
+    assert opened == ["proxy"]
+    # No gcloud here: the doctor fails, the run is red, and teardown still ran.
+    assert not report.ok and [s.name for s in report.steps if not s.ok] == ["doctor"]
+    assert json.loads((tmp_path / "out" / "outputs.json").read_text())["connection_mode"] == "proxy"
+
+
+def test_ephemeral_gcp_config_is_valid_and_disposable():
+    stack = acceptance.stack_name("gcp", "98765432101")
+    config = acceptance.stack_config("gcp", "sandbox-proj-1", "asia-northeast1")
+    flat = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v).lower() if isinstance(v, bool) else str(v) for k, v in config.items()}
+    settings = load_settings(flat, stack)
+    assert not settings.is_prod and not settings.sql_deletion_protection and not settings.vm_deletion_protection
+    assert settings.vm.data_disk_snapshots.enabled is False
+    assert settings.zone == "asia-northeast1-a"
+
+
+def test_gcp_needs_a_project_and_region():
+    with pytest.raises(SystemExit, match="--project and --region"):
+        acceptance.stack_config("gcp")
+
+
+def test_resource_timings_pair_steps_and_skip_planning():
+    log = "\n".join(json.dumps(e) for e in [
+        {"sequence": 0, "timestamp": 100, "preludeEvent": {"config": {}}},
+        {"sequence": 1, "timestamp": 100, "resourcePreEvent": {"metadata": {"urn": "u1", "type": "t", "op": "create"}, "planning": True}},
+        {"sequence": 2, "timestamp": 101, "resourcePreEvent": {"metadata": {"urn": "u1", "type": "t", "op": "create"}}},
+        {"sequence": 3, "timestamp": 160, "resOutputsEvent": {"metadata": {"urn": "u1", "type": "t", "op": "create"}}},
+        {"sequence": 4, "timestamp": 170, "resOutputsEvent": {"metadata": {"urn": "never-started", "type": "t", "op": "same"}}},
+    ]) + "\n"
+    assert acceptance.resource_timings(log) == [{"urn": "u1", "type": "t", "op": "create", "seconds": 59, "failed": False}]
+
+
+def test_database_url_quotes_user_and_password():
+    assert acceptance.database_url("convex-dev-vm@p.iam", "", 6000, "convex_dev", "disable") == "postgresql://convex-dev-vm%40p.iam@127.0.0.1:6000/convex_dev?sslmode=disable"
+    assert acceptance.database_url("convex", "a/b", 1, "d", "require") == "postgresql://convex:a%2Fb@127.0.0.1:1/d?sslmode=require"

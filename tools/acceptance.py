@@ -1,0 +1,247 @@
+"""Acceptance run: deploy an ephemeral stack for real, prove it works, always tear it down.
+Like terraform-google-modules' blueprint tests (real deploy, assertions, teardown). The GitHub
+workflow .github/workflows/acceptance.yml runs exactly this (docs/acceptance.md).
+
+    python -m tools.acceptance local --out acceptance-out
+    python -m tools.acceptance gcp --project my-sandbox --region asia-northeast1 --out acceptance-out
+
+Steps: `pulumi stack init` (a fresh stack named acc-<target>-<id>), its config, `pulumi up
+--event-log`, wait for `/version`, `tools.doctor` (gcp), `tools.e2e`, then ALWAYS `pulumi destroy`
+and `pulumi stack rm`. Writes report.json (steps, exit codes, time to healthy, per-resource
+durations from the engine's event log) and the event log itself to --out. Exit 1 when any step,
+teardown included, failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import yaml
+
+from tools import e2e
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = "convex-gcp"
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+@dataclass
+class Report:
+    target: str
+    stack: str
+    steps: list[Step] = field(default_factory=list)
+    time_to_healthy_seconds: Optional[float] = None
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    e2e: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.steps) and all(step.ok for step in self.steps)
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def stack_name(target: str, run_id: str = "") -> str:
+    """acc-<target>-<8 hex>: unique per run and short enough for resource prefixes (16 characters)."""
+    suffix = (run_id or uuid.uuid4().hex)[:8].lower()
+    return f"acc-{'gcp' if target == 'gcp' else 'loc'}-{suffix}"
+
+
+def stack_config(target: str, project: str = "", region: str = "", zone: str = "") -> dict[str, Any]:
+    """The ephemeral stack's config: the committed local or dev stack, made disposable."""
+    base = yaml.safe_load((ROOT / f"Pulumi.{'local' if target == 'local' else 'dev'}.yaml").read_text())["config"]
+    config = dict(base)
+    if target == "gcp":
+        if not project or not region:
+            raise SystemExit("gcp acceptance needs --project and --region (repository variables in CI)")
+        config["gcp:project"], config["gcp:region"] = project, region
+        vm = dict(config.get(f"{PROJECT}:vm") or {})
+        vm["zone"] = zone or f"{region}-a"
+        # Snapshots outlive the disk (keepOnDiskDelete) and would be billed after teardown.
+        vm["dataDiskSnapshots"] = {"enabled": False}
+        config[f"{PROJECT}:vm"] = vm
+        config[f"{PROJECT}:environment"] = "dev"  # no deletion protection: the run must be able to destroy
+    return config
+
+
+def resource_timings(event_log: str) -> list[dict[str, Any]]:
+    """Per-resource durations from `pulumi up --event-log`: one apitype.EngineEvent JSON per line
+    (json.Encoder in startEventLogger), each with `sequence` and `timestamp` (Unix seconds); a step
+    starts at resourcePreEvent and ends at resOutputsEvent or resOpFailedEvent for the same URN
+    (sdk/go/common/apitype/events.go). Whole seconds: sub-second steps show as 0."""
+    started: dict[str, tuple[int, str, str]] = {}
+    timings = []
+    for line in event_log.splitlines():
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        for kind in ("resourcePreEvent", "resOutputsEvent", "resOpFailedEvent"):
+            body = event.get(kind)
+            if not body or body.get("planning"):
+                continue
+            meta = body["metadata"]
+            if kind == "resourcePreEvent":
+                started[meta["urn"]] = (event["timestamp"], meta.get("op", ""), meta.get("type", ""))
+            elif meta["urn"] in started:
+                begin, op, typ = started.pop(meta["urn"])
+                timings.append({"urn": meta["urn"], "type": typ, "op": op, "seconds": event["timestamp"] - begin,
+                                "failed": kind == "resOpFailedEvent"})
+    return sorted(timings, key=lambda t: -t["seconds"])
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Runner:
+    def __init__(self, target: str, stack: str, out: Path, env: dict[str, str], timeout: float, project_dir: Path):
+        self.target, self.stack, self.out, self.env, self.timeout = target, stack, out, env, timeout
+        self.project_dir = project_dir
+        self.report = Report(target, stack)
+
+    def step(self, name: str, command: list[str], cwd: Optional[Path] = None, log_stdout: bool = True) -> subprocess.CompletedProcess:
+        start = time.monotonic()
+        result = subprocess.run(command, cwd=cwd or ROOT, env=self.env, capture_output=True, text=True, timeout=self.timeout)
+        # The log is part of the uploaded artifact: never write output that holds secrets.
+        (self.out / f"{name}.log").write_text((result.stdout if log_stdout else "[stdout not kept: it holds secrets]\n") + result.stderr)
+        self.report.steps.append(Step(name, result.returncode == 0, round(time.monotonic() - start, 3),
+                                      "" if result.returncode == 0 else f"exit {result.returncode}: {result.stderr.strip()[-1500:]}"))
+        return result
+
+    def pulumi(self, name: str, *args: str) -> bool:
+        return self.step(name, ["pulumi", *args, "--stack", self.stack, "--non-interactive"], cwd=self.project_dir).returncode == 0
+
+    def record(self, name: str, ok: bool, seconds: float, detail: str = "") -> None:
+        self.report.steps.append(Step(name, ok, round(seconds, 3), detail))
+
+
+def write_stack_file(project_dir: Path, stack: str, config: dict[str, Any]) -> Path:
+    """Pulumi.<stack>.yaml, as the committed stacks are written (objects stay objects); `pulumi
+    stack init` adds its secrets-provider keys to it and `pulumi stack rm` deletes it."""
+    path = project_dir / f"Pulumi.{stack}.yaml"
+    path.write_text("# Ephemeral acceptance stack (tools/acceptance.py); removed with the stack.\n" + yaml.safe_dump({"config": config}, sort_keys=False))
+    return path
+
+
+def run(target: str, out: Path, project: str = "", region: str = "", zone: str = "", run_id: str = "",
+        timeout: float = 1800, database_url_for_gcp=None, project_dir: Path = ROOT) -> Report:
+    out.mkdir(parents=True, exist_ok=True)
+    stack = stack_name(target, run_id)
+    # `--event-log` is registered only with PULUMI_DEBUG_COMMANDS set (pkg/cmd/pulumi up.go: env.DebugCommands).
+    runner = Runner(target, stack, out, {**os.environ, "PULUMI_DEBUG_COMMANDS": "true"}, timeout, project_dir)
+    report = runner.report
+    created = False
+    stack_file: Optional[Path] = None
+    try:
+        stack_file = write_stack_file(project_dir, stack, stack_config(target, project, region, zone))
+        created = runner.pulumi("stack-init", "stack", "init", stack)
+        if not created:
+            return report
+        event_log = out / "events.jsonl"
+        start = time.monotonic()
+        up_ok = runner.pulumi("up", "up", "--yes", "--skip-preview", "--event-log", str(event_log))
+        if event_log.exists():
+            report.resources = resource_timings(event_log.read_text())
+        if not up_ok:
+            return report
+        result = runner.step("outputs", ["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", stack], cwd=project_dir, log_stdout=False)
+        if result.returncode != 0:
+            return report
+        outputs = json.loads(result.stdout)
+        try:
+            e2e.wait_for_version(outputs["convex_url"], timeout)
+            report.time_to_healthy_seconds = round(time.monotonic() - start, 3)
+            runner.record("version", True, report.time_to_healthy_seconds)
+        except e2e.E2EError as error:
+            runner.record("version", False, time.monotonic() - start, str(error))
+            return report
+        if target == "gcp":
+            # GCP stacks export no secret values (docs/outputs.md), so the saved outputs may be kept.
+            saved = out / "outputs.json"
+            saved.write_text(json.dumps(outputs, indent=1))
+            runner.step("doctor", [sys.executable, "-m", "tools.doctor", stack, "--outputs", str(saved)])
+        begin = time.monotonic()
+        try:
+            opener = (database_url_for_gcp or gcp_database_url)(outputs) if target == "gcp" else contextlib.nullcontext(outputs.get("postgres_url", ""))
+            with opener as database_url:
+                result_e2e = e2e.run(stack, outputs, database_url, timeout=timeout)
+        except Exception as error:  # a tunnel or gcloud failure: recorded, then teardown runs
+            runner.record("e2e", False, time.monotonic() - begin, f"{type(error).__name__}: {error}")
+            return report
+        report.e2e = asdict(result_e2e)
+        runner.record("e2e", not result_e2e.error, time.monotonic() - begin, result_e2e.error)
+        return report
+    finally:
+        if created:
+            # Always, whatever failed above. stack rm without --force refuses while resources remain,
+            # so a failed destroy leaves the stack (and its state) for a human instead of orphaning resources.
+            if runner.pulumi("destroy", "destroy", "--yes", "--skip-preview"):
+                runner.pulumi("stack-rm", "stack", "rm", "--yes")
+        if stack_file is not None and stack_file.exists() and (not created or report.steps[-1].name == "stack-rm" and report.steps[-1].ok):
+            stack_file.unlink()  # kept only while a stack with resources still needs it
+        (out / "report.json").write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=1))
+
+
+@contextlib.contextmanager
+def gcp_database_url(outputs: dict[str, Any]) -> Iterator[str]:
+    """The Convex database through an SSH tunnel over IAP, as tools.doctor reaches it."""
+    from tools.doctor.__main__ import PG_PORT
+    from tools.doctor.checks import StackOutputs, probe_targets
+    from tools.doctor.gcloud_seam import GcloudSeam
+
+    out = StackOutputs.from_json(outputs)
+    seam = GcloudSeam(out.project)
+    vm = seam.instance(out.vm_name, out.vm_zone)
+    config = vm.metadata_env("convex-gcp-config")
+    if out.connection_mode == "proxy":
+        probe = seam.probe(out.vm_name, out.vm_zone, probe_targets(out), ["cloudsql-proxy"])
+        host, sslmode = probe.proxy_ip, "disable"
+    else:
+        host, sslmode = out.sql_private_ip, "require"
+    password = seam.secret(config["DB_PASSWORD_SECRET_ID"]).strip() if config.get("DB_PASSWORD_SECRET_ID") else ""
+    with seam.tunnel(out.vm_name, out.vm_zone, host, PG_PORT) as port:
+        yield database_url(out.database_user, password, port, out.database_name, sslmode)
+
+
+def database_url(user: str, password: str, port: int, database: str, sslmode: str) -> str:
+    from urllib.parse import quote
+
+    auth = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+    return f"postgresql://{auth}@127.0.0.1:{port}/{database}?sslmode={sslmode}"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.acceptance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", choices=["local", "gcp"])
+    parser.add_argument("--out", default="acceptance-out")
+    parser.add_argument("--project", default=os.environ.get("ACCEPTANCE_PROJECT", ""))
+    parser.add_argument("--region", default=os.environ.get("ACCEPTANCE_REGION", ""))
+    parser.add_argument("--zone", default=os.environ.get("ACCEPTANCE_ZONE", ""))
+    parser.add_argument("--run-id", default=os.environ.get("GITHUB_RUN_ID", ""))
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds for each pulumi command and for /version")
+    options = parser.parse_args(argv)
+    report = run(options.target, Path(options.out), options.project, options.region, options.zone, options.run_id, options.timeout)
+    print(json.dumps({"stack": report.stack, "ok": report.ok, "time_to_healthy_seconds": report.time_to_healthy_seconds,
+                      "failed": [s.name for s in report.steps if not s.ok]}, indent=1))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
