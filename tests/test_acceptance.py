@@ -176,3 +176,26 @@ def test_resource_timings_pair_steps_and_skip_planning():
 def test_database_url_quotes_user_and_password():
     assert acceptance.database_url("convex-dev-vm@p.iam", "", 6000, "convex_dev", "disable") == "postgresql://convex-dev-vm%40p.iam@127.0.0.1:6000/convex_dev?sslmode=disable"
     assert acceptance.database_url("convex", "a/b", 1, "d", "require") == "postgresql://convex:a%2Fb@127.0.0.1:1/d?sslmode=require"
+
+
+def test_cleanup_backstop_destroys_a_leftover_stack_and_is_a_no_op_after_a_clean_run(tmp_path, pulumi, monkeypatch):
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "destroy")
+    report = run_local(tmp_path, pulumi)  # no outputs file: the run fails after up, then destroy fails: the stack is left
+    assert (pulumi / f"Pulumi.{report.stack}.yaml").exists()
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "")
+    assert acceptance.cleanup("local", "abcdef12", tmp_path / "out", project_dir=pulumi)
+    assert commands(tmp_path)[-2:] == ["destroy", "stack rm"]
+    assert not (pulumi / f"Pulumi.{report.stack}.yaml").exists()
+    # Second time: the stack is gone, pulumi says so, nothing to do.
+    assert acceptance.cleanup("local", "abcdef12", tmp_path / "out", project_dir=pulumi)
+
+
+def test_cleanup_reports_a_stack_it_could_not_destroy(tmp_path, pulumi, monkeypatch):
+    monkeypatch.setenv("FAKE_PULUMI_FAIL", "destroy")
+    run_local(tmp_path, pulumi)
+    assert not acceptance.cleanup("local", "abcdef12", tmp_path / "out", project_dir=pulumi)
+
+
+def test_stack_names_differ_for_consecutive_run_ids():
+    assert acceptance.stack_name("gcp", "12345678901") != acceptance.stack_name("gcp", "12345678902")
+    assert acceptance.stack_name("gcp", "12345678901") == "acc-gcp-45678901"

@@ -61,7 +61,8 @@ class Report:
 
 def stack_name(target: str, run_id: str = "") -> str:
     """acc-<target>-<8 hex>: unique per run and short enough for resource prefixes (16 characters)."""
-    suffix = (run_id or uuid.uuid4().hex)[:8].lower()
+    # The LAST 8 characters: GitHub run ids are increasing numbers, so their first digits repeat.
+    suffix = (run_id or uuid.uuid4().hex)[-8:].lower()
     return f"acc-{'gcp' if target == 'gcp' else 'loc'}-{suffix}"
 
 
@@ -141,7 +142,7 @@ def write_stack_file(project_dir: Path, stack: str, config: dict[str, Any]) -> P
 
 
 def run(target: str, out: Path, project: str = "", region: str = "", zone: str = "", run_id: str = "",
-        timeout: float = 1800, database_url_for_gcp=None, project_dir: Path = ROOT) -> Report:
+        timeout: float = 1800, database_url_for_gcp=None, project_dir: Path = ROOT, secrets_provider: str = "") -> Report:
     out.mkdir(parents=True, exist_ok=True)
     stack = stack_name(target, run_id)
     # `--event-log` is registered only with PULUMI_DEBUG_COMMANDS set (pkg/cmd/pulumi up.go: env.DebugCommands).
@@ -151,7 +152,7 @@ def run(target: str, out: Path, project: str = "", region: str = "", zone: str =
     stack_file: Optional[Path] = None
     try:
         stack_file = write_stack_file(project_dir, stack, stack_config(target, project, region, zone))
-        created = runner.pulumi("stack-init", "stack", "init", stack)
+        created = runner.pulumi("stack-init", "stack", "init", stack, *([f"--secrets-provider={secrets_provider}"] if secrets_provider else []))
         if not created:
             return report
         event_log = out / "events.jsonl"
@@ -227,9 +228,27 @@ def database_url(user: str, password: str, port: int, database: str, sslmode: st
     return f"postgresql://{auth}@127.0.0.1:{port}/{database}?sslmode={sslmode}"
 
 
+def cleanup(target: str, run_id: str, out: Path, project_dir: Path = ROOT, timeout: float = 1800) -> bool:
+    """The workflow's `if: always()` backstop (a cancelled or timed-out job never reaches run()'s
+    finally): destroy and remove this run's stack if it still exists. True when nothing is left."""
+    out.mkdir(parents=True, exist_ok=True)
+    stack = stack_name(target, run_id)
+    runner = Runner(target, stack, out, dict(os.environ), timeout, project_dir)
+    result = runner.step("cleanup-destroy", ["pulumi", "destroy", "--yes", "--skip-preview", "--stack", stack, "--non-interactive"], cwd=project_dir)
+    if result.returncode != 0:
+        # pulumi: "no stack named '<name>' found" when run() already removed it.
+        return "no stack named" in result.stderr and stack in result.stderr
+    removed = runner.step("cleanup-stack-rm", ["pulumi", "stack", "rm", "--yes", "--stack", stack, "--non-interactive"], cwd=project_dir).returncode == 0
+    if removed:
+        (project_dir / f"Pulumi.{stack}.yaml").unlink(missing_ok=True)
+    return removed
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.acceptance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", choices=["local", "gcp"])
+    parser.add_argument("--cleanup", action="store_true", help="only destroy and remove this run's stack if it still exists")
+    parser.add_argument("--secrets-provider", default=os.environ.get("ACCEPTANCE_SECRETS_PROVIDER", ""), help="for `pulumi stack init`, e.g. gcpkms://...")
     parser.add_argument("--out", default="acceptance-out")
     parser.add_argument("--project", default=os.environ.get("ACCEPTANCE_PROJECT", ""))
     parser.add_argument("--region", default=os.environ.get("ACCEPTANCE_REGION", ""))
@@ -237,7 +256,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--run-id", default=os.environ.get("GITHUB_RUN_ID", ""))
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for each pulumi command and for /version")
     options = parser.parse_args(argv)
-    report = run(options.target, Path(options.out), options.project, options.region, options.zone, options.run_id, options.timeout)
+    if options.cleanup:
+        if not options.run_id:
+            parser.error("--cleanup needs --run-id (GITHUB_RUN_ID in CI) to name the stack")
+        return 0 if cleanup(options.target, options.run_id, Path(options.out), timeout=options.timeout) else 1
+    report = run(options.target, Path(options.out), options.project, options.region, options.zone, options.run_id, options.timeout,
+                 secrets_provider=options.secrets_provider)
     print(json.dumps({"stack": report.stack, "ok": report.ok, "time_to_healthy_seconds": report.time_to_healthy_seconds,
                       "failed": [s.name for s in report.steps if not s.ok]}, indent=1))
     return 0 if report.ok else 1
