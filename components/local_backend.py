@@ -16,7 +16,7 @@ DATA_DIR = "/convex/data"
 @dataclass
 class LocalBackendArgs:
     prefix: str
-    image: str
+    image: pulumi.Input[str]
     # KEY=VALUE lines; a secret Output because POSTGRES_URL carries the password.
     envs: pulumi.Input[list[str]]
     network: pulumi.Input[str]

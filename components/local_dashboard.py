@@ -13,7 +13,7 @@ from convex_gcp.runtime import DASHBOARD_PORT, render_env
 @dataclass
 class LocalDashboardArgs:
     prefix: str
-    image: str
+    image: pulumi.Input[str]
     env: dict[str, str]
     port: int
     depends_on: list[pulumi.Resource]

@@ -14,6 +14,19 @@ from components.local_postgres import LocalPostgres, LocalPostgresArgs
 from convex_gcp.local_runtime import admin_key_command, backend_env_lines, images, local_dashboard_env, local_urls
 from convex_gcp.settings import LocalStackSettings
 
+try:  # digest pins (convex_gcp/images.py), when the program has them: the VM then runs repo@sha256:...
+    from convex_gcp import images as _images
+except ImportError:  # tag pins only
+    _images = None
+
+
+def pinned(ref: str, parent: pulumi.Resource) -> pulumi.Input[str]:
+    """The reference to pull: resolved to its digest like the VM's when digest pins exist, else the tag."""
+    if _images is None or not hasattr(_images, "by_digest"):
+        return ref
+    lookup = docker.get_registry_image_output(name=ref, opts=pulumi.InvokeOptions(parent=parent))
+    return lookup.sha256_digest.apply(lambda digest: _images.by_digest(ref, digest))
+
 
 @dataclass
 class LocalStackArgs:
@@ -40,14 +53,14 @@ class LocalStack(pulumi.ComponentResource):
         refs = images(s)
         self.backend = LocalBackend(
             f"{name}-backend",
-            LocalBackendArgs(prefix=prefix, image=refs["backend"], envs=pulumi.Output.secret(password.result.apply(lambda pw: backend_env_lines(s, pw))),
+            LocalBackendArgs(prefix=prefix, image=pinned(refs["backend"], self), envs=pulumi.Output.secret(password.result.apply(lambda pw: backend_env_lines(s, pw))),
                              network=network.name, api_port=s.local.api_port, site_port=s.local.site_port, depends_on=[self.postgres.container]),
             opts=child,
         )
         if s.convex.dashboard:
             LocalDashboard(
                 f"{name}-dashboard",
-                LocalDashboardArgs(prefix=prefix, image=refs["dashboard"], env=local_dashboard_env(s), port=s.local.dashboard_port, depends_on=[self.backend.container]),
+                LocalDashboardArgs(prefix=prefix, image=pinned(refs["dashboard"], self), env=local_dashboard_env(s), port=s.local.dashboard_port, depends_on=[self.backend.container]),
                 opts=child,
             )
         urls = local_urls(s)

@@ -77,7 +77,9 @@ class GcpMocks(pulumi.runtime.Mocks):
         elif t == "docker:index/remoteImage:RemoteImage":
             # Read from the Docker daemon after the pull; the id is image id + name (terraform-provider-docker).
             rid = f"sha256:{DOCKER_IMAGE_ID}{inputs['name']}"
-            out = {"imageId": f"sha256:{DOCKER_IMAGE_ID}", "repoDigest": f"{inputs['name'].rsplit(':', 1)[0]}@sha256:{DOCKER_IMAGE_ID}"}
+            name = inputs["name"]
+            digest = name if "@" in name else f"{name.rsplit(':', 1)[0]}@sha256:{DOCKER_IMAGE_ID}"
+            out = {"imageId": f"sha256:{DOCKER_IMAGE_ID}", "repoDigest": digest}
         elif t in ("docker:index/volume:Volume", "docker:index/network:Network"):
             rid = inputs.get("name") or args.name
         elif t == "gcp:monitoring/alertPolicy:AlertPolicy":
