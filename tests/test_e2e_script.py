@@ -178,3 +178,19 @@ def test_example_app_has_schema_mutation_query_and_http_action():
     assert "export const send = mutation(" in functions and "export const byMarker = query(" in functions
     http = (convex / "http.ts").read_text()
     assert 'path: "/messages"' in http and "export default http" in http
+
+
+def test_command_line_reads_saved_outputs_and_the_local_postgres_url(fake, stand_ins, database_url, tmp_path, capsys):
+    saved = tmp_path / "outputs.json"
+    saved.write_text(json.dumps({**outputs(fake), "postgres_url": database_url}))
+    assert e2e.main(["local", "--outputs", str(saved), "--timeout", "30"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["error"] == "" and report["stack"] == "local" and "postgres" in report["steps"]
+
+
+def test_command_line_fails_without_a_database_to_check(fake, stand_ins, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("E2E_DATABASE_URL", raising=False)
+    saved = tmp_path / "outputs.json"
+    saved.write_text(json.dumps(outputs(fake)))
+    assert e2e.main(["dev", "--outputs", str(saved), "--timeout", "30"]) == 1
+    assert "no database URL" in json.loads(capsys.readouterr().out)["error"]
