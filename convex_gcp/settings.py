@@ -986,6 +986,13 @@ class LocalStackSettings(_Model):
     is_prod: bool = False
 
     @property
+    def network(self) -> Any:
+        # runtime.origins asks whether clients reach the host directly; here they do, on 127.0.0.1.
+        from types import SimpleNamespace
+
+        return SimpleNamespace(public_http_without_tls=True)
+
+    @property
     def max_connections(self) -> int:
         return self.local.max_connections
 
@@ -1008,12 +1015,12 @@ def _wrong_target(config: dict[str, Any], target: str) -> list[Problem]:
     if target == "local":
         foreign = [k for k in sorted(config) if k.startswith("gcp:")] + [f"{PROJECT}:{k}" for k in _GCP_ONLY if f"{PROJECT}:{k}" in config]
         for key in foreign:
-            problems.append(Problem(key, "is a Google Cloud setting; a local stack runs on Docker and would ignore it", "on a local stack: convex-gcp:target, environment (dev), convex, local", f"pulumi config rm '{key}'"))
+            problems.append(Problem(key, "is a Google Cloud setting; a local stack runs on Docker and would ignore it", "on a local stack: convex-gcp:target, environment (dev), convex, local", rm_line(key)))
     else:
         for name in _LOCAL_ONLY:
             key = f"{PROJECT}:{name}"
             if key in config:
-                problems.append(Problem(key, "is a setting of local (Docker) stacks; this stack deploys to Google Cloud", "unset, or convex-gcp:target local on a stack without gcp:* keys", f"pulumi config rm '{key}'"))
+                problems.append(Problem(key, "is a setting of local (Docker) stacks; this stack deploys to Google Cloud", "unset, or convex-gcp:target local on a stack without gcp:* keys", rm_line(key)))
     return problems
 
 
@@ -1034,7 +1041,7 @@ def load_local_settings(config: dict[str, Any], stack: str) -> LocalStackSetting
         if namespace != PROJECT or name in _GCP_ONLY:
             continue  # reported by check_target
         if name not in _LOCAL_TOP_LEVEL:
-            problems.append(Problem(key, "unknown key", "keys on a local stack: " + ", ".join(_LOCAL_TOP_LEVEL), f"pulumi config rm '{key}'"))
+            problems.append(Problem(key, "unknown key", "keys on a local stack: " + ", ".join(_LOCAL_TOP_LEVEL), rm_line(key)))
             continue
         raw[name] = value if name in ("target", "environment") else _parse_value(value)
     try:
@@ -1059,17 +1066,5 @@ def load_local_settings(config: dict[str, Any], stack: str) -> LocalStackSetting
 
 
 def _local_problem(error: dict[str, Any]) -> Problem:
-    """The shared pydantic → Problem rendering, with the local model's key names."""
-    loc = tuple(error["loc"])
-    if error["type"] == "extra_forbidden" and len(loc) > 1:
-        parent: Any = LocalStackSettings
-        for part in loc[:-1]:
-            field = next((f for n, f in parent.model_fields.items() if part in (n, f.alias)), None)
-            parent = field.annotation if field is not None else None
-            if not (isinstance(parent, type) and issubclass(parent, BaseModel)):
-                break
-        if isinstance(parent, type) and issubclass(parent, BaseModel):
-            known = sorted(f.alias or n for n, f in parent.model_fields.items())
-            path = _key_path(loc)
-            return Problem(path, f"unknown key {str(loc[-1])!r}", "keys: " + ", ".join(known), f"pulumi config rm --path '{path}'")
-    return _problem_from_pydantic(error)
+    """The shared pydantic → Problem rendering, against the local model's key names."""
+    return problem_from_pydantic(error, LocalStackSettings)

@@ -152,7 +152,7 @@ def test_unknown_target():
         ({"apiPort": 5432}, "convex-gcp:local.postgresPort", "port 5432 is also local.apiPort"),
         ({"postgresTag": "latest"}, "convex-gcp:local.postgresTag", "is not a pinned postgres image tag"),
         ({"apiPrt": 1}, "convex-gcp:local.apiPrt", "unknown key 'apiPrt'"),
-        ({"maxConnections": 5}, "convex-gcp:local.maxConnections", "greater than or equal to 20"),
+        ({"maxConnections": 5}, "convex-gcp:local.maxConnections", "5 is out of range"),
     ],
 )
 def test_local_settings_errors(local, path, reason):
