@@ -137,11 +137,16 @@ def test_gcp_run_runs_the_doctor_and_e2e_through_the_tunnel(tmp_path, pulumi, fa
         opened.append(outs["connection_mode"])
         yield database_url
 
+    @contextlib.contextmanager
+    def iap(outs, project):
+        opened.append(f"iap {project}")
+        yield
+
     report = acceptance.run("gcp", tmp_path / "out", project="sandbox-proj-1", region="asia-northeast1", run_id="1234567890",
-                            timeout=30, database_url_for_gcp=tunnel, project_dir=pulumi)
+                            timeout=30, database_url_for_gcp=tunnel, project_dir=pulumi, tunnels_for_gcp=iap)
     names = [s.name for s in report.steps]
     assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "destroy", "stack-rm"]
-    assert opened == ["proxy"]
+    assert opened == ["iap sandbox-proj-1", "proxy"]
     # No gcloud here: the doctor fails, the run is red, and teardown still ran.
     assert not report.ok and [s.name for s in report.steps if not s.ok] == ["doctor"]
     assert json.loads((tmp_path / "out" / "outputs.json").read_text())["connection_mode"] == "proxy"
@@ -199,3 +204,22 @@ def test_cleanup_reports_a_stack_it_could_not_destroy(tmp_path, pulumi, monkeypa
 def test_stack_names_differ_for_consecutive_run_ids():
     assert acceptance.stack_name("gcp", "12345678901") != acceptance.stack_name("gcp", "12345678902")
     assert acceptance.stack_name("gcp", "12345678901") == "acc-gcp-45678901"
+
+
+def test_gcp_run_without_an_iap_tunnel_records_it_and_tears_down(tmp_path, pulumi, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "outputs.json").write_text(json.dumps({"convex_url": f"http://localhost:{port}", "convex_site_url": f"http://localhost:{port + 1}",
+                                                       "vm_name": "convex-acc-vm", "vm_zone": "asia-northeast1-a"}))
+    # A stand-in gcloud that fails like IAP does for a caller without roles/iap.tunnelResourceAccessor.
+    gcloud = tmp_path / "pulumi-bin" / "gcloud"
+    gcloud.write_text("#!/bin/sh\necho \"ERROR: (gcloud.compute.start-iap-tunnel) Error while connecting [4033: 'not authorized'].\" >&2\nexit 1\n")
+    gcloud.chmod(0o755)
+    report = acceptance.run("gcp", tmp_path / "out", project="sandbox-proj-1", region="asia-northeast1", run_id="1234567891",
+                            timeout=30, project_dir=pulumi)
+    assert [s.name for s in report.steps if not s.ok] == ["iap-tunnel"]
+    assert "4033" in report.steps[-3].detail
+    assert commands(tmp_path)[-2:] == ["destroy", "stack rm"]

@@ -142,7 +142,8 @@ def write_stack_file(project_dir: Path, stack: str, config: dict[str, Any]) -> P
 
 
 def run(target: str, out: Path, project: str = "", region: str = "", zone: str = "", run_id: str = "",
-        timeout: float = 1800, database_url_for_gcp=None, project_dir: Path = ROOT, secrets_provider: str = "") -> Report:
+        timeout: float = 1800, database_url_for_gcp=None, project_dir: Path = ROOT, secrets_provider: str = "",
+        tunnels_for_gcp=None) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     stack = stack_name(target, run_id)
     # `--event-log` is registered only with PULUMI_DEBUG_COMMANDS set (pkg/cmd/pulumi up.go: env.DebugCommands).
@@ -166,29 +167,13 @@ def run(target: str, out: Path, project: str = "", region: str = "", zone: str =
         if result.returncode != 0:
             return report
         outputs = json.loads(result.stdout)
+        # A dev stack serves Convex only through IAP (docs/delivery.md): its convex_url is localhost.
         try:
-            e2e.wait_for_version(outputs["convex_url"], timeout)
-            report.time_to_healthy_seconds = round(time.monotonic() - start, 3)
-            runner.record("version", True, report.time_to_healthy_seconds)
-        except e2e.E2EError as error:
-            runner.record("version", False, time.monotonic() - start, str(error))
+            with (tunnels_for_gcp or iap_tunnels)(outputs, project) if target == "gcp" else contextlib.nullcontext():
+                return _check(runner, target, stack, out, outputs, start, timeout, database_url_for_gcp)
+        except Exception as error:  # the IAP tunnel did not open: recorded, then teardown runs
+            runner.record("iap-tunnel", False, 0, f"{type(error).__name__}: {error}")
             return report
-        if target == "gcp":
-            # GCP stacks export no secret values (docs/outputs.md), so the saved outputs may be kept.
-            saved = out / "outputs.json"
-            saved.write_text(json.dumps(outputs, indent=1))
-            runner.step("doctor", [sys.executable, "-m", "tools.doctor", stack, "--outputs", str(saved)])
-        begin = time.monotonic()
-        try:
-            opener = (database_url_for_gcp or gcp_database_url)(outputs) if target == "gcp" else contextlib.nullcontext(outputs.get("postgres_url", ""))
-            with opener as database_url:
-                result_e2e = e2e.run(stack, outputs, database_url, timeout=timeout)
-        except Exception as error:  # a tunnel or gcloud failure: recorded, then teardown runs
-            runner.record("e2e", False, time.monotonic() - begin, f"{type(error).__name__}: {error}")
-            return report
-        report.e2e = asdict(result_e2e)
-        runner.record("e2e", not result_e2e.error, time.monotonic() - begin, result_e2e.error)
-        return report
     finally:
         if created:
             # Always, whatever failed above. stack rm without --force refuses while resources remain,
@@ -198,6 +183,65 @@ def run(target: str, out: Path, project: str = "", region: str = "", zone: str =
         if stack_file is not None and stack_file.exists() and (not created or report.steps[-1].name == "stack-rm" and report.steps[-1].ok):
             stack_file.unlink()  # kept only while a stack with resources still needs it
         (out / "report.json").write_text(json.dumps({**asdict(report), "ok": report.ok}, indent=1))
+
+
+def _check(runner: Runner, target: str, stack: str, out: Path, outputs: dict[str, Any], start: float, timeout: float, database_url_for_gcp) -> Report:
+    """/version, the doctor (gcp) and the end-to-end check of a deployed stack."""
+    report = runner.report
+    try:
+        e2e.wait_for_version(outputs["convex_url"], timeout)
+        report.time_to_healthy_seconds = round(time.monotonic() - start, 3)
+        runner.record("version", True, report.time_to_healthy_seconds)
+    except e2e.E2EError as error:
+        runner.record("version", False, time.monotonic() - start, str(error))
+        return report
+    if target == "gcp":
+        # GCP stacks export no secret values (docs/outputs.md), so the saved outputs may be kept.
+        saved = out / "outputs.json"
+        saved.write_text(json.dumps(outputs, indent=1))
+        runner.step("doctor", [sys.executable, "-m", "tools.doctor", stack, "--outputs", str(saved)])
+    begin = time.monotonic()
+    try:
+        opener = (database_url_for_gcp or gcp_database_url)(outputs) if target == "gcp" else contextlib.nullcontext(outputs.get("postgres_url", ""))
+        with opener as database_url:
+            result_e2e = e2e.run(stack, outputs, database_url, timeout=timeout)
+    except Exception as error:  # a tunnel or gcloud failure: recorded, then teardown runs
+        runner.record("e2e", False, time.monotonic() - begin, f"{type(error).__name__}: {error}")
+        return report
+    report.e2e = asdict(result_e2e)
+    runner.record("e2e", not result_e2e.error, time.monotonic() - begin, result_e2e.error)
+    return report
+
+
+@contextlib.contextmanager
+def iap_tunnels(outputs: dict[str, Any], project: str) -> Iterator[None]:
+    """`gcloud compute start-iap-tunnel` for the API and site ports on localhost, as docs/delivery.md
+    has developers do; the firewall admits IAP on 3210 and 3211 (components/network.py)."""
+    import socket
+    import urllib.parse
+
+    processes = []
+    try:
+        for key in ("convex_url", "convex_site_url"):
+            port = urllib.parse.urlparse(outputs[key]).port
+            command = ["gcloud", "compute", "start-iap-tunnel", outputs["vm_name"], str(port), f"--local-host-port=localhost:{port}",
+                       f"--zone={outputs['vm_zone']}", *([f"--project={project}"] if project else [])]
+            processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+            deadline = time.monotonic() + 60
+            while True:
+                if processes[-1].poll() is not None:
+                    raise RuntimeError(f"the IAP tunnel to port {port} exited: {(processes[-1].stderr.read() if processes[-1].stderr else '')[-1000:]}")
+                with contextlib.suppress(OSError), socket.create_connection(("localhost", port), timeout=1):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the IAP tunnel to port {port} did not open within 60 s")
+                time.sleep(0.5)
+        yield
+    finally:
+        for process in processes:
+            process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
 
 
 @contextlib.contextmanager
