@@ -22,7 +22,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     "args, message",
     [
         (["dev", "--set", "database.tier"], "'database.tier' is not KEY=VALUE, e.g. --set database.tier=db-custom-2-7680"),
-        (["staging"], "no stack 'staging' (no Pulumi.staging.yaml); stacks: dev, prod"),
+        (["staging"], "no stack 'staging' (no Pulumi.staging.yaml); stacks: dev, local, prod"),
         (["dev", "--set", "database.tier.size=1"], "database.tier is not an object"),
         (["dev", "--set", "network.apiSourceRanges[3]=10.0.0.0/8"], "index 3 is beyond the end of a list of 0"),
         (["dev", "--set", "=x"], "'=x' is not KEY=VALUE"),
