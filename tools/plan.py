@@ -344,9 +344,10 @@ def render_markdown(plan: Plan) -> str:
     lines += ["", "## Outputs", "", "| name | value |", "|---|---|"]
     for key, out in sorted(plan.outputs.items()):
         lines.append(f"| {key} | {'[secret]' if out['secret'] else '`' + str(out['value']) + '`'} |")
-    from tools.critical_path import estimate, render
+    from tools.critical_path import VM, estimate, render
 
-    lines += [""] + render(estimate(plan))
+    if plan.of_type(VM):  # the estimate models the GCP stacks; a local (Docker) stack has no VM
+        lines += [""] + render(estimate(plan))
     if plan.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in plan.warnings]
     return "\n".join(lines) + "\n"
