@@ -275,7 +275,8 @@ GRANTABLE="'roles/cloudsql.client', 'roles/cloudsql.instanceUser', 'roles/clouds
 # disable, setIamPolicy, actAs or keys, so no other account in the project can be touched.
 SA_PERMISSIONS=iam.serviceAccounts.create,iam.serviceAccounts.get,iam.serviceAccounts.list,iam.serviceAccounts.update
 # What `pulumi preview` (and `--refresh`) reads for the program's resource types: one get per type,
-# the IAM policies it manages members of, secret metadata. Not: logging.logEntries.* (prod logs carry
+# the IAM policies it manages members of, secret metadata, and the zones and machine types the
+# program's placement check lists at every preview (convex_gcp/placement.py). Not: logging.logEntries.* (prod logs carry
 # slow statements with their parameters), secretmanager.versions.access (payloads),
 # compute.instances.getSerialPortOutput, storage.*, any write.
 PREVIEW_PERMISSIONS=$(printf '%s,' \
@@ -286,6 +287,7 @@ PREVIEW_PERMISSIONS=$(printf '%s,' \
   compute.resourcePolicies.get compute.instanceGroups.get compute.healthChecks.get \
   compute.backendServices.get compute.urlMaps.get compute.targetHttpProxies.get \
   compute.targetHttpsProxies.get compute.globalForwardingRules.get compute.sslCertificates.get \
+  compute.zones.list compute.machineTypes.list \
   compute.sslPolicies.get compute.securityPolicies.get \
   servicenetworking.services.get \
   cloudsql.instances.get cloudsql.databases.get cloudsql.users.list \
