@@ -64,6 +64,20 @@ def test_every_conditional_output_is_exported_by_some_stack():
     conditional = {n for n, spec in CONTRACT["outputs"].items() if spec["when"] != "always"}
     assert conditional <= exported, sorted(conditional - exported)
 
+# The minor version that introduced each name added after 1.0.0 ("adding an output is a minor version
+# bump"), local-only names included: a name added without a bump fails here.
+INTRODUCED = {"admin_key_command": (1, 1), "postgres_url": (1, 1)}
+
+
+def test_added_outputs_bumped_the_minor_version_and_are_recorded():
+    version = tuple(int(n) for n in CONTRACT["version"].split("."))
+    names = NAMES | set(CONTRACT.get("local", {}).get("local_only", {}))
+    assert names - RELEASED[1] <= set(INTRODUCED), sorted(names - RELEASED[1] - set(INTRODUCED))
+    late = sorted(n for n in names if INTRODUCED.get(n, (1, 0)) > version[:2])
+    assert not late, f"outputs {late} were added without a minor version bump of docs/outputs.json"
+    changes = (ROOT / "docs" / "outputs.md").read_text().split("## Changes", 1)[1]
+    assert f"- {CONTRACT['version']}:" in changes, "record the current contract version under Changes"
+
 
 def test_docs_describe_every_output_and_the_version():
     text = (ROOT / "docs" / "outputs.md").read_text()
