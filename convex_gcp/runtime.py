@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
@@ -22,6 +23,13 @@ PROXY_HOST, PROXY_PORT, PROXY_HEALTH_PORT = "cloudsql-proxy", 5432, 9090
 DATA_DEVICE_NAME = "convex-data"
 # Where the VM mounts the instance's server CA bundle in the backend container (ssl mode).
 SQL_CA_FILE = "/convex-gcp/sql-ca.pem"
+# Docker networks on the VM: convex-db holds the proxy (fixed address) and the backend; convex-web
+# the dashboard. The VM's DOCKER-USER rules block the metadata server for every address but PROXY_IP.
+DB_SUBNET, PROXY_IP, WEB_SUBNET = "172.30.250.0/28", "172.30.250.2", "172.30.250.16/28"
+# systemd unit templates (real files): one per container, rendered here, installed by the VM.
+UNIT_DIR = Path(__file__).resolve().parent.parent / "vm" / "units"
+UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard")
+_PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,10 @@ def proxy_args(settings: Settings, connection_name: str) -> list[str]:
         # Convex gets SIGINT and drains first; let in-flight queries finish on restarts.
         "--max-sigterm-delay=30s",
         "--exit-zero-on-sigterm",
+        # /readiness does not depend on the instance (cloud-sql-proxy PR #2207, v2.11.1) and with --port
+        # nothing dials it at start; this makes the proxy exit when the instance is unreachable
+        # (cmd/root.go "run-connection-test", internal/proxy/proxy.go Serve), which the VM reports.
+        "--run-connection-test",
     ]
     if settings.iam_auth:
         args.append("--auto-iam-authn")
@@ -153,7 +165,9 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
         "ADMIN_KEY_SECRET_ID": inputs.admin_key_secret_id,
         "DB_PASSWORD_SECRET_ID": inputs.db_password_secret_id,
     }
+    config["DB_SUBNET"], config["WEB_SUBNET"] = DB_SUBNET, WEB_SUBNET
     if mode == "proxy":
+        config["PROXY_IP"] = PROXY_IP
         config["PROXY_IMAGE"] = PROXY_IMAGE.format(tag=settings.convex.proxy_version)
         config["PROXY_ARGS"] = " ".join(proxy_args(settings, inputs.connection_name))
     if mode == "ssl":
@@ -177,6 +191,52 @@ def render_env(values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_unit(name: str, values: dict[str, str]) -> str:
+    """Fill a unit template's @KEY@ placeholders; {{KEY}} ones (VM paths) are left for the VM."""
+    text = (UNIT_DIR / f"{name}.service").read_text()
+    for key, value in values.items():
+        if "\n" in value and key != "PROXY_DEPENDENCY":
+            raise ValueError(f"unit value {key} spans lines")
+        text = text.replace(f"@{key}@", value)
+    left = _PLACEHOLDER.findall(text)
+    if left:
+        raise ValueError(f"{name}.service: no value for {sorted(set(left))}")
+    return text
+
+
+def unit_files(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
+    """The systemd units the VM runs, by unit name (without .service)."""
+    return units_for_config(vm_config(settings, inputs))
+
+
+def units_for_config(config: dict[str, str]) -> dict[str, str]:
+    """Units from the rendered convex-gcp-config, so the two can never disagree."""
+    mode = config["CONNECTION_MODE"]
+    units = {
+        "convex-backend": render_unit("convex-backend", {
+            "API_PORT": str(API_PORT),
+            "SITE_PORT": str(SITE_PORT),
+            "BACKEND_IMAGE": config["BACKEND_IMAGE"],
+            # Requires=: an explicit restart of the proxy restarts the backend too (systemd.unit(5)).
+            "PROXY_DEPENDENCY": "After=cloudsql-proxy.service\nRequires=cloudsql-proxy.service" if mode == "proxy" else "",
+            "BACKEND_MOUNTS": f"--mount type=bind,source={{{{STATE_DIR}}}}/sql-ca.pem,target={SQL_CA_FILE},readonly " if mode == "ssl" else "",
+        }),
+    }
+    if mode == "proxy":
+        units["cloudsql-proxy"] = render_unit("cloudsql-proxy", {
+            "PROXY_IP": config["PROXY_IP"],
+            "PROXY_HEALTH_PORT": str(PROXY_HEALTH_PORT),
+            "PROXY_IMAGE": config["PROXY_IMAGE"],
+            "PROXY_ARGS": config["PROXY_ARGS"],
+        })
+    if config.get("DASHBOARD_ENABLED") == "true":
+        units["convex-dashboard"] = render_unit("convex-dashboard", {
+            "DASHBOARD_PORT": str(DASHBOARD_PORT),
+            "DASHBOARD_IMAGE": config["DASHBOARD_IMAGE"],
+        })
+    return units
+
+
 def instance_metadata(settings: Settings, inputs: RuntimeInputs, startup_script: str) -> dict[str, str]:
     metadata = {
         "startup-script": startup_script,
@@ -187,6 +247,8 @@ def instance_metadata(settings: Settings, inputs: RuntimeInputs, startup_script:
         "convex-gcp-config": render_env(vm_config(settings, inputs)),
         "convex-backend-env": render_env(backend_env(settings, inputs)),
     }
+    for name, text in unit_files(settings, inputs).items():
+        metadata[f"convex-gcp-unit-{name}"] = text
     dashboard = dashboard_env(settings, inputs)
     if dashboard:
         metadata["convex-dashboard-env"] = render_env(dashboard)

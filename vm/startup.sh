@@ -37,14 +37,22 @@
 #   CONVEX_GCP_PENDING_RETRY     first retry interval (s) of an unfinished run (default 60)
 #   CONVEX_GCP_STATE_DIR         persistent state, e.g. the SQL server CA bundle (default /var/lib/convex-gcp)
 #   CONVEX_GCP_CA_REFRESH        ssl mode: seconds between server CA bundle checks (default 21600)
-# External commands looked up on PATH (the sandbox puts stand-ins first):
-#   docker systemctl systemd-run mount mountpoint flock curl blkid mkfs.ext4
-#   e2fsck resize2fs base64 sha256sum
+#   CONVEX_GCP_UNIT_DIR          where units are installed (default /etc/systemd/system, tmpfs on COS)
+#   CONVEX_GCP_TOKEN_MARGIN      seconds before expires_in at which a token is refetched (default 60)
+#   CONVEX_GCP_SQL_PROBE_ADDR    ssl/plaintext: host:port the TCP reachability probe dials
+#                                (default: host and port of POSTGRES_URL)
+# External commands looked up on PATH (the sandbox puts stand-ins first); every one
+# is checked with `command -v` before anything else runs (REQUIRED_TOOLS below).
+#
+# Containers are systemd units (vm/units/*.service, rendered by the program into
+# metadata keys convex-gcp-unit-*): systemd restarts them with backoff, forever;
+# this script installs the units and env files and restarts only what changed.
 #
 # Secrets (INSTANCE_SECRET, DB password, admin key, access tokens) are never
-# put on a command line, never printed and never traced: there is no `set -x`
-# anywhere in this file. They only live in 0600 files under
-# ${CONVEX_GCP_RUN_DIR}/secrets (0700, tmpfs) and in shell variables.
+# put on this script's command lines, never printed and never traced: there is
+# no `set -x` anywhere in this file. On the VM they live in 0600 files under
+# ${CONVEX_GCP_RUN_DIR}/secrets (0700, tmpfs) and in shell variables; Convex
+# itself also puts them elsewhere (docs/vm-runtime.md, "Where secrets live").
 
 set -Eeuo pipefail
 umask 077
@@ -77,19 +85,22 @@ WATCH_TIMEOUT_S=${CONVEX_GCP_WATCH_TIMEOUT:-300}
 PENDING_RETRY_S=${CONVEX_GCP_PENDING_RETRY:-60}
 STATE_DIR=${CONVEX_GCP_STATE_DIR:-/var/lib/convex-gcp}
 CA_REFRESH_S=${CONVEX_GCP_CA_REFRESH:-21600}
-# Inside the backend container; the rendered backend env points PG_CA_FILE here.
-readonly SQL_CA_TARGET=/convex-gcp/sql-ca.pem
+UNIT_DIR=${CONVEX_GCP_UNIT_DIR:-/etc/systemd/system}
+TOKEN_MARGIN_S=${CONVEX_GCP_TOKEN_MARGIN:-60}
 SQL_CA_SHA=""
 
 readonly WATCH_UNIT=convex-config-watch
-readonly NETWORK=convex
-readonly LABEL_SPEC=convex-gcp.spec
+readonly NET_DB=convex-db NET_WEB=convex-web
+readonly BRIDGE_DB=cvx-db BRIDGE_WEB=cvx-web
+# GCE's metadata server; metadata.google.internal resolves to it.
+readonly METADATA_IP=169.254.169.254
 readonly SCOPE_CP=https://www.googleapis.com/auth/cloud-platform
 readonly SCOPE_SQL=https://www.googleapis.com/auth/sqlservice.admin
 
 # Filled in by fetch_metadata / parse_config.
 declare -A CFG=()
 ACCESS_TOKEN=""
+TOKEN_EXP=0
 HTTP_STATUS=""
 SCOPES=""
 PREFLIGHT=()
@@ -203,8 +214,16 @@ http_call() {
   fi
   local rc=0
   if [[ $auth == bearer ]]; then
+    ensure_token
     HTTP_STATUS=$(printf 'header = "Authorization: Bearer %s"\n' "$ACCESS_TOKEN" |
       curl -K - "${args[@]}" "$url" 2>"${RUN_DIR}/curl.err") || rc=$?
+    if ((rc == 0)) && [[ $HTTP_STATUS == 401 ]]; then
+      # A token revoked or expired early: refetch once; a second 401 is the answer.
+      log "HTTP 401 from ${url%%\?*}: fetching a fresh access token and retrying once"
+      fetch_token
+      HTTP_STATUS=$(printf 'header = "Authorization: Bearer %s"\n' "$ACCESS_TOKEN" |
+        curl -K - "${args[@]}" "$url" 2>"${RUN_DIR}/curl.err") || rc=$?
+    fi
   else
     HTTP_STATUS=$(curl "${args[@]}" "$url" </dev/null 2>"${RUN_DIR}/curl.err") || rc=$?
   fi
@@ -316,13 +335,21 @@ fetch_metadata() {
   if ! md_get instance/attributes/convex-dashboard-env "${RUN_DIR}/dashboard.env.meta"; then
     : >"${RUN_DIR}/dashboard.env.meta"
   fi
+  local unit
+  mkdir -p "${RUN_DIR}/units"
+  for unit in "${ALL_UNITS[@]}"; do
+    # Absent = not wanted (e.g. no proxy in ssl mode); parse_config checks the wanted ones exist.
+    md_get "instance/attributes/convex-gcp-unit-${unit}" "${RUN_DIR}/units/${unit}.meta" ||
+      rm -f "${RUN_DIR}/units/${unit}.meta"
+  done
   mv -f "${RUN_DIR}/applied-etag.new" "${RUN_DIR}/applied-etag"
   step_done "etag ${ATTR_ETAG}"
 }
 
 # ---------------------------------------------------------------- config --
 
-readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE "
+readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET "
+readonly ALL_UNITS=(cloudsql-proxy convex-backend convex-dashboard)
 
 # Parse KEY=VALUE lines; never sourced or evaluated.
 parse_config() {
@@ -344,7 +371,7 @@ parse_config() {
   done <"${RUN_DIR}/convex-gcp-config"
 
   local k
-  for k in CONNECTION_MODE BACKEND_IMAGE DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID; do
+  for k in CONNECTION_MODE BACKEND_IMAGE DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_SUBNET WEB_SUBNET; do
     [[ -n ${CFG[$k]:-} ]] || die "convex-gcp-config: ${k} is missing or empty" "the Pulumi settings that render it"
   done
   CFG[DASHBOARD_ENABLED]=${CFG[DASHBOARD_ENABLED]:-false}
@@ -357,6 +384,7 @@ parse_config() {
   case "${CFG[CONNECTION_MODE]}" in
     proxy)
       [[ -n ${CFG[PROXY_IMAGE]} ]] || die "convex-gcp-config: PROXY_IMAGE is required in proxy mode" "settings"
+      [[ ${CFG[PROXY_IP]:-} =~ ^[0-9]+(\.[0-9]+){3}$ ]] || die "convex-gcp-config: PROXY_IP must be an IPv4 address in proxy mode" "settings"
       [[ -n ${CFG[PROXY_ARGS]} ]] || die "convex-gcp-config: PROXY_ARGS is required in proxy mode" "settings"
       ;;
     ssl)
@@ -374,8 +402,20 @@ parse_config() {
     *) die "convex-gcp-config: DASHBOARD_ENABLED must be true or false" "settings" ;;
   esac
   local img
+  # name[:tag][@sha256:<64 hex>]: a digest-pinned reference is accepted with or without a tag.
   for img in "${CFG[PROXY_IMAGE]}" "${CFG[BACKEND_IMAGE]}" "${CFG[DASHBOARD_IMAGE]}"; do
-    [[ -z $img || $img =~ ^[a-z0-9][a-z0-9./:_@-]*$ ]] || die "convex-gcp-config: invalid image reference ${img}" "settings"
+    [[ -z $img || $img =~ ^[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$ ]] ||
+      die "convex-gcp-config: invalid image reference ${img}" "settings: registry/name:tag or registry/name[:tag]@sha256:<digest>"
+  done
+  local net
+  for net in DB_SUBNET WEB_SUBNET; do
+    [[ ${CFG[$net]} =~ ^[0-9]+(\.[0-9]+){3}/[0-9]+$ ]] || die "convex-gcp-config: ${net} must be an IPv4 CIDR" "settings"
+  done
+  local unit
+  for unit in $(wanted_units); do
+    [[ -s ${RUN_DIR}/units/${unit}.meta ]] ||
+      die "metadata key convex-gcp-unit-${unit} is missing for CONNECTION_MODE=${CFG[CONNECTION_MODE]}, DASHBOARD_ENABLED=${CFG[DASHBOARD_ENABLED]}" \
+        "the Pulumi program renders it from vm/units/${unit}.service (pulumi up)"
   done
   [[ ${CFG[DATA_DEVICE_NAME]} =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "convex-gcp-config: invalid DATA_DEVICE_NAME" "settings"
   local sid
@@ -418,8 +458,34 @@ fetch_token() {
       "attach the convex VM service account to the instance (service_account.email, scopes [cloud-platform])"
   fi
   ACCESS_TOKEN=$(sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p' "$out")
+  local ttl
+  ttl=$(sed -n 's/.*"expires_in" *: *\([0-9][0-9]*\).*/\1/p' "$out")
   rm -f "$out"
   [[ -n $ACCESS_TOKEN ]] || die "could not parse an access token from the metadata server" "the VM's service account"
+  # The metadata server hands out a cached token with only `expires_in` seconds left
+  # (golang.org/x/oauth2 google.ComputeTokenSource: "The shortest MDS token cache time
+  # is 4 minutes"): use it until TOKEN_MARGIN_S before that, then fetch again.
+  TOKEN_EXP=$((EPOCHSECONDS + ${ttl:-0} - TOKEN_MARGIN_S))
+}
+
+ensure_token() {
+  if [[ -z $ACCESS_TOKEN ]] || ((EPOCHSECONDS >= TOKEN_EXP)); then
+    fetch_token
+  fi
+}
+
+# Every tool this script runs, checked before anything else so a missing one is named
+# up front instead of failing half-way (or, like a missing blkid, being read as "blank").
+REQUIRED_TOOLS=(curl flock blkid wipefs dumpe2fs dd stat mkfs.ext4 e2fsck resize2fs mount mountpoint blockdev
+  docker systemctl systemd-run iptables base64 sha256sum find od tr sed grep head cut sort wc timeout)
+require_tools() {
+  local t missing=()
+  for t in "$@"; do
+    command -v "$t" >/dev/null 2>&1 || missing+=("$t")
+  done
+  ((${#missing[@]} == 0)) ||
+    die "required tool(s) not found on PATH: ${missing[*]}" \
+      "this script targets Container-Optimized OS (cos-stable), which ships all of them; PATH=${PATH}"
 }
 
 check_scopes() {
@@ -631,17 +697,33 @@ ensure_sql_ca() {
   [[ $conn =~ ^(.+):([a-z0-9-]+):([a-z0-9-]+)$ ]]
   local base="${SQLADMIN_ENDPOINT}/v1/projects/${BASH_REMATCH[1]}/instances/${BASH_REMATCH[3]}"
   local resp="${RUN_DIR}/sql-ca.json" new="${STATE_DIR}/sql-ca.pem.new" source=""
-  if api_retry "sqladmin listServerCas ${conn}" GET "${base}/listServerCas" "$resp" bearer; then
+  : >"$resp"
+  # What Google's connectors trust: instances.connectSettings serverCaCert, every PEM
+  # block in it (the CAS chain in GOOGLE_MANAGED_CAS_CA mode) - cloud-sql-go-connector
+  # internal/cloudsql/refresh.go fetchMetadata (client.Connect.Get) and instance.go
+  # TLSConfig (RootCAs = those certs). roles/cloudsql.client allows it.
+  if api_retry "sqladmin connectSettings ${conn}" GET "${base}/connectSettings" "${resp}.cs" bearer; then
     if [[ $HTTP_STATUS == 200 ]]; then
-      source=listServerCas
-    elif [[ $HTTP_STATUS == 403 ]]; then
-      preflight WARN sql-ca-list "listServerCas denied (HTTP 403 $(api_error_detail "$resp")): using instances.get serverCaCert, the current CA only" \
-        "an upcoming CA is then trusted only once it is current (the backend restarts then); grant the VM service account the permission to list the instance's server CAs"
-      if api_retry "sqladmin get ${conn}" GET "$base" "$resp" bearer && [[ $HTTP_STATUS == 200 ]]; then
-        source=instances.get
-      fi
+      source=connectSettings
+      cat "${resp}.cs" >>"$resp"
+    else
+      preflight WARN sql-ca-connect "connectSettings answered HTTP ${HTTP_STATUS} $(api_error_detail "${resp}.cs")" \
+        "roles/cloudsql.client on the VM service account; scope ${SCOPE_SQL} or cloud-platform"
     fi
   fi
+  rm -f "${resp}.cs"
+  # Added when allowed: listServerCas also lists the upcoming CA of a rotation, so the
+  # backend trusts it before it becomes current. Connectors do without; so does this.
+  if api_retry "sqladmin listServerCas ${conn}" GET "${base}/listServerCas" "${resp}.ls" bearer; then
+    if [[ $HTTP_STATUS == 200 ]]; then
+      source+="${source:++}listServerCas"
+      cat "${resp}.ls" >>"$resp"
+    elif [[ $HTTP_STATUS == 403 ]]; then
+      preflight WARN sql-ca-list "listServerCas denied (HTTP 403 $(api_error_detail "${resp}.ls")): trusting connectSettings' serverCaCert only" \
+        "an upcoming CA is then trusted only once it is current (the backend restarts then); grant the VM service account the permission to list the instance's server CAs"
+    fi
+  fi
+  rm -f "${resp}.ls"
   if [[ -n $source ]] && pem_bundle "$resp" "$new"; then
     chmod 0644 "$new"
     if [[ -f $bundle && $(sha256sum <"$new") == "$(sha256sum <"$bundle")" ]]; then
@@ -668,6 +750,90 @@ ensure_sql_ca() {
 
 # -------------------------------------------------------------- data disk --
 
+# disk_probe_error DEV WHAT: a probe could not give an answer; never format on a guess.
+disk_probe_error() {
+  die "cannot tell whether data disk $1 is blank: $2; refusing to format or mount it" \
+    "the disk attachment and I/O errors: sudo dmesg | tail -n 50; gcloud compute disks describe (status READY)" \
+    "inspect read-only on the VM: sudo blkid -p $1; sudo wipefs --no-act $1; sudo dumpe2fs -h $1 (never mkfs or wipefs -a by hand)" \
+    "the boot retries by itself (journalctl -u ${WATCH_UNIT}); a disk that stays unreadable needs a snapshot and support"
+}
+
+# disk_refuse DEV WHAT: the disk holds something that is not our ext4 filesystem.
+disk_refuse() {
+  die "data disk $1 carries $2: refusing to format or mount it" \
+    "this must be the convex data disk (device_name ${CFG[DATA_DEVICE_NAME]}); never reuse a disk holding other data" \
+    "to start empty on purpose, attach a NEW blank disk; never wipe one that may hold /convex/data"
+}
+
+# zero_region DEV OFFSET_MIB -> 0 when that MiB reads back as zeros, 1 when it holds data.
+zero_region() {
+  local dev=$1 skip=$2 f="${RUN_DIR}/probe.region" rc=0
+  dd if="$dev" of="$f" bs=1048576 skip="$skip" count=1 status=none 2>"${RUN_DIR}/probe.err" || rc=$?
+  if ((rc != 0)) || [[ $(stat -c %s "$f") -ne 1048576 ]]; then
+    rm -f "$f"
+    disk_probe_error "$dev" "reading MiB ${skip} failed (dd exit ${rc}: $(head -c 200 "${RUN_DIR}/probe.err" | tr '\n' ' '))"
+  fi
+  local nonzero
+  nonzero=$(tr -d '\0' <"$f" | wc -c)
+  rm -f "$f"
+  ((nonzero == 0))
+}
+
+# probe_disk DEV -> DISK_STATE=ext4 | blank; dies on anything else or on any probe error.
+# A disk is formatted only when four independent proofs agree it is blank: util-linux
+# blkid exits 2 ("nothing found") also when probing FAILS (misc-utils/blkid.c,
+# lowprobe_device), and mke2fs checks for an existing filesystem only on a TTY
+# (e2fsprogs misc/mke2fs.c), so neither is a safety net on its own.
+DISK_STATE=""
+probe_disk() {
+  local dev=$1 probe rc=0 err
+  DISK_STATE=""
+  # Proof 1: blkid -p exit 2 with nothing on stderr.
+  probe=$(blkid -p -o export "$dev" 2>"${RUN_DIR}/probe.err") || rc=$?
+  err=$(head -c 300 "${RUN_DIR}/probe.err" | tr '\n' ' ')
+  case "$rc" in
+    0)
+      local fstype pttype
+      fstype=$(sed -n 's/^TYPE=//p' <<<"$probe")
+      pttype=$(sed -n 's/^PTTYPE=//p' <<<"$probe")
+      if [[ $fstype == ext4 ]]; then
+        DISK_STATE=ext4
+        return 0
+      fi
+      if [[ -n $fstype ]]; then
+        disk_refuse "$dev" "filesystem ${fstype}"
+      elif [[ -n $pttype ]]; then
+        disk_refuse "$dev" "partition table ${pttype}"
+      fi
+      disk_refuse "$dev" "an unrecognised signature"
+      ;;
+    2) [[ -z ${err// /} ]] || disk_probe_error "$dev" "blkid -p exited 2 but reported: ${err}" ;;
+    *) disk_probe_error "$dev" "blkid -p exit ${rc}: ${err}${probe:+ ${probe//$'\n'/ }} (exit 8 means ambivalent signatures)" ;;
+  esac
+  # Proof 2: wipefs lists no signature (filesystems, RAID, partition tables).
+  rc=0
+  probe=$(wipefs --no-act --noheadings "$dev" 2>"${RUN_DIR}/probe.err") || rc=$?
+  ((rc == 0)) || disk_probe_error "$dev" "wipefs --no-act exit ${rc}: $(head -c 200 "${RUN_DIR}/probe.err" | tr '\n' ' ')"
+  [[ -z $probe ]] || disk_refuse "$dev" "signatures blkid did not report (wipefs: ${probe//$'\n'/; })"
+  # Proof 3: dumpe2fs finds no ext2/3/4 superblock, and says so (not an I/O error).
+  rc=0
+  dumpe2fs -h "$dev" >/dev/null 2>"${RUN_DIR}/probe.err" || rc=$?
+  ((rc != 0)) || disk_refuse "$dev" "an ext2/3/4 superblock blkid did not report (dumpe2fs -h reads it)"
+  grep -q 'Bad magic number in super-block' "${RUN_DIR}/probe.err" ||
+    disk_probe_error "$dev" "dumpe2fs -h exit ${rc}: $(head -c 200 "${RUN_DIR}/probe.err" | tr '\n' ' ')"
+  # Proof 4: first and last MiB are zeros, as on a new persistent disk.
+  local size
+  if [[ -b $dev ]]; then
+    size=$(blockdev --getsize64 "$dev" 2>/dev/null) || disk_probe_error "$dev" "blockdev --getsize64 failed"
+  else
+    size=$(stat -L -c %s "$dev") || disk_probe_error "$dev" "stat failed"
+  fi
+  ((size >= 2 * 1048576)) || disk_probe_error "$dev" "size ${size} bytes is below 2 MiB"
+  zero_region "$dev" 0 || disk_refuse "$dev" "data in its first MiB that no probe recognises"
+  zero_region "$dev" $((size / 1048576 - 1)) || disk_refuse "$dev" "data in its last MiB that no probe recognises"
+  DISK_STATE=blank
+}
+
 prepare_disk() {
   step data-disk
   local dev=${CONVEX_GCP_DATA_DEVICE:-/dev/disk/by-id/google-${CFG[DATA_DEVICE_NAME]}}
@@ -686,40 +852,13 @@ prepare_disk() {
   if mountpoint -q "$MOUNT_POINT"; then
     log "data disk already mounted at ${MOUNT_POINT}; skipping probe/fsck/mount"
   else
-    # Prove the device is readable first: blkid also exits 2 for I/O errors
-    # on some versions, and exit 2 is what allows formatting.
-    head -c 4096 "$dev" >/dev/null ||
-      die "cannot read data disk ${dev}; refusing to probe or format it" "the disk attachment (dmesg)"
-    local probe rc=0
-    probe=$(blkid -p -o export "$dev" 2>&1) || rc=$?
-    case "$rc" in
-      0)
-        local fstype pttype
-        fstype=$(sed -n 's/^TYPE=//p' <<<"$probe")
-        pttype=$(sed -n 's/^PTTYPE=//p' <<<"$probe")
-        if [[ $fstype != ext4 ]]; then
-          local what="an unrecognised signature"
-          if [[ -n $fstype ]]; then
-            what="filesystem ${fstype}"
-          elif [[ -n $pttype ]]; then
-            what="partition table ${pttype}"
-          fi
-          die "data disk ${dev} carries ${what}: refusing to format or mount it" \
-            "this must be the convex data disk (device_name ${CFG[DATA_DEVICE_NAME]}); never reuse a disk holding other data" \
-            "to start empty on purpose, attach a NEW blank disk; never wipe one that may hold /convex/data"
-        fi
-        ;;
-      2)
-        log "data disk ${dev} carries no filesystem or partition signature: formatting ext4"
-        run_logged mkfs.ext4 -q -m 0 -E lazy_itable_init=0,lazy_journal_init=0,discard -L convex-data "$dev" ||
-          die "mkfs.ext4 on ${dev} failed" "dmesg; the disk attachment"
-        ;;
-      *)
-        die "blkid could not probe ${dev} (exit ${rc}: ${probe}); refusing to format" \
-          "dmesg and the disk attachment; exit 8 means ambivalent signatures (inspect with wipefs -n ${dev}, never wipe blindly)"
-        ;;
-    esac
-    rc=0
+    probe_disk "$dev"
+    if [[ $DISK_STATE == blank ]]; then
+      log "data disk ${dev}: blkid, wipefs and dumpe2fs find nothing and its first and last MiB are zeros: formatting ext4"
+      run_logged mkfs.ext4 -q -m 0 -E lazy_itable_init=0,lazy_journal_init=0,discard -L convex-data "$dev" ||
+        die "mkfs.ext4 on ${dev} failed" "dmesg; the disk attachment"
+    fi
+    local rc=0
     run_logged e2fsck -p "$dev" || rc=$?
     if ((rc >= 4)); then
       die "e2fsck -p found errors it cannot fix on ${dev} (exit ${rc})" \
@@ -747,12 +886,65 @@ wait_docker() {
   die "the docker daemon is not answering" "systemctl status docker; journalctl -u docker"
 }
 
+# Two bridge networks: convex-db (the proxy at PROXY_IP and the backend) and convex-web
+# (the dashboard), so the dashboard never reaches the proxy, which logs in without a password.
+ensure_networks() {
+  ensure_network "$NET_DB" "${CFG[DB_SUBNET]}" "$BRIDGE_DB"
+  ensure_network "$NET_WEB" "${CFG[WEB_SUBNET]}" "$BRIDGE_WEB"
+}
+
 ensure_network() {
-  if ! docker network inspect "$NETWORK" >/dev/null 2>&1; then
-    docker network create --driver bridge "$NETWORK" >/dev/null ||
-      die "docker network create ${NETWORK} failed" "journalctl -u docker"
-    log "created docker network ${NETWORK}"
+  local name=$1 subnet=$2 bridge=$3 have
+  if have=$(docker network inspect --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}' "$name" 2>/dev/null); then
+    [[ $have == "$subnet" ]] && return 0
+    log "docker network ${name} has subnet ${have}, want ${subnet}: recreating it"
+    docker network rm "$name" >/dev/null 2>&1 ||
+      die "docker network rm ${name} failed (containers still attached?)" "sudo docker network inspect ${name}"
   fi
+  # A fixed bridge name lets the DOCKER-USER rules below match the network by interface.
+  docker network create --driver bridge --subnet "$subnet" \
+    --opt "com.docker.network.bridge.name=${bridge}" "$name" >/dev/null ||
+    die "docker network create ${name} (${subnet}) failed" "an overlapping route or network on the VM: ip route; journalctl -u docker"
+  log "created docker network ${name} (${subnet}, bridge ${bridge})"
+}
+
+# Block the metadata server (and so the VM account's token) from every container but
+# the proxy. Docker processes DOCKER-USER before its own forwarding rules and never
+# flushes it (docs.docker.com/engine/network/firewall-iptables, "Docker and iptables
+# chains"); rules are not persistent, so they are (re)checked on every run.
+ensure_isolation() {
+  step isolation
+  local -a rules=()
+  if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
+    rules+=("-i ${BRIDGE_DB} -s ${CFG[PROXY_IP]}/32 -d ${METADATA_IP}/32 -j RETURN")
+  fi
+  rules+=("-i ${BRIDGE_DB} -d ${METADATA_IP}/32 -j REJECT"
+    "-i ${BRIDGE_WEB} -d ${METADATA_IP}/32 -j REJECT")
+  iptables -w -nL DOCKER-USER >/dev/null 2>&1 || iptables -w -N DOCKER-USER >/dev/null 2>&1 ||
+    die "iptables chain DOCKER-USER missing and cannot be created" "sudo iptables -L -n; journalctl -u docker"
+  local stale
+  if [[ ${CFG[CONNECTION_MODE]} != proxy ]]; then
+    # A proxy exemption left from proxy mode would open the address to whatever gets it next.
+    while read -r stale; do
+      [[ -n $stale ]] || continue
+      local -a del
+      read -r -a del <<<"${stale/-A DOCKER-USER/}"
+      iptables -w -D DOCKER-USER "${del[@]}" || die "cannot delete stale DOCKER-USER rule: ${stale}" "sudo iptables -S DOCKER-USER"
+    done < <(iptables -w -S DOCKER-USER 2>/dev/null | grep -- "-i ${BRIDGE_DB} .*-j RETURN" || true)
+  fi
+  # Insert in reverse at the top so the final order is rules[0], rules[1], ...
+  local i added=0
+  for ((i = ${#rules[@]} - 1; i >= 0; i--)); do
+    local -a r
+    read -r -a r <<<"${rules[$i]}"
+    if ! iptables -w -C DOCKER-USER "${r[@]}" >/dev/null 2>&1; then
+      iptables -w -I DOCKER-USER 1 "${r[@]}" ||
+        die "cannot add DOCKER-USER rule '${rules[$i]}'; refusing to start containers that could reach the metadata server" \
+          "sudo iptables -S DOCKER-USER; journalctl -u docker"
+      added=$((added + 1))
+    fi
+  done
+  step_done "${added} rule(s) added"
 }
 
 pull_one() {
@@ -811,142 +1003,132 @@ pull_images() {
   step_done "${#pending[@]} pulled, $((${#images[@]} - ${#pending[@]})) already present"
 }
 
-# spec_hash IMAGE -- RUN_ARGS...: hash of everything that defines a container
-# (image + image ID, all run args, env-file CONTENT hashes, mounts).
-spec_hash() {
-  local image=$1
+# wanted_units: the units the current config runs, in start order.
+wanted_units() {
+  if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
+    printf 'cloudsql-proxy\n'
+  fi
+  printf 'convex-backend\n'
+  if [[ ${CFG[DASHBOARD_ENABLED]} == true ]]; then
+    printf 'convex-dashboard\n'
+  fi
+}
+
+sha_of() {
+  sha256sum "$@" 2>/dev/null | cut -d' ' -f1 | tr '\n' ' '
+}
+
+# render_unit NAME INPUTS... -> the unit file this VM installs: the metadata template
+# with this script's paths filled in, plus the hash of everything the container reads
+# at start (env files, CA bundle), so a changed input changes the file.
+render_unit() {
+  local name=$1
   shift
-  local id
-  id=$(docker image inspect --format '{{.Id}}' "$image" 2>/dev/null) || id=unknown
-  {
-    printf 'image=%s\nimage_id=%s\n' "$image" "$id"
-    local a prev=""
-    for a in "$@"; do
-      if [[ $prev == --env-file ]]; then
-        printf 'env-file-sha256=%s\n' "$(sha256sum <"$a" | cut -d' ' -f1)"
-      else
-        printf 'arg=%s\n' "$a"
-      fi
-      prev=$a
-    done
-  } | sha256sum | cut -d' ' -f1
+  local text
+  text=$(<"${RUN_DIR}/units/${name}.meta")
+  text=${text//\{\{RUN_DIR\}\}/$RUN_DIR}
+  text=${text//\{\{MOUNT_POINT\}\}/$MOUNT_POINT}
+  text=${text//\{\{STATE_DIR\}\}/$STATE_DIR}
+  local re='\{\{[A-Z_]+\}\}'
+  [[ ! $text =~ $re ]] || die "unit ${name} from metadata has an unknown {{...}} placeholder" "vm/units/${name}.service and this script's version"
+  printf '%s\n# convex-gcp inputs: %s\n' "$text" "$(sha_of "$@")"
 }
 
 CHANGED=()
-# ensure_container NAME IMAGE RUN_OPTIONS... -- CONTAINER_ARGS...
-ensure_container() {
-  local name=$1 image=$2
-  shift 2
-  local -a opts=() cargs=()
-  while (($#)) && [[ $1 != -- ]]; do
-    opts+=("$1")
-    shift
-  done
-  (($#)) && shift
-  cargs=("$@")
-  local want have state
-  want=$(spec_hash "$image" "${opts[@]}" -- "${cargs[@]}")
-  if have=$(docker inspect --type container \
-    --format "{{index .Config.Labels \"${LABEL_SPEC}\"}} {{.State.Status}}" "$name" 2>/dev/null); then
-    state=${have#* }
-    have=${have%% *}
-    if [[ $have == "$want" ]]; then
-      case "$state" in
-        running | restarting) log "container ${name}: spec unchanged (${want:0:12}), ${state}" ;;
-        *)
-          log "container ${name}: spec unchanged, state ${state}: starting it"
-          docker start "$name" >/dev/null || die "docker start ${name} failed" "journalctl -u docker"
-          ;;
-      esac
-      return 0
+UNITS_CHANGED=()
+# install_units: write every wanted unit whose text changed; one daemon-reload for all.
+install_units() {
+  step units
+  mkdir -p "$UNIT_DIR"
+  local unit new
+  local -a inputs
+  UNITS_CHANGED=()
+  for unit in $(wanted_units); do
+    case "$unit" in
+      convex-backend)
+        inputs=("${RUN_DIR}/backend.env" "${SECRETS_DIR}/backend.env")
+        [[ ${CFG[CONNECTION_MODE]} != ssl ]] || inputs+=("${STATE_DIR}/sql-ca.pem")
+        ;;
+      convex-dashboard) inputs=("${RUN_DIR}/dashboard.env") ;;
+      *) inputs=() ;;
+    esac
+    new="${UNIT_DIR}/${unit}.service.new"
+    render_unit "$unit" "${inputs[@]}" >"$new"
+    chmod 0644 "$new"
+    if [[ -f ${UNIT_DIR}/${unit}.service && $(sha_of "$new") == "$(sha_of "${UNIT_DIR}/${unit}.service")" ]]; then
+      rm -f "$new"
+    else
+      mv -f "$new" "${UNIT_DIR}/${unit}.service"
+      UNITS_CHANGED+=("$unit")
     fi
-    log "container ${name}: spec changed (${have:0:12} -> ${want:0:12}): recreating"
-    # docker stop honours the container's --stop-signal/--stop-timeout.
-    docker stop "$name" >/dev/null 2>&1 || true
-    docker rm -f "$name" >/dev/null 2>&1 || true
-  else
-    log "container ${name}: creating"
+  done
+  remove_unwanted_units
+  if ((${#UNITS_CHANGED[@]})); then
+    systemctl daemon-reload || die "systemctl daemon-reload failed" "journalctl -b -u systemd; sudo systemd-analyze verify ${UNIT_DIR}/convex-*.service"
   fi
-  local err="${RUN_DIR}/run.err"
-  if ! docker run -d --name "$name" --label "${LABEL_SPEC}=${want}" --label convex-gcp.managed=true \
-    "${opts[@]}" "$image" "${cargs[@]}" >/dev/null 2>"$err"; then
-    die "docker run ${name} failed: $(head -c 500 "$err" | tr '\n' ' ')" \
-      "if it names the gcplogs logging driver: the VM service account needs roles/logging.logWriter and the logging API enabled" \
-      "journalctl -u docker"
-  fi
-  CHANGED+=("$name")
+  step_done "changed: ${UNITS_CHANGED[*]:-none}"
 }
 
-remove_container() {
-  local name=$1
-  if docker inspect --type container --format '{{.Id}}' "$name" >/dev/null 2>&1; then
-    log "container ${name}: not wanted by the current config: removing"
-    docker stop "$name" >/dev/null 2>&1 || true
-    docker rm -f "$name" >/dev/null 2>&1 || true
-    CHANGED+=("-$name")
-  fi
+remove_unwanted_units() {
+  local unit
+  for unit in "${ALL_UNITS[@]}"; do
+    if [[ " $(wanted_units | tr '\n' ' ') " == *" ${unit} "* ]]; then
+      continue
+    fi
+    if [[ -f ${UNIT_DIR}/${unit}.service ]]; then
+      log "unit ${unit}: not wanted by the current config: stopping and removing it"
+      systemctl stop "${unit}.service" >/dev/null 2>&1 || true
+      rm -f "${UNIT_DIR}/${unit}.service"
+      UNITS_CHANGED+=("-${unit}")
+      CHANGED+=("-${unit}")
+    fi
+    # A container left by an earlier version of this script (docker --restart always).
+    docker rm -f "$unit" >/dev/null 2>&1 || true
+  done
 }
 
-ensure_proxy() {
-  if [[ ${CFG[CONNECTION_MODE]} != proxy ]]; then
-    remove_container cloudsql-proxy
+# start_unit NAME: restart it when its file changed; start it when it is not running.
+start_unit() {
+  local unit=$1 state
+  if [[ " ${UNITS_CHANGED[*]} " == *" ${unit} "* ]]; then
+    log "unit ${unit}: changed: restarting"
+    systemctl restart "${unit}.service" || die "systemctl restart ${unit} failed" "systemctl status ${unit}; journalctl -u ${unit}"
+    CHANGED+=("$unit")
     return 0
   fi
-  step proxy
-  local -a pargs
-  read -r -a pargs <<<"${CFG[PROXY_ARGS]}"
-  # 5432 is NOT published on the host: only containers on ${NETWORK} reach it.
-  # The stop timeout outlasts PROXY_ARGS' --max-sigterm-delay=30s so connections drain.
-  ensure_container cloudsql-proxy "${CFG[PROXY_IMAGE]}" \
-    --network "$NETWORK" --network-alias cloudsql-proxy --restart always \
-    --stop-timeout 40 --log-driver gcplogs -p 127.0.0.1:9090:9090 \
-    -- "${pargs[@]}"
-  step_done
-}
-
-ensure_backend() {
-  step backend
-  mountpoint -q "$MOUNT_POINT" ||
-    die "${MOUNT_POINT} is not a mount point; refusing to start the backend on the boot disk" "the data disk step above"
-  local -a extra=()
-  if [[ ${CFG[CONNECTION_MODE]} == ssl ]]; then
-    # The label puts the bundle's content into the spec hash: a new CA set recreates the backend
-    # (once); the same set leaves it alone.
-    extra+=(--mount "type=bind,source=${STATE_DIR}/sql-ca.pem,target=${SQL_CA_TARGET},readonly"
-      --label "convex-gcp.sql-ca-sha256=${SQL_CA_SHA}")
-  fi
-  ensure_container convex-backend "${CFG[BACKEND_IMAGE]}" \
-    --network "$NETWORK" --restart always \
-    --stop-signal SIGINT --stop-timeout 120 \
-    --log-driver gcplogs -p 3210:3210 -p 3211:3211 \
-    --mount "type=bind,source=${MOUNT_POINT}/convex,target=/convex/data" \
-    "${extra[@]}" \
-    --env-file "${RUN_DIR}/backend.env" --env-file "${SECRETS_DIR}/backend.env" \
-    --health-cmd 'curl -sf http://localhost:3210/version' \
-    --health-interval 10s --health-timeout 5s --health-retries 3 --health-start-period 60s \
-    --
-  step_done
-}
-
-ensure_dashboard() {
-  if [[ ${CFG[DASHBOARD_ENABLED]} != true ]]; then
-    remove_container convex-dashboard
+  state=$(systemctl is-active "${unit}.service" 2>/dev/null) || true
+  if [[ $state == active ]]; then
+    log "unit ${unit}: unchanged, active"
     return 0
   fi
-  step dashboard
-  ensure_container convex-dashboard "${CFG[DASHBOARD_IMAGE]}" \
-    --network "$NETWORK" --restart always --log-driver gcplogs -p 6791:6791 \
-    --env-file "${RUN_DIR}/dashboard.env" --
-  step_done
+  # activating = waiting to be restarted by Restart=always; start it now instead.
+  log "unit ${unit}: unchanged, ${state:-unknown}: starting it"
+  systemctl reset-failed "${unit}.service" >/dev/null 2>&1 || true
+  systemctl restart "${unit}.service" || die "systemctl restart ${unit} failed" "systemctl status ${unit}; journalctl -u ${unit}"
+  CHANGED+=("$unit")
 }
 
-# wait_http NAME URL SECONDS -> 0 when URL answers 2xx within SECONDS.
+# n_restarts UNIT: how often systemd restarted it (NRestarts, systemd >= 235).
+n_restarts() {
+  local n
+  n=$(systemctl show -p NRestarts --value "${1}.service" 2>/dev/null) || n=0
+  [[ $n =~ ^[0-9]+$ ]] || n=0
+  printf '%s' "$n"
+}
+
+SQL_FIX="the Cloud SQL instance is RUNNABLE (gcloud sql instances describe); private services access peering exists (gcloud services vpc-peerings list --network=...); egress from the VM to the instance's private IP (TCP 3307 proxy, 5432 direct) is allowed; the VM service account has roles/cloudsql.client (and roles/cloudsql.instanceUser with IAM login)"
+
+# wait_http NAME URL SECONDS [UNIT] -> 0 when URL answers 2xx within SECONDS.
+# With UNIT, each poll also asks systemd about it (so restarts are counted as they happen).
 wait_http() {
-  local name=$1 url=$2 limit=$3
+  local name=$1 url=$2 limit=$3 unit=${4:-}
   local t0 n=0
   t0=$(now_ms)
   while :; do
     n=$((n + 1))
+    if [[ -n $unit ]]; then
+      systemctl is-active --quiet "${unit}.service" 2>/dev/null || true
+    fi
     if curl -sf -o /dev/null --connect-timeout 2 --max-time 5 "$url" 2>/dev/null; then
       log "${name}: healthy after $(($(now_ms) - t0)) ms (${n} polls)"
       return 0
@@ -1017,7 +1199,7 @@ sm_add_version() {
 # one (the secret was deleted or recreated), that copy is restored instead,
 # because the data on the disk and in the database is tied to it.
 provide_instance_secret() {
-  local file=$1 data="${MOUNT_POINT}/convex"
+  local file=$1 data="${MOUNT_POINT}/convex" first
   local saved="${data}/credentials/instance_secret"
   if [[ -f $saved ]]; then
     tr -d '\n' <"$saved" >"$file"
@@ -1025,7 +1207,11 @@ provide_instance_secret() {
       die "${saved} on the data disk is not a 64-hex instance secret; refusing to guess" \
         "restore the right version in ${CFG[INSTANCE_SECRET_ID]} by hand"
     log "instance secret ${CFG[INSTANCE_SECRET_ID]} has no version: restoring the one on the data disk"
-  elif [[ -n $(find "$data" -mindepth 1 -maxdepth 1 -print -quit 2>/dev/null) ]]; then
+  elif ! first=$(find "$data" -mindepth 1 -maxdepth 1 -print -quit 2>"${RUN_DIR}/find.err"); then
+    # An unreadable directory is not an empty one: a new secret would orphan the data.
+    die "cannot list ${data} ($(head -c 200 "${RUN_DIR}/find.err" | tr '\n' ' ')); refusing to mint a new instance secret" \
+      "the data disk mount and dmesg for I/O errors; restore the secret version instead if the disk holds Convex data"
+  elif [[ -n $first ]]; then
     die "instance secret ${CFG[INSTANCE_SECRET_ID]} has no version, and the data disk already holds Convex data" \
       "a new INSTANCE_SECRET would not match that data: restore the old secret version (gcloud secrets versions list)"
   else
@@ -1045,7 +1231,8 @@ watcher_env() {
     CONVEX_GCP_MOUNT_POINT CONVEX_GCP_DATA_DEVICE CONVEX_GCP_RETRY_BASE_MS CONVEX_GCP_RETRY_MAX_MS \
     CONVEX_GCP_RETRY_ATTEMPTS CONVEX_GCP_PROXY_READY_URL CONVEX_GCP_BACKEND_VERSION_URL \
     CONVEX_GCP_PROXY_WAIT CONVEX_GCP_BACKEND_WAIT CONVEX_GCP_POLL_MS CONVEX_GCP_WATCH_TIMEOUT \
-    CONVEX_GCP_PENDING_RETRY CONVEX_GCP_STATE_DIR CONVEX_GCP_CA_REFRESH; do
+    CONVEX_GCP_PENDING_RETRY CONVEX_GCP_STATE_DIR CONVEX_GCP_CA_REFRESH CONVEX_GCP_UNIT_DIR \
+    CONVEX_GCP_TOKEN_MARGIN CONVEX_GCP_SQL_PROBE_ADDR; do
     if [[ -n ${!v:-} ]]; then
       printf -- '--setenv=%s=%s\n' "$v" "${!v}"
     fi
@@ -1082,6 +1269,7 @@ ensure_watcher() {
 }
 
 watch_loop() {
+  require_tools curl flock sha256sum sed tail bash
   local script="${RUN_DIR}/startup.sh" hdr="${RUN_DIR}/watch.headers"
   local etag interval=$PENDING_RETRY_S fails=0 last_run=$EPOCHSECONDS
   etag=$(cat "${RUN_DIR}/applied-etag" 2>/dev/null || printf 'none')
@@ -1118,7 +1306,12 @@ watch_loop() {
     if [[ -n $new && $new != "$etag" ]]; then
       run="metadata changed (etag ${etag} -> ${new})"
     elif [[ -e ${RUN_DIR}/pending ]]; then
-      run="previous run unfinished; periodic retry"
+      # `pending` also marks a run that is still going: retry only once the lock is free.
+      if flock -n "${RUN_DIR}/lock" true; then
+        run="previous run unfinished; periodic retry"
+      else
+        log "a run holds ${RUN_DIR}/lock; not queueing another"
+      fi
     elif [[ -e ${RUN_DIR}/ca-refresh ]] && ((EPOCHSECONDS - last_run >= CA_REFRESH_S)); then
       run="periodic server CA check"
     fi
@@ -1152,14 +1345,74 @@ watch_loop() {
 
 # ------------------------------------------------------------------ main --
 
+# sql_reachability: can the VM reach Cloud SQL at all? Readiness is not reachability: since
+# cloud-sql-proxy v2.11.1 (PR #2207) /readiness does not depend on the instance, and with
+# --port the proxy dials nothing until a client connects. Proxy mode: the proxy runs
+# with --run-connection-test, which exits when an instance is unreachable (cmd/root.go,
+# internal/proxy/proxy.go Serve), so readiness that never comes while systemd keeps
+# restarting it means "unreachable". Direct modes: a TCP connect to POSTGRES_URL's host:port.
+# Sets SQL_OK=1 when reachable.
+SQL_OK=0
+sql_reachability() {
+  local wait_s=$1
+  SQL_OK=0
+  if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
+    step proxy-readiness
+    local r0 r1
+    r0=$(n_restarts cloudsql-proxy)
+    if wait_http cloudsql-proxy "$PROXY_READY_URL" "$wait_s" cloudsql-proxy; then
+      SQL_OK=1
+      preflight PASS cloud-sql "the proxy passed its connection test (--run-connection-test) and ${PROXY_READY_URL} answered 200"
+    else
+      r1=$(n_restarts cloudsql-proxy)
+      if ((r1 > r0)); then
+        preflight FAIL cloud-sql "Cloud SQL unreachable: the proxy exited $((r1 - r0)) time(s) in ${wait_s} s; with --run-connection-test it exits when it cannot reach the instance" \
+          "journalctl -u cloudsql-proxy -n 50 ('Connection test failed' names the error); ${SQL_FIX}"
+      else
+        preflight FAIL cloud-sql "the proxy is not ready after ${wait_s} s (${PROXY_READY_URL})" \
+          "systemctl status cloudsql-proxy; journalctl -u cloudsql-proxy -n 50; ${SQL_FIX}"
+      fi
+    fi
+    step_done
+    return 0
+  fi
+  step sql-tcp
+  local addr=${CONVEX_GCP_SQL_PROBE_ADDR:-} url
+  if [[ -z $addr ]]; then
+    url=$(sed -n 's/^POSTGRES_URL=//p' "${RUN_DIR}/backend.env.meta" | head -n1)
+    url=${url#*://}
+    url=${url#*@}
+    addr=${url%%[/?]*}
+  fi
+  local host=${addr%:*} port=${addr##*:}
+  [[ $port =~ ^[0-9]+$ && $host =~ ^[A-Za-z0-9.-]+$ && $host != "$addr" ]] || die "cannot tell Cloud SQL's host:port from POSTGRES_URL (${addr})" "convex-backend-env POSTGRES_URL"
+  local t0 n=0
+  t0=$(now_ms)
+  while :; do
+    n=$((n + 1))
+    # bash's /dev/tcp: no extra tool; `timeout` bounds a connect that hangs (dropped SYNs).
+    if timeout 5 bash -c "exec 3<>/dev/tcp/${host}/${port}" 2>/dev/null; then
+      SQL_OK=1
+      preflight PASS cloud-sql "TCP ${host}:${port} accepts connections"
+      break
+    fi
+    if (($(now_ms) - t0 >= wait_s * 1000)); then
+      preflight FAIL cloud-sql "Cloud SQL unreachable: TCP ${host}:${port} refused or timed out (${n} tries in ${wait_s} s)" "$SQL_FIX"
+      break
+    fi
+    sleep_ms "$POLL_MS"
+  done
+  step_done
+}
+
 apply() {
   local t0
   t0=$(now_ms)
   mkdir -p "$RUN_DIR" "$SECRETS_DIR"
   chmod 0700 "$RUN_DIR" "$SECRETS_DIR"
+  require_tools "${REQUIRED_TOOLS[@]}"
   exec 9>"${RUN_DIR}/lock"
-  # Overlapping runs could race on containers and secrets: never run unlocked.
-  command -v flock >/dev/null 2>&1 || die "flock (util-linux) not found; refusing to run without the run lock" "the VM image"
+  # Overlapping runs could race on units and secrets: never run unlocked.
   flock -w 1800 9 || die "another convex-gcp run holds ${RUN_DIR}/lock for 30 min" "ps -ef | grep startup.sh"
   touch "${RUN_DIR}/pending"
   log "convex-gcp ${MODE} starting"
@@ -1177,36 +1430,37 @@ apply() {
   write_secret_env
   check_sqladmin
   ensure_sql_ca
-  ensure_network
+  ensure_networks
+  ensure_isolation
   pull_images
-  ensure_proxy
+  install_units
   local backend_wait=$BACKEND_WAIT_S
   if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
-    step proxy-readiness
-    if wait_http cloudsql-proxy "$PROXY_READY_URL" "$PROXY_WAIT_S"; then
-      preflight PASS proxy-readiness "${PROXY_READY_URL} answered 200"
-    else
-      preflight FAIL proxy-readiness "${PROXY_READY_URL} not ready after ${PROXY_WAIT_S} s" \
-        "docker logs cloudsql-proxy; the Cloud SQL instance exists and is RUNNABLE (first deploy: still being created?); egress TCP 3307 to its private IP; roles/cloudsql.client; scope sqlservice.admin or cloud-platform"
-      # The backend cannot be healthy without the proxy: do not hold the boot
-      # for long; the watcher finishes the remaining steps later.
-      backend_wait=$((backend_wait < 30 ? backend_wait : 30))
-    fi
-    step_done
+    start_unit cloudsql-proxy
+    sql_reachability "$PROXY_WAIT_S"
+  else
+    sql_reachability "$PROXY_WAIT_S"
   fi
-  ensure_backend
+  if ((!SQL_OK)); then
+    # The backend cannot be healthy without the database: do not hold the boot for
+    # long; systemd keeps restarting the proxy and the watcher finishes the rest.
+    backend_wait=$((backend_wait < 30 ? backend_wait : 30))
+  fi
+  start_unit convex-backend
   step backend-version
   if ! wait_http convex-backend "$BACKEND_VERSION_URL" "$backend_wait"; then
     preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering after ${backend_wait} s" \
-      "docker logs convex-backend (it binds 3210 only after Postgres connected); the database named after INSTANCE_NAME exists; the DB user may CREATE in schema public"
+      "journalctl -u convex-backend -n 100 (it binds 3210 only after Postgres connected); the database named after INSTANCE_NAME exists; the DB user may CREATE in schema public"
     step_done "not healthy"
-    log "containers are deployed but the backend is not healthy yet; it restarts by itself and the watcher ${WATCH_UNIT} retries the remaining steps (dashboard, admin key) periodically"
+    log "units are installed but the backend is not healthy yet; systemd restarts what exits and the watcher ${WATCH_UNIT} retries the remaining steps (dashboard, admin key) periodically"
     print_preflight_summary
     exit 75
   fi
   preflight PASS backend-version "${BACKEND_VERSION_URL} answered 200"
   step_done
-  ensure_dashboard
+  if [[ ${CFG[DASHBOARD_ENABLED]} == true ]]; then
+    start_unit convex-dashboard
+  fi
   ensure_admin_key
   ACCESS_TOKEN=""
   rm -f "${RUN_DIR}/pending"
@@ -1217,22 +1471,17 @@ apply() {
 run_preflight() {
   mkdir -p "$RUN_DIR" "$SECRETS_DIR"
   chmod 0700 "$RUN_DIR" "$SECRETS_DIR"
+  require_tools curl systemctl sha256sum sed grep head tr cut timeout
   fetch_metadata
   parse_config
   check_scopes
   fetch_token
   check_sqladmin
-  if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
-    if wait_http cloudsql-proxy "$PROXY_READY_URL" 0; then
-      preflight PASS proxy-readiness "${PROXY_READY_URL} answered 200"
-    else
-      preflight FAIL proxy-readiness "${PROXY_READY_URL} not ready" "docker logs cloudsql-proxy"
-    fi
-  fi
+  sql_reachability 0
   if wait_http convex-backend "$BACKEND_VERSION_URL" 0; then
     preflight PASS backend-version "${BACKEND_VERSION_URL} answered 200"
   else
-    preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering" "docker logs convex-backend"
+    preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering" "journalctl -u convex-backend -n 100"
   fi
   ACCESS_TOKEN=""
   print_preflight_summary

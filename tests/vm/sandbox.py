@@ -1,10 +1,12 @@
 """Sandbox that runs the REAL vm/startup.sh under bash against local fakes.
 
 Used by the pytest suite (tests/vm) and by benchmarks/boot_bench.py.
-Real: bash, curl, blkid, mkfs.ext4, e2fsck, resize2fs, base64, sha256sum,
-flock, a file-backed disk image. Fake (first on PATH): docker, systemctl,
-systemd-run, mount, mountpoint. Fake HTTP on 127.0.0.1: metadata server,
-Secret Manager + SQL Admin, proxy readiness + backend /version.
+Real: bash, curl, blkid, wipefs, dumpe2fs, mkfs.ext4, e2fsck, resize2fs, dd,
+base64, sha256sum, flock, a file-backed disk image, and the metadata the
+program renders (convex_gcp.runtime for the dev stack's settings: config,
+env, systemd units). Fake (first on PATH): docker, systemctl, systemd-run,
+mount, mountpoint, iptables. Fake HTTP on 127.0.0.1: metadata server, Secret
+Manager + SQL Admin, proxy readiness + backend /version.
 """
 
 from __future__ import annotations
@@ -25,24 +27,36 @@ sys.path.insert(0, str(HERE))
 from fakes.google import TOKEN, ApisServer, HealthServer, MetadataServer  # noqa: E402
 
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO))
+
+from convex_gcp import runtime  # noqa: E402
+from convex_gcp.settings import Settings, load_settings  # noqa: E402
+from tools.plan import stack_config  # noqa: E402
+
 SCRIPT = REPO / "vm" / "startup.sh"
 FAKEBIN = HERE / "fakes" / "fakebin.py"
-TOOLS = ("docker", "systemctl", "systemd-run", "mount", "mountpoint")
-SHA = "652b828b5129e6cdbcaa3c20efa8d116d09ff3bf"
+TOOLS = ("docker", "systemctl", "systemd-run", "mount", "mountpoint", "iptables")
 PROJECT = "test-proj"
 INSTANCE_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-instance-secret"
 ADMIN_KEY_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-admin-key"
 DB_PASSWORD_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-db-password"
-PROXY_IMAGE = "gcr.io/cloud-sql-connectors/cloud-sql-proxy:2.25.3"
-BACKEND_IMAGE = f"ghcr.io/get-convex/convex-backend:{SHA}"
-DASHBOARD_IMAGE = f"ghcr.io/get-convex/convex-dashboard:{SHA}"
-PROXY_ARGS = ("--private-ip --address=0.0.0.0 --port=5432 --health-check --http-address=0.0.0.0 "
-              "--http-port=9090 --structured-logs --max-sigterm-delay=30s --exit-zero-on-sigterm "
-              "--auto-iam-authn test-proj:europe-west1:convex-db")
+CONNECTION_NAME = "test-proj:europe-west1:convex-db"
+# The program's own settings for the dev stack (Pulumi.dev.yaml), as `pulumi up` would load them.
+SETTINGS: Settings = load_settings(stack_config("dev"), "dev")
+SHA = SETTINGS.convex.version
+PROXY_IMAGE = runtime.PROXY_IMAGE.format(tag=SETTINGS.convex.proxy_version)
+BACKEND_IMAGE = runtime.BACKEND_IMAGE.format(tag=SHA)
+DASHBOARD_IMAGE = runtime.DASHBOARD_IMAGE.format(tag=SHA)
+render_env = runtime.render_env
 
 
-def render_env(values: dict[str, str]) -> str:
-    return "".join(f"{k}={values[k]}\n" for k in sorted(values))
+def inputs(**changes) -> runtime.RuntimeInputs:
+    values = dict(project=PROJECT, connection_name=CONNECTION_NAME, public_host="34.1.2.3",
+                  database_user="convex", instance_secret_id=INSTANCE_SECRET_ID,
+                  admin_key_secret_id=ADMIN_KEY_SECRET_ID, db_password_secret_id=DB_PASSWORD_SECRET_ID,
+                  sql_dns_name="abc123.def456.europe-west1.sql-psa.goog", sql_private_ip="10.30.0.5")
+    values.update(changes)
+    return runtime.RuntimeInputs(**values)
 
 
 @dataclass
@@ -65,11 +79,13 @@ class Sandbox:
         self.mount_point = tmp / "mnt" / "disks" / "convex-data"
         self.state_dir = tmp / "var" / "lib" / "convex-gcp"  # persistent: survives reboot()
         self.disk = tmp / "disk.img"
+        self.unit_dir = tmp / "etc" / "systemd" / "system"  # /etc is a tmpfs on COS: reset by reboot()
         for d in (self.bin, self.fake_root, self.run_dir.parent):
             d.mkdir(parents=True, exist_ok=True)
         for tool in TOOLS:
             p = self.bin / tool
-            p.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(FAKEBIN.parent)!r})\n"
+            # The interpreter itself, isolated (-I) and without site (-S): ~10 ms a start, no env shim.
+            p.write_text(f"#!{sys.executable} -IS\nimport sys\nsys.path.insert(0, {str(FAKEBIN.parent)!r})\n"
                          f"import fakebin\nsys.exit(fakebin.main({tool!r}))\n")
             p.chmod(0o755)
         if make_disk:
@@ -77,32 +93,11 @@ class Sandbox:
 
         self.instance_secret = pysecrets.token_hex(32)
         self.db_password = "Pw" + pysecrets.token_hex(12)
-        self.config = {
-            "CONNECTION_MODE": "proxy",
-            "PROXY_IMAGE": PROXY_IMAGE,
-            "PROXY_ARGS": PROXY_ARGS,
-            "BACKEND_IMAGE": BACKEND_IMAGE,
-            "DASHBOARD_IMAGE": DASHBOARD_IMAGE,
-            "DASHBOARD_ENABLED": "true",
-            "DATA_DEVICE_NAME": "convex-data",
-            "PROJECT_ID": PROJECT,
-            "INSTANCE_SECRET_ID": INSTANCE_SECRET_ID,
-            "ADMIN_KEY_SECRET_ID": ADMIN_KEY_SECRET_ID,
-            "DB_PASSWORD_SECRET_ID": "",
-        }
-        self.backend_env = {
-            "CONVEX_CLOUD_ORIGIN": "http://34.1.2.3:3210",
-            "CONVEX_SITE_ORIGIN": "http://34.1.2.3:3211",
-            "DO_NOT_REQUIRE_SSL": "1",
-            "INSTANCE_NAME": "convex-dev",
-            "POSTGRES_MAX_CONNECTIONS": "20",
-            "POSTGRES_URL": "postgresql://convex-vm%40test-proj.iam@cloudsql-proxy:5432?sslmode=disable",
-            "RUST_LOG": "info",
-        }
-        self.dashboard_env = {"NEXT_PUBLIC_DEPLOYMENT_URL": "http://34.1.2.3:3210"}
-
+        self.settings = SETTINGS
+        self.inputs = inputs()
+        self.render()
         self.metadata = MetadataServer(self._attributes())
-        self.apis = ApisServer()
+        self.apis = ApisServer(self.metadata.tokens)
         self.apis.add_secret(INSTANCE_SECRET_ID, self.instance_secret.encode())
         self.apis.add_secret(ADMIN_KEY_SECRET_ID)
         self.apis.add_secret(DB_PASSWORD_SECRET_ID, self.db_password.encode())
@@ -111,28 +106,39 @@ class Sandbox:
         self.script_suffix = ""  # appended to the served startup-script (simulates a new version)
 
     # ------------------------------------------------------------ config --
+    def render(self, settings: Settings | None = None, **input_changes) -> None:
+        """The metadata convex_gcp.runtime renders for these settings; tests then edit the dicts."""
+        if settings is not None:
+            self.settings = settings
+        if input_changes:
+            self.inputs = inputs(**input_changes)
+        self.config = runtime.vm_config(self.settings, self.inputs)
+        self.backend_env = runtime.backend_env(self.settings, self.inputs)
+        self.dashboard_env = runtime.dashboard_env(self.settings, self.inputs)
+
     def _attributes(self) -> dict[str, str]:
-        attrs = {
-            "startup-script": SCRIPT.read_text() + getattr(self, "script_suffix", ""),
-            "enable-oslogin": "TRUE",
-            "convex-gcp-config": render_env(self.config),
-            "convex-backend-env": render_env(self.backend_env),
-        }
-        if self.config.get("DASHBOARD_ENABLED") == "true":
+        attrs = runtime.instance_metadata(self.settings, self.inputs,
+                                          SCRIPT.read_text() + getattr(self, "script_suffix", ""))
+        # What a test edited in the dicts wins; units follow the (edited) config like in the program.
+        attrs["convex-gcp-config"] = render_env(self.config)
+        attrs["convex-backend-env"] = render_env(self.backend_env)
+        attrs.pop("convex-dashboard-env", None)
+        if self.dashboard_env and self.config.get("DASHBOARD_ENABLED") == "true":
             attrs["convex-dashboard-env"] = render_env(self.dashboard_env)
+        for key in [k for k in attrs if k.startswith("convex-gcp-unit-")]:
+            del attrs[key]
+        for name, text in runtime.units_for_config(self.config).items():
+            attrs[f"convex-gcp-unit-{name}"] = text
         return attrs
 
     def use_ssl(self, server_cas: list[str], host: str = "abc123.def456.europe-west1.sql-psa.goog") -> None:
-        """Render connectionMode ssl the way convex_gcp.runtime does, and serve these CA PEMs."""
-        for key in ("PROXY_IMAGE", "PROXY_ARGS"):
-            self.config.pop(key, None)
-        self.config["CONNECTION_MODE"] = "ssl"
-        self.config["SQL_INSTANCE"] = "test-proj:europe-west1:convex-db"
-        self.config["DB_PASSWORD_SECRET_ID"] = DB_PASSWORD_SECRET_ID
-        self.backend_env.pop("DO_NOT_REQUIRE_SSL", None)
-        self.backend_env["POSTGRES_URL"] = f"postgresql://convex@{host}:5432"
-        self.backend_env["PG_CA_FILE"] = "/convex-gcp/sql-ca.pem"
+        """Render connectionMode ssl with convex_gcp.runtime, and serve these CA PEMs."""
+        self.render(self.settings.model_copy(update={"connection_mode": "ssl"}), sql_dns_name=host)
         self.apis.server_cas = list(server_cas)
+        self.publish()
+
+    def use_proxy(self) -> None:
+        self.render(self.settings.model_copy(update={"connection_mode": "proxy"}))
         self.publish()
 
     def publish(self) -> None:
@@ -175,6 +181,9 @@ class Sandbox:
             "CONVEX_GCP_POLL_MS": "50",
             "CONVEX_GCP_WATCH_TIMEOUT": "5",
             "CONVEX_GCP_PENDING_RETRY": "1",
+            "CONVEX_GCP_UNIT_DIR": str(self.unit_dir),
+            "CONVEX_GCP_TOKEN_MARGIN": "0",
+            "CONVEX_GCP_SQL_PROBE_ADDR": f"127.0.0.1:{self.health.port}",
         }
         env.update(self.extra_env)
         return env
@@ -201,12 +210,19 @@ class Sandbox:
         return out
 
     def reboot(self) -> None:
-        """What a VM reboot resets: /run (tmpfs), mounts, transient units. Docker
-        containers persist and come back by their restart policy."""
+        """What a COS reboot resets: /run and /etc (tmpfs: units gone), /mnt/disks (tmpfs: the mount
+        point is empty again), systemd state, iptables rules. Docker state persists; dockerd drops
+        --rm containers and restarts --restart always ones (fakebin.daemon_restart)."""
         shutil.rmtree(self.run_dir.parent, ignore_errors=True)
         self.run_dir.parent.mkdir(parents=True)
-        (self.fake_root / "mounts.json").unlink(missing_ok=True)
+        shutil.rmtree(self.unit_dir, ignore_errors=True)
+        shutil.rmtree(self.mount_point.parent, ignore_errors=True)
+        for f in ("mounts.json", "systemd.json", "iptables.json"):
+            (self.fake_root / f).unlink(missing_ok=True)
         shutil.rmtree(self.fake_root / "units", ignore_errors=True)
+        env = {**os.environ, "FAKE_ROOT": str(self.fake_root)}
+        subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(FAKEBIN.parent)!r}); "
+                        "import fakebin; fakebin.daemon_restart()"], env=env, check=True)
 
     # ----------------------------------------------------------- records --
     def calls(self, tool: str | None = None) -> list[dict]:
@@ -218,6 +234,18 @@ class Sandbox:
 
     def docker(self, sub: str | None = None) -> list[dict]:
         return [c for c in self.calls("docker") if sub is None or (c["argv"] and c["argv"][0] == sub)]
+
+    def systemctl(self, *args: str) -> subprocess.CompletedProcess:
+        """Ask the fake systemd something (for a unit in auto-restart, time passes: it restarts)."""
+        return subprocess.run([str(self.bin / "systemctl"), *args], env=self.env(), capture_output=True, text=True)
+
+    def units(self) -> dict:
+        f = self.fake_root / "systemd.json"
+        return json.loads(f.read_text())["units"] if f.exists() else {}
+
+    def iptables_rules(self) -> list[str]:
+        f = self.fake_root / "iptables.json"
+        return json.loads(f.read_text())["DOCKER-USER"] if f.exists() else []
 
     def runs(self) -> list[str]:
         """Names of containers created by `docker run`, in order."""
@@ -240,7 +268,7 @@ class Sandbox:
         return "\n".join(" ".join(c["argv"]) for c in self.calls())
 
     def secret_values(self) -> list[str]:
-        vals = [self.instance_secret, self.db_password, TOKEN]
+        vals = [self.instance_secret, self.db_password, TOKEN, *self.metadata.tokens.issued]
         vals += [v.decode() for v in self.apis.secrets.get(ADMIN_KEY_SECRET_ID, [])]
         return vals
 

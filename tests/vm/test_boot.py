@@ -7,7 +7,7 @@ import stat
 import subprocess
 
 import diskutil
-from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE
+from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE, SETTINGS
 
 
 def _argv_of_run(sb, name):
@@ -28,19 +28,19 @@ def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox):
     assert len(mounts) == 1 and mounts[0]["argv"][-2:] == [str(sandbox.disk), str(sandbox.mount_point)]
     assert "formatting ext4" in r.stderr and "resize2fs" in r.stderr
 
-    # Order: network -> pulls -> proxy -> readiness -> backend -> /version -> dashboard -> admin key.
-    calls = sandbox.docker()
-    subs = [(c["argv"][0], c["argv"][-1]) for c in calls]
-    i_net = subs.index(("network", "convex")) if ("network", "convex") in subs else None
-    creates = [i for i, c in enumerate(calls) if c["argv"][:2] == ["network", "create"]]
-    assert creates, "network convex not created"
-    pulls = [i for i, c in enumerate(calls) if c["argv"][0] == "pull"]
+    # Order: networks -> isolation -> pulls -> units -> proxy -> readiness -> backend -> /version -> dashboard.
+    calls = sandbox.calls()
+    idx = lambda pred: [i for i, c in enumerate(calls) if pred(c)]  # noqa: E731
+    creates = idx(lambda c: c["tool"] == "docker" and c["argv"][:2] == ["network", "create"])
+    rules = idx(lambda c: c["tool"] == "iptables" and c["argv"][1] == "-I")
+    pulls = idx(lambda c: c["tool"] == "docker" and c["argv"][0] == "pull")
+    reload_ = idx(lambda c: c["tool"] == "systemctl" and c["argv"][0] == "daemon-reload")
+    run_idx = idx(lambda c: c["tool"] == "docker" and c["argv"][0] == "run")
     assert {calls[i]["argv"][-1] for i in pulls} == {PROXY_IMAGE, BACKEND_IMAGE, DASHBOARD_IMAGE}
-    run_idx = [i for i, c in enumerate(calls) if c["argv"][0] == "run"]
     assert sandbox.runs() == ["cloudsql-proxy", "convex-backend", "convex-dashboard"]
-    assert creates[0] < min(run_idx) and max(pulls) < min(run_idx)
-    assert i_net is not None
-    exec_idx = [i for i, c in enumerate(calls) if c["argv"][0] == "exec"]
+    assert len(creates) == 2 and len(rules) == 3 and len(reload_) == 1
+    assert max(creates) < min(rules) and max(rules) < min(pulls) and max(pulls) < reload_[0] < min(run_idx)
+    exec_idx = idx(lambda c: c["tool"] == "docker" and c["argv"][0] == "exec")
     assert len(exec_idx) == 1 and exec_idx[0] > max(run_idx)
 
     # The proxy was ready before the backend was created; /version before the dashboard.
@@ -51,27 +51,41 @@ def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox):
     assert ready_ok and min(ready_ok) < t_backend
     assert version_ok and min(version_ok) > t_backend and min(version_ok) < t_dashboard
 
+    # Every container is a systemd unit running `docker run --rm`; none has a Docker restart policy.
+    units = sandbox.units()
+    assert {u: units[f"{u}.service"]["state"] for u in ("cloudsql-proxy", "convex-backend", "convex-dashboard")} == \
+        dict.fromkeys(("cloudsql-proxy", "convex-backend", "convex-dashboard"), "active")
+    for name in ("cloudsql-proxy", "convex-backend", "convex-dashboard"):
+        text = (sandbox.unit_dir / f"{name}.service").read_text()
+        assert "Restart=always" in text and "StartLimitIntervalSec=0" in text and "RestartSec=" in text
+        code = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+        assert "{{" not in code and "@" not in code.replace("@sha256", "")
+        a = _argv_of_run(sandbox, name)
+        assert "--rm" in a and "--restart" not in a
+        assert a[a.index("--log-driver") + 1] == "json-file"
+
     # Container specs.
     proxy = _argv_of_run(sandbox, "cloudsql-proxy")
     assert "127.0.0.1:9090:9090" in proxy and not any("5432:" in a for a in proxy)
-    assert proxy[-1] == "test-proj:europe-west1:convex-db" and "--private-ip" in proxy
+    assert proxy[-1] == "test-proj:europe-west1:convex-db" and "--private-ip" in proxy and "--run-connection-test" in proxy
+    assert proxy[proxy.index("--network") + 1] == "convex-db" and proxy[proxy.index("--ip") + 1] == "172.30.250.2"
     assert int(proxy[proxy.index("--stop-timeout") + 1]) > 30  # outlasts --max-sigterm-delay=30s
     backend = _argv_of_run(sandbox, "convex-backend")
-    for flag, value in [("--stop-signal", "SIGINT"), ("--restart", "always"), ("--log-driver", "gcplogs"),
-                        ("--network", "convex")]:
-        assert backend[backend.index(flag) + 1] == value
+    assert backend[backend.index("--stop-signal") + 1] == "SIGINT"
+    assert backend[backend.index("--network") + 1] == "convex-db"
     assert int(backend[backend.index("--stop-timeout") + 1]) >= 60
     assert f"type=bind,source={sandbox.mount_point}/convex,target=/convex/data" in backend
     assert backend[backend.index("--health-cmd") + 1] == "curl -sf http://localhost:3210/version"
     dash = _argv_of_run(sandbox, "convex-dashboard")
-    assert "6791:6791" in dash and dash[dash.index("--restart") + 1] == "always"
-    for a in (proxy, backend, dash):
-        assert any(x.startswith("convex-gcp.spec=") for x in a)
+    assert "6791:6791" in dash and dash[dash.index("--network") + 1] == "convex-web"
 
-    # Backend env = metadata env + INSTANCE_SECRET from Secret Manager.
+    # Backend env = the program's rendered env + INSTANCE_SECRET from Secret Manager.
     env = dict(e.split("=", 1) for e in sandbox.docker_state()["containers"]["convex-backend"]["env"])
     assert env["INSTANCE_SECRET"] == sandbox.instance_secret
     assert env["RUST_LOG"] == "info" and "@cloudsql-proxy:5432" in env["POSTGRES_URL"]
+    # dev stack: db-g1-small allows 50 connections; the derived pool leaves room for the rest.
+    assert SETTINGS.max_connections == 50
+    assert env["POSTGRES_MAX_CONNECTIONS"] == "42" == str(SETTINGS.pool_size)
 
     # Admin key generated once and stored as a secret version.
     versions = sandbox.apis.secrets[ADMIN_KEY_SECRET_ID]
@@ -88,27 +102,28 @@ def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox):
     assert stat.S_IMODE(os.stat(sdir / "backend.env").st_mode) == 0o600
     assert not (sandbox.run_dir / "pending").exists()
     assert "PREFLIGHT PASS scopes" in r.stderr and "PREFLIGHT PASS sqladmin" in r.stderr
-    assert "PREFLIGHT PASS proxy-readiness" in r.stderr and "PREFLIGHT PASS backend-version" in r.stderr
+    assert "PREFLIGHT PASS cloud-sql" in r.stderr and "PREFLIGHT PASS backend-version" in r.stderr
 
 
 def test_second_boot_and_manual_rerun_change_nothing(sandbox, tmp_path):
     assert sandbox.run().rc == 0
     uuid = diskutil.blkid(sandbox.disk)["UUID"]
     diskutil.write_file(sandbox.disk, "precious.txt", b"user data\n", tmp_path)
-    ids = {n: c["id"] for n, c in sandbox.docker_state()["containers"].items()}
 
     for _ in range(2):
         sandbox.reboot()
+        assert sandbox.docker_state()["containers"] == {}  # --rm containers do not survive a reboot
         sandbox.clear_calls()
         r = sandbox.run()
         assert r.rc == 0, r.stderr
-        assert sandbox.docker("run") == [] and sandbox.docker("rm") == [] and sandbox.docker("stop") == []
+        # /etc is a tmpfs on COS: the units are installed and started again, from the same images.
+        assert sandbox.runs() == ["cloudsql-proxy", "convex-backend", "convex-dashboard"]
         assert sandbox.docker("pull") == [] and sandbox.docker("exec") == []
         assert not [c for c in sandbox.docker("network") if c["argv"][1] == "create"]
+        assert len(sandbox.iptables_rules()) == 3  # rules are not persistent: added again
         assert "formatting" not in r.stderr
         assert len(sandbox.calls("mount")) == 1  # /run and mounts were reset by the reboot
         assert len(sandbox.calls("systemd-run")) == 1  # transient unit is gone after reboot
-        assert "changed: nothing" in r.stderr
 
     # Re-running by hand on the running VM: no mount, no watcher restart, nothing recreated.
     sandbox.clear_calls()
@@ -120,7 +135,8 @@ def test_second_boot_and_manual_rerun_change_nothing(sandbox, tmp_path):
 
     assert diskutil.blkid(sandbox.disk)["UUID"] == uuid
     assert diskutil.read_file(sandbox.disk, "precious.txt") == b"user data\n"
-    assert {n: c["id"] for n, c in sandbox.docker_state()["containers"].items()} == ids
+    assert "changed: nothing" in r.stderr and sandbox.calls("iptables")[-1]["argv"][1] == "-C"
+    assert not [c for c in sandbox.calls("systemctl") if c["argv"][0] in ("restart", "start", "daemon-reload")]
     assert len(sandbox.apis.secrets[ADMIN_KEY_SECRET_ID]) == 1
 
 
@@ -186,16 +202,56 @@ def test_grown_disk_is_resized(sandbox):
     assert diskutil.block_count(sandbox.disk) > blocks
 
 
-def test_stopped_container_with_same_spec_is_started_not_recreated(sandbox):
+def test_exited_container_is_restarted_by_systemd_not_the_script(sandbox):
     assert sandbox.run().rc == 0
     st = sandbox.docker_state()
-    st["containers"]["convex-dashboard"]["status"] = "exited"
+    del st["containers"]["convex-dashboard"]  # the process exited; --rm removed the container
     sandbox.set_docker(containers=st["containers"])
     sandbox.clear_calls()
     r = sandbox.run("reconcile")
     assert r.rc == 0, r.stderr
-    assert sandbox.docker("run") == []
-    assert [c["argv"] for c in sandbox.docker("start")] == [["start", "convex-dashboard"]]
+    # Restart=always brought it back (the fake plays it when systemd is asked); the script changed nothing.
+    assert sandbox.units()["convex-dashboard.service"]["n_restarts"] == 1
+    assert sandbox.runs() == ["convex-dashboard"]
+    assert not [c for c in sandbox.calls("systemctl") if c["argv"][0] in ("restart", "start")]
+    assert "changed: nothing" in r.stderr
+
+
+def test_failed_start_is_retried_by_systemd(sandbox):
+    """moby/moby#31971, #25940: Docker's --restart never retries a start that failed; systemd does."""
+    sandbox.set_docker(run_failures={"convex-dashboard": 1})
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert "convex-dashboard" not in sandbox.docker_state()["containers"]
+    # RestartSec later: systemd runs ExecStart again.
+    assert sandbox.systemctl("is-active", "convex-dashboard.service").stdout.strip() == "active"
+    assert sandbox.docker_state()["containers"]["convex-dashboard"]["status"] == "running"
+    assert sandbox.units()["convex-dashboard.service"]["n_restarts"] == 1
+    assert [c["rc"] for c in sandbox.docker("run") if "convex-dashboard" in c["argv"]] == [125, 0]
+
+
+def test_units_pass_systemd_analyze_verify(sandbox, tmp_path):
+    """The installed units, checked offline by systemd itself. Only /usr/bin/docker and
+    /usr/bin/mountpoint are pointed at stand-ins, because verify checks that executables exist."""
+    import shutil
+
+    assert sandbox.run().rc == 0
+    d = tmp_path / "verify"
+    d.mkdir()
+    stub = d / "stub"
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    (d / "docker.service").write_text("[Unit]\nDescription=stub\n[Service]\nExecStart=/bin/true\n")
+    names = []
+    for unit in sorted(sandbox.unit_dir.glob("*.service")):
+        text = unit.read_text().replace("/usr/bin/docker", str(stub)).replace("/usr/bin/mountpoint", str(stub))
+        (d / unit.name).write_text(text)
+        names.append(str(d / unit.name))
+    assert len(names) == 3
+    p = subprocess.run([shutil.which("systemd-analyze") or "systemd-analyze", "verify", *names], capture_output=True, text=True,
+                       env={**os.environ, "SYSTEMD_UNIT_PATH": f"{d}:"})
+    # verify exits 0 on parse warnings too: any output is a finding.
+    assert p.returncode == 0 and p.stdout == "" and p.stderr == "", p.stdout + p.stderr
 
 
 def test_admin_key_legacy_output_format(sandbox):

@@ -101,14 +101,16 @@ def test_registry_unreachable_names_nat(sandbox):
     assert len([c for c in sandbox.docker("pull") if c["argv"][-1] == PROXY_IMAGE]) == 4
 
 
-def test_database_not_ready_then_comes_up(sandbox):
+def test_cloud_sql_unreachable_is_reported_then_recovers(sandbox):
+    """Readiness is not reachability: the proxy's --run-connection-test exits while the instance is
+    unreachable, systemd keeps restarting it, and the boot says so instead of PASS."""
     sandbox.health.db_up = False
     r = sandbox.run()
     assert r.rc == 75, r.stderr
-    assert "PREFLIGHT FAIL proxy-readiness" in r.stderr and "PREFLIGHT FAIL backend-version" in r.stderr
-    assert "roles/cloudsql.client" in r.stderr
-    # Containers are deployed (they restart by themselves); the rest waits.
-    assert sandbox.runs() == ["cloudsql-proxy", "convex-backend"]
+    assert "PREFLIGHT FAIL cloud-sql: Cloud SQL unreachable: the proxy exited" in r.stderr
+    assert "peering" in r.stderr and "roles/cloudsql.client" in r.stderr and "RUNNABLE" in r.stderr
+    assert "PREFLIGHT FAIL backend-version" in r.stderr and "PASS cloud-sql" not in r.stderr
+    assert sandbox.units()["cloudsql-proxy.service"]["n_restarts"] >= 1
     assert sandbox.apis.secrets[ADMIN_KEY_SECRET_ID] == []
     assert (sandbox.run_dir / "pending").exists()
 
@@ -116,9 +118,40 @@ def test_database_not_ready_then_comes_up(sandbox):
     sandbox.clear_calls()
     r = sandbox.run("reconcile")  # what the watcher does periodically while pending
     assert r.rc == 0, r.stderr
-    assert sandbox.runs() == ["convex-dashboard"]
+    assert "PREFLIGHT PASS cloud-sql" in r.stderr
+    assert {n: c["status"] for n, c in sandbox.docker_state()["containers"].items()} == \
+        dict.fromkeys(("cloudsql-proxy", "convex-backend", "convex-dashboard"), "running")
     assert len(sandbox.apis.secrets[ADMIN_KEY_SECRET_ID]) == 1
     assert not (sandbox.run_dir / "pending").exists()
+
+
+def test_old_fake_behaviour_would_have_passed_readiness(sandbox):
+    """Without --run-connection-test (what the old rendering ran) the proxy is 'ready' with the
+    database unreachable, exactly like cloud-sql-proxy >= v2.11.1: readiness alone proves nothing."""
+    sandbox.health.db_up = False
+    sandbox.config["PROXY_ARGS"] = sandbox.config["PROXY_ARGS"].replace(" --run-connection-test", "")
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 75
+    assert sandbox.docker_state()["containers"]["cloudsql-proxy"]["status"] == "running"
+    assert "PREFLIGHT FAIL backend-version" in r.stderr
+
+
+def test_direct_mode_unreachable_sql_is_reported(sandbox):
+    import socket
+
+    sandbox.render(sandbox.settings.model_copy(update={"connection_mode": "plaintext"}))
+    sandbox.publish()
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there: connection refused
+    sandbox.extra_env["CONVEX_GCP_SQL_PROBE_ADDR"] = f"127.0.0.1:{port}"
+    sandbox.health.db_up = False  # and so the fake backend never binds /version
+    r = sandbox.run()
+    assert r.rc == 75
+    assert f"PREFLIGHT FAIL cloud-sql: Cloud SQL unreachable: TCP 127.0.0.1:{port}" in r.stderr
+    assert "cloudsql-proxy" not in sandbox.docker_state()["containers"]
 
 
 def test_preflight_reports_sqladmin_permission(sandbox):
@@ -136,7 +169,7 @@ def test_preflight_mode_only_diagnoses(sandbox):
     sandbox.clear_calls()
     r = sandbox.run("preflight")
     assert r.rc == 0, r.stderr
-    assert "PREFLIGHT PASS backend-version" in r.stderr and "PREFLIGHT PASS proxy-readiness" in r.stderr
+    assert "PREFLIGHT PASS backend-version" in r.stderr and "PREFLIGHT PASS cloud-sql" in r.stderr
     assert sandbox.docker("run") == [] and sandbox.calls("mount") == []
 
 

@@ -47,10 +47,13 @@ def test_bundle_fetched_and_mounted_read_only(sandbox, cas):
     env = dict(e.split("=", 1) for e in backend["env"])
     assert env["PG_CA_FILE"] == "/convex-gcp/sql-ca.pem" and "DO_NOT_REQUIRE_SSL" not in env
     assert env["POSTGRES_URL"] == f"postgresql://convex:{sandbox.db_password}@abc123.def456.europe-west1.sql-psa.goog:5432"
-    # No proxy in ssl mode; the CAs came from listServerCas.
+    # No proxy in ssl mode; the CAs came from connectSettings (what Google's connectors trust) plus
+    # listServerCas (the upcoming CA of a rotation).
     assert "cloudsql-proxy" not in sandbox.docker_state()["containers"]
-    assert any(q["path"].endswith("/instances/convex-db/listServerCas") for q in sandbox.apis.requests)
-    assert "PREFLIGHT PASS sql-ca: 2 CA certificate(s) from listServerCas" in r.stderr
+    paths = [q["path"] for q in sandbox.apis.requests]
+    assert "/v1/projects/test-proj/instances/convex-db/connectSettings" in paths
+    assert "/v1/projects/test-proj/instances/convex-db/listServerCas" in paths
+    assert "PREFLIGHT PASS sql-ca: 2 CA certificate(s) from connectSettings+listServerCas" in r.stderr
 
 
 def test_unchanged_bundle_does_not_restart_backend(sandbox, cas):
@@ -80,15 +83,34 @@ def test_upcoming_ca_restarts_backend_exactly_once(sandbox, cas):
     assert sandbox.runs() == []
 
 
-def test_list_server_cas_forbidden_falls_back_to_instances_get(sandbox, cas):
+def test_list_server_cas_forbidden_keeps_connect_settings_chain(sandbox, cas):
     sandbox.use_ssl(cas[:2])
     sandbox.apis.list_cas_mode = "forbidden"
     r = sandbox.run()
     assert r.rc == 0, r.stderr
     assert "PREFLIGHT WARN sql-ca-list: listServerCas denied (HTTP 403" in r.stderr
-    # instances.get holds the current CA only.
+    # connectSettings serverCaCert holds the current CA (chain) only.
     assert _certs((sandbox.state_dir / "sql-ca.pem").read_text()) == _certs(cas[0])
-    assert "PREFLIGHT PASS sql-ca: 1 CA certificate(s) from instances.get" in r.stderr
+    assert "PREFLIGHT PASS sql-ca: 1 CA certificate(s) from connectSettings" in r.stderr
+
+
+def test_connect_settings_chain_with_several_pem_blocks(sandbox, cas):
+    """GOOGLE_MANAGED_CAS_CA: serverCaCert.cert holds the whole chain; every block is trusted
+    (cloud-sql-go-connector refresh.go decodes PEM blocks in a loop)."""
+    sandbox.use_ssl([cas[0] + cas[1]])
+    sandbox.apis.list_cas_mode = "forbidden"
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert _certs((sandbox.state_dir / "sql-ca.pem").read_text()) == _certs(cas[0] + cas[1])
+
+
+def test_connect_settings_denied_uses_list_server_cas(sandbox, cas):
+    sandbox.use_ssl(cas[:2])
+    sandbox.apis.connect_mode = "forbidden"
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert "PREFLIGHT WARN sql-ca-connect: connectSettings answered HTTP 403" in r.stderr
+    assert "PREFLIGHT PASS sql-ca: 2 CA certificate(s) from listServerCas" in r.stderr
 
 
 def test_api_down_keeps_last_bundle_and_first_boot_without_one_fails(sandbox, cas):
@@ -105,14 +127,18 @@ def test_api_down_keeps_last_bundle_and_first_boot_without_one_fails(sandbox, ca
     assert "keeping the last bundle" in r.stderr and sandbox.runs() == []
 
 
-def test_bundle_survives_reboot_without_restart(sandbox, cas):
+def test_bundle_survives_reboot(sandbox, cas):
     sandbox.use_ssl(cas[:2])
     assert sandbox.run().rc == 0
+    before = (sandbox.state_dir / "sql-ca.pem").read_bytes()
     sandbox.reboot()
     sandbox.clear_calls()
     r = sandbox.run()
     assert r.rc == 0, r.stderr
-    assert sandbox.runs() == []
+    # /etc is a tmpfs: the backend unit starts once, with the bundle kept on persistent disk.
+    assert sandbox.runs() == ["convex-backend", "convex-dashboard"]
+    assert "server CA bundle" not in r.stderr.replace("PREFLIGHT", "")
+    assert (sandbox.state_dir / "sql-ca.pem").read_bytes() == before
 
 
 def test_switch_proxy_to_ssl_removes_proxy_and_back(sandbox, cas):

@@ -1,4 +1,4 @@
-"""Recording, stateful stand-ins for docker, systemctl, systemd-run, mount, mountpoint.
+"""Recording, stateful stand-ins for docker, systemctl, systemd-run, mount, mountpoint, iptables.
 
 One multi-call program: the harness symlinks it under each tool name in a
 directory put first on PATH. State lives in $FAKE_ROOT (JSON + files):
@@ -10,7 +10,15 @@ directory put first on PATH. State lives in $FAKE_ROOT (JSON + files):
   "pull_fail_always" [image], "pull_delay" seconds, "admin_key_format"
   ("upstream": key only, "legacy": an "Admin key:" line then the key);
 - systemd-run marks the unit active in $FAKE_ROOT/units/ (it starts nothing);
+- systemctl runs the ExecStartPre/ExecStart/ExecStop lines of the units in
+  $CONVEX_GCP_UNIT_DIR as loaded by the last daemon-reload, through these same
+  stand-ins, and plays Restart=always lazily: each is-active/show of a unit whose
+  container is gone counts a restart and runs ExecStart again;
+- iptables keeps chains and rules in $FAKE_ROOT/iptables.json;
 - mount records mounts in $FAKE_ROOT/mounts.json, mountpoint answers from it.
+Knobs in docker.json beyond the pull ones: "sql_reachable" (false: a proxy run with
+--run-connection-test exits), "logging_down" (gcplogs containers fail to start),
+"run_failures" {name: n} (the next n `docker run`s of it fail).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -77,7 +86,7 @@ RUN_VALUE_FLAGS = {
     "--name", "--label", "-l", "--network", "--network-alias", "--restart", "--log-driver",
     "--log-opt", "-p", "--publish", "--mount", "--env-file", "-e", "--env", "-v", "--volume",
     "--stop-signal", "--stop-timeout", "--health-cmd", "--health-interval", "--health-timeout",
-    "--health-retries", "--health-start-period", "--user", "-u", "--entrypoint",
+    "--health-retries", "--health-start-period", "--user", "-u", "--entrypoint", "--ip",
 }
 
 
@@ -107,6 +116,31 @@ def render(fmt: str, c: dict) -> str:
     return re.sub(r"\{\{(.*?)\}\}", repl, fmt)
 
 
+def bind_source_missing(opts: dict) -> str:
+    for m in opts.get("--mount", []):
+        fields = dict(f.split("=", 1) for f in m.split(",") if "=" in f)
+        if fields.get("type") == "bind" and not Path(fields.get("source", "")).exists():
+            return fields.get("source", "")
+    return ""
+
+
+def daemon_restart() -> None:
+    """What dockerd does with containers at boot (moby daemon/daemon.go restore): --rm containers
+    that were stopped by the shutdown are gone; --restart always ones are started again, and fail
+    when a bind source is missing (on COS /mnt/disks is a tmpfs until the data disk is mounted)."""
+    with locked():
+        st = defaults(load())
+        for name in list(st["containers"]):
+            c = st["containers"][name]
+            if "--rm" in c["opts"]:
+                del st["containers"][name]
+            elif "always" in c["opts"].get("--restart", []):
+                c["status"] = "exited" if bind_source_missing(c["opts"]) else "running"
+            else:
+                c["status"] = "exited"
+        save(st)
+
+
 def docker(argv: list[str]) -> int:
     if not argv:
         return 1
@@ -124,18 +158,36 @@ def docker(argv: list[str]) -> int:
         with locked():
             st = defaults(load())
             if sub == "inspect":
-                if name in st["networks"]:
-                    print(json.dumps([st["networks"][name]]))
-                    return 0
-                err(f"Error: No such network: {name}")
-                return 1
+                if name not in st["networks"]:
+                    err(f"Error: No such network: {name}")
+                    return 1
+                net = st["networks"][name]
+                if "--format" in rest:
+                    print(net.get("Subnet", ""))
+                else:
+                    print(json.dumps([net]))
+                return 0
             if sub == "create":
                 if name in st["networks"]:
-                    err(f"network with name {name} already exists")
+                    err(f"Error response from daemon: network with name {name} already exists")
                     return 1
-                st["networks"][name] = {"Name": name, "Driver": "bridge"}
+                subnet = rest[rest.index("--subnet") + 1] if "--subnet" in rest else ""
+                opts = [rest[i + 1] for i, a in enumerate(rest) if a in ("--opt", "-o")]
+                for other in st["networks"].values():
+                    if subnet and other.get("Subnet") == subnet:
+                        err("Error response from daemon: Pool overlaps with other one on this address space")
+                        return 1
+                st["networks"][name] = {"Name": name, "Driver": "bridge", "Subnet": subnet, "Options": opts}
                 save(st)
                 print(hashlib.sha256(name.encode()).hexdigest())
+                return 0
+            if sub == "rm":
+                if any(name in c["opts"].get("--network", []) for c in st["containers"].values()):
+                    err(f"Error response from daemon: error while removing network: network {name} has active endpoints")
+                    return 1
+                st["networks"].pop(name, None)
+                save(st)
+                print(name)
                 return 0
         return 1
     if cmd == "image":
@@ -191,7 +243,8 @@ def docker(argv: list[str]) -> int:
         i = 0
         while i < len(rest):
             a = rest[i]
-            if a == "-d" or a == "--detach":
+            if a in ("-d", "--detach", "--rm"):
+                opts.setdefault(a, []).append("")
                 i += 1
                 continue
             if a.startswith("--") and "=" in a:
@@ -228,6 +281,22 @@ def docker(argv: list[str]) -> int:
                 if net not in st["networks"]:
                     err(f"docker: Error response from daemon: network {net} not found.")
                     return 125
+            missing = bind_source_missing(opts)
+            if missing:
+                # moby volume/mounts/linux_parser.go: --mount type=bind never creates its source.
+                err(f'docker: Error response from daemon: invalid mount config for type "bind": bind source path does not exist: {missing}')
+                return 125
+            if "gcplogs" in opts.get("--log-driver", []) and st.get("logging_down"):
+                # moby daemon/logger/gcplogs/gcplogging.go New(): the driver pings Cloud Logging at container
+                # start and the start fails when it can't (moby/moby#31971: --restart does not retry that).
+                err("docker: Error response from daemon: failed to initialize logging driver: unable to connect or authenticate with Google Cloud Logging: context deadline exceeded.")
+                return 125
+            left = int(st.setdefault("run_failures", {}).get(name, 0))
+            if left > 0:
+                st["run_failures"][name] = left - 1
+                save(st)
+                err("docker: Error response from daemon: failed to create task for container: context deadline exceeded")
+                return 125
             st["seq"] += 1
             labels = dict(lab.split("=", 1) for lab in opts.get("--label", []))
             st["containers"][name] = {
@@ -235,8 +304,19 @@ def docker(argv: list[str]) -> int:
                 "name": name, "image": image, "image_id": st["images"][image], "args": args,
                 "opts": opts, "env": env, "labels": labels, "status": "running", "seq": st["seq"],
             }
+            if "--run-connection-test" in args and not st.get("sql_reachable", True):
+                # cloud-sql-proxy internal/proxy/proxy.go Serve: with --run-connection-test a failed
+                # CheckConnections logs "Connection test failed" and the proxy exits non-zero.
+                err('{"severity":"ERROR","message":"Connection test failed"}')
+                if "--rm" in opts:
+                    del st["containers"][name]
+                else:
+                    st["containers"][name]["status"] = "exited"
+                save(st)
+                return 1
             save(st)
-            print(st["containers"][name]["id"])
+            if "-d" in opts or "--detach" in opts:
+                print(st["containers"][name]["id"])
         return 0
     if cmd in ("stop", "start", "rm", "restart"):
         names = [a for a in rest if not a.startswith("-")]
@@ -253,6 +333,8 @@ def docker(argv: list[str]) -> int:
                         err("cannot remove a running container")
                         return 1
                     del st["containers"][name]
+                elif cmd == "stop" and "--rm" in st["containers"][name]["opts"]:
+                    del st["containers"][name]  # --rm: removed once it stops
                 else:
                     st["containers"][name]["status"] = "exited" if cmd == "stop" else "running"
             save(st)
@@ -290,15 +372,158 @@ def docker(argv: list[str]) -> int:
 
 # ----------------------------------------------------------------- systemd --
 
+UNIT_DIR = Path(os.environ.get("CONVEX_GCP_UNIT_DIR", "/nonexistent"))
+SYSTEMD = ROOT / "systemd.json"
+
+
+def sd_load() -> dict:
+    return json.loads(SYSTEMD.read_text()) if SYSTEMD.exists() else {"loaded": {}, "units": {}}
+
+
+def sd_save(sd: dict) -> None:
+    tmp = SYSTEMD.with_suffix(".tmp")
+    tmp.write_text(json.dumps(sd))
+    tmp.replace(SYSTEMD)
+
+
+def unit_lines(text: str) -> list[tuple[str, str]]:
+    """key=value pairs of a unit file, continuation lines joined (systemd.syntax(7))."""
+    out, buf = [], ""
+    for line in text.splitlines():
+        if line.lstrip().startswith(("#", ";")) and not buf:
+            continue
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        line, buf = buf + line, ""
+        if "=" in line and not line.startswith("["):
+            k, v = line.split("=", 1)
+            out.append((k.strip(), v.strip()))
+    return out
+
+
+def exec_line(cmdline: str) -> int:
+    ignore = cmdline.startswith("-")
+    argv = shlex.split(cmdline.lstrip("-"))
+    tool = os.path.basename(argv[0])
+    rc = call(tool, argv[1:]) if tool in TOOLS else 0
+    return 0 if ignore else rc
+
+
+def container_running(name: str) -> bool:
+    with locked():
+        st = defaults(load())
+    c = st["containers"].get(name)
+    return bool(c) and c["status"] == "running"
+
+
+def unit_container(text: str) -> str:
+    for k, v in unit_lines(text):
+        if k == "ExecStart":
+            a = shlex.split(v)
+            return a[a.index("--name") + 1] if "--name" in a else ""
+    return ""
+
+
+def sd_start(sd: dict, unit: str) -> int:
+    """Run ExecStartPre then ExecStart of the loaded unit. A failed ExecStartPre fails the start job;
+    a main process that exits leaves the unit activating (auto-restart) under Restart=always."""
+    text = sd["loaded"].get(unit)
+    if text is None:
+        err(f"Failed to start {unit}: Unit {unit} not found.")
+        return 5
+    u = sd["units"].setdefault(unit, {"n_restarts": 0})
+    u["wanted"] = True
+    for k, v in unit_lines(text):
+        if k == "ExecStartPre" and exec_line(v) != 0:
+            u["state"] = "activating"
+            err(f"Job for {unit} failed because the control process exited with error code.")
+            return 1
+    for k, v in unit_lines(text):
+        if k == "ExecStart":
+            u["state"] = "active" if exec_line(v) == 0 and container_running(unit_container(text)) else "activating"
+    return 0
+
+
+def sd_stop(sd: dict, unit: str) -> None:
+    u = sd["units"].setdefault(unit, {"n_restarts": 0})
+    text = sd["loaded"].get(unit, "")
+    if u.get("state") == "active":
+        for k, v in unit_lines(text):
+            if k == "ExecStop":
+                exec_line("-" + v)
+    u["state"], u["wanted"] = "inactive", False
+
+
+def sd_tick(sd: dict, unit: str) -> None:
+    """Restart=always, played when someone looks: a unit whose container is gone is restarted."""
+    u = sd["units"].get(unit)
+    if not u or not u.get("wanted"):
+        return
+    if u.get("state") == "active" and container_running(unit_container(sd["loaded"].get(unit, ""))):
+        return
+    u["n_restarts"] += 1
+    sd_start(sd, unit)
+
+
+def unit_name(a: str) -> str:
+    return a if a.endswith((".service", ".target")) else a + ".service"
+
+
 def systemctl(argv: list[str]) -> int:
-    units = ROOT / "units"
     args = [a for a in argv if not a.startswith("-")]
-    if args and args[0] == "is-active":
-        unit = args[1] if args[1].endswith(".service") else args[1] + ".service"
-        active = (units / unit).exists()
+    if not args:
+        return 0
+    cmd, names = args[0], [unit_name(a) for a in args[1:]]
+    with open(ROOT / "systemd.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        sd = sd_load()
+        try:
+            return _systemctl(sd, cmd, names, argv)
+        finally:
+            sd_save(sd)
+
+
+def _systemctl(sd: dict, cmd: str, names: list[str], argv: list[str]) -> int:
+    if cmd == "daemon-reload":
+        sd["loaded"] = {p.name: p.read_text() for p in UNIT_DIR.glob("*.service")} if UNIT_DIR.is_dir() else {}
+        return 0
+    if cmd == "is-active":
+        unit = names[0]
+        transient = (ROOT / "units" / unit).exists()
+        if not transient:
+            sd_tick(sd, unit)
+        state = "active" if transient else sd["units"].get(unit, {}).get("state", "inactive")
         if "--quiet" not in argv:
-            print("active" if active else "inactive")
-        return 0 if active else 3
+            print(state)
+        return 0 if state == "active" else 3
+    if cmd == "show":
+        unit = names[-1]
+        sd_tick(sd, unit)
+        print(sd["units"].get(unit, {}).get("n_restarts", 0))
+        return 0
+    if cmd in ("start", "restart"):
+        for unit in names:
+            if (UNIT_DIR / unit).exists() and (UNIT_DIR / unit).read_text() != sd["loaded"].get(unit):
+                # systemd keeps running the loaded definition and warns that a reload is needed.
+                err(f"Warning: The unit file of {unit} changed on disk. Run 'systemctl daemon-reload' to reload units.")
+            if cmd == "restart":
+                sd_stop(sd, unit)
+            rc = sd_start(sd, unit)
+            if rc:
+                return rc
+            if cmd == "restart":
+                # systemd.unit(5) Requires=: a unit is restarted when a unit it requires is restarted explicitly.
+                for other, text in sd["loaded"].items():
+                    deps = " ".join(v for k, v in unit_lines(text) if k == "Requires").split()
+                    if unit in deps and sd["units"].get(other, {}).get("state") == "active":
+                        sd_stop(sd, other)
+                        sd_start(sd, other)
+        return 0
+    if cmd == "stop":
+        for unit in names:
+            sd_stop(sd, unit)
+        return 0
     return 0
 
 
@@ -353,13 +578,58 @@ def mountpoint(argv: list[str]) -> int:
     return 0 if os.path.realpath(target) in m else 32
 
 
+def iptables(argv: list[str]) -> int:
+    """The filter table only: -N, -nL/-L, -S, -C, -I [pos], -A, -D (what vm/startup.sh uses)."""
+    f = ROOT / "iptables.json"
+    args = [a for a in argv if a not in ("-w", "-n")]
+    with locked():
+        t = json.loads(f.read_text()) if f.exists() else {"DOCKER-USER": []}
+        op, chain, rule = args[0], args[1] if len(args) > 1 else "", args[2:]
+        if op in ("-L", "-nL", "-S"):
+            if chain not in t:
+                err(f"iptables: No chain/target/match by that name.")
+                return 1
+            if op == "-S":
+                print(f"-N {chain}")
+                for r in t[chain]:
+                    print(f"-A {chain} {r}")
+            return 0
+        if op == "-N":
+            if chain in t:
+                err("iptables: Chain already exists.")
+                return 1
+            t[chain] = []
+        elif chain not in t:
+            err("iptables: No chain/target/match by that name.")
+            return 1
+        elif op == "-I":
+            pos = 1
+            if rule and rule[0].isdigit():
+                pos, rule = int(rule[0]), rule[1:]
+            t[chain].insert(pos - 1, " ".join(rule))
+        elif op == "-A":
+            t[chain].append(" ".join(rule))
+        elif op == "-C":
+            return 0 if " ".join(rule) in t[chain] else 1
+        elif op == "-D":
+            if " ".join(rule) not in t[chain]:
+                err("iptables: Bad rule (does a matching rule exist in that chain?).")
+                return 1
+            t[chain].remove(" ".join(rule))
+        f.write_text(json.dumps(t))
+    return 0
+
+
 TOOLS = {"docker": docker, "systemctl": systemctl, "systemd-run": systemd_run, "mount": mount,
-         "mountpoint": mountpoint}
+         "mountpoint": mountpoint, "iptables": iptables}
 
 
 def main(tool: str | None = None) -> int:
-    tool = tool or os.path.basename(sys.argv[0])
-    argv = sys.argv[1:]
+    return call(tool or os.path.basename(sys.argv[0]), sys.argv[1:])
+
+
+def call(tool: str, argv: list[str]) -> int:
+    """Run one stand-in and record it (nested calls, e.g. systemd's ExecStart, are recorded first)."""
     t0 = time.time()
     rc = 1
     try:

@@ -5,8 +5,9 @@
   `Metadata-Flavor: Google`; can fail the next N requests or be down.
 - ApisServer: Secret Manager (`versions/latest:access`, `:addVersion`, with
   403/404 modes) and the Cloud SQL Admin `instances.get`.
-- HealthServer: proxy `/readiness` and backend `/version`, answering 200 only
-  when the fake docker state has that container running and `db_up` is true.
+- HealthServer: proxy `/readiness` (200 while the proxy container runs, whatever
+  the database: cloud-sql-proxy >= v2.11.1) and backend `/version` (200 only when
+  the backend runs and the database is reachable).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-TOKEN = "ya29.fake-access-token-0123456789"
+TOKEN = "ya29.fake-access-token-0123456789"  # prefix of every token the fake hands out
 SCOPE_CP = "https://www.googleapis.com/auth/cloud-platform"
 
 
@@ -78,8 +79,36 @@ class _Server:
         raise NotImplementedError
 
 
+class Tokens:
+    """Access tokens with a lifetime, shared by the metadata server (issues) and the APIs (check)."""
+
+    def __init__(self) -> None:
+        self.lifetime = 3599.0
+        # The metadata server caches a token and hands out the same one, with `expires_in` counting down,
+        # until it is close to expiry (golang.org/x/oauth2 google.ComputeTokenSource: "The shortest MDS
+        # token cache time is 4 minutes"); scaled down here as `renew_before` seconds.
+        self.renew_before = 0.0
+        self.issued: dict[str, float] = {}
+        self.revoked: set[str] = set()
+        self.current = ""
+        self.lock = threading.Lock()
+
+    def get(self) -> tuple[str, int]:
+        with self.lock:
+            now = time.time()
+            if not self.current or self.issued[self.current] - now <= self.renew_before:
+                self.current = f"{TOKEN}-{len(self.issued) + 1}"
+                self.issued[self.current] = now + self.lifetime
+            return self.current, max(0, int(self.issued[self.current] - now))
+
+    def valid(self, token: str) -> bool:
+        with self.lock:
+            return token in self.issued and token not in self.revoked and time.time() < self.issued[token]
+
+
 class MetadataServer(_Server):
     def __init__(self, attributes: dict[str, str], scopes: list[str] | None = None) -> None:
+        self.tokens = Tokens()
         self.attributes = dict(attributes)
         self.scopes = scopes if scopes is not None else [SCOPE_CP]
         self.fail_next = 0
@@ -139,7 +168,9 @@ class MetadataServer(_Server):
         if rel == "instance/service-accounts/default/token":
             if not self.has_service_account:
                 return h._send(404, "not found", "text/html")
-            return h._send(200, json.dumps({"access_token": TOKEN, "expires_in": 3599, "token_type": "Bearer"}))
+            token, left = self.tokens.get()
+            # cloud.google.com/compute/docs/access/authenticate-workloads: {"access_token", "expires_in", "token_type"}.
+            return h._send(200, json.dumps({"access_token": token, "expires_in": left, "token_type": "Bearer"}))
         if rel == "instance/service-accounts/default/scopes":
             return h._send(200, "".join(s + "\n" for s in self.scopes), "application/text")
         return h._send(404, "not found", "text/html")
@@ -148,7 +179,9 @@ class MetadataServer(_Server):
 class ApisServer(_Server):
     """Secret Manager v1 + Cloud SQL Admin v1 instances.get."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokens: Tokens | None = None) -> None:
+        self.tokens = tokens or Tokens()
+        self.connect_mode = "ok"  # ok | forbidden (connectSettings only)
         self.secrets: dict[str, list[bytes]] = {}
         # secret id -> forbidden | scope | missing | unavailable | disabled | forbidden_add (access ok, add 403)
         self.modes: dict[str, str] = {}
@@ -177,14 +210,25 @@ class ApisServer(_Server):
         return text
 
     def handle(self, h, method, body):
-        if h.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return h._send(401, self._error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials."))
+        auth = h.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not self.tokens.valid(auth[len("Bearer "):]):
+            # Google APIs answer an expired or revoked token with 401 UNAUTHENTICATED (google.rpc.Code 16).
+            return h._send(401, self._error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential."))
         path = urlsplit(h.path).path
         if path.startswith("/v1/projects/") and "/instances/" in path:
             if self.sql_mode == "forbidden":
                 return h._send(403, self._error(403, "PERMISSION_DENIED", "The client is not authorized to make this request.", "IAM_PERMISSION_DENIED"))
             if self.sql_mode == "missing":
                 return h._send(404, self._error(404, "NOT_FOUND", "The Cloud SQL instance does not exist."))
+            if path.endswith("/connectSettings"):
+                # sqladmin v1 connectSettings: what cloud-sql-go-connector trusts (refresh.go fetchMetadata).
+                if self.connect_mode == "forbidden":
+                    return h._send(403, self._error(403, "PERMISSION_DENIED", "The client is not authorized to make this request.", "IAM_PERMISSION_DENIED"))
+                body = {"kind": "sql#connectSettings", "backendType": "SECOND_GEN", "region": "europe-west1",
+                        "serverCaMode": "GOOGLE_MANAGED_CAS_CA"}
+                if self.server_cas:
+                    body["serverCaCert"] = {"kind": "sql#sslCert", "cert": self.server_cas[0]}
+                return h._send(200, self._json(body))
             if path.endswith("/listServerCas"):
                 if self.list_cas_mode == "forbidden":
                     return h._send(403, self._error(403, "PERMISSION_DENIED", "The client is not authorized to make this request.", "IAM_PERMISSION_DENIED"))
@@ -253,23 +297,43 @@ class HealthServer(_Server):
 
     def __init__(self, docker_state: Path) -> None:
         self.docker_state = docker_state
-        self.db_up = True
         super().__init__()
 
-    def _running(self, name: str) -> bool:
+    def _state(self) -> dict:
         try:
-            st = json.loads(self.docker_state.read_text())
+            return json.loads(self.docker_state.read_text())
         except (OSError, ValueError):
-            return False
-        c = st.get("containers", {}).get(name)
+            return {}
+
+    @property
+    def db_up(self) -> bool:
+        return bool(self._state().get("sql_reachable", True))
+
+    @db_up.setter
+    def db_up(self, value: bool) -> None:
+        import fcntl
+
+        with open(self.docker_state.parent / "state.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            st = self._state()
+            st["sql_reachable"] = bool(value)
+            tmp = self.docker_state.with_suffix(".tmp")
+            tmp.write_text(json.dumps(st))
+            tmp.replace(self.docker_state)
+
+    def _running(self, name: str) -> bool:
+        c = self._state().get("containers", {}).get(name)
         return bool(c) and c["status"] == "running"
 
     def handle(self, h, method, body):
         path = urlsplit(h.path).path
         if path == "/readiness":
-            ok = self._running("cloudsql-proxy") and self.db_up
+            # cloud-sql-proxy internal/healthcheck/healthcheck.go HandleReadiness (since v2.11.1, PR #2207):
+            # started, not stopping, below max connections. It never dials the instance.
+            ok = self._running("cloudsql-proxy")
             return h._send(200 if ok else 503, "ok" if ok else "error", "text/plain")
         if path == "/version":
+            # Convex binds its HTTP port only after it connected to Postgres.
             ok = self._running("convex-backend") and self.db_up
             return h._send(200 if ok else 503, "fake-convex-version" if ok else "down", "text/plain")
         return h._send(404, "not found", "text/plain")
