@@ -182,6 +182,7 @@ class ApisServer(_Server):
     def __init__(self, tokens: Tokens | None = None) -> None:
         self.tokens = tokens or Tokens()
         self.connect_mode = "ok"  # ok | forbidden (connectSettings only)
+        self.unauthorized_next = 0  # answer the next N calls 401, as for a token revoked early
         self.secrets: dict[str, list[bytes]] = {}
         # secret id -> forbidden | scope | missing | unavailable | disabled | forbidden_add (access ok, add 403)
         self.modes: dict[str, str] = {}
@@ -211,7 +212,10 @@ class ApisServer(_Server):
 
     def handle(self, h, method, body):
         auth = h.headers.get("Authorization", "")
-        if not auth.startswith("Bearer ") or not self.tokens.valid(auth[len("Bearer "):]):
+        with self.lock:
+            reject = self.unauthorized_next > 0
+            self.unauthorized_next = max(0, self.unauthorized_next - 1)
+        if reject or not auth.startswith("Bearer ") or not self.tokens.valid(auth[len("Bearer "):]):
             # Google APIs answer an expired or revoked token with 401 UNAUTHENTICATED (google.rpc.Code 16).
             return h._send(401, self._error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential."))
         path = urlsplit(h.path).path

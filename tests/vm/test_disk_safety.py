@@ -1,0 +1,136 @@
+"""The data disk is formatted only when four independent proofs agree it is blank; any probe
+error stops the boot and never formats (issue 10 item 1)."""
+
+from __future__ import annotations
+
+import diskutil
+from sandbox import INSTANCE_SECRET_ID
+
+
+def _shim(sandbox, tool: str, body: str) -> None:
+    f = sandbox.bin / tool
+    f.write_text("#!/bin/bash\n" + body + "\n")
+    f.chmod(0o755)
+
+
+def _assert_untouched(sandbox, r, before, *phrases):
+    assert r.rc == 1, r.stderr
+    assert "formatting" not in r.stderr
+    assert diskutil.digest(sandbox.disk) == before
+    assert sandbox.calls("mount") == [] and sandbox.docker("run") == []
+    for p in phrases:
+        assert p in r.stderr, p
+
+
+def test_reported_data_loss_read_errors_make_blkid_exit_2(sandbox, tmp_path):
+    """The reported case: an ext4 disk holding a file whose last 4 MiB fail to read makes util-linux
+    blkid exit 2 ("nothing found", misc-utils/blkid.c lowprobe_device) with nothing on stderr. The
+    old script formatted it (UUID changed, file gone); now the other proofs see the filesystem."""
+    diskutil.mkfs(sandbox.disk)
+    diskutil.write_file(sandbox.disk, "precious.txt", b"customer data\n", tmp_path)
+    uuid = diskutil.blkid(sandbox.disk)["UUID"]
+    before = diskutil.digest(sandbox.disk)
+    _shim(sandbox, "blkid", "exit 2")  # probing failed on the unreadable tail; blkid says nothing
+    # ... and reads of the last 4 MiB fail for everyone else too.
+    _shim(sandbox, "dd", 'for a in "$@"; do case $a in skip=0) exec /bin/dd "$@";; skip=*) '
+          'echo "dd: error reading \'$1\': Input/output error" >&2; exit 1;; esac; done; exec /bin/dd "$@"')
+    r = sandbox.run()
+    _assert_untouched(sandbox, r, before, "refusing to format", str(sandbox.disk))
+    assert "wipefs" in r.stderr and "ext4" in r.stderr
+    assert diskutil.blkid(sandbox.disk)["UUID"] == uuid
+    assert diskutil.read_file(sandbox.disk, "precious.txt") == b"customer data\n"
+
+
+def test_read_error_at_the_end_of_a_blank_looking_disk_stops_the_boot(sandbox):
+    """Every signature probe says blank, but the last MiB cannot be read: an error, not a blank disk."""
+    before = diskutil.digest(sandbox.disk)
+    _shim(sandbox, "dd", 'for a in "$@"; do case $a in skip=0) exec /bin/dd "$@";; skip=*) '
+          'echo "dd: error reading: Input/output error" >&2; exit 1;; esac; done; exec /bin/dd "$@"')
+    r = sandbox.run()
+    _assert_untouched(sandbox, r, before, "cannot tell whether data disk", "Input/output error", "dmesg")
+
+
+def test_data_no_probe_recognises_is_never_formatted(sandbox):
+    with open(sandbox.disk, "r+b") as fh:
+        fh.seek(300_000)
+        fh.write(b"opaque bytes of some other tool" * 10)
+    before = diskutil.digest(sandbox.disk)
+    r = sandbox.run()
+    _assert_untouched(sandbox, r, before, "data in its first MiB that no probe recognises")
+
+
+def test_data_only_in_the_last_mib_is_never_formatted(sandbox):
+    with open(sandbox.disk, "r+b") as fh:
+        fh.seek(-4096, 2)
+        fh.write(b"\x01" * 512)
+    before = diskutil.digest(sandbox.disk)
+    r = sandbox.run()
+    _assert_untouched(sandbox, r, before, "data in its last MiB")
+
+
+def test_wipefs_sees_what_blkid_missed(sandbox):
+    diskutil.write_mbr(sandbox.disk)
+    before = diskutil.digest(sandbox.disk)
+    _shim(sandbox, "blkid", "exit 2")
+    r = sandbox.run()
+    _assert_untouched(sandbox, r, before, "signatures blkid did not report", "dos")
+
+
+def test_dumpe2fs_error_other_than_bad_magic_stops(sandbox):
+    before = diskutil.digest(sandbox.disk)
+    _shim(sandbox, "dumpe2fs", 'echo "dumpe2fs: Attempt to read block from filesystem resulted in short read" >&2; exit 1')
+    r = sandbox.run()
+    _assert_untouched(sandbox, r, before, "dumpe2fs -h exit 1", "short read")
+
+
+def test_blkid_exit_2_with_an_error_message_stops(sandbox):
+    before = diskutil.digest(sandbox.disk)
+    _shim(sandbox, "blkid", 'echo "error: /dev/sdb: Input/output error" >&2; exit 2')
+    r = sandbox.run()
+    _assert_untouched(sandbox, r, before, "blkid -p exited 2 but reported", "Input/output error")
+
+
+def test_blank_disk_is_still_formatted_on_first_boot(sandbox):
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert "first and last MiB are zeros: formatting ext4" in r.stderr
+    assert diskutil.blkid(sandbox.disk)["TYPE"] == "ext4"
+
+
+def test_e2fsck_that_cannot_fix_stops_before_mount(sandbox):
+    """e2fsck -p exit >= 4 (errors left uncorrected, e2fsck(8)) stops the boot before mount."""
+    diskutil.mkfs(sandbox.disk)
+    _shim(sandbox, "e2fsck", 'echo "convex-data: UNEXPECTED INCONSISTENCY; RUN fsck MANUALLY." >&2; exit 4')
+    r = sandbox.run()
+    assert r.rc == 1
+    assert "e2fsck -p found errors it cannot fix" in r.stderr and "exit 4" in r.stderr
+    assert "sudo e2fsck -f" in r.stderr and "snapshot" in r.stderr
+    assert sandbox.calls("mount") == [] and sandbox.docker("run") == []
+
+
+def test_failing_find_never_mints_a_new_instance_secret(sandbox):
+    """An unreadable data directory is not an empty one (issue 10 item 5)."""
+    sandbox.apis.secrets[INSTANCE_SECRET_ID] = []
+    _shim(sandbox, "find", 'echo "find: \'$1\': Input/output error" >&2; exit 1')
+    r = sandbox.run()
+    assert r.rc == 1
+    assert "refusing to mint a new instance secret" in r.stderr and "Input/output error" in r.stderr
+    assert sandbox.apis.secrets[INSTANCE_SECRET_ID] == []
+    assert sandbox.docker("run") == []
+
+
+def test_missing_tool_is_named_before_anything_runs(sandbox, tmp_path):
+    tools = tmp_path / "path"
+    tools.mkdir()
+    for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        from pathlib import Path
+
+        for p in Path(d).iterdir() if Path(d).is_dir() else []:
+            if p.name != "wipefs" and not (tools / p.name).exists():
+                (tools / p.name).symlink_to(p)
+    sandbox.extra_env["PATH"] = f"{sandbox.bin}:{tools}"
+    before = diskutil.digest(sandbox.disk)
+    r = sandbox.run()
+    assert r.rc == 1
+    assert "required tool(s) not found on PATH: wipefs" in r.stderr
+    assert sandbox.metadata.requests == [] and diskutil.digest(sandbox.disk) == before

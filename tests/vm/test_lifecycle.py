@@ -1,0 +1,159 @@
+"""Tokens, the watcher's lock, container isolation, COS reboots and image references (issue 10)."""
+
+from __future__ import annotations
+
+import fcntl
+import time
+
+from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE
+
+
+def _wait_for(pred, timeout=30.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_token_expiring_mid_run_is_refreshed(sandbox):
+    """The metadata server hands out a cached token with `expires_in` left; a run outliving it refetches
+    instead of dying on a 401 with a misleading permission/scope message."""
+    sandbox.metadata.tokens.lifetime = 1.0
+    sandbox.set_docker(pull_delay=1.2)  # the pulls outlast the token fetched for the secrets step
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert len(sandbox.metadata.tokens.issued) >= 2
+    assert "permission/scope" not in r.stderr
+    assert len(sandbox.apis.secrets[ADMIN_KEY_SECRET_ID]) == 1
+    # Every API call carried a token that was valid when sent: none was answered 401.
+    assert "HTTP 401" not in r.stderr
+
+
+def test_401_refetches_the_token_once(sandbox):
+    sandbox.apis.unauthorized_next = 1
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert "HTTP 401" in r.stderr and "fetching a fresh access token and retrying once" in r.stderr
+    token_gets = [q for q in sandbox.metadata.requests if q["path"].endswith("/token")]
+    assert len(token_gets) >= 2
+
+
+def test_persistent_401_is_not_retried_forever(sandbox):
+    sandbox.apis.unauthorized_next = 2
+    r = sandbox.run()
+    assert r.rc == 1
+    accesses = [q for q in sandbox.apis.requests if q["path"].endswith(":access")]
+    assert len(accesses) == 2  # the call and its one retry with a fresh token
+    for value in sandbox.secret_values():
+        assert value not in r.output
+
+
+def test_watcher_does_not_queue_a_reconcile_while_a_run_holds_the_lock(sandbox):
+    """A boot longer than the pending-retry interval used to trigger a redundant full reconcile."""
+    assert sandbox.run().rc == 0
+    (sandbox.run_dir / "pending").touch()  # what a run still in progress leaves
+    with open(sandbox.run_dir / "lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # the run in progress
+        watcher = sandbox.popen("watch")
+        try:
+            assert _wait_for(lambda: sum("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests) >= 3)
+            assert not any(q["path"].endswith("/startup-script") for q in sandbox.metadata.requests)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        # Lock released with `pending` still there: now the periodic retry runs.
+        assert _wait_for(lambda: not (sandbox.run_dir / "pending").exists())
+        out = sandbox.stop(watcher)
+    assert "a run holds" in out and "not queueing another" in out
+    assert "previous run unfinished; periodic retry" in out
+
+
+def test_metadata_server_blocked_for_backend_and_dashboard_not_proxy(sandbox):
+    assert sandbox.run().rc == 0
+    rules = sandbox.iptables_rules()
+    assert rules == [
+        "-i cvx-db -s 172.30.250.2/32 -d 169.254.169.254/32 -j RETURN",
+        "-i cvx-db -d 169.254.169.254/32 -j REJECT",
+        "-i cvx-web -d 169.254.169.254/32 -j REJECT",
+    ]
+    nets = sandbox.docker_state()["networks"]
+    assert "com.docker.network.bridge.name=cvx-db" in nets["convex-db"]["Options"]
+    assert "com.docker.network.bridge.name=cvx-web" in nets["convex-web"]["Options"]
+    containers = sandbox.docker_state()["containers"]
+    assert containers["cloudsql-proxy"]["opts"]["--ip"] == ["172.30.250.2"]
+    assert "--ip" not in containers["convex-backend"]["opts"]
+    # Only the backend shares a network with the proxy.
+    assert containers["convex-dashboard"]["opts"]["--network"] == ["convex-web"]
+    assert containers["convex-backend"]["opts"]["--network"] == ["convex-db"]
+    # Rules come before any container starts, and a rerun adds none twice.
+    sandbox.clear_calls()
+    assert sandbox.run("reconcile").rc == 0
+    assert sandbox.iptables_rules() == rules
+
+
+def test_no_proxy_no_metadata_exemption(sandbox):
+    assert sandbox.run().rc == 0
+    sandbox.render(sandbox.settings.model_copy(update={"connection_mode": "plaintext"}))
+    sandbox.publish()
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    assert sandbox.iptables_rules() == ["-i cvx-db -d 169.254.169.254/32 -j REJECT",
+                                        "-i cvx-web -d 169.254.169.254/32 -j REJECT"]
+    assert not (sandbox.unit_dir / "cloudsql-proxy.service").exists()
+
+
+def test_iptables_failure_refuses_to_start_containers(sandbox):
+    f = sandbox.bin / "iptables"
+    f.write_text("#!/bin/bash\ncase \"$*\" in *-nL*) exit 0;; *-I*) echo 'iptables: Permission denied' >&2; exit 4;; esac; exit 1\n")
+    f.chmod(0o755)
+    r = sandbox.run()
+    assert r.rc == 1 and "refusing to start containers that could reach the metadata server" in r.stderr
+    assert sandbox.docker("run") == []
+
+
+def test_restored_legacy_container_with_missing_bind_source(sandbox):
+    """An old `--restart always` backend is restored by dockerd at boot, before the data disk is
+    mounted; on COS /mnt/disks is a tmpfs, so its bind source is missing and it cannot start. The
+    unit replaces it once the disk is mounted."""
+    assert sandbox.run().rc == 0
+    st = sandbox.docker_state()
+    legacy = dict(st["containers"]["convex-backend"])
+    legacy["opts"] = {k: v for k, v in legacy["opts"].items() if k != "--rm"}
+    legacy["opts"]["--restart"] = ["always"]
+    st["containers"]["convex-backend"] = legacy
+    sandbox.set_docker(containers=st["containers"])
+    sandbox.reboot()
+    assert sandbox.docker_state()["containers"]["convex-backend"]["status"] == "exited"
+    sandbox.clear_calls()
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert ["rm", "-f", "convex-backend"] in [c["argv"] for c in sandbox.docker("rm")]
+    c = sandbox.docker_state()["containers"]["convex-backend"]
+    assert c["status"] == "running" and "--rm" in c["opts"] and "--restart" not in c["opts"]
+
+
+def test_gcplogs_outage_does_not_stop_starts(sandbox):
+    """gcplogs fails a start when Cloud Logging is unreachable (the fake mirrors moby's driver);
+    json-file needs no network, so a logging outage changes nothing."""
+    sandbox.set_docker(logging_down=True)
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert {c["status"] for c in sandbox.docker_state()["containers"].values()} == {"running"}
+
+
+def test_digest_pinned_image_references_are_accepted(sandbox):
+    digest = "sha256:" + "ab" * 32
+    sandbox.config["BACKEND_IMAGE"] = f"{BACKEND_IMAGE}@{digest}"
+    sandbox.config["DASHBOARD_IMAGE"] = sandbox.config["DASHBOARD_IMAGE"].split(":")[0] + f"@{digest}"
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert sandbox.docker_state()["containers"]["convex-backend"]["image"] == f"{BACKEND_IMAGE}@{digest}"
+
+
+def test_bad_image_reference_is_refused(sandbox):
+    sandbox.config["BACKEND_IMAGE"] = "ghcr.io/get-convex/convex-backend@sha256:short"
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 1 and "invalid image reference" in r.stderr
