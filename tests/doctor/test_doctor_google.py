@@ -151,9 +151,26 @@ def test_proxy_not_ready_and_restarts():
     probe = "tcp.10.123.0.3:3307=fail\nproxy_ready=503\nlocal_version=fail\ncontainer.convex-backend=restarting 7\ncontainer.cloudsql-proxy=running 3\nproxy_ip=172.18.0.2\n"
     checks = run(FakeGcloud(vm_probe=probe), version=(False, "timed out"))
     assert checks["tcp"].status == "fail"
-    assert checks["proxy_ready"].status == "fail" and "ACCESS_TOKEN_SCOPE_INSUFFICIENT" in checks["proxy_ready"].fix
+    assert checks["tcp"].detail.startswith("Cloud SQL unreachable")
+    # The proxy restarting (its --run-connection-test fails) is named as what it is.
+    assert checks["proxy_ready"].status == "fail" and checks["proxy_ready"].detail.startswith("Cloud SQL unreachable")
+    assert "peering" in checks["proxy_ready"].fix and "roles/cloudsql.client" in checks["proxy_ready"].fix
     assert checks["containers"].status == "fail" and "convex-backend is restarting" in checks["containers"].detail
     assert checks["convex_version"].status == "fail" and "on the VM too" in checks["convex_version"].detail
+
+
+def test_proxy_not_ready_without_restarts_points_at_scopes():
+    probe = "proxy_ready=503\nlocal_version=fail\ncontainer.convex-backend=running 0\ncontainer.cloudsql-proxy=running 0\n"
+    checks = run(FakeGcloud(vm_probe=probe), version=(False, "timed out"))
+    assert checks["proxy_ready"].status == "fail" and "ACCESS_TOKEN_SCOPE_INSUFFICIENT" in checks["proxy_ready"].fix
+
+
+def test_probe_script_reads_restarts_from_systemd():
+    from tools.doctor.gcloud_seam import probe_script
+
+    text = probe_script([("10.0.0.3", 3307)], ["convex-backend"])
+    assert "systemctl show -p NRestarts --value convex-backend.service" in text
+    assert '"convex-db"' in text and "RestartCount" not in text
 
 
 def test_version_reachable_on_vm_but_not_from_here_blames_the_firewall():
@@ -176,7 +193,7 @@ def test_gcloud_errors_become_failed_checks():
 def test_probe_script_round_trip():
     script = probe_script([("10.0.0.3", 3307)], ["convex-backend"])
     assert "timeout 5 bash -c 'exec 3<>/dev/tcp/10.0.0.3/3307'" in script
-    assert "{{.State.Status}} {{.RestartCount}}" in script
+    assert "{{.State.Status}}" in script and "NRestarts" in script
     probe = parse_probe((FIXTURES / "vm_probe.txt").read_text())
     assert probe.tcp == {"10.123.0.3:3307": True}
     assert probe.containers["convex-backend"] == ("running", 0)

@@ -154,8 +154,8 @@ def check_tcp(out: StackOutputs, probe: VmProbe) -> Check:
     if key not in probe.tcp:
         return skipped("tcp", f"{key} not probed")
     if not probe.tcp[key]:
-        return failed("tcp", f"the VM cannot open TCP {key}",
-                      "Check the peering (vpc_peering) and that no egress firewall rule blocks the private services range; "
+        return failed("tcp", f"Cloud SQL unreachable: the VM cannot open TCP {key}",
+                      "Check the instance is RUNNABLE (sql_instance), the peering (vpc_peering) and that no egress firewall rule blocks the private services range; "
                       f"gcloud compute networks peerings list --network={out.network} --project={out.project}")
     return passed("tcp", f"the VM reaches {key}")
 
@@ -163,11 +163,18 @@ def check_tcp(out: StackOutputs, probe: VmProbe) -> Check:
 def check_proxy(out: StackOutputs, probe: VmProbe) -> Check:
     if out.connection_mode != "proxy":
         return skipped("proxy_ready", f"connection mode {out.connection_mode} runs no proxy")
-    logs = f"gcloud compute ssh {out.vm_name} --zone={out.vm_zone} --project={out.project} --tunnel-through-iap --command='sudo docker logs --tail 50 cloudsql-proxy'"
+    logs = f"gcloud compute ssh {out.vm_name} --zone={out.vm_zone} --project={out.project} --tunnel-through-iap --command='sudo journalctl -u cloudsql-proxy -n 50 --no-pager'"
+    # /readiness does not depend on the instance (cloud-sql-proxy PR #2207, v2.11.1); the VM runs the
+    # proxy with --run-connection-test, so it exits (and systemd restarts it) while Cloud SQL is unreachable.
+    status, restarts = probe.containers.get("cloudsql-proxy", ("missing", 0))
+    if probe.proxy_ready != "200" and restarts:
+        return failed("proxy_ready", f"Cloud SQL unreachable: the proxy failed its connection test and was restarted {restarts} times (now {status})",
+                      "Check the instance is RUNNABLE, the private services access peering (vpc_peering) and egress TCP 3307 to its private IP, "
+                      "roles/cloudsql.client on the VM service account; 'Connection test failed' in the log names the error.\n" + logs)
     if probe.proxy_ready != "200":
         return failed("proxy_ready", f"the proxy's /readiness answered {probe.proxy_ready or 'nothing'}",
                       "403 ACCESS_TOKEN_SCOPE_INSUFFICIENT in its log: the VM's scopes (vm_scopes). 'not authorized': roles/cloudsql.client.\n" + logs)
-    return passed("proxy_ready", "the proxy's /readiness answered 200")
+    return passed("proxy_ready", "the proxy passed its connection test at start (--run-connection-test) and /readiness answered 200")
 
 
 def check_containers(out: StackOutputs, probe: VmProbe, expected: list[str]) -> Check:
@@ -181,9 +188,9 @@ def check_containers(out: StackOutputs, probe: VmProbe, expected: list[str]) -> 
     shown = ", ".join(f"{n} {probe.containers.get(n, ('missing', 0))[0]}" for n in expected)
     if any("is " in p for p in problems):
         return failed("containers", "; ".join(problems),
-                      f"sudo journalctl -u google-startup-scripts on the VM, then docker logs (docs/runbooks.md, 'Recover the VM')")
+                      f"sudo journalctl -u google-startup-scripts on the VM, then journalctl -u NAME (docs/runbooks.md, 'Recover the VM')")
     if problems:
-        return warned("containers", "; ".join(problems), "Restarts since the container was created: read its logs (docker logs NAME) for the cause.")
+        return warned("containers", "; ".join(problems), "systemd restarted it since the unit started (NRestarts): read journalctl -u NAME for the cause.")
     return passed("containers", shown)
 
 

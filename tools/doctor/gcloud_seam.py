@@ -184,9 +184,11 @@ def probe_script(targets: Sequence[tuple[str, int]], containers: Sequence[str]) 
     lines.append("echo proxy_ready=$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:9090/readiness || echo fail)")
     lines.append("echo local_version=$(curl -fsS -m 5 http://127.0.0.1:3210/version 2>/dev/null | head -c 200 | tr -d '\\n' || echo fail)")
     for name in containers:
-        lines.append(f"echo container.{name}=$(sudo -n docker inspect -f '{{{{.State.Status}}}} {{{{.RestartCount}}}}' {name} 2>/dev/null || echo missing)")
+        # Containers run as systemd units with `docker run --rm`: restarts are the unit's NRestarts.
+        lines.append(f"echo container.{name}=$(sudo -n docker inspect -f '{{{{.State.Status}}}}' {name} 2>/dev/null || echo missing)"
+                     f" $(systemctl show -p NRestarts --value {name}.service 2>/dev/null || echo 0)")
     lines.append(
-        "echo proxy_ip=$(sudo -n docker inspect -f '{{(index .NetworkSettings.Networks \"convex\").IPAddress}}' cloudsql-proxy 2>/dev/null)"
+        "echo proxy_ip=$(sudo -n docker inspect -f '{{(index .NetworkSettings.Networks \"convex-db\").IPAddress}}' cloudsql-proxy 2>/dev/null)"
     )
     return "\n".join(lines)
 

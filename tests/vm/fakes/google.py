@@ -135,8 +135,10 @@ class MetadataServer(_Server):
         with self.lock:
             if self.down or self.fail_next > 0:
                 self.fail_next = max(0, self.fail_next - 1)
+                # cloud.google.com/compute/docs/metadata/querying-metadata: 503 during maintenance events; retry.
                 return h._send(503, "metadata unavailable", "text/plain")
         if h.headers.get("Metadata-Flavor") != "Google":
+            # Same page: a request without Metadata-Flavor: Google is refused with 403.
             return h._send(403, "Missing Metadata-Flavor:Google header.", "text/plain")
         url = urlsplit(h.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -147,6 +149,7 @@ class MetadataServer(_Server):
         rel = path[len(prefix):]
         if rel == "instance/attributes/":
             if q.get("wait_for_change") == "true":
+                # querying-metadata "Waiting for change": returns at once when last_etag differs, else at timeout_sec.
                 timeout = float(q.get("timeout_sec", "60"))
                 last = q.get("last_etag", "")
                 deadline = time.time() + timeout
@@ -163,6 +166,7 @@ class MetadataServer(_Server):
             with self.cond:
                 value = self.attributes.get(key)
             if value is None:
+                # A missing key is a 404 (querying-metadata); the script reads absent unit keys as "not wanted".
                 return h._send(404, "not found", "text/html")
             return h._send(200, value, "application/text", {"ETag": self.etag})
         if rel == "instance/service-accounts/default/token":
@@ -251,6 +255,9 @@ class ApisServer(_Server):
             return self._add(h, sid, body)
         return h._send(404, self._error(404, "NOT_FOUND", "no such method"))
 
+    # Secret Manager v1 error shapes (cloud.google.com/secret-manager/docs/reference/rest, google.rpc.Status):
+    # 403 PERMISSION_DENIED with ErrorInfo reason IAM_PERMISSION_DENIED or ACCESS_TOKEN_SCOPE_INSUFFICIENT,
+    # 404 NOT_FOUND for a missing secret or version, 400 FAILED_PRECONDITION for a disabled version.
     def _mode_error(self, h, sid):
         mode = self.modes.get(sid)
         if mode == "forbidden":
