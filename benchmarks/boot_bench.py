@@ -100,7 +100,7 @@ def main() -> None:
             finally:
                 sb.close()
     summarize("first boot (blank disk, images pulled)", first)
-    summarize("warm boot (after reboot: fsck + mount, nothing recreated)", warm)
+    summarize("warm boot (after reboot: fsck + mount, units reinstalled and started, nothing pulled)", warm)
     summarize("reconcile on a running VM (what the watcher runs; no change)", rerun)
 
 

@@ -78,6 +78,10 @@ def test_unknown_config_key_is_ignored_with_warning(sandbox):
     assert r.rc == 0 and "ignoring unknown convex-gcp-config key SOMETHING_NEW" in r.stderr
 
 
+def _polls(sb) -> list:
+    return [q for q in sb.metadata.requests if "wait_for_change=true" in q["path"]]
+
+
 def _wait_for(pred, timeout=30.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -100,8 +104,9 @@ def test_watcher_applies_metadata_change(sandbox):
         sandbox.backend_env["RUST_LOG"] = "warn"
         sandbox.publish()
         assert _wait_for(lambda: sandbox.runs() == ["convex-backend"]), "watcher did not reconcile"
-        # and it settles: no further recreation
-        time.sleep(1.0)
+        # and it settles: back in its long-poll (no fixed sleep) with nothing else recreated.
+        parked = len(_polls(sandbox))
+        assert _wait_for(lambda: len(_polls(sandbox)) > parked)
         assert sandbox.runs() == ["convex-backend"]
         polls = [q["path"] for q in sandbox.metadata.requests if "wait_for_change=true" in q["path"]]
         assert all("last_etag=" in p and "recursive=true" in p for p in polls)
@@ -138,7 +143,11 @@ def test_watcher_adopts_new_startup_script_but_not_a_broken_one(sandbox):
         assert _wait_for(lambda: "# release 2" in installed.read_text()), "new script not adopted"
         sandbox.script_suffix = "\nif then fi\n"  # syntax error
         sandbox.publish()
-        time.sleep(2.0)
+        # The watcher fetched the broken script, ran it (it fails), and is back in its long-poll.
+        fetched = len([q for q in sandbox.metadata.requests if q["path"].endswith("/startup-script")])
+        assert _wait_for(lambda: len([q for q in sandbox.metadata.requests if q["path"].endswith("/startup-script")]) > fetched)
+        parked = len(_polls(sandbox))
+        assert _wait_for(lambda: len(_polls(sandbox)) > parked)
         assert "if then fi" not in installed.read_text()
         assert watcher.poll() is None  # still watching with the last good version
         assert sandbox.runs() == []  # nothing recreated by either change
