@@ -100,7 +100,7 @@ readonly SCOPE_SQL=https://www.googleapis.com/auth/sqlservice.admin
 # Filled in by fetch_metadata / parse_config.
 declare -A CFG=()
 ACCESS_TOKEN=""
-TOKEN_EXP=0
+BEARER_EXPIRES_AT=0
 HTTP_STATUS=""
 SCOPES=""
 PREFLIGHT=()
@@ -465,11 +465,11 @@ fetch_token() {
   # The metadata server hands out a cached token with only `expires_in` seconds left
   # (golang.org/x/oauth2 google.ComputeTokenSource: "The shortest MDS token cache time
   # is 4 minutes"): use it until TOKEN_MARGIN_S before that, then fetch again.
-  TOKEN_EXP=$((EPOCHSECONDS + ${ttl:-0} - TOKEN_MARGIN_S))
+  BEARER_EXPIRES_AT=$((EPOCHSECONDS + ${ttl:-0} - TOKEN_MARGIN_S))
 }
 
 ensure_token() {
-  if [[ -z $ACCESS_TOKEN ]] || ((EPOCHSECONDS >= TOKEN_EXP)); then
+  if [[ -z $ACCESS_TOKEN ]] || ((EPOCHSECONDS >= BEARER_EXPIRES_AT)); then
     fetch_token
   fi
 }
