@@ -101,11 +101,11 @@ def test_watcher_applies_metadata_change(sandbox):
         # Wait until the watcher is parked in its long-poll, with the boot's etag.
         assert _wait_for(lambda: any("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests))
         assert sandbox.runs() == []
+        parked = len(_polls(sandbox))  # the poll the change will end
         sandbox.backend_env["RUST_LOG"] = "warn"
         sandbox.publish()
         assert _wait_for(lambda: sandbox.runs() == ["convex-backend"]), "watcher did not reconcile"
-        # and it settles: back in its long-poll (no fixed sleep) with nothing else recreated.
-        parked = len(_polls(sandbox))
+        # and it settles: back in its next long-poll (no fixed sleep) with nothing else recreated.
         assert _wait_for(lambda: len(_polls(sandbox)) > parked)
         assert sandbox.runs() == ["convex-backend"]
         polls = [q["path"] for q in sandbox.metadata.requests if "wait_for_change=true" in q["path"]]
@@ -138,15 +138,17 @@ def test_watcher_adopts_new_startup_script_but_not_a_broken_one(sandbox):
     watcher = sandbox.popen("watch")
     try:
         assert _wait_for(lambda: any("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests))
+        before = len(_polls(sandbox))
         sandbox.script_suffix = "\n# release 2\n"
         sandbox.publish()
         assert _wait_for(lambda: "# release 2" in installed.read_text()), "new script not adopted"
+        assert _wait_for(lambda: len(_polls(sandbox)) > before)  # the new version is parked in its long-poll
+        fetched = len([q for q in sandbox.metadata.requests if q["path"].endswith("/startup-script")])
+        parked = len(_polls(sandbox))
         sandbox.script_suffix = "\nif then fi\n"  # syntax error
         sandbox.publish()
-        # The watcher fetched the broken script, ran it (it fails), and is back in its long-poll.
-        fetched = len([q for q in sandbox.metadata.requests if q["path"].endswith("/startup-script")])
+        # The watcher fetched the broken script, ran it (it fails), and is back in a new long-poll.
         assert _wait_for(lambda: len([q for q in sandbox.metadata.requests if q["path"].endswith("/startup-script")]) > fetched)
-        parked = len(_polls(sandbox))
         assert _wait_for(lambda: len(_polls(sandbox)) > parked)
         assert "if then fi" not in installed.read_text()
         assert watcher.poll() is None  # still watching with the last good version
