@@ -130,6 +130,10 @@ def machine_type_problem(name: str) -> tuple[str, list[str]] | None:
     if custom:
         return _custom_problem(name, custom)
     match = re.fullmatch(r"([a-z0-9]+)-(standard|highmem|highcpu)-(\d+)(-lssd)?", name)
+    if match and match.group(1) not in _SHAPES:
+        # A series the table doesn't know may be newer than the table: it must not block a deploy when
+        # the project can't be asked (fresh project, compute API not yet enabled). Google decides at create.
+        return None
     if match and match.group(1) in _SHAPES and match.group(2) in _SHAPES[match.group(1)]:
         counts = _SHAPES[match.group(1)][match.group(2)]
         vcpus = int(match.group(3))

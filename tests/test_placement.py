@@ -135,3 +135,11 @@ def test_under_mocks_the_program_asks_the_project():
     plan = run_plan_with("dev", {"convex-gcp:vm": json.dumps(vm)})
     assert "'e2-mediun' is not offered in zone asia-northeast1-a (project example-convex-dev) (did you mean 'e2-medium'?)" in plan.error
     assert not [r for r in plan.resources if r.custom]
+
+
+def test_a_series_newer_than_the_table_is_left_to_google():
+    # Offline (fresh project, compute API not yet enabled) a stale table must not block a real
+    # series; a wrong size of a series the table knows is still caught.
+    assert gce_catalog.machine_type_problem("c4d-standard-8") is None
+    assert gce_catalog.machine_type_problem("e2-standard-3") is not None
+    assert gce_catalog.machine_type_problem("e2-mediun") is not None
