@@ -93,3 +93,11 @@ def test_numbers_render_as_declared(dev_plan):
     text = render_markdown(dev_plan)
     assert "`prefixLength`=16 " in text.replace("|", " ").replace("<br>", " ")
     assert ".0<br>" not in text and ".0 |" not in text
+
+
+def test_a_tag_the_registry_lacks_fails_the_plan_in_one_line():
+    # The digest lookup (convex_gcp/images.py) 404s like the registry; a preview fails, with no traceback here.
+    result = cli("dev", "--set", "convex.proxyVersion=2.99.0")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "preview would fail: invoke of docker:index/getRegistryImage" in result.stdout

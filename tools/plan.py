@@ -262,6 +262,12 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
         _sync_await(run_pulumi_func(lambda: runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")))
     except pulumi.RunError as run_error:
         error = str(run_error)
+    except Exception as invoke_error:
+        # A failed provider call (e.g. a pinned image tag the registry doesn't have) is what a real
+        # preview reports as an error; anything else is a bug in the program and keeps its traceback.
+        if not str(invoke_error).startswith("invoke of "):
+            raise
+        error = f"preview would fail: {invoke_error}"
     finally:
         os.chdir(cwd)
 
