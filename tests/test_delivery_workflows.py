@@ -183,8 +183,15 @@ def test_merges_deploy_dev_preview_prod_then_deploy_prod_one_update_at_a_time():
         assert job["if"] == "github.ref == 'refs/heads/main'"
         assert job["permissions"] == {"contents": "read", "id-token": "write"}
         assert steps(job, "google-github-actions/auth")[0]["with"]["service_account"] == "${{ vars.%s }}" % account
-        options = steps(job, "pulumi/actions")[0]["with"]
+        options = [step for step in steps(job, "pulumi/actions") if "command" in step["with"]][0]["with"]
         assert options["command"] == command
+        if command == "up":
+            # The data tripwire runs on a preview of the same stack, before the update.
+            names = [step.get("name", "") for step in job["steps"]]
+            guard = next(i for i, n in enumerate(names) if "tools/guard_data.py" in n)
+            assert f"pulumi preview --stack organization/convex-gcp/{stack} --json" in job["steps"][guard]["run"]
+            assert "tools.guard_data" in job["steps"][guard]["run"]
+            assert guard < job["steps"].index(steps(job, "pulumi/actions")[-1])
         assert options["stack-name"] == f"organization/convex-gcp/{stack}"
         assert options["policyPacks"] == "policy"
         assert options["policyPackConfigs"] == f"policy/config/{stack}.json"
