@@ -817,7 +817,8 @@ probe_disk() {
   [[ -z $probe ]] || disk_refuse "$dev" "signatures blkid did not report (wipefs: ${probe//$'\n'/; })"
   # Proof 3: dumpe2fs finds no ext2/3/4 superblock, and says so (not an I/O error).
   rc=0
-  dumpe2fs -h "$dev" >/dev/null 2>"${RUN_DIR}/probe.err" || rc=$?
+  # C locale: the message matched below must not be translated.
+  LC_ALL=C dumpe2fs -h "$dev" >/dev/null 2>"${RUN_DIR}/probe.err" || rc=$?
   ((rc != 0)) || disk_refuse "$dev" "an ext2/3/4 superblock blkid did not report (dumpe2fs -h reads it)"
   grep -q 'Bad magic number in super-block' "${RUN_DIR}/probe.err" ||
     disk_probe_error "$dev" "dumpe2fs -h exit ${rc}: $(head -c 200 "${RUN_DIR}/probe.err" | tr '\n' ' ')"
@@ -920,8 +921,14 @@ ensure_isolation() {
   fi
   rules+=("-i ${BRIDGE_DB} -d ${METADATA_IP}/32 -j REJECT"
     "-i ${BRIDGE_WEB} -d ${METADATA_IP}/32 -j REJECT")
-  iptables -w -nL DOCKER-USER >/dev/null 2>&1 || iptables -w -N DOCKER-USER >/dev/null 2>&1 ||
-    die "iptables chain DOCKER-USER missing and cannot be created" "sudo iptables -L -n; journalctl -u docker"
+  # dockerd creates DOCKER-USER and the FORWARD jump to it (moby libnetwork firewall_linux.go
+  # setupUserChain). Creating the chain here would leave it unreferenced: rules that look added
+  # but are never evaluated (e.g. dockerd on the other iptables backend, legacy vs nft). Fail closed.
+  if ! iptables -w -nL DOCKER-USER >/dev/null 2>&1 || ! iptables -w -C FORWARD -j DOCKER-USER >/dev/null 2>&1; then
+    die "iptables: no FORWARD jump to DOCKER-USER in this iptables ($(iptables -V 2>/dev/null || true)); refusing to start containers that could reach the metadata server" \
+      "sudo iptables -S FORWARD; sudo iptables-legacy -S FORWARD / iptables-nft -S FORWARD (dockerd and this script must use the same backend)" \
+      "dockerd runs with iptables enabled: journalctl -u docker"
+  fi
   local stale
   if [[ ${CFG[CONNECTION_MODE]} != proxy ]]; then
     # A proxy exemption left from proxy mode would open the address to whatever gets it next.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import time
 
 from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE
@@ -105,11 +106,21 @@ def test_no_proxy_no_metadata_exemption(sandbox):
 
 def test_iptables_failure_refuses_to_start_containers(sandbox):
     f = sandbox.bin / "iptables"
-    f.write_text("#!/bin/bash\ncase \"$*\" in *-nL*) exit 0;; *-I*) echo 'iptables: Permission denied' >&2; exit 4;; esac; exit 1\n")
+    f.write_text("#!/bin/bash\ncase \"$*\" in *-nL*|*'-C FORWARD'*) exit 0;; *-I*) echo 'iptables: Permission denied' >&2; exit 4;; esac; exit 1\n")
     f.chmod(0o755)
     r = sandbox.run()
     assert r.rc == 1 and "refusing to start containers that could reach the metadata server" in r.stderr
     assert sandbox.docker("run") == []
+
+
+def test_docker_user_chain_not_reached_from_forward_refuses_to_start_containers(sandbox):
+    """A DOCKER-USER chain that FORWARD does not jump to (dockerd on the other iptables backend,
+    or dockerd without iptables) is never evaluated: rules added there would block nothing."""
+    (sandbox.fake_root / "iptables.json").write_text(json.dumps({"DOCKER-USER": []}))
+    r = sandbox.run()
+    assert r.rc == 1 and "no FORWARD jump to DOCKER-USER" in r.stderr
+    assert "refusing to start containers that could reach the metadata server" in r.stderr
+    assert sandbox.docker("run") == [] and sandbox.iptables_rules() == []
 
 
 def test_restored_legacy_container_with_missing_bind_source(sandbox):

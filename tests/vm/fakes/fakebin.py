@@ -583,7 +583,8 @@ def iptables(argv: list[str]) -> int:
     f = ROOT / "iptables.json"
     args = [a for a in argv if a not in ("-w", "-n")]
     with locked():
-        t = json.loads(f.read_text()) if f.exists() else {"DOCKER-USER": []}
+        # What dockerd sets up at start (moby libnetwork setupUserChain): the chain and the FORWARD jump.
+        t = json.loads(f.read_text()) if f.exists() else {"FORWARD": ["-j DOCKER-USER"], "DOCKER-USER": []}
         op, chain, rule = args[0], args[1] if len(args) > 1 else "", args[2:]
         if op in ("-L", "-nL", "-S"):
             if chain not in t:
