@@ -3,7 +3,11 @@
 npm: `npm ci` refuses to run without package-lock.json, as the real one does. npx: `convex deploy`
 reads CONVEX_SELF_HOSTED_URL and CONVEX_SELF_HOSTED_ADMIN_KEY (npm-packages/convex/src/cli/lib/utils/
 utils.ts) and pushes to the fake backend with "Authorization: Convex <key>". Every call is logged
-as a JSON line to $FAKE_NPX_LOG."""
+as a JSON line to $FAKE_NPX_LOG.
+
+Upstream: https://github.com/get-convex/convex-backend/blob/main/npm-packages/convex/src/cli/lib/utils/utils.ts
+(self-hosted URL and admin key from the environment); `npm ci` without a lockfile:
+https://docs.npmjs.com/cli/commands/npm-ci ("a package-lock.json or npm-shrinkwrap.json is required")."""
 
 import json
 import os

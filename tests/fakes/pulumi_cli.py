@@ -9,7 +9,11 @@ pulumi/pulumi:
   removal rejected; pass --force to override"; on success it deletes Pulumi.<stack>.yaml (stack_rm.go).
 - `stack init` of an existing stack fails ("stack '<name>' already exists").
 $FAKE_PULUMI_FAIL names the commands that fail (up, destroy, init); $FAKE_PULUMI_OUTPUTS is the
-JSON `stack output --json` prints."""
+JSON `stack output --json` prints.
+
+Upstream: https://github.com/pulumi/pulumi/tree/master/pkg/cmd/pulumi (up.go, stack_rm.go, stack_init.go),
+https://github.com/pulumi/pulumi/blob/master/sdk/go/common/apitype/events.go (EngineEvent),
+https://www.pulumi.com/docs/iac/cli/commands/pulumi_stack_rm/."""
 
 import json
 import os

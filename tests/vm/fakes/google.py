@@ -8,6 +8,18 @@
 - HealthServer: proxy `/readiness` (200 while the proxy container runs, whatever
   the database: cloud-sql-proxy >= v2.11.1) and backend `/version` (200 only when
   the backend runs and the database is reachable).
+
+Upstream behaviour each fake copies (one-line comments at each place name the detail):
+- metadata server: https://cloud.google.com/compute/docs/metadata/querying-metadata (Metadata-Flavor,
+  403 without it, 404 for a missing key, 503 during maintenance, wait_for_change/last_etag/timeout_sec)
+- tokens: https://cloud.google.com/compute/docs/access/authenticate-workloads (access_token, expires_in);
+  caching until near expiry: https://github.com/golang/oauth2/blob/master/google/default.go ComputeTokenSource
+- 401/403/404 error bodies: https://cloud.google.com/apis/design/errors (google.rpc.Status),
+  https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets.versions/access
+- Cloud SQL Admin connectSettings: https://cloud.google.com/sql/docs/postgres/admin-api/rest/v1/connect/get,
+  as read by https://github.com/GoogleCloudPlatform/cloud-sql-go-connector/blob/main/internal/cloudsql/refresh.go
+- proxy readiness: https://github.com/GoogleCloudPlatform/cloud-sql-proxy/blob/main/internal/healthcheck/healthcheck.go
+  (HandleReadiness, independent of the instance since v2.11.1, PR #2207)
 """
 
 from __future__ import annotations
