@@ -39,11 +39,11 @@ def boot_image_source(image: str) -> tuple[str, str, bool]:
 
 def image_tags(s: Settings) -> dict[str, str]:
     """The pinned `repo:tag` of every image the VM runs, by its runtime key."""
-    refs = {"BACKEND_IMAGE": images.tagged(images.BACKEND_REPO, s.convex.version)}
+    refs = {"BACKEND_IMAGE": images.BACKEND_IMAGE.format(tag=s.convex.version)}
     if s.convex.dashboard:
-        refs["DASHBOARD_IMAGE"] = images.tagged(images.DASHBOARD_REPO, s.convex.version)
+        refs["DASHBOARD_IMAGE"] = images.DASHBOARD_IMAGE.format(tag=s.convex.version)
     if s.connection_mode == "proxy":
-        refs["PROXY_IMAGE"] = images.tagged(images.PROXY_REPO, s.convex.proxy_version)
+        refs["PROXY_IMAGE"] = images.PROXY_IMAGE.format(tag=s.convex.proxy_version)
     return refs
 
 

@@ -12,20 +12,14 @@ from components.local_backend import LocalBackend, LocalBackendArgs
 from components.local_dashboard import LocalDashboard, LocalDashboardArgs
 from components.local_postgres import LocalPostgres, LocalPostgresArgs
 from convex_gcp.local_runtime import admin_key_command, backend_env_lines, images, local_dashboard_env, local_urls
+from convex_gcp.images import by_digest
 from convex_gcp.settings import LocalStackSettings
-
-try:  # digest pins (convex_gcp/images.py), when the program has them: the VM then runs repo@sha256:...
-    from convex_gcp import images as _images
-except ImportError:  # tag pins only
-    _images = None
 
 
 def pinned(ref: str, parent: pulumi.Resource) -> pulumi.Input[str]:
-    """The reference to pull: resolved to its digest like the VM's when digest pins exist, else the tag."""
-    if _images is None or not hasattr(_images, "by_digest"):
-        return ref
+    """The reference to pull, resolved to its digest as the VM's is (convex_gcp/images.py)."""
     lookup = docker.get_registry_image_output(name=ref, opts=pulumi.InvokeOptions(parent=parent))
-    return lookup.sha256_digest.apply(lambda digest: _images.by_digest(ref, digest))
+    return lookup.sha256_digest.apply(lambda digest: by_digest(ref, digest))
 
 
 @dataclass

@@ -18,15 +18,12 @@ import re
 CONVEX_VERSION = "652b828b5129e6cdbcaa3c20efa8d116d09ff3bf"  # precompiled-2026-08-22-652b828
 PROXY_VERSION = "2.25.3"  # release v2.25.3
 
-BACKEND_REPO = "ghcr.io/get-convex/convex-backend"
-DASHBOARD_REPO = "ghcr.io/get-convex/convex-dashboard"
-PROXY_REPO = "gcr.io/cloud-sql-connectors/cloud-sql-proxy"
+# Image references always carry a pinned tag: the templates cannot be used without one.
+PROXY_IMAGE = "gcr.io/cloud-sql-connectors/cloud-sql-proxy:{tag}"
+BACKEND_IMAGE = "ghcr.io/get-convex/convex-backend:{tag}"
+DASHBOARD_IMAGE = "ghcr.io/get-convex/convex-dashboard:{tag}"
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-
-
-def tagged(repo: str, tag: str) -> str:
-    return f"{repo}:{tag}"
 
 
 def by_digest(reference: str, digest: str) -> str:

@@ -12,12 +12,9 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
+from .images import BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE
 from .settings import Settings
 
-# Image references always carry a pinned tag: the templates cannot be used without one.
-PROXY_IMAGE = "gcr.io/cloud-sql-connectors/cloud-sql-proxy:{tag}"
-BACKEND_IMAGE = "ghcr.io/get-convex/convex-backend:{tag}"
-DASHBOARD_IMAGE = "ghcr.io/get-convex/convex-dashboard:{tag}"
 API_PORT, SITE_PORT, DASHBOARD_PORT = 3210, 3211, 6791
 PROXY_HOST, PROXY_PORT, PROXY_HEALTH_PORT = "cloudsql-proxy", 5432, 9090
 DATA_DEVICE_NAME = "convex-data"

@@ -42,6 +42,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
 
 
+class _ConvexDerived:
+    """What both targets derive from `convex` and their `max_connections` property."""
+
+    @property
+    def pool_size(self) -> int:
+        return self.convex.pool_size or cloudsql.derived_pool(self.max_connections)
+
+    @property
+    def database_name(self) -> str:
+        return cloudsql.database_name(self.convex.instance_name)
+
+
 class NetworkSettings(_Model):
     """`convex-gcp:network`"""
 
@@ -353,7 +365,7 @@ class AdoptSettings(_Model):
         return value
 
 
-class Settings(_Model):
+class Settings(_ConvexDerived, _Model):
     """The whole stack configuration."""
 
     project: str
@@ -405,13 +417,6 @@ class Settings(_Model):
         configured = self.database_flags.get("max_connections")
         return int(configured) if configured else cloudsql.default_max_connections(self.tier)
 
-    @property
-    def pool_size(self) -> int:
-        return self.convex.pool_size or cloudsql.derived_pool(self.max_connections)
-
-    @property
-    def database_name(self) -> str:
-        return cloudsql.database_name(self.convex.instance_name)
 
     @property
     def sql_deletion_protection(self) -> bool:
@@ -970,7 +975,7 @@ class LocalSettings(_Model):
         return value
 
 
-class LocalStackSettings(_Model):
+class LocalStackSettings(_ConvexDerived, _Model):
     """A `convex-gcp:target: local` stack: Postgres, the backend and the dashboard on Docker."""
 
     stack: str
@@ -996,13 +1001,6 @@ class LocalStackSettings(_Model):
     def max_connections(self) -> int:
         return self.local.max_connections
 
-    @property
-    def pool_size(self) -> int:
-        return self.convex.pool_size or cloudsql.derived_pool(self.max_connections)
-
-    @property
-    def database_name(self) -> str:
-        return cloudsql.database_name(self.convex.instance_name)
 
 
 def stack_target(config: dict[str, Any]) -> str:

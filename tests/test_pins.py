@@ -29,9 +29,9 @@ def config_of(plan) -> dict[str, str]:
 def test_vm_gets_digests_of_the_pinned_tags(stack):
     config = config_of(run_plan(stack))
     expected = {
-        "BACKEND_IMAGE": images.tagged(images.BACKEND_REPO, images.CONVEX_VERSION),
-        "DASHBOARD_IMAGE": images.tagged(images.DASHBOARD_REPO, images.CONVEX_VERSION),
-        "PROXY_IMAGE": images.tagged(images.PROXY_REPO, images.PROXY_VERSION),
+        "BACKEND_IMAGE": images.BACKEND_IMAGE.format(tag=images.CONVEX_VERSION),
+        "DASHBOARD_IMAGE": images.DASHBOARD_IMAGE.format(tag=images.CONVEX_VERSION),
+        "PROXY_IMAGE": images.PROXY_IMAGE.format(tag=images.PROXY_VERSION),
     }
     for key, tagged in expected.items():
         # The digest the registry lookup returned for exactly this tag (the mock's stand-in digest).

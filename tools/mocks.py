@@ -135,11 +135,12 @@ def registry_lookup(a: dict[str, Any]) -> Any:
     name = a.get("name", "")
     repo, _, tag = name.rpartition(":")
     known = {
-        images.BACKEND_REPO: {images.CONVEX_VERSION},
-        images.DASHBOARD_REPO: {images.CONVEX_VERSION},
-        images.PROXY_REPO: {images.PROXY_VERSION, images.PROXY_VERSION + "-alpine"},
+        images.BACKEND_IMAGE.format(tag=images.CONVEX_VERSION),
+        images.DASHBOARD_IMAGE.format(tag=images.CONVEX_VERSION),
+        images.PROXY_IMAGE.format(tag=images.PROXY_VERSION),
+        images.PROXY_IMAGE.format(tag=images.PROXY_VERSION + "-alpine"),
     }
-    if tag not in known.get(repo, set()):
+    if name not in known:
         path = repo.split("/", 1)[-1]
         return {}, [("name", f"Got error when attempting to fetch image version {path}:{tag} from registry: Got bad response from registry: 404 Not Found")]
     digest = images.fake_digest(name)
