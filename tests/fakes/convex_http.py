@@ -42,7 +42,8 @@ class FakeConvex:
         self.api = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(site=False))
         self.site = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(site=True))
         for server in (self.api, self.site):
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            # shutdown() waits for serve_forever's poll (default 0.5 s, CPython socketserver).
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     @property
     def convex_url(self) -> str:

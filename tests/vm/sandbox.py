@@ -24,6 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from fakes import fakebin  # noqa: E402
 from fakes.google import TOKEN, ApisServer, HealthServer, MetadataServer  # noqa: E402
 
 REPO = HERE.parent.parent
@@ -34,8 +35,6 @@ from convex_gcp.settings import Settings, load_settings  # noqa: E402
 from tools.plan import stack_config  # noqa: E402
 
 SCRIPT = REPO / "vm" / "startup.sh"
-FAKEBIN = HERE / "fakes" / "fakebin.py"
-TOOLS = ("docker", "systemctl", "systemd-run", "mount", "mountpoint", "iptables")
 PROJECT = "test-proj"
 INSTANCE_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-instance-secret"
 ADMIN_KEY_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-admin-key"
@@ -48,6 +47,17 @@ PROXY_IMAGE = runtime.PROXY_IMAGE.format(tag=SETTINGS.convex.proxy_version)
 BACKEND_IMAGE = runtime.BACKEND_IMAGE.format(tag=SHA)
 DASHBOARD_IMAGE = runtime.DASHBOARD_IMAGE.format(tag=SHA)
 render_env = runtime.render_env
+
+
+_tool_server: fakebin.ToolServer | None = None
+
+
+def tool_server() -> fakebin.ToolServer:
+    """The stand-ins' server, one per test process (one per xdist worker), started on first use."""
+    global _tool_server
+    if _tool_server is None:
+        _tool_server = fakebin.ToolServer()
+    return _tool_server
 
 
 def inputs(**changes) -> runtime.RuntimeInputs:
@@ -82,12 +92,7 @@ class Sandbox:
         self.unit_dir = tmp / "etc" / "systemd" / "system"  # /etc is a tmpfs on COS: reset by reboot()
         for d in (self.bin, self.fake_root, self.run_dir.parent):
             d.mkdir(parents=True, exist_ok=True)
-        for tool in TOOLS:
-            p = self.bin / tool
-            # The interpreter itself, isolated (-I) and without site (-S): ~10 ms a start, no env shim.
-            p.write_text(f"#!{sys.executable} -IS\nimport sys\nsys.path.insert(0, {str(FAKEBIN.parent)!r})\n"
-                         f"import fakebin\nsys.exit(fakebin.main({tool!r}))\n")
-            p.chmod(0o755)
+        tool_server().install(self.bin)
         if make_disk:
             subprocess.run(["truncate", "-s", f"{disk_mb}M", str(self.disk)], check=True)
 
@@ -220,9 +225,8 @@ class Sandbox:
         for f in ("mounts.json", "systemd.json", "iptables.json"):
             (self.fake_root / f).unlink(missing_ok=True)
         shutil.rmtree(self.fake_root / "units", ignore_errors=True)
-        env = {**os.environ, "FAKE_ROOT": str(self.fake_root)}
-        subprocess.run([sys.executable, "-IS", "-c", f"import sys; sys.path.insert(0, {str(FAKEBIN.parent)!r}); "
-                        "import fakebin; fakebin.daemon_restart()"], env=env, check=True)
+        with fakebin.context(self.fake_root, self.unit_dir):
+            fakebin.daemon_restart()
 
     # ----------------------------------------------------------- records --
     def calls(self, tool: str | None = None) -> list[dict]:

@@ -1,7 +1,9 @@
 """Recording, stateful stand-ins for docker, systemctl, systemd-run, mount, mountpoint, iptables.
 
-One multi-call program: the harness symlinks it under each tool name in a
-directory put first on PATH. State lives in $FAKE_ROOT (JSON + files):
+One server in the test process (ToolServer) runs every call; what the harness
+puts first on PATH under each tool name is a small bash client that forwards
+argv, $FAKE_ROOT and $CONVEX_GCP_UNIT_DIR to it and replays the call's stdout,
+stderr and exit status. State lives in $FAKE_ROOT (JSON + files):
 
 - every call is appended to $FAKE_ROOT/calls.jsonl as {"tool", "argv", "t0", "t1", "rc"};
 - docker keeps images, networks and containers (labels, args, env read from
@@ -11,7 +13,7 @@ directory put first on PATH. State lives in $FAKE_ROOT (JSON + files):
   ("upstream": key only, "legacy": an "Admin key:" line then the key);
 - systemd-run marks the unit active in $FAKE_ROOT/units/ (it starts nothing);
 - systemctl runs the ExecStartPre/ExecStart/ExecStop lines of the units in
-  $CONVEX_GCP_UNIT_DIR as loaded by the last daemon-reload, through these same
+  $CONVEX_GCP__call.unit_dir as loaded by the last daemon-reload, through these same
   stand-ins, and plays Restart=always lazily: each is-active/show of a unit whose
   container is gone counts a restart and runs ExecStart again;
 - iptables keeps chains and rules in $FAKE_ROOT/iptables.json;
@@ -29,19 +31,38 @@ import json
 import os
 import re
 import shlex
-import sys
+import socketserver
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(os.environ["FAKE_ROOT"])
-STATE = ROOT / "docker.json"
-LOCK = ROOT / "state.lock"
+_call = threading.local()  # the sandbox (root, unit dir) and the output of the call this thread serves
+
+
+def root() -> Path:
+    return _call.root
+
+
+@contextmanager
+def context(fake_root: str | Path, unit_dir: str | Path = "/nonexistent"):
+    """Serve calls for one sandbox on this thread; yields the (stdout, stderr) lists they write to."""
+    saved = getattr(_call, "__dict__", {}).copy()
+    _call.root, _call.unit_dir, _call.out, _call.err = Path(fake_root), Path(unit_dir), [], []
+    try:
+        yield _call.out, _call.err
+    finally:
+        _call.__dict__.clear()
+        _call.__dict__.update(saved)
+
+
+def say(text: object) -> None:
+    _call.out.append(f"{text}\n")
 
 
 @contextmanager
 def locked():
-    with open(LOCK, "a+") as fh:
+    with open(root() / "state.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -50,15 +71,16 @@ def locked():
 
 
 def load() -> dict:
-    if STATE.exists():
-        return json.loads(STATE.read_text())
+    state = root() / "docker.json"
+    if state.exists():
+        return json.loads(state.read_text())
     return {}
 
 
 def save(state: dict) -> None:
-    tmp = STATE.with_suffix(".tmp")
+    tmp = root() / "docker.tmp"
     tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    tmp.replace(STATE)
+    tmp.replace(root() / "docker.json")
 
 
 def defaults(state: dict) -> dict:
@@ -77,7 +99,7 @@ def defaults(state: dict) -> dict:
 
 
 def err(msg: str) -> None:
-    sys.stderr.write(msg + "\n")
+    _call.err.append(msg + "\n")
 
 
 # ------------------------------------------------------------------ docker --
@@ -151,7 +173,7 @@ def docker(argv: list[str]) -> int:
         if st.get("daemon_down"):
             err("Cannot connect to the Docker daemon")
             return 1
-        print("fake docker")
+        say("fake docker")
         return 0
     if cmd == "network":
         sub, name = rest[0], rest[-1]
@@ -163,9 +185,9 @@ def docker(argv: list[str]) -> int:
                     return 1
                 net = st["networks"][name]
                 if "--format" in rest:
-                    print(net.get("Subnet", ""))
+                    say(net.get("Subnet", ""))
                 else:
-                    print(json.dumps([net]))
+                    say(json.dumps([net]))
                 return 0
             if sub == "create":
                 if name in st["networks"]:
@@ -179,7 +201,7 @@ def docker(argv: list[str]) -> int:
                         return 1
                 st["networks"][name] = {"Name": name, "Driver": "bridge", "Subnet": subnet, "Options": opts}
                 save(st)
-                print(hashlib.sha256(name.encode()).hexdigest())
+                say(hashlib.sha256(name.encode()).hexdigest())
                 return 0
             if sub == "rm":
                 if any(name in c["opts"].get("--network", []) for c in st["containers"].values()):
@@ -187,7 +209,7 @@ def docker(argv: list[str]) -> int:
                     return 1
                 st["networks"].pop(name, None)
                 save(st)
-                print(name)
+                say(name)
                 return 0
         return 1
     if cmd == "image":
@@ -199,10 +221,10 @@ def docker(argv: list[str]) -> int:
                 err(f"Error: No such image: {image}")
                 return 1
             if "--format" in rest:
-                print(render(rest[rest.index("--format") + 1], {"id": st["images"][image], "labels": {},
+                say(render(rest[rest.index("--format") + 1], {"id": st["images"][image], "labels": {},
                                                                  "status": "", "name": "", "image": image}))
             else:
-                print(json.dumps([{"Id": st["images"][image]}]))
+                say(json.dumps([{"Id": st["images"][image]}]))
             return 0
         return 1
     if cmd == "pull":
@@ -225,7 +247,7 @@ def docker(argv: list[str]) -> int:
             st["images"][image] = "sha256:" + hashlib.sha256(
                 (image + str(st.get("image_generation", 0))).encode()).hexdigest()
             save(st)
-        print(image)
+        say(image)
         return 0
     if cmd == "inspect":
         fmt = rest[rest.index("--format") + 1] if "--format" in rest else None
@@ -236,7 +258,7 @@ def docker(argv: list[str]) -> int:
         if c is None:
             err(f"Error: No such container: {name}")
             return 1
-        print(render(fmt, c) if fmt else json.dumps([c]))
+        say(render(fmt, c) if fmt else json.dumps([c]))
         return 0
     if cmd == "run":
         opts: dict[str, list[str]] = {}
@@ -316,7 +338,7 @@ def docker(argv: list[str]) -> int:
                 return 1
             save(st)
             if "-d" in opts or "--detach" in opts:
-                print(st["containers"][name]["id"])
+                say(st["containers"][name]["id"])
         return 0
     if cmd in ("stop", "start", "rm", "restart"):
         names = [a for a in rest if not a.startswith("-")]
@@ -339,7 +361,7 @@ def docker(argv: list[str]) -> int:
                     st["containers"][name]["status"] = "exited" if cmd == "stop" else "running"
             save(st)
         for name in names:
-            print(name)
+            say(name)
         return 0
     if cmd == "exec":
         name, prog = rest[0], rest[1:]
@@ -356,15 +378,15 @@ def docker(argv: list[str]) -> int:
         key = f"{env.get('INSTANCE_NAME', 'convex-self-hosted')}|" + hashlib.sha256(
             env.get("INSTANCE_SECRET", "").encode()).hexdigest() * 2
         if st["admin_key_format"] == "legacy":
-            print("Admin key:")
-        print(key)
+            say("Admin key:")
+        say(key)
         return 0
     if cmd == "ps":
         with locked():
             st = defaults(load())
         for c in st["containers"].values():
             if "-a" in rest or c["status"] == "running":
-                print(c["name"])
+                say(c["name"])
         return 0
     err(f"fake docker: unsupported command {cmd}")
     return 1
@@ -372,18 +394,15 @@ def docker(argv: list[str]) -> int:
 
 # ----------------------------------------------------------------- systemd --
 
-UNIT_DIR = Path(os.environ.get("CONVEX_GCP_UNIT_DIR", "/nonexistent"))
-SYSTEMD = ROOT / "systemd.json"
-
-
 def sd_load() -> dict:
-    return json.loads(SYSTEMD.read_text()) if SYSTEMD.exists() else {"loaded": {}, "units": {}}
+    f = root() / "systemd.json"
+    return json.loads(f.read_text()) if f.exists() else {"loaded": {}, "units": {}}
 
 
 def sd_save(sd: dict) -> None:
-    tmp = SYSTEMD.with_suffix(".tmp")
+    tmp = root() / "systemd.tmp"
     tmp.write_text(json.dumps(sd))
-    tmp.replace(SYSTEMD)
+    tmp.replace(root() / "systemd.json")
 
 
 def unit_lines(text: str) -> list[tuple[str, str]]:
@@ -475,7 +494,7 @@ def systemctl(argv: list[str]) -> int:
     if not args:
         return 0
     cmd, names = args[0], [unit_name(a) for a in args[1:]]
-    with open(ROOT / "systemd.lock", "a+") as fh:
+    with open(root() / "systemd.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         sd = sd_load()
         try:
@@ -486,25 +505,25 @@ def systemctl(argv: list[str]) -> int:
 
 def _systemctl(sd: dict, cmd: str, names: list[str], argv: list[str]) -> int:
     if cmd == "daemon-reload":
-        sd["loaded"] = {p.name: p.read_text() for p in UNIT_DIR.glob("*.service")} if UNIT_DIR.is_dir() else {}
+        sd["loaded"] = {p.name: p.read_text() for p in _call.unit_dir.glob("*.service")} if _call.unit_dir.is_dir() else {}
         return 0
     if cmd == "is-active":
         unit = names[0]
-        transient = (ROOT / "units" / unit).exists()
+        transient = (root() / "units" / unit).exists()
         if not transient:
             sd_tick(sd, unit)
         state = "active" if transient else sd["units"].get(unit, {}).get("state", "inactive")
         if "--quiet" not in argv:
-            print(state)
+            say(state)
         return 0 if state == "active" else 3
     if cmd == "show":
         unit = names[-1]
         sd_tick(sd, unit)
-        print(sd["units"].get(unit, {}).get("n_restarts", 0))
+        say(sd["units"].get(unit, {}).get("n_restarts", 0))
         return 0
     if cmd in ("start", "restart"):
         for unit in names:
-            if (UNIT_DIR / unit).exists() and (UNIT_DIR / unit).read_text() != sd["loaded"].get(unit):
+            if (_call.unit_dir / unit).exists() and (_call.unit_dir / unit).read_text() != sd["loaded"].get(unit):
                 # systemd keeps running the loaded definition and warns that a reload is needed.
                 err(f"Warning: The unit file of {unit} changed on disk. Run 'systemctl daemon-reload' to reload units.")
             if cmd == "restart":
@@ -528,20 +547,20 @@ def _systemctl(sd: dict, cmd: str, names: list[str], argv: list[str]) -> int:
 
 
 def systemd_run(argv: list[str]) -> int:
-    units = ROOT / "units"
+    units = root() / "units"
     units.mkdir(exist_ok=True)
     unit = next((a.split("=", 1)[1] for a in argv if a.startswith("--unit=")), "run-fake")
     if not unit.endswith(".service"):
         unit += ".service"
     (units / unit).write_text(json.dumps(argv))
-    print(f"Running as unit: {unit}")
+    say(f"Running as unit: {unit}")
     return 0
 
 
 # ------------------------------------------------------------------- mount --
 
 def mounts_load() -> dict:
-    f = ROOT / "mounts.json"
+    f = root() / "mounts.json"
     return json.loads(f.read_text()) if f.exists() else {}
 
 
@@ -567,7 +586,7 @@ def mount(argv: list[str]) -> int:
             err(f"mount: {target}: {src} already mounted")
             return 32
         m[os.path.realpath(target)] = src
-        (ROOT / "mounts.json").write_text(json.dumps(m))
+        (root() / "mounts.json").write_text(json.dumps(m))
     return 0
 
 
@@ -580,7 +599,7 @@ def mountpoint(argv: list[str]) -> int:
 
 def iptables(argv: list[str]) -> int:
     """The filter table only: -N, -nL/-L, -S, -C, -I [pos], -A, -D (what vm/startup.sh uses)."""
-    f = ROOT / "iptables.json"
+    f = root() / "iptables.json"
     args = [a for a in argv if a not in ("-w", "-n")]
     with locked():
         # What dockerd sets up at start (moby libnetwork setupUserChain): the chain and the FORWARD jump.
@@ -591,9 +610,9 @@ def iptables(argv: list[str]) -> int:
                 err(f"iptables: No chain/target/match by that name.")
                 return 1
             if op == "-S":
-                print(f"-N {chain}")
+                say(f"-N {chain}")
                 for r in t[chain]:
-                    print(f"-A {chain} {r}")
+                    say(f"-A {chain} {r}")
             return 0
         if op == "-N":
             if chain in t:
@@ -625,10 +644,6 @@ TOOLS = {"docker": docker, "systemctl": systemctl, "systemd-run": systemd_run, "
          "mountpoint": mountpoint, "iptables": iptables}
 
 
-def main(tool: str | None = None) -> int:
-    return call(tool or os.path.basename(sys.argv[0]), sys.argv[1:])
-
-
 def call(tool: str, argv: list[str]) -> int:
     """Run one stand-in and record it (nested calls, e.g. systemd's ExecStart, are recorded first)."""
     t0 = time.time()
@@ -637,11 +652,66 @@ def call(tool: str, argv: list[str]) -> int:
         rc = TOOLS[tool](argv)
     finally:
         rec = {"tool": tool, "argv": argv, "t0": t0, "t1": time.time(), "rc": rc}
-        with open(ROOT / "calls.jsonl", "a") as fh:
+        with open(root() / "calls.jsonl", "a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.write(json.dumps(rec) + "\n")
     return rc
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+# ------------------------------------------------------------ tool server --
+# A Python start per call cost ~20 ms, some 30 per boot. Instead each stand-in on PATH is the bash client
+# below (~1 ms): it sends its argv to one server thread in the test process and prints what the call
+# printed, exiting with its status, so the script under test sees the same streams and codes.
+
+CLIENT = """#!/bin/bash
+# Stand-in for {tool}: runs the call in the test process's tool server (tests/vm/fakes/fakebin.py).
+exec 3<>/dev/tcp/127.0.0.1/{port}
+printf '%s\\0' "${{FAKE_ROOT:?}}" "${{CONVEX_GCP_UNIT_DIR:-/nonexistent}}" {tool} "$#" "$@" >&3
+LC_ALL=C  # lengths below are bytes
+read -r rc out_n err_n <&3 || exit 125
+out='' err=''
+((out_n == 0)) || IFS= read -r -d '' -N "$out_n" out <&3
+((err_n == 0)) || IFS= read -r -d '' -N "$err_n" err <&3
+printf '%s' "$out"
+printf '%s' "$err" >&2
+exit "$rc"
+"""
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def field(self) -> str:
+        data = bytearray()
+        while (byte := self.rfile.read(1)) not in (b"\0", b""):
+            data += byte
+        return data.decode()
+
+    def handle(self) -> None:
+        fake_root, unit_dir, tool, argc = (self.field() for _ in range(4))
+        argv = [self.field() for _ in range(int(argc))]
+        with context(fake_root, unit_dir) as (out, errors):
+            try:
+                rc = call(tool, argv)
+            except Exception as exc:  # a fake's bug must show in the test's output, not hang the script
+                errors.append(f"fakebin {tool}: {exc!r}\n")
+                rc = 70
+        stdout, stderr = "".join(out).encode(), "".join(errors).encode()
+        try:
+            self.wfile.write(f"{rc} {len(stdout)} {len(stderr)}\n".encode() + stdout + stderr)
+        except OSError:
+            pass  # the client was killed (a stopped script's process group); the call still happened
+
+
+class ToolServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def install(self, bin_dir: Path) -> None:
+        """Write every stand-in into bin_dir (first on the script's PATH)."""
+        for tool in TOOLS:
+            path = bin_dir / tool
+            path.write_text(CLIENT.format(tool=tool, port=self.port))
+            path.chmod(0o755)
