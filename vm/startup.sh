@@ -30,13 +30,13 @@
 #   CONVEX_GCP_RETRY_ATTEMPTS    attempts per remote call (default 8: ~2.5 min in total)
 #   CONVEX_GCP_PROXY_READY_URL   default http://127.0.0.1:9090/readiness
 #   CONVEX_GCP_BACKEND_VERSION_URL default http://127.0.0.1:3210/version
-#   CONVEX_GCP_PROXY_WAIT        seconds to wait for proxy readiness (default 180)
-#   CONVEX_GCP_BACKEND_WAIT      seconds to wait for backend /version (default 300)
+#   CONVEX_GCP_PROXY_WAIT_MS     how long to wait for proxy readiness (default 180000)
+#   CONVEX_GCP_BACKEND_WAIT_MS   how long to wait for backend /version (default 300000)
 #   CONVEX_GCP_POLL_MS           health poll interval (default 2000)
-#   CONVEX_GCP_WATCH_TIMEOUT     metadata long-poll timeout_sec (default 300)
-#   CONVEX_GCP_PENDING_RETRY     first retry interval (s) of an unfinished run (default 60)
+#   CONVEX_GCP_WATCH_TIMEOUT     metadata long-poll timeout_sec, whole seconds (default 300)
+#   CONVEX_GCP_PENDING_RETRY_MS  first retry interval of an unfinished run (default 60000)
 #   CONVEX_GCP_STATE_DIR         persistent state, e.g. the SQL server CA bundle (default /var/lib/convex-gcp)
-#   CONVEX_GCP_CA_REFRESH        ssl mode: seconds between server CA bundle checks (default 21600)
+#   CONVEX_GCP_CA_REFRESH_MS     ssl mode: time between server CA bundle checks (default 21600000)
 #   CONVEX_GCP_UNIT_DIR          where units are installed (default /etc/systemd/system, tmpfs on COS)
 #   CONVEX_GCP_TOKEN_MARGIN      seconds before expires_in at which a token is refetched (default 60)
 #   CONVEX_GCP_SQL_PROBE_ADDR    ssl/plaintext: host:port the TCP reachability probe dials
@@ -78,13 +78,13 @@ RETRY_MAX_MS=${CONVEX_GCP_RETRY_MAX_MS:-30000}
 RETRY_ATTEMPTS=${CONVEX_GCP_RETRY_ATTEMPTS:-8}
 PROXY_READY_URL=${CONVEX_GCP_PROXY_READY_URL:-http://127.0.0.1:9090/readiness}
 BACKEND_VERSION_URL=${CONVEX_GCP_BACKEND_VERSION_URL:-http://127.0.0.1:3210/version}
-PROXY_WAIT_S=${CONVEX_GCP_PROXY_WAIT:-180}
-BACKEND_WAIT_S=${CONVEX_GCP_BACKEND_WAIT:-300}
+PROXY_WAIT_MS=${CONVEX_GCP_PROXY_WAIT_MS:-180000}
+BACKEND_WAIT_MS=${CONVEX_GCP_BACKEND_WAIT_MS:-300000}
 POLL_MS=${CONVEX_GCP_POLL_MS:-2000}
 WATCH_TIMEOUT_S=${CONVEX_GCP_WATCH_TIMEOUT:-300}
-PENDING_RETRY_S=${CONVEX_GCP_PENDING_RETRY:-60}
+PENDING_RETRY_MS=${CONVEX_GCP_PENDING_RETRY_MS:-60000}
 STATE_DIR=${CONVEX_GCP_STATE_DIR:-/var/lib/convex-gcp}
-CA_REFRESH_S=${CONVEX_GCP_CA_REFRESH:-21600}
+CA_REFRESH_MS=${CONVEX_GCP_CA_REFRESH_MS:-21600000}
 UNIT_DIR=${CONVEX_GCP_UNIT_DIR:-/etc/systemd/system}
 TOKEN_MARGIN_S=${CONVEX_GCP_TOKEN_MARGIN:-60}
 SQL_CA_SHA=""
@@ -162,6 +162,15 @@ run_logged() {
 sleep_ms() {
   local ms=$1
   sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
+}
+
+# secs MS -> "300 s", "0.250 s" (for messages)
+secs() {
+  if (($1 % 1000)); then
+    printf '%d.%03d s' $(($1 / 1000)) $(($1 % 1000))
+  else
+    printf '%d s' $(($1 / 1000))
+  fi
 }
 
 # backoff_ms ATTEMPT (1-based) -> delay before the next attempt
@@ -689,7 +698,7 @@ ensure_sql_ca() {
     return 0
   fi
   step sql-ca
-  # The watcher re-runs reconcile every CA_REFRESH_S while this marker exists.
+  # The watcher re-runs reconcile every CA_REFRESH_MS while this marker exists.
   touch "${RUN_DIR}/ca-refresh"
   mkdir -p "$STATE_DIR"
   chmod 0755 "$STATE_DIR"
@@ -1125,7 +1134,7 @@ n_restarts() {
 
 SQL_FIX="the Cloud SQL instance is RUNNABLE (gcloud sql instances describe); private services access peering exists (gcloud services vpc-peerings list --network=...); egress from the VM to the instance's private IP (TCP 3307 proxy, 5432 direct) is allowed; the VM service account has roles/cloudsql.client (and roles/cloudsql.instanceUser with IAM login)"
 
-# wait_http NAME URL SECONDS [UNIT] -> 0 when URL answers 2xx within SECONDS.
+# wait_http NAME URL MS [UNIT] -> 0 when URL answers 2xx within MS milliseconds.
 # With UNIT, each poll also asks systemd about it (so restarts are counted as they happen).
 wait_http() {
   local name=$1 url=$2 limit=$3 unit=${4:-}
@@ -1140,8 +1149,8 @@ wait_http() {
       log "${name}: healthy after $(($(now_ms) - t0)) ms (${n} polls)"
       return 0
     fi
-    if (($(now_ms) - t0 >= limit * 1000)); then
-      log "${name}: not healthy after ${limit} s (${n} polls)"
+    if (($(now_ms) - t0 >= limit)); then
+      log "${name}: not healthy after $(secs "$limit") (${n} polls)"
       return 1
     fi
     sleep_ms "$POLL_MS"
@@ -1237,8 +1246,8 @@ watcher_env() {
   for v in GCE_METADATA_HOST SECRETMANAGER_ENDPOINT SQLADMIN_ENDPOINT CONVEX_GCP_RUN_DIR \
     CONVEX_GCP_MOUNT_POINT CONVEX_GCP_DATA_DEVICE CONVEX_GCP_RETRY_BASE_MS CONVEX_GCP_RETRY_MAX_MS \
     CONVEX_GCP_RETRY_ATTEMPTS CONVEX_GCP_PROXY_READY_URL CONVEX_GCP_BACKEND_VERSION_URL \
-    CONVEX_GCP_PROXY_WAIT CONVEX_GCP_BACKEND_WAIT CONVEX_GCP_POLL_MS CONVEX_GCP_WATCH_TIMEOUT \
-    CONVEX_GCP_PENDING_RETRY CONVEX_GCP_STATE_DIR CONVEX_GCP_CA_REFRESH CONVEX_GCP_UNIT_DIR \
+    CONVEX_GCP_PROXY_WAIT_MS CONVEX_GCP_BACKEND_WAIT_MS CONVEX_GCP_POLL_MS CONVEX_GCP_WATCH_TIMEOUT \
+    CONVEX_GCP_PENDING_RETRY_MS CONVEX_GCP_STATE_DIR CONVEX_GCP_CA_REFRESH_MS CONVEX_GCP_UNIT_DIR \
     CONVEX_GCP_TOKEN_MARGIN CONVEX_GCP_SQL_PROBE_ADDR; do
     if [[ -n ${!v:-} ]]; then
       printf -- '--setenv=%s=%s\n' "$v" "${!v}"
@@ -1278,23 +1287,22 @@ ensure_watcher() {
 watch_loop() {
   require_tools curl flock sha256sum sed tail bash
   local script="${RUN_DIR}/startup.sh" hdr="${RUN_DIR}/watch.headers"
-  local etag interval=$PENDING_RETRY_S fails=0 last_run=$EPOCHSECONDS
+  local etag interval=$PENDING_RETRY_MS fails=0 last_run
+  last_run=$(now_ms)
   etag=$(cat "${RUN_DIR}/applied-etag" 2>/dev/null || printf 'none')
   log "watching instance metadata (last etag ${etag})"
   while :; do
-    local timeout=$WATCH_TIMEOUT_S
-    if [[ -e ${RUN_DIR}/pending ]] && ((interval < timeout)); then
-      timeout=$interval
+    # timeout_sec is whole seconds (querying-metadata "Waiting for change"): round up, at least 1.
+    local timeout=$WATCH_TIMEOUT_S wake
+    if [[ -e ${RUN_DIR}/pending ]]; then
+      wake=$(((interval + 999) / 1000))
+      ((wake >= timeout)) || timeout=$wake
     fi
     # ssl mode: wake up in time for the next server CA check.
     if [[ -e ${RUN_DIR}/ca-refresh ]]; then
-      local until_ca=$((last_run + CA_REFRESH_S - EPOCHSECONDS))
-      if ((until_ca < 1)); then
-        until_ca=1
-      fi
-      if ((until_ca < timeout)); then
-        timeout=$until_ca
-      fi
+      wake=$(((last_run + CA_REFRESH_MS - $(now_ms) + 999) / 1000))
+      ((wake >= 1)) || wake=1
+      ((wake >= timeout)) || timeout=$wake
     fi
     local code=000
     code=$(curl -sS -o /dev/null -D "$hdr" -w '%{http_code}' -H 'Metadata-Flavor: Google' \
@@ -1319,7 +1327,7 @@ watch_loop() {
       else
         log "a run holds ${RUN_DIR}/lock; not queueing another"
       fi
-    elif [[ -e ${RUN_DIR}/ca-refresh ]] && ((EPOCHSECONDS - last_run >= CA_REFRESH_S)); then
+    elif [[ -e ${RUN_DIR}/ca-refresh ]] && (($(now_ms) - last_run >= CA_REFRESH_MS)); then
       run="periodic server CA check"
     fi
     etag=${new:-$etag}
@@ -1333,14 +1341,14 @@ watch_loop() {
       continue
     fi
     local rc=0
-    last_run=$EPOCHSECONDS
+    last_run=$(now_ms)
     bash "$next" reconcile || rc=$?
     if ((rc == 0)); then
-      interval=$PENDING_RETRY_S
+      interval=$PENDING_RETRY_MS
       log "reconcile finished"
     else
-      log "reconcile exited ${rc}; retrying in ${interval} s unless metadata changes first"
-      interval=$((interval * 2 > 900 ? 900 : interval * 2))
+      log "reconcile exited ${rc}; retrying in $(secs "$interval") unless metadata changes first"
+      interval=$((interval * 2 > 900000 ? 900000 : interval * 2))
     fi
     if [[ $(sha256sum <"$next") != "$(sha256sum <"$script" 2>/dev/null)" ]] && bash -n "$next" 2>/dev/null; then
       mv -f "$next" "$script"
@@ -1361,22 +1369,22 @@ watch_loop() {
 # Sets SQL_OK=1 when reachable.
 SQL_OK=0
 sql_reachability() {
-  local wait_s=$1
+  local wait_ms=$1
   SQL_OK=0
   if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
     step proxy-readiness
     local r0 r1
     r0=$(n_restarts cloudsql-proxy)
-    if wait_http cloudsql-proxy "$PROXY_READY_URL" "$wait_s" cloudsql-proxy; then
+    if wait_http cloudsql-proxy "$PROXY_READY_URL" "$wait_ms" cloudsql-proxy; then
       SQL_OK=1
       preflight PASS cloud-sql "the proxy passed its connection test (--run-connection-test) and ${PROXY_READY_URL} answered 200"
     else
       r1=$(n_restarts cloudsql-proxy)
       if ((r1 > r0)); then
-        preflight FAIL cloud-sql "Cloud SQL unreachable: the proxy exited $((r1 - r0)) time(s) in ${wait_s} s; with --run-connection-test it exits when it cannot reach the instance" \
+        preflight FAIL cloud-sql "Cloud SQL unreachable: the proxy exited $((r1 - r0)) time(s) in $(secs "$wait_ms"); with --run-connection-test it exits when it cannot reach the instance" \
           "journalctl -u cloudsql-proxy -n 50 ('Connection test failed' names the error); ${SQL_FIX}"
       else
-        preflight FAIL cloud-sql "the proxy is not ready after ${wait_s} s (${PROXY_READY_URL})" \
+        preflight FAIL cloud-sql "the proxy is not ready after $(secs "$wait_ms") (${PROXY_READY_URL})" \
           "systemctl status cloudsql-proxy; journalctl -u cloudsql-proxy -n 50; ${SQL_FIX}"
       fi
     fi
@@ -1403,8 +1411,8 @@ sql_reachability() {
       preflight PASS cloud-sql "TCP ${host}:${port} accepts connections"
       break
     fi
-    if (($(now_ms) - t0 >= wait_s * 1000)); then
-      preflight FAIL cloud-sql "Cloud SQL unreachable: TCP ${host}:${port} refused or timed out (${n} tries in ${wait_s} s)" "$SQL_FIX"
+    if (($(now_ms) - t0 >= wait_ms)); then
+      preflight FAIL cloud-sql "Cloud SQL unreachable: TCP ${host}:${port} refused or timed out (${n} tries in $(secs "$wait_ms"))" "$SQL_FIX"
       break
     fi
     sleep_ms "$POLL_MS"
@@ -1441,22 +1449,22 @@ apply() {
   ensure_isolation
   pull_images
   install_units
-  local backend_wait=$BACKEND_WAIT_S
+  local backend_wait=$BACKEND_WAIT_MS
   if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
     start_unit cloudsql-proxy
-    sql_reachability "$PROXY_WAIT_S"
+    sql_reachability "$PROXY_WAIT_MS"
   else
-    sql_reachability "$PROXY_WAIT_S"
+    sql_reachability "$PROXY_WAIT_MS"
   fi
   if ((!SQL_OK)); then
     # The backend cannot be healthy without the database: do not hold the boot for
     # long; systemd keeps restarting the proxy and the watcher finishes the rest.
-    backend_wait=$((backend_wait < 30 ? backend_wait : 30))
+    backend_wait=$((backend_wait < 30000 ? backend_wait : 30000))
   fi
   start_unit convex-backend
   step backend-version
   if ! wait_http convex-backend "$BACKEND_VERSION_URL" "$backend_wait"; then
-    preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering after ${backend_wait} s" \
+    preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering after $(secs "$backend_wait")" \
       "journalctl -u convex-backend -n 100 (it binds 3210 only after Postgres connected); the database named after INSTANCE_NAME exists; the DB user may CREATE in schema public"
     step_done "not healthy"
     log "units are installed but the backend is not healthy yet; systemd restarts what exits and the watcher ${WATCH_UNIT} retries the remaining steps (dashboard, admin key) periodically"

@@ -47,6 +47,8 @@ PROXY_IMAGE = runtime.PROXY_IMAGE.format(tag=SETTINGS.convex.proxy_version)
 BACKEND_IMAGE = runtime.BACKEND_IMAGE.format(tag=SHA)
 DASHBOARD_IMAGE = runtime.DASHBOARD_IMAGE.format(tag=SHA)
 render_env = runtime.render_env
+# The watcher's long-poll timeout_sec is whole seconds; in the sandbox one of them lasts 50 ms.
+METADATA_SECOND = 0.05
 
 
 _tool_server: fakebin.ToolServer | None = None
@@ -102,6 +104,7 @@ class Sandbox:
         self.inputs = inputs()
         self.render()
         self.metadata = MetadataServer(self._attributes())
+        self.metadata.second = METADATA_SECOND
         self.apis = ApisServer(self.metadata.tokens)
         self.apis.add_secret(INSTANCE_SECRET_ID, self.instance_secret.encode())
         self.apis.add_secret(ADMIN_KEY_SECRET_ID)
@@ -181,11 +184,11 @@ class Sandbox:
             "CONVEX_GCP_RETRY_ATTEMPTS": "4",
             "CONVEX_GCP_PROXY_READY_URL": f"http://127.0.0.1:{self.health.port}/readiness",
             "CONVEX_GCP_BACKEND_VERSION_URL": f"http://127.0.0.1:{self.health.port}/version",
-            "CONVEX_GCP_PROXY_WAIT": "2",
-            "CONVEX_GCP_BACKEND_WAIT": "2",
+            "CONVEX_GCP_PROXY_WAIT_MS": "400",
+            "CONVEX_GCP_BACKEND_WAIT_MS": "400",
             "CONVEX_GCP_POLL_MS": "50",
-            "CONVEX_GCP_WATCH_TIMEOUT": "5",
-            "CONVEX_GCP_PENDING_RETRY": "1",
+            "CONVEX_GCP_WATCH_TIMEOUT": "5",  # whole seconds, as the metadata API takes them; see METADATA_SECOND
+            "CONVEX_GCP_PENDING_RETRY_MS": "100",
             "CONVEX_GCP_UNIT_DIR": str(self.unit_dir),
             "CONVEX_GCP_TOKEN_MARGIN": "0",
             "CONVEX_GCP_SQL_PROBE_ADDR": f"127.0.0.1:{self.health.port}",

@@ -124,7 +124,7 @@ def test_watcher_retries_unfinished_run(sandbox):
     watcher = sandbox.popen("watch")
     try:
         sandbox.health.db_up = True
-        # CONVEX_GCP_PENDING_RETRY=1: the watcher retries without any metadata change.
+        # CONVEX_GCP_PENDING_RETRY_MS=100: the watcher retries without any metadata change.
         assert _wait_for(lambda: not (sandbox.run_dir / "pending").exists(), timeout=40)
         assert "convex-dashboard" in sandbox.runs()
         assert {c["status"] for c in sandbox.docker_state()["containers"].values()} == {"running"}

@@ -163,7 +163,7 @@ def test_watcher_picks_up_a_new_ca_by_itself(sandbox, cas):
     sandbox.use_ssl(cas[:1])
     assert sandbox.run().rc == 0
     sandbox.clear_calls()
-    sandbox.extra_env["CONVEX_GCP_CA_REFRESH"] = "1"
+    sandbox.extra_env["CONVEX_GCP_CA_REFRESH_MS"] = "200"
     sandbox.extra_env["CONVEX_GCP_WATCH_TIMEOUT"] = "300"
     watcher = sandbox.popen("watch")
     try:

@@ -129,6 +129,7 @@ class MetadataServer(_Server):
         self.down = False
         self.has_service_account = True
         self.cond = threading.Condition()
+        self.second = 1.0  # real seconds per timeout_sec second: tests run the long-poll's clock faster
         super().__init__()
 
     @property
@@ -164,7 +165,7 @@ class MetadataServer(_Server):
         if rel == "instance/attributes/":
             if q.get("wait_for_change") == "true":
                 # querying-metadata "Waiting for change": returns at once when last_etag differs, else at timeout_sec.
-                timeout = float(q.get("timeout_sec", "60"))
+                timeout = float(q.get("timeout_sec", "60")) * self.second
                 last = q.get("last_etag", "")
                 deadline = time.time() + timeout
                 with self.cond:
