@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,71 +17,95 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tests.fakes.standin import StandInServer
 
 SCRIPT = ROOT / "bootstrap" / "bootstrap.sh"
 
-# The interpreter running the tests, not `/usr/bin/env python3` (a slow shim on PATH can cost a second a
-# call); -I -S: no user site or site-packages to scan, ~100 calls a run.
-FAKE_GCLOUD = f"#!{sys.executable} -IS\n" + r'''
-import json, os, sys, zlib
-args = sys.argv[1:]
-flags = {}
-for a in args:
-    if a.startswith("--"):
-        key, _, value = a[2:].partition("=")
-        flags[key] = value
-condition = None
-if "condition-from-file" in flags:
-    condition = json.load(open(flags["condition-from-file"]))["expression"]
-    args = [a for a in args if not a.startswith("--condition-from-file=")] + ["--condition-from-file=" + condition]
-with open(os.environ["FAKE_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\n")
-path = os.environ["FAKE_STATE"]
-state = json.load(open(path)) if os.path.exists(path) else {"resources": [], "bindings": []}
-positional = [a for a in args if not a.startswith("--")]
-VERBS = ("describe", "create", "create-oidc", "update", "update-oidc", "disable", "enable",
-         "add-iam-policy-binding", "remove-iam-policy-binding")
-verb = next((v for v in positional if v in VERBS), None)
-if verb is None or positional[0] == "services":  # services enable
-    sys.exit(0)
-i = positional.index(verb)
-kind = " ".join(positional[:i])
-name = positional[i + 1] if len(positional) > i + 1 else ""
-if kind == "projects" and verb == "describe":
-    # A stable fake project number per project id.
-    print(100000000000 + zlib.crc32(name.encode()))
-    sys.exit(0)
-# Bucket names are global: gcloud finds a bucket without --project.
-project = "" if kind == "storage buckets" else flags.get("project", "")
-if kind == "iam service-accounts" and "@" in name:  # described by email, created by id
-    name, project = name.split("@")[0], name.split("@")[1].split(".")[0]
-key = f"{kind} {name} {project}".strip()
-def fail(message):
-    print("ERROR: (gcloud) " + message, file=sys.stderr)
-    sys.exit(1)
-def save():
-    json.dump(state, open(path, "w"), indent=1)
-if verb in ("create", "create-oidc"):
-    if key in state["resources"]:
-        fail(f"ALREADY_EXISTS: {key}")
-    state["resources"].append(key)
-elif verb in ("describe", "update", "update-oidc", "disable", "enable"):
-    if key not in state["resources"]:
-        fail(f"NOT_FOUND: {key}")
-    if verb == "disable":
-        state["resources"].append("disabled " + key)
-elif verb in ("add-iam-policy-binding", "remove-iam-policy-binding"):
-    binding = {"resource": key if kind != "projects" else f"projects {name}", "member": flags["member"],
-               "role": flags["role"], "condition": condition}
-    if verb == "add-iam-policy-binding":
-        if binding not in state["bindings"]:
-            state["bindings"].append(binding)
-    else:
-        if binding not in state["bindings"]:
-            fail("Policy binding with the specified principal, role, and condition not found!")
-        state["bindings"].remove(binding)
-save()
-'''
+class _Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def fake_gcloud(tool: str, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """One gcloud call against the state file; the bash client on PATH forwards it (tests/fakes/standin.py)."""
+    out: list[str] = []
+    err: list[str] = []
+    try:
+        _gcloud(args, env, out, err)
+        code = 0
+    except _Exit as done:
+        code = done.code
+    return code, "".join(out), "".join(err)
+
+
+def _gcloud(args: list[str], env: dict[str, str], out: list[str], err: list[str]) -> None:
+    flags = {}
+    for a in args:
+        if a.startswith("--"):
+            key, _, value = a[2:].partition("=")
+            flags[key] = value
+    condition = None
+    if "condition-from-file" in flags:
+        condition = json.loads(Path(flags["condition-from-file"]).read_text())["expression"]
+        args = [a for a in args if not a.startswith("--condition-from-file=")] + ["--condition-from-file=" + condition]
+    with open(env["FAKE_LOG"], "a") as log:
+        log.write(json.dumps(args) + "\n")
+    path = Path(env["FAKE_STATE"])
+    state = json.loads(path.read_text()) if path.exists() else {"resources": [], "bindings": []}
+    positional = [a for a in args if not a.startswith("--")]
+    verbs = ("describe", "create", "create-oidc", "update", "update-oidc", "disable", "enable",
+             "add-iam-policy-binding", "remove-iam-policy-binding")
+    verb = next((v for v in positional if v in verbs), None)
+    if verb is None or positional[0] == "services":  # services enable
+        return
+    i = positional.index(verb)
+    kind = " ".join(positional[:i])
+    name = positional[i + 1] if len(positional) > i + 1 else ""
+    if kind == "projects" and verb == "describe":
+        # A stable fake project number per project id.
+        out.append(f"{100000000000 + zlib.crc32(name.encode())}\n")
+        return
+    # Bucket names are global: gcloud finds a bucket without --project.
+    project = "" if kind == "storage buckets" else flags.get("project", "")
+    if kind == "iam service-accounts" and "@" in name:  # described by email, created by id
+        name, project = name.split("@")[0], name.split("@")[1].split(".")[0]
+    key = f"{kind} {name} {project}".strip()
+
+    def fail(message: str) -> None:
+        err.append("ERROR: (gcloud) " + message + "\n")
+        raise _Exit(1)
+
+    if verb in ("create", "create-oidc"):
+        if key in state["resources"]:
+            fail(f"ALREADY_EXISTS: {key}")
+        state["resources"].append(key)
+    elif verb in ("describe", "update", "update-oidc", "disable", "enable"):
+        if key not in state["resources"]:
+            fail(f"NOT_FOUND: {key}")
+        if verb == "disable":
+            state["resources"].append("disabled " + key)
+    elif verb in ("add-iam-policy-binding", "remove-iam-policy-binding"):
+        binding = {"resource": key if kind != "projects" else f"projects {name}", "member": flags["member"],
+                   "role": flags["role"], "condition": condition}
+        if verb == "add-iam-policy-binding":
+            if binding not in state["bindings"]:
+                state["bindings"].append(binding)
+        else:
+            if binding not in state["bindings"]:
+                fail("Policy binding with the specified principal, role, and condition not found!")
+            state["bindings"].remove(binding)
+    path.write_text(json.dumps(state, indent=1))
+
+
+_gcloud_server: StandInServer | None = None
+
+
+def install_gcloud(bin_dir: Path) -> None:
+    global _gcloud_server
+    if _gcloud_server is None:
+        _gcloud_server = StandInServer(fake_gcloud, ("FAKE_LOG", "FAKE_STATE"), "tests/test_delivery_bootstrap.py")
+    _gcloud_server.install(bin_dir, ["gcloud"])
+
 
 STATE = "ops-proj"
 ENV = {
@@ -111,9 +134,7 @@ class Run:
 def run(tmp_path: Path, **env: str) -> Run:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    fake = bin_dir / "gcloud"
-    fake.write_text(FAKE_GCLOUD)
-    fake.chmod(0o755)
+    install_gcloud(bin_dir)
     log = tmp_path / "log"
     log.write_text("")
     environment = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_LOG": str(log),

@@ -114,9 +114,10 @@ def wait_for_version(convex_url: str, timeout: float) -> str:
                 last = f"HTTP {response.status}"
         except (urllib.error.URLError, OSError) as error:
             last = str(error)
-        if time.monotonic() >= deadline:
-            raise E2EError(f"{convex_url}/version did not answer 200 within {timeout:.0f} s: {last}")
-        time.sleep(2)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise E2EError(f"{convex_url}/version did not answer 200 within {timeout:g} s: {last}")
+        time.sleep(min(2, left))  # one last try at the deadline, not 2 s past it
 
 
 def deploy(app: Path, convex_url: str, key: str, timeout: float) -> None:

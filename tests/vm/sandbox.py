@@ -24,11 +24,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from fakes import fakebin  # noqa: E402
-from fakes.google import TOKEN, ApisServer, HealthServer, MetadataServer  # noqa: E402
-
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO))
+
+from fakes import fakebin  # noqa: E402
+from fakes.google import TOKEN, ApisServer, HealthServer, MetadataServer  # noqa: E402
 
 from convex_gcp import runtime  # noqa: E402
 from convex_gcp.settings import Settings, load_settings  # noqa: E402
@@ -51,14 +51,14 @@ render_env = runtime.render_env
 METADATA_SECOND = 0.05
 
 
-_tool_server: fakebin.ToolServer | None = None
+_tool_server: fakebin.StandInServer | None = None
 
 
-def tool_server() -> fakebin.ToolServer:
+def tool_server() -> fakebin.StandInServer:
     """The stand-ins' server, one per test process (one per xdist worker), started on first use."""
     global _tool_server
     if _tool_server is None:
-        _tool_server = fakebin.ToolServer()
+        _tool_server = fakebin.server()
     return _tool_server
 
 
@@ -94,7 +94,7 @@ class Sandbox:
         self.unit_dir = tmp / "etc" / "systemd" / "system"  # /etc is a tmpfs on COS: reset by reboot()
         for d in (self.bin, self.fake_root, self.run_dir.parent):
             d.mkdir(parents=True, exist_ok=True)
-        tool_server().install(self.bin)
+        tool_server().install(self.bin, list(fakebin.TOOLS))
         if make_disk:
             subprocess.run(["truncate", "-s", f"{disk_mb}M", str(self.disk)], check=True)
 

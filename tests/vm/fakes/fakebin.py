@@ -1,9 +1,9 @@
 """Recording, stateful stand-ins for docker, systemctl, systemd-run, mount, mountpoint, iptables.
 
-One server in the test process (ToolServer) runs every call; what the harness
-puts first on PATH under each tool name is a small bash client that forwards
-argv, $FAKE_ROOT and $CONVEX_GCP_UNIT_DIR to it and replays the call's stdout,
-stderr and exit status. State lives in $FAKE_ROOT (JSON + files):
+Every call runs in the test process (serve_call, behind tests/fakes/standin.py);
+what the harness puts first on PATH under each tool name is a small bash client
+that forwards argv, $FAKE_ROOT and $CONVEX_GCP_UNIT_DIR and replays the call's
+stdout, stderr and exit status. State lives in $FAKE_ROOT (JSON + files):
 
 - every call is appended to $FAKE_ROOT/calls.jsonl as {"tool", "argv", "t0", "t1", "rc"};
 - docker keeps images, networks and containers (labels, args, env read from
@@ -31,11 +31,12 @@ import json
 import os
 import re
 import shlex
-import socketserver
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.fakes.standin import StandInServer
 
 _call = threading.local()  # the sandbox (root, unit dir) and the output of the call this thread serves
 
@@ -659,59 +660,15 @@ def call(tool: str, argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------ tool server --
-# A Python start per call cost ~20 ms, some 30 per boot. Instead each stand-in on PATH is the bash client
-# below (~1 ms): it sends its argv to one server thread in the test process and prints what the call
-# printed, exiting with its status, so the script under test sees the same streams and codes.
 
-CLIENT = """#!/bin/bash
-# Stand-in for {tool}: runs the call in the test process's tool server (tests/vm/fakes/fakebin.py).
-exec 3<>/dev/tcp/127.0.0.1/{port}
-printf '%s\\0' "${{FAKE_ROOT:?}}" "${{CONVEX_GCP_UNIT_DIR:-/nonexistent}}" {tool} "$#" "$@" >&3
-LC_ALL=C  # lengths below are bytes
-read -r rc out_n err_n <&3 || exit 125
-out='' err=''
-((out_n == 0)) || IFS= read -r -d '' -N "$out_n" out <&3
-((err_n == 0)) || IFS= read -r -d '' -N "$err_n" err <&3
-printf '%s' "$out"
-printf '%s' "$err" >&2
-exit "$rc"
-"""
+def serve_call(tool: str, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    """One call from a stand-in client (tests/fakes/standin.py), run for the sandbox in its env."""
+    if not env["FAKE_ROOT"]:
+        return 2, "", f"{tool} stand-in: FAKE_ROOT is not set\n"
+    with context(env["FAKE_ROOT"], env["CONVEX_GCP_UNIT_DIR"] or "/nonexistent") as (out, errors):
+        rc = call(tool, argv)
+    return rc, "".join(out), "".join(errors)
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    def field(self) -> str:
-        data = bytearray()
-        while (byte := self.rfile.read(1)) not in (b"\0", b""):
-            data += byte
-        return data.decode()
-
-    def handle(self) -> None:
-        fake_root, unit_dir, tool, argc = (self.field() for _ in range(4))
-        argv = [self.field() for _ in range(int(argc))]
-        with context(fake_root, unit_dir) as (out, errors):
-            try:
-                rc = call(tool, argv)
-            except Exception as exc:  # a fake's bug must show in the test's output, not hang the script
-                errors.append(f"fakebin {tool}: {exc!r}\n")
-                rc = 70
-        stdout, stderr = "".join(out).encode(), "".join(errors).encode()
-        try:
-            self.wfile.write(f"{rc} {len(stdout)} {len(stderr)}\n".encode() + stdout + stderr)
-        except OSError:
-            pass  # the client was killed (a stopped script's process group); the call still happened
-
-
-class ToolServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.port = self.server_address[1]
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def install(self, bin_dir: Path) -> None:
-        """Write every stand-in into bin_dir (first on the script's PATH)."""
-        for tool in TOOLS:
-            path = bin_dir / tool
-            path.write_text(CLIENT.format(tool=tool, port=self.port))
-            path.chmod(0o755)
+def server() -> StandInServer:
+    return StandInServer(serve_call, ("FAKE_ROOT", "CONVEX_GCP_UNIT_DIR"), "tests/vm/fakes/fakebin.py")

@@ -1,0 +1,75 @@
+"""Command-line stand-ins served by one thread pool in the test process.
+
+A stand-in written in Python costs an interpreter start per call (~20 ms here; a boot of the VM
+script makes some 30 calls, a bootstrap run about 80). Instead, what goes on PATH under the tool's
+name is a small bash client (~1 ms): it sends its argv and the environment variables the fake reads
+to this server over 127.0.0.1, then prints the call's stdout and stderr and exits with its status.
+The script under test sees the same streams and exit codes it would get from a Python stand-in.
+"""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+from pathlib import Path
+from typing import Callable
+
+# (tool, argv, env) -> (exit status, stdout, stderr)
+Handler = Callable[[str, list[str], dict[str, str]], tuple[int, str, str]]
+
+CLIENT = """#!/bin/bash
+# Stand-in for {tool}: the call runs in the test process (tests/fakes/standin.py, {fake}).
+exec 3<>/dev/tcp/127.0.0.1/{port}
+printf '%s\\0' {tool} {env_values} "$#" "$@" >&3
+LC_ALL=C  # the lengths below are bytes
+read -r rc out_n err_n <&3 || exit 125
+out='' err=''
+((out_n == 0)) || IFS= read -r -d '' -N "$out_n" out <&3
+((err_n == 0)) || IFS= read -r -d '' -N "$err_n" err <&3
+printf '%s' "$out"
+printf '%s' "$err" >&2
+exit "$rc"
+"""
+
+
+class _Request(socketserver.StreamRequestHandler):
+    server: StandInServer
+
+    def field(self) -> str:
+        data = bytearray()
+        while (byte := self.rfile.read(1)) not in (b"\0", b""):
+            data += byte
+        return data.decode()
+
+    def handle(self) -> None:
+        tool = self.field()
+        env = {name: self.field() for name in self.server.env_names}
+        argv = [self.field() for _ in range(int(self.field()))]
+        try:
+            rc, out, err = self.server.handler(tool, argv, env)
+        except Exception as exc:  # a fake's own bug shows in the test's output instead of hanging the script
+            rc, out, err = 70, "", f"stand-in {tool}: {exc!r}\n"
+        stdout, stderr = out.encode(), err.encode()
+        try:
+            self.wfile.write(f"{rc} {len(stdout)} {len(stderr)}\n".encode() + stdout + stderr)
+        except OSError:
+            pass  # the client was killed (a stopped script's process group); the call still happened
+
+
+class StandInServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+
+    def __init__(self, handler: Handler, env_names: tuple[str, ...], fake: str) -> None:
+        super().__init__(("127.0.0.1", 0), _Request)
+        self.handler, self.env_names, self.fake = handler, env_names, fake
+        self.port = self.server_address[1]
+        # shutdown() waits for serve_forever's poll (default 0.5 s, CPython socketserver).
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def install(self, bin_dir: Path, tools: tuple[str, ...] | list[str]) -> None:
+        """Write a client for each tool into bin_dir (which the caller puts first on PATH)."""
+        env_values = " ".join(f'"${{{name}-}}"' for name in self.env_names)
+        for tool in tools:
+            path = bin_dir / tool
+            path.write_text(CLIENT.format(tool=tool, fake=self.fake, port=self.port, env_values=env_values))
+            path.chmod(0o755)
