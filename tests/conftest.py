@@ -1,6 +1,7 @@
 """Shared fixtures: whole-program runs under the Pulumi SDK's mocks, each in a fresh process
 because the SDK's mock state is process-global. The process is forked from tools.runner's server,
-which has the SDK imported already; runs are cached per test process by (stack, overrides).
+which has the SDK imported already; runs are cached by (stack, overrides) for the whole session,
+across xdist workers.
 
 Skips: a run that skipped tests ends by naming each one and why; with CI set (.ci/run, the
 workflows) a skip is a failure, because a skipped test guards nothing.
@@ -8,9 +9,14 @@ workflows) a skip is a failure, because a skipped test guards nothing.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,12 +29,45 @@ from tools import runner  # noqa: E402
 from tools.plan import Plan, plan_from_json  # noqa: E402
 
 
+PLAN_CACHE = "CONVEX_GCP_TEST_PLAN_CACHE"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One directory per pytest session, shared by its xdist workers (they inherit the environment):
+    a program run one worker made is read by the others instead of being made again."""
+    if not hasattr(config, "workerinput"):
+        os.environ[PLAN_CACHE] = tempfile.mkdtemp(prefix="convex-gcp-test-plans-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(os.environ.pop(PLAN_CACHE, ""), ignore_errors=True)
+
+
+def _run_shared(command: list[str]) -> tuple[int, str, str]:
+    """runner.run_python once per session for this command, whichever worker asks first."""
+    shared = os.environ.get(PLAN_CACHE, "")
+    if not shared or not os.path.isdir(shared):
+        result = runner.run_python(command, cwd=ROOT, timeout=300)
+        return result.returncode, result.stdout, result.stderr
+    entry = Path(shared) / hashlib.sha256(json.dumps(command).encode()).hexdigest()
+    with open(entry.with_suffix(".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first one's run
+        if not entry.exists():
+            result = runner.run_python(command, cwd=ROOT, timeout=300)
+            entry.with_suffix(".tmp").write_text(json.dumps([result.returncode, result.stdout, result.stderr]))
+            entry.with_suffix(".tmp").replace(entry)
+        returncode, stdout, stderr = json.loads(entry.read_text())
+    return returncode, stdout, stderr
+
+
 @lru_cache(maxsize=None)
 def _run(stack: str, overrides: tuple[tuple[str, str], ...]) -> Plan:
     command = ["-m", "tools.plan", stack, "--json"]
     for key, value in overrides:
         command += ["--set", f"{key}={value}"]
-    result = runner.run_python(command, cwd=ROOT, timeout=300)
+    returncode, stdout, stderr = _run_shared(command)
+    result = subprocess.CompletedProcess(command, returncode, stdout, stderr)
     # Exit 1 is a configuration error, recorded in the plan (tests assert on it); anything else failed.
     if result.returncode not in (0, 1) or not result.stdout.startswith("{"):
         raise AssertionError(f"plan {stack} failed ({result.returncode}):\n{result.stderr[-4000:]}")

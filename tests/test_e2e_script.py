@@ -49,7 +49,7 @@ def database_url():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    subprocess.run(_as_owner([_bin("initdb"), "-D", str(data), "-U", "admin", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+    subprocess.run(_as_owner([_bin("initdb"), "--no-sync", "-D", str(data), "-U", "admin", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
     with open(data / "postgresql.conf", "a") as conf:
         conf.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n")
     (data / "pg_hba.conf").write_text("local all admin trust\nhost all admin 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n")

@@ -45,7 +45,8 @@ def _free_port() -> int:
 def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+        # The key type is not under test; P-256 is generated in ~5 ms, RSA-2048 in ~180 ms.
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", f"/CN={name}",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )
@@ -66,7 +67,7 @@ class Cluster:
 def _start(root: Path, tls: bool) -> tuple[Cluster, list[str]]:
     data = root / ("tls" if tls else "plain")
     port = _free_port()
-    subprocess.run(_as_owner([_bin("initdb"), "-D", str(data), "-U", "admin", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+    subprocess.run(_as_owner([_bin("initdb"), "--no-sync", "-D", str(data), "-U", "admin", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
     conf = [f"port = {port}", "listen_addresses = '127.0.0.1'", f"max_connections = {MAX_CONNECTIONS}",
             f"unix_socket_directories = '{root}'", "password_encryption = 'scram-sha-256'"]
     cluster = Cluster(port, tls)

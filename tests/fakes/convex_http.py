@@ -43,7 +43,7 @@ class FakeConvex:
         self.site = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(site=True))
         for server in (self.api, self.site):
             # shutdown() waits for serve_forever's poll (default 0.5 s, CPython socketserver).
-            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True).start()
 
     @property
     def convex_url(self) -> str:

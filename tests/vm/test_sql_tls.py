@@ -63,7 +63,7 @@ def server(pki):
     srv = Server(root, _free_port())
     started = False
     try:
-        subprocess.run(_as_owner([_bin("initdb"), "-D", str(srv.data), "-U", "admin", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+        subprocess.run(_as_owner([_bin("initdb"), "--no-sync", "-D", str(srv.data), "-U", "admin", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
         srv.install_cert(pki["leaf_current"])
         with open(srv.data / "postgresql.conf", "a") as handle:
             handle.write(f"port = {srv.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"

@@ -76,7 +76,7 @@ class _Server:
         self.port = self.httpd.server_address[1]
         # socketserver.BaseServer.shutdown() waits for serve_forever to notice, which polls every
         # poll_interval (default 0.5 s): three servers cost 1.5 s per sandbox at close.
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True)
         self.thread.start()
 
     def _record(self, h, method, body):
