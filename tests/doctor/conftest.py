@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,5 +115,4 @@ def clusters():
     finally:
         for stop in started:
             subprocess.run(stop, capture_output=True)
-        time.sleep(0.2)
         shutil.rmtree(root, ignore_errors=True)

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,17 @@ def inputs(**changes) -> runtime.RuntimeInputs:
                   sql_dns_name="abc123.def456.europe-west1.sql-psa.goog", sql_private_ip="10.30.0.5")
     values.update(changes)
     return runtime.RuntimeInputs(**values)
+
+
+def wait_for(condition, timeout: float = 30.0) -> bool:
+    """Poll a condition (the script runs in the background) until it holds or the timeout passes.
+    The timeout only bounds a hang; a passing test never waits for it."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @dataclass

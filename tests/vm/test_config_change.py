@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 
-from sandbox import SHA
+from sandbox import SHA, wait_for
 
 
 def _boot(sb):
@@ -82,15 +81,6 @@ def _polls(sb) -> list:
     return [q for q in sb.metadata.requests if "wait_for_change=true" in q["path"]]
 
 
-def _wait_for(pred, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_watcher_applies_metadata_change(sandbox):
     _boot(sandbox)
     # A long timeout_sec: if the long-poll did not return at once on change,
@@ -99,14 +89,14 @@ def test_watcher_applies_metadata_change(sandbox):
     watcher = sandbox.popen("watch")
     try:
         # Wait until the watcher is parked in its long-poll, with the boot's etag.
-        assert _wait_for(lambda: any("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests))
+        assert wait_for(lambda: any("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests))
         assert sandbox.runs() == []
         parked = len(_polls(sandbox))  # the poll the change will end
         sandbox.backend_env["RUST_LOG"] = "warn"
         sandbox.publish()
-        assert _wait_for(lambda: sandbox.runs() == ["convex-backend"]), "watcher did not reconcile"
+        assert wait_for(lambda: sandbox.runs() == ["convex-backend"]), "watcher did not reconcile"
         # and it settles: back in its next long-poll (no fixed sleep) with nothing else recreated.
-        assert _wait_for(lambda: len(_polls(sandbox)) > parked)
+        assert wait_for(lambda: len(_polls(sandbox)) > parked)
         assert sandbox.runs() == ["convex-backend"]
         polls = [q["path"] for q in sandbox.metadata.requests if "wait_for_change=true" in q["path"]]
         assert all("last_etag=" in p and "recursive=true" in p for p in polls)
@@ -125,7 +115,7 @@ def test_watcher_retries_unfinished_run(sandbox):
     try:
         sandbox.health.db_up = True
         # CONVEX_GCP_PENDING_RETRY_MS=100: the watcher retries without any metadata change.
-        assert _wait_for(lambda: not (sandbox.run_dir / "pending").exists(), timeout=40)
+        assert wait_for(lambda: not (sandbox.run_dir / "pending").exists(), timeout=40)
         assert "convex-dashboard" in sandbox.runs()
         assert {c["status"] for c in sandbox.docker_state()["containers"].values()} == {"running"}
     finally:
@@ -137,19 +127,19 @@ def test_watcher_adopts_new_startup_script_but_not_a_broken_one(sandbox):
     installed = sandbox.run_dir / "startup.sh"
     watcher = sandbox.popen("watch")
     try:
-        assert _wait_for(lambda: any("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests))
+        assert wait_for(lambda: any("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests))
         before = len(_polls(sandbox))
         sandbox.script_suffix = "\n# release 2\n"
         sandbox.publish()
-        assert _wait_for(lambda: "# release 2" in installed.read_text()), "new script not adopted"
-        assert _wait_for(lambda: len(_polls(sandbox)) > before)  # the new version is parked in its long-poll
+        assert wait_for(lambda: "# release 2" in installed.read_text()), "new script not adopted"
+        assert wait_for(lambda: len(_polls(sandbox)) > before)  # the new version is parked in its long-poll
         fetched = len([q for q in sandbox.metadata.requests if q["path"].endswith("/startup-script")])
         parked = len(_polls(sandbox))
         sandbox.script_suffix = "\nif then fi\n"  # syntax error
         sandbox.publish()
         # The watcher fetched the broken script, ran it (it fails), and is back in a new long-poll.
-        assert _wait_for(lambda: len([q for q in sandbox.metadata.requests if q["path"].endswith("/startup-script")]) > fetched)
-        assert _wait_for(lambda: len(_polls(sandbox)) > parked)
+        assert wait_for(lambda: len([q for q in sandbox.metadata.requests if q["path"].endswith("/startup-script")]) > fetched)
+        assert wait_for(lambda: len(_polls(sandbox)) > parked)
         assert "if then fi" not in installed.read_text()
         assert watcher.poll() is None  # still watching with the last good version
         assert sandbox.runs() == []  # nothing recreated by either change

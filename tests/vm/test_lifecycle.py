@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import json
-import time
 
-from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE
-
-
-def _wait_for(pred, timeout=30.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, wait_for
 
 
 def test_token_expiring_mid_run_is_refreshed(sandbox):
@@ -59,12 +49,12 @@ def test_watcher_does_not_queue_a_reconcile_while_a_run_holds_the_lock(sandbox):
         fcntl.flock(fh, fcntl.LOCK_EX)  # the run in progress
         watcher = sandbox.popen("watch")
         try:
-            assert _wait_for(lambda: sum("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests) >= 3)
+            assert wait_for(lambda: sum("wait_for_change=true" in q["path"] for q in sandbox.metadata.requests) >= 3)
             assert not any(q["path"].endswith("/startup-script") for q in sandbox.metadata.requests)
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
         # Lock released with `pending` still there: now the periodic retry runs.
-        assert _wait_for(lambda: not (sandbox.run_dir / "pending").exists())
+        assert wait_for(lambda: not (sandbox.run_dir / "pending").exists())
         out = sandbox.stop(watcher)
     assert "a run holds" in out and "not queueing another" in out
     assert "previous run unfinished; periodic retry" in out

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import stat
-import time
 
 import pytest
 
+from sandbox import wait_for
 from tlsutil import make_ca
 
 
@@ -167,19 +167,15 @@ def test_watcher_picks_up_a_new_ca_by_itself(sandbox, cas):
     sandbox.extra_env["CONVEX_GCP_WATCH_TIMEOUT"] = "300"
     watcher = sandbox.popen("watch")
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline and sum(q["path"].endswith("/listServerCas") for q in sandbox.apis.requests) < 1:
-            time.sleep(0.1)
+        def checks() -> int:
+            return sum(q["path"].endswith("/listServerCas") for q in sandbox.apis.requests)
+
+        assert wait_for(lambda: checks() >= 1)
         assert sandbox.runs() == []  # periodic checks of an unchanged bundle restart nothing
         sandbox.apis.server_cas = [cas[0], cas[1]]
-        deadline = time.time() + 30
-        while time.time() < deadline and sandbox.runs() != ["convex-backend"]:
-            time.sleep(0.1)
-        assert sandbox.runs() == ["convex-backend"], "the watcher did not apply the new CA bundle"
-        checks = sum(q["path"].endswith("/listServerCas") for q in sandbox.apis.requests)
-        deadline = time.time() + 30
-        while time.time() < deadline and sum(q["path"].endswith("/listServerCas") for q in sandbox.apis.requests) < checks + 2:
-            time.sleep(0.1)
+        assert wait_for(lambda: sandbox.runs() == ["convex-backend"]), "the watcher did not apply the new CA bundle"
+        seen = checks()
+        assert wait_for(lambda: checks() >= seen + 2)
         assert sandbox.runs() == ["convex-backend"]  # and it settles: exactly one restart
     finally:
         out = sandbox.stop(watcher)

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import psycopg
@@ -78,7 +77,6 @@ def server(pki):
     finally:
         if started:
             subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(srv.data), "-m", "immediate", "stop"]), capture_output=True)
-        time.sleep(0.2)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -608,7 +608,7 @@ def iptables(argv: list[str]) -> int:
         op, chain, rule = args[0], args[1] if len(args) > 1 else "", args[2:]
         if op in ("-L", "-nL", "-S"):
             if chain not in t:
-                err(f"iptables: No chain/target/match by that name.")
+                err("iptables: No chain/target/match by that name.")
                 return 1
             if op == "-S":
                 say(f"-N {chain}")
