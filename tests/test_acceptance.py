@@ -24,7 +24,8 @@ def pulumi(tmp_path, monkeypatch, stand_ins):  # noqa: F811
     bin_dir = tmp_path / "pulumi-bin"
     bin_dir.mkdir()
     path = bin_dir / "pulumi"
-    path.write_text(f"#!{sys.executable}\n" + (ROOT / "tests" / "fakes" / "pulumi_cli.py").read_text())
+    # -I -S: the stand-in needs only the standard library; no site-packages scan per call.
+    path.write_text(f"#!{sys.executable} -IS\n" + (ROOT / "tests" / "fakes" / "pulumi_cli.py").read_text())
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
     (tmp_path / "state").mkdir()
     project = tmp_path / "project"

@@ -70,7 +70,7 @@ def stand_ins(tmp_path, monkeypatch):
     source = (ROOT / "tests" / "fakes" / "npx_stand_in.py").read_text()
     for name in ("npm", "npx"):
         path = bin_dir / name
-        path.write_text(f"#!{sys.executable}\n{source}")
+        path.write_text(f"#!{sys.executable} -IS\n{source}")  # standard library only: no site scan
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
     log = tmp_path / "npx.log"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -1,0 +1,98 @@
+"""The stand-in server behind the VM sandbox's tools and the bootstrap's gcloud: a script must see
+exactly what a Python stand-in would have given it (stdout, stderr, exit status, argv as passed),
+and the session-wide plan cache must run each program once however many workers ask."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+
+from tests import conftest
+from tests.fakes.standin import StandInServer
+
+SEP = "\x1f"  # no real tool prints NUL, and a bash variable cannot hold one
+TRICKY = ["", "two words", "a\nnewline", "tab\there", "quote ' \" $HOME `x`", "ünïcødé ✓", "-n", "--flag=x", "*"]
+
+
+def echo_back(tool: str, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    if argv[:1] == ["boom"]:
+        raise ValueError("fake bug")
+    if argv[:1] == ["big"]:
+        return 0, f"{argv[1]}:" + "x" * 300_000 + "\n", ""
+    return int(env["STATUS"] or 0), SEP.join([tool, env["FAKE_ROOT"], *argv]), env["ERR"]
+
+
+def server_in(tmp_path) -> StandInServer:
+    server = StandInServer(echo_back, ("FAKE_ROOT", "STATUS", "ERR"), "tests/test_standin.py")
+    server.install(tmp_path, ["tool-a"])
+    return server
+
+
+def call(tmp_path, *argv: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(tmp_path / "tool-a"), *argv], capture_output=True, timeout=30,
+                          env={"PATH": "/usr/bin:/bin", "FAKE_ROOT": "/root dir", "STATUS": "", "ERR": "", **env})
+
+
+def test_argv_stdout_stderr_and_status_arrive_unchanged(tmp_path):
+    server = server_in(tmp_path)
+    try:
+        result = call(tmp_path, *TRICKY, STATUS="3", ERR="warn: ünï\nno newline at the end")
+        assert result.returncode == 3
+        assert result.stdout.decode().split(SEP) == ["tool-a", "/root dir", *TRICKY]
+        assert result.stderr.decode() == "warn: ünï\nno newline at the end"
+        empty = call(tmp_path)
+        assert (empty.returncode, empty.stdout.decode(), empty.stderr) == (0, f"tool-a{SEP}/root dir", b"")
+    finally:
+        server.shutdown()
+
+
+def test_large_output_and_concurrent_calls(tmp_path):
+    server = server_in(tmp_path)
+    results: list[subprocess.CompletedProcess] = []
+    try:
+        threads = [threading.Thread(target=lambda i=i: results.append(call(tmp_path, "big", str(i)))) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(r.stdout.decode() for r in results) == [f"{i}:" + "x" * 300_000 + "\n" for i in range(6)]
+        assert all(r.returncode == 0 and r.stderr == b"" for r in results)
+    finally:
+        server.shutdown()
+
+
+def test_a_fake_that_raises_fails_the_call_with_its_error(tmp_path):
+    server = server_in(tmp_path)
+    try:
+        result = call(tmp_path, "boom")
+        assert result.returncode == 70 and "stand-in tool-a: ValueError('fake bug')" in result.stderr.decode()
+    finally:
+        server.shutdown()
+
+
+def test_without_the_server_the_call_fails(tmp_path):
+    server = server_in(tmp_path)
+    server.shutdown()
+    server.server_close()
+    result = call(tmp_path, "x")
+    assert result.returncode != 0 and b"Connection refused" in result.stderr
+
+
+def test_session_plan_cache_runs_each_command_once(tmp_path, monkeypatch):
+    runs: list[list[str]] = []
+
+    def fake_run(command, cwd, timeout):
+        runs.append(command)
+        return subprocess.CompletedProcess(command, 1, '{"error": "x"}', "stderr text")
+
+    monkeypatch.setattr(conftest.runner, "run_python", fake_run)
+    monkeypatch.setenv(conftest.PLAN_CACHE, str(tmp_path))
+    first = conftest._run_shared(["-m", "tools.plan", "dev", "--json"])
+    again = conftest._run_shared(["-m", "tools.plan", "dev", "--json"])
+    other = conftest._run_shared(["-m", "tools.plan", "prod", "--json"])
+    assert first == again == (1, '{"error": "x"}', "stderr text") and other == first
+    assert runs == [["-m", "tools.plan", "dev", "--json"], ["-m", "tools.plan", "prod", "--json"]]
+    # No cache directory (one process, or a run outside pytest): every call runs.
+    monkeypatch.setenv(conftest.PLAN_CACHE, "")
+    conftest._run_shared(["-m", "tools.plan", "dev", "--json"])
+    assert len(runs) == 3
