@@ -54,11 +54,19 @@ def threads() -> int:
 # --------------------------------------------------------------------------- server
 
 
+# The program's own packages are preloaded too: importing them only defines functions, classes and
+# constants (no config, environment or argv is read at import), and every child forks from a server
+# that never ran a program, so a child sees them exactly as a fresh interpreter's import leaves them.
+PROJECT_PACKAGES = ("convex_gcp", "components", "tools")
+
+
 def _is_project_module(module: Any) -> bool:
-    """Project code is imported fresh by each child, never preloaded: its import-time state (if it
-    ever has any) must come from the run that uses it."""
+    """Project code other than the program's packages (scripts, examples) is imported fresh by each
+    child: a script's folder is on its own sys.path only, and its modules are not the server's."""
     path = getattr(module, "__file__", None) or ""
-    return path.startswith(str(ROOT) + os.sep) and not path.startswith(sys.prefix + os.sep)
+    if not path.startswith(str(ROOT) + os.sep) or path.startswith(sys.prefix + os.sep):
+        return False
+    return not any(path.startswith(str(ROOT / package) + os.sep) for package in PROJECT_PACKAGES)
 
 
 def _loaded_modules() -> list[str]:
