@@ -80,3 +80,17 @@ def test_a_hung_run_is_stopped_at_its_timeout(tmp_path):
     script.write_text("import time\ntime.sleep(30)\n")
     result = runner.run_python([str(script)], cwd=tmp_path, timeout=1)
     assert result.returncode != 0 and "timed out after 1 s" in result.stderr
+
+
+def test_the_programs_packages_reach_only_children_that_could_import_them(tmp_path):
+    """The server preloads convex_gcp, components and tools once a run used them; a script elsewhere
+    (another team's program) must still fail to import them, like in a fresh interpreter."""
+    for _ in range(2):  # the first run teaches the server what to preload
+        again = runner.run_python(PLAN_DEV, cwd=ROOT)
+        assert again.returncode == 0 and "Warning" not in again.stderr, again.stderr
+    script = tmp_path / "outsider.py"
+    script.write_text("import convex_gcp\n")
+    forked = runner.run_python([str(script)], cwd=tmp_path)
+    fresh = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert forked.returncode == fresh.returncode == 1
+    assert "ModuleNotFoundError: No module named 'convex_gcp'" in forked.stderr

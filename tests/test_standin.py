@@ -4,12 +4,16 @@ and the session-wide plan cache must run each program once however many workers 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import threading
+import time
 
 from tests import conftest
 from tests.fakes.standin import StandInServer
 
+DONE: list[str] = []
 SEP = "\x1f"  # no real tool prints NUL, and a bash variable cannot hold one
 TRICKY = ["", "two words", "a\nnewline", "tab\there", "quote ' \" $HOME `x`", "ünïcødé ✓", "-n", "--flag=x", "*"]
 
@@ -17,6 +21,12 @@ TRICKY = ["", "two words", "a\nnewline", "tab\there", "quote ' \" $HOME `x`", "�
 def echo_back(tool: str, argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     if argv[:1] == ["boom"]:
         raise ValueError("fake bug")
+    if argv[:1] == ["nul"]:
+        return 0, "a\0b", "ERR"
+    if argv[:1] == ["slow"]:
+        time.sleep(0.3)
+        DONE.append(argv[1])
+        return 0, "", ""
     if argv[:1] == ["big"]:
         return 0, f"{argv[1]}:" + "x" * 300_000 + "\n", ""
     return int(env["STATUS"] or 0), SEP.join([tool, env["FAKE_ROOT"], *argv]), env["ERR"]
@@ -66,6 +76,34 @@ def test_a_fake_that_raises_fails_the_call_with_its_error(tmp_path):
     try:
         result = call(tmp_path, "boom")
         assert result.returncode == 70 and "stand-in tool-a: ValueError('fake bug')" in result.stderr.decode()
+    finally:
+        server.shutdown()
+
+
+def test_output_a_bash_variable_cannot_carry_fails_the_call(tmp_path):
+    server = server_in(tmp_path)
+    try:
+        result = call(tmp_path, "nul")
+        assert result.returncode == 70 and b"must not contain NUL" in result.stderr and result.stdout == b""
+    finally:
+        server.shutdown()
+
+
+def test_a_killed_client_s_call_finishes_and_can_be_waited_for(tmp_path):
+    """Killing the client (Sandbox.stop kills the script's process group) does not stop its call in
+    the server; wait_idle is how a test knows the fake's state is final."""
+    server = server_in(tmp_path)
+    try:
+        client = subprocess.Popen([str(tmp_path / "tool-a"), "slow", "late write"], start_new_session=True,
+                                  env={"PATH": "/usr/bin:/bin", "FAKE_ROOT": "/sandbox-1", "STATUS": "", "ERR": ""})
+        deadline = time.monotonic() + 5
+        while not server.busy("/sandbox-1") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.killpg(client.pid, signal.SIGKILL)
+        client.wait()
+        assert "late write" not in DONE
+        assert server.wait_idle("/sandbox-1", timeout=5) and "late write" in DONE
+        assert server.wait_idle("/another-sandbox", timeout=0)
     finally:
         server.shutdown()
 

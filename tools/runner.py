@@ -62,7 +62,8 @@ PROJECT_PACKAGES = ("convex_gcp", "components", "tools")
 
 def _is_project_module(module: Any) -> bool:
     """Project code other than the program's packages (scripts, examples) is imported fresh by each
-    child: a script's folder is on its own sys.path only, and its modules are not the server's."""
+    child: a script's folder is on its own sys.path only, and its modules are not the server's.
+    Children that could not import the program's packages themselves drop them (_forget_project)."""
     path = getattr(module, "__file__", None) or ""
     if not path.startswith(str(ROOT) + os.sep) or path.startswith(sys.prefix + os.sep):
         return False
@@ -96,6 +97,17 @@ def _preload(names: list[str]) -> None:
             pass
 
 
+def _forget_project(argv: list[str], cwd: str) -> None:
+    """What a fresh interpreter could not import must not be there: the program's packages stay only
+    for `-m` runs from this checkout (where `python -m` finds them on sys.path too), and the `-m`
+    module itself is always run from scratch (runpy warns when it is already imported)."""
+    keep = argv[0] == "-m" and os.path.realpath(cwd) == str(ROOT)
+    main = argv[1] if argv[0] == "-m" else None
+    for name in list(sys.modules):
+        if name.split(".")[0] in PROJECT_PACKAGES and (not keep or name == main):
+            del sys.modules[name]
+
+
 def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
     """In the forked child: become `python <argv>` in request["cwd"] and exit with its status."""
     code = 1
@@ -110,6 +122,7 @@ def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         argv = list(request["argv"])
+        _forget_project(argv, request["cwd"])
         import runpy
 
         try:

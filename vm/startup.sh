@@ -133,7 +133,7 @@ on_err() {
 trap 'on_err "$?" "$LINENO" "$BASH_COMMAND"' ERR
 
 now_ms() {
-  local t=${EPOCHREALTIME/./}
+  local t=${EPOCHREALTIME//[!0-9]/} # the decimal point is the locale's
   printf '%s' "${t:0:${#t}-3}"
 }
 
@@ -1294,8 +1294,10 @@ watch_loop() {
   while :; do
     # timeout_sec is whole seconds (querying-metadata "Waiting for change"): round up, at least 1.
     local timeout=$WATCH_TIMEOUT_S wake
+    # An unfinished run is retried `interval` after the last run started, not at every long-poll timeout.
     if [[ -e ${RUN_DIR}/pending ]]; then
-      wake=$(((interval + 999) / 1000))
+      wake=$(((last_run + interval - $(now_ms) + 999) / 1000))
+      ((wake >= 1)) || wake=1
       ((wake >= timeout)) || timeout=$wake
     fi
     # ssl mode: wake up in time for the next server CA check.
@@ -1320,7 +1322,7 @@ watch_loop() {
     new=$(sed -n 's/^[Ee][Tt][Aa][Gg]: *\([^[:space:]]*\).*/\1/p' "$hdr" | tail -n1)
     if [[ -n $new && $new != "$etag" ]]; then
       run="metadata changed (etag ${etag} -> ${new})"
-    elif [[ -e ${RUN_DIR}/pending ]]; then
+    elif [[ -e ${RUN_DIR}/pending ]] && (($(now_ms) - last_run >= interval)); then
       # `pending` also marks a run that is still going: retry only once the lock is free.
       if flock -n "${RUN_DIR}/lock" true; then
         run="previous run unfinished; periodic retry"
@@ -1347,8 +1349,8 @@ watch_loop() {
       interval=$PENDING_RETRY_MS
       log "reconcile finished"
     else
-      log "reconcile exited ${rc}; retrying in $(secs "$interval") unless metadata changes first"
       interval=$((interval * 2 > 900000 ? 900000 : interval * 2))
+      log "reconcile exited ${rc}; retrying in $(secs "$interval") unless metadata changes first"
     fi
     if [[ $(sha256sum <"$next") != "$(sha256sum <"$script" 2>/dev/null)" ]] && bash -n "$next" 2>/dev/null; then
       mv -f "$next" "$script"

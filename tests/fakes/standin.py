@@ -32,28 +32,42 @@ exit "$rc"
 """
 
 
+FAKE_BUG = 70  # the exit status of a call whose fake raised (EX_SOFTWARE): not one any real tool uses for its own errors
+
+
 class _Request(socketserver.StreamRequestHandler):
     server: StandInServer
 
     def field(self) -> str:
         data = bytearray()
-        while (byte := self.rfile.read(1)) not in (b"\0", b""):
+        while (byte := self.rfile.read(1)) != b"\0":
+            if not byte:
+                raise EOFError("request cut short")
             data += byte
-        return data.decode()
+        return data.decode(errors="surrogateescape")  # argv is bytes on Linux; keep what is not UTF-8
 
     def handle(self) -> None:
-        tool = self.field()
-        env = {name: self.field() for name in self.server.env_names}
-        argv = [self.field() for _ in range(int(self.field()))]
+        tool = "?"
+        key = ""
         try:
-            rc, out, err = self.server.handler(tool, argv, env)
+            tool = self.field()
+            env = {name: self.field() for name in self.server.env_names}
+            key = env[self.server.env_names[0]] if self.server.env_names else ""
+            argv = [self.field() for _ in range(int(self.field()))]
+            self.server.begin(key)
+            try:
+                rc, out, err = self.server.handler(tool, argv, env)
+            finally:
+                self.server.end(key)
+            if "\0" in out or "\0" in err:  # a bash variable cannot carry NUL: the client would shift bytes
+                raise ValueError("a stand-in's output must not contain NUL bytes")
         except Exception as exc:  # a fake's own bug shows in the test's output instead of hanging the script
-            rc, out, err = 70, "", f"stand-in {tool}: {exc!r}\n"
-        stdout, stderr = out.encode(), err.encode()
+            rc, out, err = FAKE_BUG, "", f"stand-in {tool}: {exc!r}\n"
+        stdout, stderr = out.encode(errors="surrogateescape"), err.encode(errors="surrogateescape")
         try:
             self.wfile.write(f"{rc} {len(stdout)} {len(stderr)}\n".encode() + stdout + stderr)
         except OSError:
-            pass  # the client was killed (a stopped script's process group); the call still happened
+            pass  # the client was killed (a stopped script's process group); see wait_idle
 
 
 class StandInServer(socketserver.ThreadingTCPServer):
@@ -63,8 +77,30 @@ class StandInServer(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Request)
         self.handler, self.env_names, self.fake = handler, env_names, fake
         self.port = self.server_address[1]
+        # Calls in progress by the value of the first forwarded variable (a sandbox's FAKE_ROOT).
+        self._busy: dict[str, int] = {}
+        self._idle = threading.Condition()
         # shutdown() waits for serve_forever's poll (default 0.5 s, CPython socketserver).
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def begin(self, key: str) -> None:
+        with self._idle:
+            self._busy[key] = self._busy.get(key, 0) + 1
+
+    def end(self, key: str) -> None:
+        with self._idle:
+            self._busy[key] -= 1
+            self._idle.notify_all()
+
+    def busy(self, key: str) -> int:
+        with self._idle:
+            return self._busy.get(key, 0)
+
+    def wait_idle(self, key: str, timeout: float = 30.0) -> bool:
+        """Wait for calls of a stopped script to finish. Killing a client does not stop its call here
+        (a Python stand-in died with its process group), so its state writes may still be under way."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._busy.get(key), timeout=timeout)
 
     def install(self, bin_dir: Path, tools: tuple[str, ...] | list[str]) -> None:
         """Write a client for each tool into bin_dir (which the caller puts first on PATH)."""

@@ -219,20 +219,22 @@ class Sandbox:
                                 stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
 
-    @staticmethod
-    def stop(proc: subprocess.Popen) -> str:
-        """Stop a popen()ed script and its children (a parked curl long-poll); return its output."""
+    def stop(self, proc: subprocess.Popen) -> str:
+        """Stop a popen()ed script and its children (a parked curl long-poll); return its output once
+        the stand-in calls it had started are done."""
         try:
             os.killpg(proc.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         out, _ = proc.communicate(timeout=30)
+        assert tool_server().wait_idle(str(self.fake_root)), "a stand-in call of the stopped script did not finish"
         return out
 
     def reboot(self) -> None:
         """What a COS reboot resets: /run and /etc (tmpfs: units gone), /mnt/disks (tmpfs: the mount
         point is empty again), systemd state, iptables rules. Docker state persists; dockerd drops
         --rm containers and restarts --restart always ones (fakebin.daemon_restart)."""
+        assert tool_server().wait_idle(str(self.fake_root)), "a stand-in call is still running"
         shutil.rmtree(self.run_dir.parent, ignore_errors=True)
         self.run_dir.parent.mkdir(parents=True)
         shutil.rmtree(self.unit_dir, ignore_errors=True)

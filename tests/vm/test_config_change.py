@@ -85,7 +85,7 @@ def test_watcher_applies_metadata_change(sandbox):
     _boot(sandbox)
     # A long timeout_sec: if the long-poll did not return at once on change,
     # nothing would happen within the wait below.
-    sandbox.extra_env["CONVEX_GCP_WATCH_TIMEOUT"] = "300"
+    sandbox.extra_env["CONVEX_GCP_WATCH_TIMEOUT"] = "3600"  # 180 s in the sandbox: longer than any wait_for
     watcher = sandbox.popen("watch")
     try:
         # Wait until the watcher is parked in its long-poll, with the boot's etag.
@@ -120,6 +120,28 @@ def test_watcher_retries_unfinished_run(sandbox):
         assert {c["status"] for c in sandbox.docker_state()["containers"].values()} == {"running"}
     finally:
         sandbox.stop(watcher)
+
+
+def test_watcher_backs_off_while_the_run_keeps_failing(sandbox):
+    """Each failed retry doubles the wait, counted from the start of the last run, whatever the
+    long-poll's timeout_sec (1 s, 50 ms in the sandbox), and the log names the wait it will keep."""
+    sandbox.health.db_up = False
+    sandbox.extra_env.update(CONVEX_GCP_PENDING_RETRY_MS="200", CONVEX_GCP_PROXY_WAIT_MS="100",
+                             CONVEX_GCP_BACKEND_WAIT_MS="100")
+    assert sandbox.run().rc == 75
+    sandbox.clear_calls()
+    watcher = sandbox.popen("watch")
+
+    def runs() -> list[float]:
+        return [q["t"] for q in sandbox.metadata.requests if q["path"].endswith("/startup-script")]
+
+    try:
+        assert wait_for(lambda: len(runs()) >= 3)
+    finally:
+        out = sandbox.stop(watcher)
+    first, second, third = runs()[:3]
+    assert second - first >= 0.4 and third - second >= 0.8, runs()
+    assert out.index("retrying in 0.400 s") < out.index("retrying in 0.800 s")
 
 
 def test_watcher_adopts_new_startup_script_but_not_a_broken_one(sandbox):

@@ -164,7 +164,7 @@ def test_watcher_picks_up_a_new_ca_by_itself(sandbox, cas):
     assert sandbox.run().rc == 0
     sandbox.clear_calls()
     sandbox.extra_env["CONVEX_GCP_CA_REFRESH_MS"] = "200"
-    sandbox.extra_env["CONVEX_GCP_WATCH_TIMEOUT"] = "300"
+    sandbox.extra_env["CONVEX_GCP_WATCH_TIMEOUT"] = "3600"  # 180 s in the sandbox: longer than any wait_for
     watcher = sandbox.popen("watch")
     try:
         def checks() -> int:

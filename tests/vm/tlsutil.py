@@ -28,7 +28,7 @@ def make_server_cert(directory: Path, name: str, ca: tuple[Path, Path], dns_name
     cert, key, csr = directory / f"{name}.crt", directory / f"{name}.key", directory / f"{name}.csr"
     ext = directory / f"{name}.ext"
     ext.write_text(f"subjectAltName=DNS:{dns_name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-                   "keyUsage=critical,digitalSignature,keyEncipherment\n")
+                   "keyUsage=critical,digitalSignature\n")
     _openssl("req", "-new", *KEY, "-nodes", "-subj", "/CN=project:instance", "-keyout", str(key), "-out", str(csr))
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial", "-days", "2",
              "-extfile", str(ext), "-out", str(cert))

@@ -13,7 +13,7 @@ stdout, stderr and exit status. State lives in $FAKE_ROOT (JSON + files):
   ("upstream": key only, "legacy": an "Admin key:" line then the key);
 - systemd-run marks the unit active in $FAKE_ROOT/units/ (it starts nothing);
 - systemctl runs the ExecStartPre/ExecStart/ExecStop lines of the units in
-  $CONVEX_GCP__call.unit_dir as loaded by the last daemon-reload, through these same
+  $CONVEX_GCP_UNIT_DIR as loaded by the last daemon-reload, through these same
   stand-ins, and plays Restart=always lazily: each is-active/show of a unit whose
   container is gone counts a restart and runs ExecStart again;
 - iptables keeps chains and rules in $FAKE_ROOT/iptables.json;
@@ -36,7 +36,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.fakes.standin import StandInServer
+from tests.fakes.standin import FAKE_BUG, StandInServer
 
 _call = threading.local()  # the sandbox (root, unit dir) and the output of the call this thread serves
 
@@ -648,7 +648,7 @@ TOOLS = {"docker": docker, "systemctl": systemctl, "systemd-run": systemd_run, "
 def call(tool: str, argv: list[str]) -> int:
     """Run one stand-in and record it (nested calls, e.g. systemd's ExecStart, are recorded first)."""
     t0 = time.time()
-    rc = 1
+    rc = FAKE_BUG  # recorded as the client sees it when the fake raises
     try:
         rc = TOOLS[tool](argv)
     finally:
