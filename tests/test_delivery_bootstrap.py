@@ -27,7 +27,10 @@ class _Exit(Exception):
 
 
 def fake_gcloud(tool: str, args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """One gcloud call against the state file; the bash client on PATH forwards it (tests/fakes/standin.py)."""
+    """One gcloud call against the state file; the bash client on PATH forwards it (tests/fakes/standin.py).
+    Failures exit 1 with gcloud's `ERROR:` line: describe/update of what is missing (NOT_FOUND), create of
+    what exists (ALREADY_EXISTS), and removing a binding that is not there, whose text is
+    googlecloudsdk/command_lib/iam/iam_util.py IamPolicyBindingNotFound's."""
     out: list[str] = []
     err: list[str] = []
     try:
@@ -71,8 +74,8 @@ def _gcloud(args: list[str], env: dict[str, str], out: list[str], err: list[str]
         name, project = name.split("@")[0], name.split("@")[1].split(".")[0]
     key = f"{kind} {name} {project}".strip()
 
-    def fail(message: str) -> None:
-        err.append("ERROR: (gcloud) " + message + "\n")
+    def fail(message: str, prefix: str = "(gcloud) ") -> None:
+        err.append("ERROR: " + prefix + message + "\n")
         raise _Exit(1)
 
     if verb in ("create", "create-oidc"):
@@ -92,7 +95,7 @@ def _gcloud(args: list[str], env: dict[str, str], out: list[str], err: list[str]
                 state["bindings"].append(binding)
         else:
             if binding not in state["bindings"]:
-                fail("Policy binding with the specified principal, role, and condition not found!")
+                fail("Policy binding with the specified principal, role, and condition not found!", prefix="")
             state["bindings"].remove(binding)
     path.write_text(json.dumps(state, indent=1))
 

@@ -5,6 +5,9 @@ script makes some 30 calls, a bootstrap run about 80). Instead, what goes on PAT
 name is a small bash client (~1 ms): it sends its argv and the environment variables the fake reads
 to this server over 127.0.0.1, then prints the call's stdout and stderr and exits with its status.
 The script under test sees the same streams and exit codes it would get from a Python stand-in.
+
+Bash behaviour this relies on (bash(1)): REDIRECTION opens `/dev/tcp/host/port` as a socket; `read -N n`
+reads n characters (bytes under LC_ALL=C) and cannot store NUL, so the server refuses output with NUL.
 """
 
 from __future__ import annotations
