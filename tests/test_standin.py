@@ -10,6 +10,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from tests import conftest
 from tests.fakes.standin import StandInServer
 
@@ -38,74 +40,61 @@ def server_in(tmp_path) -> StandInServer:
     return server
 
 
+@pytest.fixture
+def server(tmp_path):
+    running = server_in(tmp_path)
+    yield running
+    running.shutdown()
+
+
 def call(tmp_path, *argv: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(tmp_path / "tool-a"), *argv], capture_output=True, timeout=30,
                           env={"PATH": "/usr/bin:/bin", "FAKE_ROOT": "/root dir", "STATUS": "", "ERR": "", **env})
 
 
-def test_argv_stdout_stderr_and_status_arrive_unchanged(tmp_path):
-    server = server_in(tmp_path)
-    try:
-        result = call(tmp_path, *TRICKY, STATUS="3", ERR="warn: ünï\nno newline at the end")
-        assert result.returncode == 3
-        assert result.stdout.decode().split(SEP) == ["tool-a", "/root dir", *TRICKY]
-        assert result.stderr.decode() == "warn: ünï\nno newline at the end"
-        empty = call(tmp_path)
-        assert (empty.returncode, empty.stdout.decode(), empty.stderr) == (0, f"tool-a{SEP}/root dir", b"")
-    finally:
-        server.shutdown()
+def test_argv_stdout_stderr_and_status_arrive_unchanged(server, tmp_path):
+    result = call(tmp_path, *TRICKY, STATUS="3", ERR="warn: ünï\nno newline at the end")
+    assert result.returncode == 3
+    assert result.stdout.decode().split(SEP) == ["tool-a", "/root dir", *TRICKY]
+    assert result.stderr.decode() == "warn: ünï\nno newline at the end"
+    empty = call(tmp_path)
+    assert (empty.returncode, empty.stdout.decode(), empty.stderr) == (0, f"tool-a{SEP}/root dir", b"")
 
 
-def test_large_output_and_concurrent_calls(tmp_path):
-    server = server_in(tmp_path)
+def test_large_output_and_concurrent_calls(server, tmp_path):
     results: list[subprocess.CompletedProcess] = []
-    try:
-        threads = [threading.Thread(target=lambda i=i: results.append(call(tmp_path, "big", str(i)))) for i in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sorted(r.stdout.decode() for r in results) == [f"{i}:" + "x" * 300_000 + "\n" for i in range(6)]
-        assert all(r.returncode == 0 and r.stderr == b"" for r in results)
-    finally:
-        server.shutdown()
+    threads = [threading.Thread(target=lambda i=i: results.append(call(tmp_path, "big", str(i)))) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.stdout.decode() for r in results) == [f"{i}:" + "x" * 300_000 + "\n" for i in range(6)]
+    assert all(r.returncode == 0 and r.stderr == b"" for r in results)
 
 
-def test_a_fake_that_raises_fails_the_call_with_its_error(tmp_path):
-    server = server_in(tmp_path)
-    try:
-        result = call(tmp_path, "boom")
-        assert result.returncode == 70 and "stand-in tool-a: ValueError('fake bug')" in result.stderr.decode()
-    finally:
-        server.shutdown()
+def test_a_fake_that_raises_fails_the_call_with_its_error(server, tmp_path):
+    result = call(tmp_path, "boom")
+    assert result.returncode == 70 and "stand-in tool-a: ValueError('fake bug')" in result.stderr.decode()
 
 
-def test_output_a_bash_variable_cannot_carry_fails_the_call(tmp_path):
-    server = server_in(tmp_path)
-    try:
-        result = call(tmp_path, "nul")
-        assert result.returncode == 70 and b"must not contain NUL" in result.stderr and result.stdout == b""
-    finally:
-        server.shutdown()
+def test_output_a_bash_variable_cannot_carry_fails_the_call(server, tmp_path):
+    result = call(tmp_path, "nul")
+    assert result.returncode == 70 and b"must not contain NUL" in result.stderr and result.stdout == b""
 
 
-def test_a_killed_client_s_call_finishes_and_can_be_waited_for(tmp_path):
+def test_a_killed_client_s_call_finishes_and_can_be_waited_for(server, tmp_path):
     """Killing the client (Sandbox.stop kills the script's process group) does not stop its call in
     the server; wait_idle is how a test knows the fake's state is final."""
-    server = server_in(tmp_path)
-    try:
-        client = subprocess.Popen([str(tmp_path / "tool-a"), "slow", "late write"], start_new_session=True,
-                                  env={"PATH": "/usr/bin:/bin", "FAKE_ROOT": "/sandbox-1", "STATUS": "", "ERR": ""})
-        deadline = time.monotonic() + 5
-        while not server.busy("/sandbox-1") and time.monotonic() < deadline:
-            time.sleep(0.005)
-        os.killpg(client.pid, signal.SIGKILL)
-        client.wait()
-        assert "late write" not in DONE
-        assert server.wait_idle("/sandbox-1", timeout=5) and "late write" in DONE
-        assert server.wait_idle("/another-sandbox", timeout=0)
-    finally:
-        server.shutdown()
+    client = subprocess.Popen([str(tmp_path / "tool-a"), "slow", "late write"], start_new_session=True,
+                              env={"PATH": "/usr/bin:/bin", "FAKE_ROOT": "/sandbox-1", "STATUS": "", "ERR": ""})
+    deadline = time.monotonic() + 5
+    while not server.busy("/sandbox-1") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(client.pid, signal.SIGKILL)
+    client.wait()
+    assert "late write" not in DONE
+    assert server.wait_idle("/sandbox-1", timeout=5) and "late write" in DONE
+    assert server.wait_idle("/another-sandbox", timeout=0)
 
 
 def test_without_the_server_the_call_fails(tmp_path):

@@ -6,8 +6,12 @@ name is a small bash client (~1 ms): it sends its argv and the environment varia
 to this server over 127.0.0.1, then prints the call's stdout and stderr and exits with its status.
 The script under test sees the same streams and exit codes it would get from a Python stand-in.
 
-Bash behaviour this relies on (bash(1)): REDIRECTION opens `/dev/tcp/host/port` as a socket; `read -N n`
-reads n characters (bytes under LC_ALL=C) and cannot store NUL, so the server refuses output with NUL.
+Upstream behaviour this relies on:
+- bash opens `/dev/tcp/host/port` as a TCP socket (https://www.gnu.org/software/bash/manual/bash.html#Redirections);
+- `read -N n` reads exactly n characters, bytes under LC_ALL=C, and a shell variable cannot hold NUL
+  (https://www.gnu.org/software/bash/manual/bash.html#Bash-Builtins, `read`), so output with NUL is refused;
+- ThreadingTCPServer serves each connection on its own thread, and shutdown() waits for serve_forever's
+  poll_interval (CPython Lib/socketserver.py).
 """
 
 from __future__ import annotations
