@@ -53,8 +53,9 @@ def test_the_server_forks_only_as_a_single_thread(tmp_path):
 
 
 SCRIPT = """
-import os, sys
+import gc, os, sys
 print("out", sys.argv[1:], os.getcwd(), os.environ.get("RUNNER_PROBE"), sys.path[0] == os.path.dirname(os.path.abspath(__file__)))
+print("gc", gc.isenabled(), gc.get_threshold())  # the server turns it off; a child must have it as a fresh interpreter does
 print("err", file=sys.stderr)
 print("stdin:", repr(sys.stdin.read()))
 if sys.argv[1] == "raise":
