@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sandbox import Sandbox  # noqa: E402
+from sandbox import Result, Sandbox, Snapshot  # noqa: E402
 
 REQUIRED = ("bash", "curl", "blkid", "wipefs", "blockdev", "dumpe2fs", "mkfs.ext4", "e2fsck", "resize2fs",
             "debugfs", "truncate", "dd", "timeout", "base64", "sha256sum", "flock", "systemd-analyze")
@@ -29,3 +29,22 @@ def sandbox(tmp_path: Path):
     sb = Sandbox(tmp_path)
     yield sb
     sb.close()
+
+
+@pytest.fixture(scope="session")
+def _default_first_boot(tmp_path_factory) -> Snapshot:
+    """The dev stack's first boot on a blank disk, made once per test process."""
+    sb = Sandbox(tmp_path_factory.mktemp("default-first-boot"))
+    try:
+        result = sb.run()
+        assert result.rc == 0, result.output
+        return sb.snapshot(result)
+    finally:
+        sb.close()
+
+
+@pytest.fixture
+def booted(sandbox, _default_first_boot) -> Result:
+    """`sandbox` after the default first boot (restored from one shared run, not run again); the
+    value is that boot's result. test_sandbox.py shows a restored boot is the boot."""
+    return sandbox.restore(_default_first_boot)

@@ -11,8 +11,10 @@ Manager + SQL Admin, proxy readiness + backend /version.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import secrets as pysecrets
 import shutil
 import signal
@@ -293,6 +295,69 @@ class Sandbox:
         vals += [v.decode() for v in self.apis.secrets.get(ADMIN_KEY_SECRET_ID, [])]
         return vals
 
+    # ---------------------------------------------------------- snapshot --
+    def snapshot(self, result: Result) -> Snapshot:
+        """What a finished run left behind: the sandbox's files and what the fake servers hold. Tests
+        that start from the same first boot restore it instead of booting again (conftest `booted`)."""
+        assert tool_server().wait_idle(str(self.fake_root)), "a stand-in call is still running"
+        servers = {"metadata": self.metadata, "apis": self.apis, "health": self.health}
+        state = {name: copy.deepcopy({k: v for k, v in vars(server).items() if k in _SERVER_STATE})
+                 for name, server in servers.items()}
+        state["tokens"] = copy.deepcopy({k: getattr(self.metadata.tokens, k) for k in ("issued", "revoked", "current")})
+        return Snapshot(self.tmp, {name: server.port for name, server in servers.items()}, result, state,
+                        self.instance_secret, self.db_password)
+
+    def restore(self, snap: Snapshot) -> Result:
+        """Become the sandbox the snapshot was taken of, as if this sandbox had made that run: its files
+        (paths and fake-server ports rewritten to this sandbox's), the fake servers' secrets, tokens and
+        request logs, and the run's output. Settings and inputs must be the ones the snapshot used."""
+        entries = [e for e in sorted(snap.root.iterdir()) if e.name != "bin"]  # bin: this sandbox's own clients
+        for entry in entries:
+            target = self.tmp / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
+        # cp keeps modes, times and the disk image's holes (a 64 MB image holds a few MB of ext4).
+        subprocess.run(["cp", "-a", "--sparse=always", *map(str, entries), str(self.tmp)], check=True)
+        ports = {"metadata": self.metadata.port, "apis": self.apis.port, "health": self.health.port}
+        moves = {str(snap.root): str(self.tmp), **{f"127.0.0.1:{snap.ports[n]}": f"127.0.0.1:{ports[n]}" for n in ports}}
+        pattern = re.compile("|".join(re.escape(old) for old in sorted(moves, key=len, reverse=True)))
+
+        def rewrite(text: str) -> str:
+            return pattern.sub(lambda m: moves[m.group(0)], text)
+
+        for path in self.tmp.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path != self.disk and self.bin not in path.parents:
+                data = path.read_bytes()
+                if pattern.search(data.decode(errors="surrogateescape")):
+                    stat = path.stat()
+                    path.write_bytes(rewrite(data.decode(errors="surrogateescape")).encode(errors="surrogateescape"))
+                    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        for name, server in (("metadata", self.metadata), ("apis", self.apis), ("health", self.health)):
+            with server.lock:
+                for key, value in copy.deepcopy(snap.state[name]).items():
+                    setattr(server, key, value)
+        with self.metadata.tokens.lock:
+            for key, value in copy.deepcopy(snap.state["tokens"]).items():
+                setattr(self.metadata.tokens, key, value)
+        self.instance_secret, self.db_password = snap.instance_secret, snap.db_password
+        return Result(snap.result.rc, rewrite(snap.result.stdout), rewrite(snap.result.stderr))
+
     def close(self) -> None:
         for s in (self.metadata, self.apis, self.health):
             s.close()
+
+
+# What a run changes in the fake servers (their knobs are the test's to set; requests are the record).
+_SERVER_STATE = ("attributes", "requests", "secrets")
+
+
+@dataclass
+class Snapshot:
+    root: Path
+    ports: dict[str, int]
+    result: Result
+    state: dict
+    instance_secret: str
+    db_password: str

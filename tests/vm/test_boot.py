@@ -18,9 +18,8 @@ def _argv_of_run(sb, name):
     raise AssertionError(f"no docker run for {name}")
 
 
-def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox):
-    r = sandbox.run()
-    assert r.rc == 0, r.stderr
+def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox, booted):
+    r = booted
 
     # Data disk: formatted ext4, fsck'd, mounted at the stable path, resized.
     assert diskutil.blkid(sandbox.disk)["TYPE"] == "ext4"
@@ -105,8 +104,7 @@ def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox):
     assert "PREFLIGHT PASS cloud-sql" in r.stderr and "PREFLIGHT PASS backend-version" in r.stderr
 
 
-def test_second_boot_and_manual_rerun_change_nothing(sandbox, tmp_path):
-    assert sandbox.run().rc == 0
+def test_second_boot_and_manual_rerun_change_nothing(sandbox, booted, tmp_path):
     uuid = diskutil.blkid(sandbox.disk)["UUID"]
     diskutil.write_file(sandbox.disk, "precious.txt", b"user data\n", tmp_path)
 
@@ -192,8 +190,7 @@ def test_missing_data_device_is_an_error(sandbox):
     assert "data disk" in r.stderr and "not found" in r.stderr and "device_name=convex-data" in r.stderr
 
 
-def test_grown_disk_is_resized(sandbox):
-    assert sandbox.run().rc == 0
+def test_grown_disk_is_resized(sandbox, booted):
     blocks = diskutil.block_count(sandbox.disk)
     subprocess.run(["truncate", "-s", "96M", str(sandbox.disk)], check=True)
     sandbox.reboot()
@@ -202,8 +199,7 @@ def test_grown_disk_is_resized(sandbox):
     assert diskutil.block_count(sandbox.disk) > blocks
 
 
-def test_exited_container_is_restarted_by_systemd_not_the_script(sandbox):
-    assert sandbox.run().rc == 0
+def test_exited_container_is_restarted_by_systemd_not_the_script(sandbox, booted):
     st = sandbox.docker_state()
     del st["containers"]["convex-dashboard"]  # the process exited; --rm removed the container
     sandbox.set_docker(containers=st["containers"])
@@ -230,12 +226,11 @@ def test_failed_start_is_retried_by_systemd(sandbox):
     assert [c["rc"] for c in sandbox.docker("run") if "convex-dashboard" in c["argv"]] == [125, 0]
 
 
-def test_units_pass_systemd_analyze_verify(sandbox, tmp_path):
+def test_units_pass_systemd_analyze_verify(sandbox, booted, tmp_path):
     """The installed units, checked offline by systemd itself. Only /usr/bin/docker is pointed at a
     stand-in, because verify checks that executables exist (mountpoint is found on the search path)."""
     import shutil
 
-    assert sandbox.run().rc == 0
     d = tmp_path / "verify"
     d.mkdir()
     stub = d / "stub"

@@ -6,14 +6,8 @@ from __future__ import annotations
 from sandbox import SHA, wait_for
 
 
-def _boot(sb):
-    r = sb.run()
-    assert r.rc == 0, r.stderr
-    sb.clear_calls()
-
-
-def test_backend_env_change_recreates_only_backend(sandbox):
-    _boot(sandbox)
+def test_backend_env_change_recreates_only_backend(sandbox, booted):
+    sandbox.clear_calls()  # the first boot's records
     old_ids = {n: c["id"] for n, c in sandbox.docker_state()["containers"].items()}
     sandbox.backend_env["RUST_LOG"] = "debug"
     sandbox.publish()
@@ -30,8 +24,8 @@ def test_backend_env_change_recreates_only_backend(sandbox):
     assert "changed: convex-backend" in r.stderr
 
 
-def test_proxy_args_change_recreates_only_proxy(sandbox):
-    _boot(sandbox)
+def test_proxy_args_change_recreates_only_proxy(sandbox, booted):
+    sandbox.clear_calls()  # the first boot's records
     sandbox.config["PROXY_ARGS"] = sandbox.config["PROXY_ARGS"].replace("--structured-logs", "--debug-logs")
     sandbox.publish()
     assert sandbox.run("reconcile").rc == 0
@@ -39,17 +33,17 @@ def test_proxy_args_change_recreates_only_proxy(sandbox):
     assert sandbox.runs() == ["cloudsql-proxy", "convex-backend"]
 
 
-def test_instance_secret_rotation_recreates_backend(sandbox):
+def test_instance_secret_rotation_recreates_backend(sandbox, booted):
     from sandbox import INSTANCE_SECRET_ID
 
-    _boot(sandbox)
+    sandbox.clear_calls()  # the first boot's records
     sandbox.apis.secrets[INSTANCE_SECRET_ID].append(b"f" * 64)
     assert sandbox.run("reconcile").rc == 0
     assert sandbox.runs() == ["convex-backend"]
 
 
-def test_image_upgrade_pulls_and_recreates_backend_and_dashboard(sandbox):
-    _boot(sandbox)
+def test_image_upgrade_pulls_and_recreates_backend_and_dashboard(sandbox, booted):
+    sandbox.clear_calls()  # the first boot's records
     new = "0" * 40
     sandbox.config["BACKEND_IMAGE"] = sandbox.config["BACKEND_IMAGE"].replace(SHA, new)
     sandbox.config["DASHBOARD_IMAGE"] = sandbox.config["DASHBOARD_IMAGE"].replace(SHA, new)
@@ -59,8 +53,8 @@ def test_image_upgrade_pulls_and_recreates_backend_and_dashboard(sandbox):
     assert sandbox.runs() == ["convex-backend", "convex-dashboard"]
 
 
-def test_dashboard_disabled_removes_only_dashboard(sandbox):
-    _boot(sandbox)
+def test_dashboard_disabled_removes_only_dashboard(sandbox, booted):
+    sandbox.clear_calls()  # the first boot's records
     sandbox.config["DASHBOARD_ENABLED"] = "false"
     sandbox.publish()
     r = sandbox.run("reconcile")
@@ -81,8 +75,8 @@ def _polls(sb) -> list:
     return [q for q in sb.metadata.requests if "wait_for_change=true" in q["path"]]
 
 
-def test_watcher_applies_metadata_change(sandbox):
-    _boot(sandbox)
+def test_watcher_applies_metadata_change(sandbox, booted):
+    sandbox.clear_calls()  # the first boot's records
     # A long timeout_sec: if the long-poll did not return at once on change,
     # nothing would happen within the wait below.
     sandbox.extra_env["CONVEX_GCP_WATCH_TIMEOUT"] = "3600"  # 180 s in the sandbox: longer than any wait_for
@@ -144,8 +138,8 @@ def test_watcher_backs_off_while_the_run_keeps_failing(sandbox):
     assert out.index("retrying in 0.400 s") < out.index("retrying in 0.800 s")
 
 
-def test_watcher_adopts_new_startup_script_but_not_a_broken_one(sandbox):
-    _boot(sandbox)
+def test_watcher_adopts_new_startup_script_but_not_a_broken_one(sandbox, booted):
+    sandbox.clear_calls()  # the first boot's records
     installed = sandbox.run_dir / "startup.sh"
     watcher = sandbox.popen("watch")
     try:

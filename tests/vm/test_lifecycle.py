@@ -41,9 +41,8 @@ def test_persistent_401_is_not_retried_forever(sandbox):
         assert value not in r.output
 
 
-def test_watcher_does_not_queue_a_reconcile_while_a_run_holds_the_lock(sandbox):
+def test_watcher_does_not_queue_a_reconcile_while_a_run_holds_the_lock(sandbox, booted):
     """A boot longer than the pending-retry interval used to trigger a redundant full reconcile."""
-    assert sandbox.run().rc == 0
     (sandbox.run_dir / "pending").touch()  # what a run still in progress leaves
     with open(sandbox.run_dir / "lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)  # the run in progress
@@ -60,8 +59,7 @@ def test_watcher_does_not_queue_a_reconcile_while_a_run_holds_the_lock(sandbox):
     assert "previous run unfinished; periodic retry" in out
 
 
-def test_metadata_server_blocked_for_backend_and_dashboard_not_proxy(sandbox):
-    assert sandbox.run().rc == 0
+def test_metadata_server_blocked_for_backend_and_dashboard_not_proxy(sandbox, booted):
     rules = sandbox.iptables_rules()
     assert rules == [
         "-i cvx-db -s 172.30.250.2/32 -d 169.254.169.254/32 -j RETURN",
@@ -83,8 +81,7 @@ def test_metadata_server_blocked_for_backend_and_dashboard_not_proxy(sandbox):
     assert sandbox.iptables_rules() == rules
 
 
-def test_no_proxy_no_metadata_exemption(sandbox):
-    assert sandbox.run().rc == 0
+def test_no_proxy_no_metadata_exemption(sandbox, booted):
     sandbox.render(sandbox.settings.model_copy(update={"connection_mode": "plaintext"}))
     sandbox.publish()
     r = sandbox.run("reconcile")
@@ -113,11 +110,10 @@ def test_docker_user_chain_not_reached_from_forward_refuses_to_start_containers(
     assert sandbox.docker("run") == [] and sandbox.iptables_rules() == []
 
 
-def test_restored_legacy_container_with_missing_bind_source(sandbox):
+def test_restored_legacy_container_with_missing_bind_source(sandbox, booted):
     """An old `--restart always` backend is restored by dockerd at boot, before the data disk is
     mounted; on COS /mnt/disks is a tmpfs, so its bind source is missing and it cannot start. The
     unit replaces it once the disk is mounted."""
-    assert sandbox.run().rc == 0
     st = sandbox.docker_state()
     legacy = dict(st["containers"]["convex-backend"])
     legacy["opts"] = {k: v for k, v in legacy["opts"].items() if k != "--rm"}

@@ -141,8 +141,7 @@ def test_bundle_survives_reboot(sandbox, cas):
     assert (sandbox.state_dir / "sql-ca.pem").read_bytes() == before
 
 
-def test_switch_proxy_to_ssl_removes_proxy_and_back(sandbox, cas):
-    assert sandbox.run().rc == 0
+def test_switch_proxy_to_ssl_removes_proxy_and_back(sandbox, booted, cas):
     proxy = dict(sandbox.config)
     sandbox.use_ssl(cas[:1])
     assert sandbox.run("reconcile").rc == 0

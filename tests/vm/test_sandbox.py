@@ -1,0 +1,62 @@
+"""The sandbox's shared first boot (conftest `booted`): a sandbox restored from it is the sandbox a
+boot of its own would have left, and the next run sees no difference either."""
+
+from __future__ import annotations
+
+import re
+
+from sandbox import ADMIN_KEY_SECRET_ID, DB_PASSWORD_SECRET_ID, INSTANCE_SECRET_ID, Sandbox
+
+
+def _normal(sb: Sandbox, text: str) -> str:
+    """What legitimately differs between two sandboxes: their directory, ports, secrets and clocks."""
+    known = [(str(sb.tmp), "ROOT"), (f"127.0.0.1:{sb.metadata.port}", "METADATA"), (f"127.0.0.1:{sb.apis.port}", "APIS"),
+             (f"127.0.0.1:{sb.health.port}", "HEALTH"), (sb.instance_secret, "INSTANCE_SECRET"), (sb.db_password, "DB_PASSWORD")]
+    known += [(v.decode(), "ADMIN_KEY") for v in sb.apis.secrets.get(ADMIN_KEY_SECRET_ID, [])]
+    for value, name in known:
+        text = text.replace(value, name)
+    text = re.sub(r'"t[01]": [0-9.]+', '"t": T', text)
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+0000", "TIME", text)
+    text = re.sub(r"^Date: .*$", "Date: TIME", text, flags=re.M)  # the fake server's HTTP Date header
+    return re.sub(r"\d+ ms", "N ms", text)
+
+
+def _files(sb: Sandbox) -> dict[str, tuple[int, list[str]]]:
+    """Every file the run left (but the disk image, compared by its files below), mode and lines;
+    lines sorted because the script pulls images in parallel, so calls are logged in any order."""
+    out = {}
+    for path in sorted(sb.tmp.rglob("*")):
+        rel = str(path.relative_to(sb.tmp))
+        if rel.startswith("bin") or path == sb.disk:
+            continue
+        lines = sorted(_normal(sb, path.read_text(errors="replace")).splitlines()) if path.is_file() else []
+        out[rel] = (path.stat().st_mode, lines)
+    return out
+
+
+def test_a_restored_first_boot_is_the_boot_and_the_next_run_sees_no_difference(sandbox, booted, _default_first_boot, tmp_path_factory):
+    own = Sandbox(tmp_path_factory.mktemp("own-first-boot"))
+    try:
+        # The same secrets as the shared boot's, so that what is derived from them matches too.
+        own.instance_secret, own.db_password = _default_first_boot.instance_secret, _default_first_boot.db_password
+        own.apis.add_secret(INSTANCE_SECRET_ID, own.instance_secret.encode())
+        own.apis.add_secret(DB_PASSWORD_SECRET_ID, own.db_password.encode())
+        first = own.run()
+        assert first.rc == booted.rc == 0, first.output
+        assert _normal(own, first.output) == _normal(sandbox, booted.output)
+        assert _files(own) == _files(sandbox)
+        assert own.metadata.requests and [(r["method"], r["path"]) for r in own.metadata.requests] == \
+            [(r["method"], r["path"]) for r in sandbox.metadata.requests]
+        assert sorted(r["path"] for r in own.apis.requests) == sorted(r["path"] for r in sandbox.apis.requests)
+        assert len(sandbox.apis.secrets[ADMIN_KEY_SECRET_ID]) == len(own.apis.secrets[ADMIN_KEY_SECRET_ID]) == 1
+        assert sandbox.metadata.tokens.current == own.metadata.tokens.current
+
+        # A restored sandbox lives in its own directory and talks to its own fake servers.
+        assert str(_default_first_boot.root) not in sandbox.all_argv_text() + (sandbox.unit_dir / "convex-backend.service").read_text()
+        again, own_again = sandbox.run(), own.run()
+        assert again.rc == own_again.rc == 0, again.output
+        assert _normal(sandbox, again.output) == _normal(own, own_again.output)
+        assert "changed: none" in again.output and "already stored" in again.output
+        assert _files(sandbox) == _files(own)
+    finally:
+        own.close()
