@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ast
 import re
+from functools import lru_cache
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 README = (TESTS / "README.md").read_text()
 
 
+@lru_cache(maxsize=None)  # a file is named in many rows
 def defined_tests(path: Path) -> set[str]:
     return {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")}
 
