@@ -30,44 +30,71 @@ from tools.plan import Plan, plan_from_json  # noqa: E402
 
 
 PLAN_CACHE = "CONVEX_GCP_TEST_PLAN_CACHE"
-SCRATCH = pytest.StashKey[str | None]()
+SCRATCH = pytest.StashKey[tuple[str | None, str]]()
 
 
 # Scratch files (sandboxes, disk images, clusters, tmp_path) go to memory when the machine has room:
 # the suite creates and deletes tens of thousands of files, and on a disk (here ext4 mounted with
 # `discard`) that cost a sixth of its CPU (87 s against 73 s measured). TMPDIR or --basetemp win.
 MEMORY_FS = Path("/dev/shm")
-MEMORY_FS_MIN_FREE = 2 << 30
+MEMORY_FS_MIN_FREE = 2 << 30  # the suite peaks at ~200 MB; pytest keeps three runs' tmp_path
 
 
-def _scratch_in_memory(config: pytest.Config) -> str | None:
-    if "TMPDIR" in os.environ or config.option.basetemp or not _is_tmpfs(MEMORY_FS):
-        return None
-    stats = os.statvfs(MEMORY_FS)
-    if stats.f_bavail * stats.f_frsize < MEMORY_FS_MIN_FREE:
-        return None
+def _scratch_in_memory(config: pytest.Config) -> tuple[str | None, str]:
+    """(directory, why): the private directory on MEMORY_FS now in TMPDIR, or None and the reason."""
+    if "TMPDIR" in os.environ or config.option.basetemp:
+        return None, "TMPDIR or --basetemp is set"
+    if not _is_tmpfs(MEMORY_FS):
+        return None, f"{MEMORY_FS} is not a tmpfs that allows executables"  # the stand-ins and npm's binaries run from it
+    room = _memory_room(MEMORY_FS)
+    if room < MEMORY_FS_MIN_FREE:
+        return None, f"{MEMORY_FS} or the memory behind it has {room >> 20} MiB free, under {MEMORY_FS_MIN_FREE >> 20}"
     scratch = MEMORY_FS / f"convex-gcp-tests-{os.getuid()}"
     try:
         # Others may pass through (the throwaway PostgreSQL clusters run as the postgres user, in
         # directories of their own) but not list or write it, as for /tmp's random names.
         scratch.mkdir(mode=0o711, exist_ok=True)
         info = scratch.lstat()  # in a world-writable parent: use it only if it is ours and closed
-    except OSError:
-        return None
+    except OSError as error:
+        return None, f"cannot make {scratch}: {error.strerror}"
     if info.st_uid != os.getuid() or info.st_mode & 0o066 or not scratch.is_dir() or scratch.is_symlink():
-        return None
+        return None, f"{scratch} exists and is not a directory only this user can write"
     scratch.chmod(0o711)  # whatever the umask made of it
     os.environ["TMPDIR"] = str(scratch)
     tempfile.tempdir = None  # gettempdir() caches its first answer
-    return str(scratch)
+    return str(scratch), "a tmpfs"
 
 
 def _is_tmpfs(path: Path) -> bool:
+    """A tmpfs mounted without noexec (Docker mounts its /dev/shm noexec)."""
     try:
         mounts = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
         return False
-    return any(line.split()[1:3] == [str(path), "tmpfs"] for line in mounts if len(line.split()) > 2)
+    fields = [line.split() for line in mounts]
+    found = [f for f in fields if len(f) > 3 and f[1] == str(path)]
+    # The last mount on a path is the one in effect (proc(5), /proc/[pid]/mounts).
+    return bool(found) and found[-1][2] == "tmpfs" and "noexec" not in found[-1][3].split(",")
+
+
+def _memory_room(path: Path) -> int:
+    """Bytes a tmpfs can take: its own free space, and the memory behind it (a tmpfs larger than the
+    RAM or the cgroup's limit would get the run killed rather than fail to write)."""
+    stats = os.statvfs(path)
+    room = [stats.f_bavail * stats.f_frsize]
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        room.append(int(meminfo["MemAvailable"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        pass
+    try:  # cgroup v2: /proc/self/cgroup is "0::/path" (cgroups(7))
+        group = Path("/sys/fs/cgroup") / Path("/proc/self/cgroup").read_text().strip().split("::", 1)[1].lstrip("/")
+        limit = (group / "memory.max").read_text().strip()
+        if limit != "max":
+            room.append(int(limit) - int((group / "memory.current").read_text()))
+    except (OSError, IndexError, ValueError):
+        pass
+    return min(room)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,8 +107,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
-    scratch = config.stash.get(SCRATCH, None)
-    return f"scratch files: {scratch} (tmpfs; set TMPDIR to choose another place)" if scratch else None
+    scratch, why = config.stash.get(SCRATCH, (None, ""))
+    if scratch:
+        return f"scratch files: {scratch} ({why}; set TMPDIR to choose another place)"
+    return f"scratch files: the system's temp directory ({why})" if why else None
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -53,9 +53,10 @@ def test_the_server_forks_only_as_a_single_thread(tmp_path):
 
 
 SCRIPT = """
-import gc, os, sys
+import gc, os, sys, tempfile
 print("out", sys.argv[1:], os.getcwd(), os.environ.get("RUNNER_PROBE"), sys.path[0] == os.path.dirname(os.path.abspath(__file__)))
-print("gc", gc.isenabled(), gc.get_threshold())  # the server turns it off; a child must have it as a fresh interpreter does
+print("gc", gc.isenabled())  # the server turns it off; a child must have it as a fresh interpreter does
+print("tmp", tempfile.gettempdir())  # from the run's own environment, not the server's cached answer
 print("err", file=sys.stderr)
 print("stdin:", repr(sys.stdin.read()))
 if sys.argv[1] == "raise":

@@ -123,6 +123,7 @@ def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        tempfile.tempdir = None  # the server's cached gettempdir() answer came from the server's TMPDIR
         argv = list(request["argv"])
         _forget_project(argv, request["cwd"])
         import runpy

@@ -311,6 +311,9 @@ class Sandbox:
         """Become the sandbox the snapshot was taken of, as if this sandbox had made that run: its files
         (paths and fake-server ports rewritten to this sandbox's), the fake servers' secrets, tokens and
         request logs, and the run's output. Settings and inputs must be the ones the snapshot used."""
+        assert not self.calls() and not self.metadata.requests, "restore() comes before this sandbox's own runs"
+        assert self._attributes() == snap.state["metadata"]["attributes"], \
+            "restore() needs the settings the snapshot was made with: change them after restoring"
         entries = [e for e in sorted(snap.root.iterdir()) if e.name != "bin"]  # bin: this sandbox's own clients
         for entry in entries:
             target = self.tmp / entry.name

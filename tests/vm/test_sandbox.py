@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import diskutil
+import pytest
 from sandbox import ADMIN_KEY_SECRET_ID, DB_PASSWORD_SECRET_ID, INSTANCE_SECRET_ID, Sandbox
 
 
@@ -22,8 +24,8 @@ def _normal(sb: Sandbox, text: str) -> str:
 
 
 def _files(sb: Sandbox) -> dict[str, tuple[int, list[str]]]:
-    """Every file the run left (but the disk image, compared by its files below), mode and lines;
-    lines sorted because the script pulls images in parallel, so calls are logged in any order."""
+    """Every file the run left but the disk image (compared on its own), mode and lines; lines
+    sorted because the script pulls images in parallel, so calls are logged in any order."""
     out = {}
     for path in sorted(sb.tmp.rglob("*")):
         rel = str(path.relative_to(sb.tmp))
@@ -45,11 +47,17 @@ def test_a_restored_first_boot_is_the_boot_and_the_next_run_sees_no_difference(s
         assert first.rc == booted.rc == 0, first.output
         assert _normal(own, first.output) == _normal(sandbox, booted.output)
         assert _files(own) == _files(sandbox)
-        assert own.metadata.requests and [(r["method"], r["path"]) for r in own.metadata.requests] == \
-            [(r["method"], r["path"]) for r in sandbox.metadata.requests]
-        assert sorted(r["path"] for r in own.apis.requests) == sorted(r["path"] for r in sandbox.apis.requests)
-        assert len(sandbox.apis.secrets[ADMIN_KEY_SECRET_ID]) == len(own.apis.secrets[ADMIN_KEY_SECRET_ID]) == 1
-        assert sandbox.metadata.tokens.current == own.metadata.tokens.current
+        for server in ("metadata", "apis", "health"):
+            made, restored = (sorted((r["method"], r["path"], r["auth"], r["flavor"]) for r in getattr(sb, server).requests)
+                              for sb in (own, sandbox))
+            assert made and made == restored, server
+        assert own.metadata.attributes == sandbox.metadata.attributes
+        assert {k: len(v) for k, v in own.apis.secrets.items()} == {k: len(v) for k, v in sandbox.apis.secrets.items()}
+        assert own.apis.secrets[INSTANCE_SECRET_ID] == sandbox.apis.secrets[INSTANCE_SECRET_ID]
+        tokens = [(sb.metadata.tokens.current, sorted(sb.metadata.tokens.issued), sb.metadata.tokens.revoked) for sb in (own, sandbox)]
+        assert tokens[0] == tokens[1]
+        assert diskutil.blkid(own.disk)["TYPE"] == diskutil.blkid(sandbox.disk)["TYPE"] == "ext4"
+        assert diskutil.digest(sandbox.disk) == diskutil.digest(_default_first_boot.root / "disk.img")
 
         # A restored sandbox lives in its own directory and talks to its own fake servers.
         assert str(_default_first_boot.root) not in sandbox.all_argv_text() + (sandbox.unit_dir / "convex-backend.service").read_text()
@@ -60,3 +68,40 @@ def test_a_restored_first_boot_is_the_boot_and_the_next_run_sees_no_difference(s
         assert _files(sandbox) == _files(own)
     finally:
         own.close()
+
+
+def test_restored_sandboxes_share_nothing_with_each_other_or_the_snapshot(sandbox, booted, _default_first_boot, tmp_path_factory):
+    other = Sandbox(tmp_path_factory.mktemp("other-restore"))
+    try:
+        other.restore(_default_first_boot)
+        counts = lambda sb: (len(sb.calls()), len(sb.metadata.requests), len(sb.apis.requests), len(sb.health.requests),  # noqa: E731
+                             len(sb.apis.secrets[ADMIN_KEY_SECRET_ID]), len(sb.metadata.tokens.issued))
+        before = counts(other)
+        snapshot = [len(_default_first_boot.state[name]["requests"]) for name in ("metadata", "apis", "health")]
+        sandbox.clear_calls()  # empties the request lists in place
+        sandbox.apis.secrets[ADMIN_KEY_SECRET_ID].append(b"changed")
+        sandbox.metadata.tokens.get()  # nothing issued yet in this process's clock: the same token
+        sandbox.metadata.tokens.issued["another"] = 0.0
+        (sandbox.fake_root / "docker.json").write_text("{}")
+        assert counts(other) == before and other.docker_state()["containers"]
+        assert [len(_default_first_boot.state[name]["requests"]) for name in ("metadata", "apis", "health")] == snapshot
+        assert "another" not in _default_first_boot.state["tokens"]["issued"]
+    finally:
+        other.close()
+
+
+def test_restoring_over_changed_settings_or_after_a_run_is_refused(tmp_path_factory, _default_first_boot):
+    changed = Sandbox(tmp_path_factory.mktemp("changed-settings"))
+    try:
+        changed.config["DASHBOARD_ENABLED"] = "false"
+        with pytest.raises(AssertionError, match="settings the snapshot was made with"):
+            changed.restore(_default_first_boot)
+    finally:
+        changed.close()
+    ran = Sandbox(tmp_path_factory.mktemp("already-ran"), make_disk=False)
+    try:
+        assert ran.run().rc == 1  # no data disk: stops early, but it ran
+        with pytest.raises(AssertionError, match="before this sandbox's own runs"):
+            ran.restore(_default_first_boot)
+    finally:
+        ran.close()
