@@ -114,7 +114,9 @@ def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
     code = 1
     try:
         gc.enable()  # the server keeps it off (see serve); a fresh interpreter has it on
-        signal.alarm(int(request.get("timeout") or DEFAULT_TIMEOUT))  # a hung run dies like a timed-out subprocess
+        # A hung run dies like a timed-out subprocess. Fractions count (setitimer, not alarm): a
+        # timeout of 0.3 s used to be cut to 0, which meant the 300 s default.
+        signal.setitimer(signal.ITIMER_REAL, float(request.get("timeout") or DEFAULT_TIMEOUT))
         for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out, os.O_WRONLY), (2, err, os.O_WRONLY)):
             target = os.open(path, flags)
             os.dup2(target, fd)
@@ -188,7 +190,7 @@ def _serve_one(request: dict[str, Any], scratch: Path, preloaded: set[str]) -> d
         "threads": count,
     }
     if returncode == -signal.SIGALRM:
-        reply["stderr"] += f"\ntools.runner: timed out after {request.get('timeout') or DEFAULT_TIMEOUT} s"
+        reply["stderr"] += f"\ntools.runner: timed out after {float(request.get('timeout') or DEFAULT_TIMEOUT):g} s"
     try:
         learned = set(json.loads(modules.read_text() or "[]")) - preloaded
     except ValueError:
@@ -247,7 +249,7 @@ class Server:
     def run(self, argv: list[str], cwd: Path | str = ROOT, timeout: float = DEFAULT_TIMEOUT,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ if env is None else env)
-        request = {"argv": [str(a) for a in argv], "cwd": str(cwd), "timeout": int(timeout), "env": env}
+        request = {"argv": [str(a) for a in argv], "cwd": str(cwd), "timeout": float(timeout), "env": env}
         with self._lock:
             process = self._ensure()
             assert process.stdin and process.stdout
