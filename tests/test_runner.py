@@ -99,3 +99,14 @@ def test_the_programs_packages_reach_only_children_that_could_import_them(tmp_pa
     fresh = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert forked.returncode == fresh.returncode == 1
     assert "ModuleNotFoundError: No module named 'convex_gcp'" in forked.stderr
+
+
+def test_the_server_preloads_the_sdk_packages_the_program_names():
+    """So the first run of each server is warm too (the rest is learned from runs)."""
+    import importlib.util
+
+    names = runner._program_sdk_modules()
+    assert {"pulumi_gcp.compute", "pulumi_gcp.sql", "pulumi_gcp.secretmanager", "pulumi_gcp.monitoring"} <= set(names)
+    sdk = importlib.util.find_spec("pulumi_gcp").submodule_search_locations[0]
+    for name in names:  # each one a real package of the SDK, not a stray match
+        assert (ROOT / sdk / name.split(".")[1] / "__init__.py").is_file(), name
