@@ -65,13 +65,15 @@ def _scratch_in_memory(config: pytest.Config) -> tuple[str | None, str]:
     return str(scratch), "a tmpfs"
 
 
-def _is_tmpfs(path: Path) -> bool:
-    """A tmpfs mounted without noexec (Docker mounts its /dev/shm noexec)."""
-    try:
-        mounts = Path("/proc/self/mounts").read_text().splitlines()
-    except OSError:
-        return False
-    fields = [line.split() for line in mounts]
+def _is_tmpfs(path: Path, mounts: str | None = None) -> bool:
+    """A tmpfs mounted without noexec (Docker mounts its /dev/shm noexec). `mounts` is the text of
+    /proc/self/mounts, read when not given."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return False
+    fields = [line.split() for line in mounts.splitlines()]
     found = [f for f in fields if len(f) > 3 and f[1] == str(path)]
     # The last mount on a path is the one in effect (proc(5), /proc/[pid]/mounts).
     return bool(found) and found[-1][2] == "tmpfs" and "noexec" not in found[-1][3].split(",")

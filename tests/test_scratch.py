@@ -83,3 +83,13 @@ def test_room_is_the_least_of_the_tmpfs_and_the_memory_behind_it():
     available = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
                          if line.startswith("MemAvailable:")).split()[1]) * 1024
     assert 0 < room <= stats.f_bavail * stats.f_frsize and room <= available
+
+
+def test_a_noexec_or_covered_mount_is_not_used():
+    shm = Path("/dev/shm")
+    docker = "shm /dev/shm tmpfs rw,nosuid,nodev,noexec,relatime,size=65536k 0 0\n"
+    assert not conftest._is_tmpfs(shm, docker)
+    assert conftest._is_tmpfs(shm, docker.replace("noexec,", ""))
+    # Mounted over: the last line for a path is the mount in effect.
+    assert not conftest._is_tmpfs(shm, docker.replace("noexec,", "") + "/dev/vda /dev/shm ext4 rw 0 0\n")
+    assert not conftest._is_tmpfs(shm, "tmpfs /dev/shm/x tmpfs rw 0 0\n")
