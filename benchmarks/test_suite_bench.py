@@ -32,25 +32,35 @@ def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plans", type=int, default=5, help="offline plans to time (median is used)")
+    parser.add_argument("--plans", type=int, default=3, help="offline plans to time before each suite run and after the last (the median of all is used)")
     parser.add_argument("--suites", type=int, default=1, help="suite runs to time (median is used)")
     parser.add_argument("--tail", type=int, default=0, help="also print the last N lines of pytest's output (e.g. with -- --durations=30)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     options = parser.parse_args()
 
-    plans = []
-    for _ in range(options.plans):
-        seconds, result = timed([sys.executable, "-m", "tools.plan", "dev"])
-        if result.returncode != 0:
-            print(result.stderr[-3000:], file=sys.stderr)
-            return 1
-        plans.append(seconds)
-    plan = statistics.median(plans)
-    print(f"offline plan of dev: median {plan:.2f} s over {len(plans)} (min {min(plans):.2f}, max {max(plans):.2f})")
+    def time_plans() -> list[float] | None:
+        out = []
+        for _ in range(options.plans):
+            seconds, result = timed([sys.executable, "-m", "tools.plan", "dev"])
+            if result.returncode != 0:
+                print(result.stderr[-3000:], file=sys.stderr)
+                return None
+            out.append(seconds)
+        return out
 
+    # Plans are timed before every suite run and after the last one: on a shared machine one plan
+    # moved between 1.4 and 1.9 s within minutes, so the ratio compares figures taken together.
+    plans: list[float] = []
     suites = []
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options.pytest_args]
-    for _ in range(options.suites):
+    for round_ in range(options.suites + 1):
+        timed_plans = time_plans()
+        if timed_plans is None:
+            return 1
+        plans += timed_plans
+        print(f"offline plan of dev: {' '.join(f'{t:.2f}' for t in timed_plans)} s")
+        if round_ == options.suites:
+            break
         seconds, result = timed(command)
         summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
         print(f"suite: {seconds:.1f} s wall  [{summary}]")
@@ -59,7 +69,9 @@ def main() -> int:
         if result.returncode != 0:
             print(result.stdout[-3000:], file=sys.stderr)
         suites.append(seconds)
+    plan = statistics.median(plans)
     suite = statistics.median(suites)
+    print(f"offline plan of dev: median {plan:.2f} s over {len(plans)} (min {min(plans):.2f}, max {max(plans):.2f})")
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"cores: {os.cpu_count()}  load average (1 min) after the run: {load:.1f}")
