@@ -15,6 +15,7 @@ Exit status: 0 planned, 1 configuration error (in every output mode), 2 usage er
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -79,16 +80,24 @@ def stacks() -> list[str]:
     return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in ROOT.glob("Pulumi.*.yaml"))
 
 
+@functools.lru_cache(maxsize=16)
+def _stack_document(path: Path, mtime_ns: int, size: int) -> dict:
+    """A stack file, parsed once per version of it (the tests ask for a stack's config hundreds of
+    times); callers only read it."""
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path.name} is not valid YAML: {error}") from None
+
+
 def stack_config(stack: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The flat config map the engine would pass: `ns:key` → string (objects as JSON).
     Override keys with '.' or '[' are --path sets (apply_set)."""
     path = ROOT / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         raise UsageError(f"no stack {stack!r} (no {path.name}); stacks: {', '.join(stacks())}")
-    try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise UsageError(f"{path.name} is not valid YAML: {error}") from None
+    stat = path.stat()
+    document = _stack_document(path, stat.st_mtime_ns, stat.st_size)
     config: dict[str, str] = {}
     for key, value in (document.get("config") or {}).items():
         if ":" not in key:
