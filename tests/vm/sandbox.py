@@ -7,6 +7,9 @@ program renders (convex_gcp.runtime for the dev stack's settings: config,
 env, systemd units). Fake (first on PATH): docker, systemctl, systemd-run,
 mount, mountpoint, iptables. Fake HTTP on 127.0.0.1: metadata server, Secret
 Manager + SQL Admin, proxy readiness + backend /version.
+
+Sandbox.snapshot/restore copy what a finished run left (files, fake servers' records) into another
+sandbox, so tests that start from the same first boot share one real boot (tests/vm/conftest.py).
 """
 
 from __future__ import annotations
