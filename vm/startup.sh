@@ -132,20 +132,28 @@ on_err() {
 }
 trap 'on_err "$?" "$LINENO" "$BASH_COMMAND"' ERR
 
-now_ms() {
+# set_now_ms: NOW_MS = milliseconds since the epoch, without the subshell of $(now_ms).
+NOW_MS=0
+set_now_ms() {
   local t=${EPOCHREALTIME//[!0-9]/} # the decimal point is the locale's
-  printf '%s' "${t:0:${#t}-3}"
+  NOW_MS=${t:0:${#t}-3}
+}
+now_ms() {
+  set_now_ms
+  printf '%s' "$NOW_MS"
 }
 
 STEP_NAME=""
 STEP_T0=0
 step() {
   STEP_NAME=$1
-  STEP_T0=$(now_ms)
+  set_now_ms
+  STEP_T0=$NOW_MS
   log "step ${STEP_NAME}: start"
 }
 step_done() {
-  log "step ${STEP_NAME}: done in $(($(now_ms) - STEP_T0)) ms${1:+ ($1)}"
+  set_now_ms
+  log "step ${STEP_NAME}: done in $((NOW_MS - STEP_T0)) ms${1:+ ($1)}"
 }
 
 # run_logged CMD...: run a non-secret command, its output logged line by line.
@@ -315,7 +323,11 @@ md_attributes_etag() {
     if curl -sS -f -o /dev/null -D "$hdr" -H 'Metadata-Flavor: Google' \
       --connect-timeout 5 --max-time 30 \
       "${METADATA_URL}/instance/attributes/?recursive=true" 2>"${RUN_DIR}/curl.err" </dev/null; then
-      ATTR_ETAG=$(sed -n 's/^[Ee][Tt][Aa][Gg]: *\([^[:space:]]*\).*/\1/p' "$hdr" | tail -n1)
+      local line re='^[Ee][Tt][Aa][Gg]: *([^[:space:]]*)'
+      ATTR_ETAG=""
+      while IFS= read -r line; do
+        [[ ! $line =~ $re ]] || ATTR_ETAG=${BASH_REMATCH[1]}
+      done <"$hdr"
       return 0
     fi
     if ((attempt < RETRY_ATTEMPTS)); then
@@ -466,10 +478,12 @@ fetch_token() {
     die "the VM has no service account (metadata token endpoint 404)" \
       "attach the convex VM service account to the instance (service_account.email, scopes [cloud-platform])"
   fi
-  ACCESS_TOKEN=$(sed -n 's/.*"access_token" *: *"\([^"]*\)".*/\1/p' "$out")
-  local ttl
-  ttl=$(sed -n 's/.*"expires_in" *: *\([0-9][0-9]*\).*/\1/p' "$out")
+  local json ttl="" re_access='"access_token" *: *"([^"]*)"' re_ttl='"expires_in" *: *([0-9]+)'
+  json=$(<"$out")
   rm -f "$out"
+  ACCESS_TOKEN=""
+  [[ ! $json =~ $re_access ]] || ACCESS_TOKEN=${BASH_REMATCH[1]}
+  [[ ! $json =~ $re_ttl ]] || ttl=${BASH_REMATCH[1]}
   [[ -n $ACCESS_TOKEN ]] || die "could not parse an access token from the metadata server" "the VM's service account"
   # The metadata server hands out a cached token with only `expires_in` seconds left
   # (golang.org/x/oauth2 google.ComputeTokenSource: "The shortest MDS token cache time
@@ -500,7 +514,8 @@ require_tools() {
 check_scopes() {
   local out="${RUN_DIR}/scopes"
   if md_get instance/service-accounts/default/scopes "$out"; then
-    SCOPES=$(tr '\n' ' ' <"$out")
+    SCOPES=$(<"$out")
+    SCOPES=${SCOPES//$'\n'/ }
   fi
   if [[ " $SCOPES " == *" ${SCOPE_CP} "* ]]; then
     preflight PASS scopes "cloud-platform present (Secret Manager and Cloud SQL Admin API usable)"
@@ -1002,11 +1017,13 @@ pull_images() {
   for p in "${pids[@]}"; do
     wait "$p" || true
   done
-  local entry
+  local entry result
   for entry in "${pending[@]}"; do
     i=${entry%%:*}
     img=${entry#*:}
-    if [[ $(cat "${RUN_DIR}/pull.${i}" 2>/dev/null) != ok* ]]; then
+    result=""
+    [[ ! -f ${RUN_DIR}/pull.${i} ]] || result=$(<"${RUN_DIR}/pull.${i}")
+    if [[ $result != ok* ]]; then
       failed+=("$img: $(head -c 300 "${RUN_DIR}/pull.${i}.err" 2>/dev/null | tr '\n' ' ')")
     fi
     rm -f "${RUN_DIR}/pull.${i}" "${RUN_DIR}/pull.${i}.err"
@@ -1031,7 +1048,11 @@ wanted_units() {
 }
 
 sha_of() {
-  sha256sum "$@" 2>/dev/null | cut -d' ' -f1 | tr '\n' ' '
+  local sums sum name
+  sums=$(sha256sum "$@" 2>/dev/null) || true
+  while read -r sum name; do
+    [[ -z $sum ]] || printf '%s ' "$sum"
+  done <<<"$sums"
 }
 
 # render_unit NAME INPUTS... -> the unit file this VM installs: the metadata template
@@ -1086,9 +1107,10 @@ install_units() {
 }
 
 remove_unwanted_units() {
-  local unit
+  local unit wanted
+  wanted=$(wanted_units)
   for unit in "${ALL_UNITS[@]}"; do
-    if [[ " $(wanted_units | tr '\n' ' ') " == *" ${unit} "* ]]; then
+    if [[ " ${wanted//$'\n'/ } " == *" ${unit} "* ]]; then
       continue
     fi
     if [[ -f ${UNIT_DIR}/${unit}.service ]]; then
