@@ -479,7 +479,8 @@ fetch_token() {
       "attach the convex VM service account to the instance (service_account.email, scopes [cloud-platform])"
   fi
   local json ttl="" re_access='"access_token" *: *"([^"]*)"' re_ttl='"expires_in" *: *([0-9]+)'
-  json=$(<"$out")
+  json=""
+  [[ ! -r $out ]] || json=$(<"$out") # $(<file) that cannot open the file ends the script silently
   rm -f "$out"
   ACCESS_TOKEN=""
   [[ ! $json =~ $re_access ]] || ACCESS_TOKEN=${BASH_REMATCH[1]}
@@ -514,7 +515,8 @@ require_tools() {
 check_scopes() {
   local out="${RUN_DIR}/scopes"
   if md_get instance/service-accounts/default/scopes "$out"; then
-    SCOPES=$(<"$out")
+    SCOPES=""
+    [[ ! -r $out ]] || SCOPES=$(<"$out")
     SCOPES=${SCOPES//$'\n'/ }
   fi
   if [[ " $SCOPES " == *" ${SCOPE_CP} "* ]]; then
@@ -1021,8 +1023,10 @@ pull_images() {
   for entry in "${pending[@]}"; do
     i=${entry%%:*}
     img=${entry#*:}
+    # A missing or unreadable status is a failed pull, as with the `cat` this replaced: under set -e,
+    # $(<file) on a file it cannot open ends the script, whatever the || after it.
     result=""
-    [[ ! -f ${RUN_DIR}/pull.${i} ]] || result=$(<"${RUN_DIR}/pull.${i}")
+    [[ ! -r ${RUN_DIR}/pull.${i} ]] || result=$(<"${RUN_DIR}/pull.${i}")
     if [[ $result != ok* ]]; then
       failed+=("$img: $(head -c 300 "${RUN_DIR}/pull.${i}.err" 2>/dev/null | tr '\n' ' ')")
     fi

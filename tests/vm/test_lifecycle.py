@@ -23,8 +23,8 @@ def test_token_expiring_mid_run_is_refreshed(sandbox):
 
 
 def test_a_token_is_reused_while_it_is_valid(sandbox, booted):
-    """One token for the whole boot: `expires_in` (3599 s here) is read and kept, so the four API
-    calls after the first do not each ask the metadata server again."""
+    """One token for the whole boot: `expires_in` (3599 s here) is read and kept, so the API calls
+    after the first (five in all here) do not each ask the metadata server again."""
     token_gets = [q for q in sandbox.metadata.requests if q["path"].endswith("/token")]
     api_calls = [q for q in sandbox.apis.requests if q["auth"].startswith("Bearer ")]
     assert len(api_calls) >= 4 and len(token_gets) == 1
