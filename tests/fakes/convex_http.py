@@ -42,7 +42,8 @@ class FakeConvex:
         self.api = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(site=False))
         self.site = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(site=True))
         for server in (self.api, self.site):
-            # shutdown() waits for serve_forever's poll (default 0.5 s, CPython socketserver).
+            # shutdown() waits for serve_forever's poll_interval (default 0.5 s): CPython Lib/socketserver.py
+            # BaseServer.serve_forever/shutdown (https://docs.python.org/3/library/socketserver.html).
             threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True).start()
 
     @property

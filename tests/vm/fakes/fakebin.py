@@ -21,6 +21,12 @@ stdout, stderr and exit status. State lives in $FAKE_ROOT (JSON + files):
 Knobs in docker.json beyond the pull ones: "sql_reachable" (false: a proxy run with
 --run-connection-test exits), "logging_down" (gcplogs containers fail to start),
 "run_failures" {name: n} (the next n `docker run`s of it fail).
+
+Upstream behaviour each tool copies is named where it is played (moby daemon/daemon.go restore,
+volume/mounts/linux_parser.go, daemon/logger/gcplogs/gcplogging.go; systemd.unit(5); cloud-sql-proxy
+internal/proxy/proxy.go). How a call gets here: the client opens bash's /dev/tcp
+(https://www.gnu.org/software/bash/manual/bash.html#Redirections) and each call is served on a thread
+of its own (CPython Lib/socketserver.py ThreadingMixIn), hence the thread-local call context below.
 """
 
 from __future__ import annotations
