@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from functools import lru_cache
@@ -143,12 +142,11 @@ def _run(stack: str, overrides: tuple[tuple[str, str], ...]) -> Plan:
     for key, value in overrides:
         command += ["--set", f"{key}={value}"]
     returncode, stdout, stderr = _run_shared(command)
-    result = subprocess.CompletedProcess(command, returncode, stdout, stderr)
     # Exit 1 is a configuration error, recorded in the plan (tests assert on it); anything else failed.
-    if result.returncode not in (0, 1) or not result.stdout.startswith("{"):
-        raise AssertionError(f"plan {stack} failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    plan = plan_from_json(result.stdout)
-    assert (result.returncode == 1) == bool(plan.error), f"exit {result.returncode} with error {plan.error!r}"
+    if returncode not in (0, 1) or not stdout.startswith("{"):
+        raise AssertionError(f"plan {stack} failed ({returncode}):\n{stderr[-4000:]}")
+    plan = plan_from_json(stdout)
+    assert (returncode == 1) == bool(plan.error), f"exit {returncode} with error {plan.error!r}"
     return plan
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 from tests.conftest import ROOT
 from tools import runner
@@ -107,6 +108,6 @@ def test_the_server_preloads_the_sdk_packages_the_program_names():
 
     names = runner._program_sdk_modules()
     assert {"pulumi_gcp.compute", "pulumi_gcp.sql", "pulumi_gcp.secretmanager", "pulumi_gcp.monitoring"} <= set(names)
-    sdk = importlib.util.find_spec("pulumi_gcp").submodule_search_locations[0]
+    sdk = Path(importlib.util.find_spec("pulumi_gcp").submodule_search_locations[0])
     for name in names:  # each one a real package of the SDK, not a stray match
-        assert (ROOT / sdk / name.split(".")[1] / "__init__.py").is_file(), name
+        assert (sdk / name.split(".")[1] / "__init__.py").is_file(), name

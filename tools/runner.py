@@ -120,6 +120,10 @@ def _forget_project(argv: list[str], cwd: str) -> None:
             del sys.modules[name]
 
 
+def _timeout(request: dict[str, Any]) -> float:
+    return float(request.get("timeout") or DEFAULT_TIMEOUT)
+
+
 def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
     """In the forked child: become `python <argv>` in request["cwd"] and exit with its status."""
     code = 1
@@ -127,7 +131,7 @@ def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
         gc.enable()  # the server keeps it off (see serve); a fresh interpreter has it on
         # A hung run dies like a timed-out subprocess. Fractions count (setitimer, not alarm): a
         # timeout of 0.3 s used to be cut to 0, which meant the 300 s default.
-        signal.setitimer(signal.ITIMER_REAL, float(request.get("timeout") or DEFAULT_TIMEOUT))
+        signal.setitimer(signal.ITIMER_REAL, _timeout(request))
         for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, out, os.O_WRONLY), (2, err, os.O_WRONLY)):
             target = os.open(path, flags)
             os.dup2(target, fd)
@@ -201,7 +205,7 @@ def _serve_one(request: dict[str, Any], scratch: Path, preloaded: set[str]) -> d
         "threads": count,
     }
     if returncode == -signal.SIGALRM:
-        reply["stderr"] += f"\ntools.runner: timed out after {float(request.get('timeout') or DEFAULT_TIMEOUT):g} s"
+        reply["stderr"] += f"\ntools.runner: timed out after {_timeout(request):g} s"
     try:
         learned = set(json.loads(modules.read_text() or "[]")) - preloaded
     except ValueError:

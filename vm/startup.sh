@@ -172,6 +172,15 @@ sleep_ms() {
   sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
 }
 
+# read_into VAR FILE: VAR = FILE's text (trailing newlines dropped), or "" when it cannot be read.
+# Not VAR=$(<FILE) alone: under set -e that ends the script on a file bash cannot open, whatever
+# `||` follows it.
+read_into() {
+  local read_into_text=""
+  [[ ! -r $2 ]] || read_into_text=$(<"$2")
+  printf -v "$1" '%s' "$read_into_text"
+}
+
 # secs MS -> "300 s", "0.250 s" (for messages)
 secs() {
   if (($1 % 1000)); then
@@ -479,8 +488,7 @@ fetch_token() {
       "attach the convex VM service account to the instance (service_account.email, scopes [cloud-platform])"
   fi
   local json ttl="" re_access='"access_token" *: *"([^"]*)"' re_ttl='"expires_in" *: *([0-9]+)'
-  json=""
-  [[ ! -r $out ]] || json=$(<"$out") # $(<file) that cannot open the file ends the script silently
+  read_into json "$out"
   rm -f "$out"
   ACCESS_TOKEN=""
   [[ ! $json =~ $re_access ]] || ACCESS_TOKEN=${BASH_REMATCH[1]}
@@ -515,8 +523,7 @@ require_tools() {
 check_scopes() {
   local out="${RUN_DIR}/scopes"
   if md_get instance/service-accounts/default/scopes "$out"; then
-    SCOPES=""
-    [[ ! -r $out ]] || SCOPES=$(<"$out")
+    read_into SCOPES "$out"
     SCOPES=${SCOPES//$'\n'/ }
   fi
   if [[ " $SCOPES " == *" ${SCOPE_CP} "* ]]; then
@@ -1023,10 +1030,7 @@ pull_images() {
   for entry in "${pending[@]}"; do
     i=${entry%%:*}
     img=${entry#*:}
-    # A missing or unreadable status is a failed pull, as with the `cat` this replaced: under set -e,
-    # $(<file) on a file it cannot open ends the script, whatever the || after it.
-    result=""
-    [[ ! -r ${RUN_DIR}/pull.${i} ]] || result=$(<"${RUN_DIR}/pull.${i}")
+    read_into result "${RUN_DIR}/pull.${i}" # missing or unreadable: a failed pull
     if [[ $result != ok* ]]; then
       failed+=("$img: $(head -c 300 "${RUN_DIR}/pull.${i}.err" 2>/dev/null | tr '\n' ' ')")
     fi

@@ -303,7 +303,7 @@ class Sandbox:
         """What a finished run left behind: the sandbox's files and what the fake servers hold. Tests
         that start from the same first boot restore it instead of booting again (conftest `booted`)."""
         assert tool_server().wait_idle(str(self.fake_root)), "a stand-in call is still running"
-        servers = {"metadata": self.metadata, "apis": self.apis, "health": self.health}
+        servers = self._servers()
         state = {name: copy.deepcopy({k: v for k, v in vars(server).items() if k in _SERVER_STATE})
                  for name, server in servers.items()}
         state["tokens"] = copy.deepcopy({k: getattr(self.metadata.tokens, k) for k in ("issued", "revoked", "current")})
@@ -326,8 +326,9 @@ class Sandbox:
                 target.unlink(missing_ok=True)
         # cp keeps modes, times and the disk image's holes (a 64 MB image holds a few MB of ext4).
         subprocess.run(["cp", "-a", "--sparse=always", *map(str, entries), str(self.tmp)], check=True)
-        ports = {"metadata": self.metadata.port, "apis": self.apis.port, "health": self.health.port}
-        moves = {str(snap.root): str(self.tmp), **{f"127.0.0.1:{snap.ports[n]}": f"127.0.0.1:{ports[n]}" for n in ports}}
+        servers = self._servers()
+        moves = {str(snap.root): str(self.tmp),
+                 **{f"127.0.0.1:{snap.ports[name]}": f"127.0.0.1:{server.port}" for name, server in servers.items()}}
         pattern = re.compile("|".join(re.escape(old) for old in sorted(moves, key=len, reverse=True)))
 
         def rewrite(text: str) -> str:
@@ -335,12 +336,12 @@ class Sandbox:
 
         for path in self.tmp.rglob("*"):
             if path.is_file() and not path.is_symlink() and path != self.disk and self.bin not in path.parents:
-                data = path.read_bytes()
-                if pattern.search(data.decode(errors="surrogateescape")):
+                text = path.read_bytes().decode(errors="surrogateescape")
+                if pattern.search(text):
                     stat = path.stat()
-                    path.write_bytes(rewrite(data.decode(errors="surrogateescape")).encode(errors="surrogateescape"))
+                    path.write_bytes(rewrite(text).encode(errors="surrogateescape"))
                     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-        for name, server in (("metadata", self.metadata), ("apis", self.apis), ("health", self.health)):
+        for name, server in servers.items():
             with server.lock:
                 for key, value in copy.deepcopy(snap.state[name]).items():
                     setattr(server, key, value)
@@ -350,9 +351,12 @@ class Sandbox:
         self.instance_secret, self.db_password = snap.instance_secret, snap.db_password
         return Result(snap.result.rc, rewrite(snap.result.stdout), rewrite(snap.result.stderr))
 
+    def _servers(self) -> dict[str, MetadataServer | ApisServer | HealthServer]:
+        return {"metadata": self.metadata, "apis": self.apis, "health": self.health}
+
     def close(self) -> None:
-        for s in (self.metadata, self.apis, self.health):
-            s.close()
+        for server in self._servers().values():
+            server.close()
 
 
 # What a run changes in the fake servers (their knobs are the test's to set; requests are the record).
