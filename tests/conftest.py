@@ -10,6 +10,7 @@ workflows) a skip is a failure, because a skipped test guards nothing.
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import json
 import os
@@ -117,6 +118,12 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         shutil.rmtree(os.environ.pop(PLAN_CACHE, ""), ignore_errors=True)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection imported (pytest, the SDK, the test modules) lives until the run ends: frozen, it
+    is left out of every later collection, which would otherwise walk all of it (Python docs, gc.freeze)."""
+    gc.freeze()
 
 
 def _run_shared(command: list[str]) -> tuple[int, str, str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -42,8 +44,37 @@ def block_count(disk: Path) -> int:
     raise AssertionError("no block count")
 
 
+BLOCK = 64 * 1024
+_ZEROS = bytes(BLOCK)
+
+
 def digest(disk: Path) -> str:
-    return hashlib.sha256(disk.read_bytes()).hexdigest()
+    """A hash of the image's content: its size and every 64 KiB block that is not all zeros, with its
+    offset. Equal content gives an equal hash however it is stored (a hole reads as zeros), yet only
+    the allocated extents are read (lseek(2) SEEK_DATA/SEEK_HOLE; a file system without them reports
+    the whole file as data). A 64 MB image holds a few MB of ext4: hashing all of it cost ~0.15 s."""
+    h = hashlib.sha256()
+    with open(disk, "rb") as fh:
+        fd = fh.fileno()
+        size = os.fstat(fd).st_size
+        h.update(size.to_bytes(8, "little"))
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as error:
+                if error.errno == errno.ENXIO:  # no data after pos
+                    break
+                raise
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            block = data - data % BLOCK
+            while block < hole:
+                content = os.pread(fd, BLOCK, block)
+                if content != _ZEROS[:len(content)]:
+                    h.update(block.to_bytes(8, "little") + content)
+                block += BLOCK
+            pos = block
+    return h.hexdigest()
 
 
 def write_mbr(disk: Path) -> None:
