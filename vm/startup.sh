@@ -322,6 +322,59 @@ md_get() {
   esac
 }
 
+# md_get_all PATH=OUTFILE ... -> MD_STATUS[PATH] is 200 (OUTFILE written) or 404 (absent,
+# OUTFILE removed); dies when unreachable or on any other status, like md_get. One curl reads them
+# all over one connection: a curl start costs more than a metadata read. --fail-early stops at the
+# first transport error; what it did not finish is read again, with api_retry's backoff.
+declare -A MD_STATUS=()
+md_get_all() {
+  local -a pending=("$@") retry codes args
+  local attempt i spec path rc d failed
+  MD_STATUS=()
+  for ((attempt = 1; ; attempt++)); do
+    args=(-sS --fail-early -H 'Metadata-Flavor: Google' --connect-timeout 5 --max-time 30 -w '%{http_code}\n')
+    for spec in "${pending[@]}"; do
+      args+=(-o "${spec#*=}" "${METADATA_URL}/${spec%%=*}")
+    done
+    rc=0
+    curl "${args[@]}" >"${RUN_DIR}/md.codes" 2>"${RUN_DIR}/curl.err" </dev/null || rc=$?
+    codes=()
+    [[ ! -r ${RUN_DIR}/md.codes ]] || mapfile -t codes <"${RUN_DIR}/md.codes"
+    # A failed curl stopped at its last reported transfer (or before it): that one is read again too.
+    ((rc == 0 || ${#codes[@]} == 0)) || unset 'codes[-1]'
+    retry=()
+    for i in "${!pending[@]}"; do
+      spec=${pending[i]}
+      path=${spec%%=*}
+      HTTP_STATUS=${codes[i]:-000}
+      case "$HTTP_STATUS" in
+        200) MD_STATUS[$path]=200 ;;
+        404)
+          MD_STATUS[$path]=404
+          rm -f "${spec#*=}"
+          ;;
+        000 | 429 | 5??)
+          ((${#retry[@]})) || failed="metadata ${path}: attempt ${attempt}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}$(curl_err_hint))"
+          retry+=("$spec")
+          ;;
+        *) die "metadata server answered HTTP ${HTTP_STATUS} for ${path}" \
+          "that the request carries Metadata-Flavor: Google and the path is right" ;;
+      esac
+    done
+    ((${#retry[@]})) || return 0
+    if ((attempt >= RETRY_ATTEMPTS)); then
+      log "${failed}; giving up"
+      die "metadata server ${METADATA_HOST} unreachable while reading ${retry[0]%%=*}" \
+        "the VM can reach ${METADATA_HOST} (169.254.169.254); on a real VM this is transient - reboot or re-run: sudo google_metadata_script_runner startup" \
+        "serial console (gcloud compute instances get-serial-port-output) for earlier network errors"
+    fi
+    d=$(backoff_ms "$attempt")
+    log "${failed}; retrying in ${d} ms"
+    sleep_ms "$d"
+    pending=("${retry[@]}")
+  done
+}
+
 # Current ETag of the instance attributes directory, into ATTR_ETAG (read
 # BEFORE the values, so a change racing with this run is never missed).
 ATTR_ETAG=""
@@ -354,24 +407,21 @@ fetch_metadata() {
   step fetch-metadata
   md_attributes_etag
   printf '%s\n' "$ATTR_ETAG" >"${RUN_DIR}/applied-etag.new"
-  if ! md_get instance/attributes/convex-gcp-config "${RUN_DIR}/convex-gcp-config"; then
-    die "metadata key convex-gcp-config is missing" \
-      "the Pulumi program renders instance metadata 'convex-gcp-config' (pulumi up)"
-  fi
-  if ! md_get instance/attributes/convex-backend-env "${RUN_DIR}/backend.env.meta"; then
-    die "metadata key convex-backend-env is missing" \
-      "the Pulumi program renders instance metadata 'convex-backend-env' (pulumi up)"
-  fi
-  if ! md_get instance/attributes/convex-dashboard-env "${RUN_DIR}/dashboard.env.meta"; then
-    : >"${RUN_DIR}/dashboard.env.meta"
-  fi
-  local unit
+  local unit key
+  local -a reads=(instance/attributes/convex-gcp-config="${RUN_DIR}/convex-gcp-config"
+    instance/attributes/convex-backend-env="${RUN_DIR}/backend.env.meta"
+    instance/attributes/convex-dashboard-env="${RUN_DIR}/dashboard.env.meta")
   mkdir -p "${RUN_DIR}/units"
   for unit in "${ALL_UNITS[@]}"; do
-    # Absent = not wanted (e.g. no proxy in ssl mode); parse_config checks the wanted ones exist.
-    md_get "instance/attributes/convex-gcp-unit-${unit}" "${RUN_DIR}/units/${unit}.meta" ||
-      rm -f "${RUN_DIR}/units/${unit}.meta"
+    reads+=("instance/attributes/convex-gcp-unit-${unit}=${RUN_DIR}/units/${unit}.meta")
   done
+  md_get_all "${reads[@]}"
+  for key in convex-gcp-config convex-backend-env; do
+    [[ ${MD_STATUS[instance/attributes/${key}]} == 200 ]] ||
+      die "metadata key ${key} is missing" "the Pulumi program renders instance metadata '${key}' (pulumi up)"
+  done
+  # Absent units are not wanted (e.g. no proxy in ssl mode); parse_config checks the wanted ones exist.
+  [[ ${MD_STATUS[instance/attributes/convex-dashboard-env]} == 200 ]] || : >"${RUN_DIR}/dashboard.env.meta"
   mv -f "${RUN_DIR}/applied-etag.new" "${RUN_DIR}/applied-etag"
   step_done "etag ${ATTR_ETAG}"
 }

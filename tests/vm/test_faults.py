@@ -12,6 +12,24 @@ def test_metadata_outage_then_recovery(sandbox):
     assert "retrying" in r.stderr and "metadata" in r.stderr
 
 
+def test_a_metadata_read_cut_off_mid_batch_is_read_again(sandbox):
+    """One curl reads the config, the env files and the units in turn (--fail-early); a connection cut
+    before the backend unit's answer stops it there, and the next attempt reads only what is left."""
+    unit = "instance/attributes/convex-gcp-unit-convex-backend"
+    # Twice: curl itself resends a request once on a fresh connection when a reused one dies with
+    # nothing received (libcurl lib/transfer.c Curl_retry_request, "Connection died, retrying a
+    # fresh connect"); only the second cut reaches the script.
+    sandbox.metadata.drop_next[unit] = 2
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert f"metadata {unit}: attempt 1/4 failed (HTTP 000, curl: (52) Empty reply from server" in r.stderr
+    reads = [q["path"].removeprefix("/computeMetadata/v1/") for q in sandbox.metadata.requests]
+    values = [p for p in reads if p.startswith("instance/attributes/convex-")]
+    assert values.count(unit) == 3 and len(set(values)) == len(values) - 2, values
+    assert values.index("instance/attributes/convex-gcp-unit-convex-dashboard") > values.index(unit) + 1
+    assert (sandbox.run_dir / "units" / "convex-backend.meta").read_text() == sandbox.metadata.attributes[unit.rsplit("/", 1)[1]]
+
+
 def test_metadata_down_gives_bounded_clear_error(sandbox):
     sandbox.metadata.down = True
     r = sandbox.run()

@@ -47,6 +47,10 @@ class _Server:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; on a kept-alive connection Nagle's algorithm
+            # holds the body until the client's delayed ACK, ~40 ms a response (CPython
+            # Lib/socketserver.py StreamRequestHandler.disable_nagle_algorithm sets TCP_NODELAY).
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet
                 pass
@@ -127,6 +131,7 @@ class MetadataServer(_Server):
         self.scopes = scopes if scopes is not None else [SCOPE_CP]
         self.fail_next = 0
         self.down = False
+        self.drop_next: dict[str, int] = {}  # path under /computeMetadata/v1/ -> requests to cut off
         self.has_service_account = True
         self.cond = threading.Condition()
         self.second = 1.0  # real seconds per timeout_sec second: tests run the long-poll's clock faster
@@ -162,6 +167,14 @@ class MetadataServer(_Server):
         if not path.startswith(prefix):
             return h._send(404, "not found", "text/plain")
         rel = path[len(prefix):]
+        with self.lock:
+            drop = self.drop_next.get(rel, 0) > 0
+            if drop:
+                self.drop_next[rel] -= 1
+        if drop:
+            # The connection closes with no answer: curl's exit 52 "Empty reply from server", a transport error.
+            h.close_connection = True
+            return None
         if rel == "instance/attributes/":
             if q.get("wait_for_change") == "true":
                 # querying-metadata "Waiting for change": returns at once when last_etag differs, else at timeout_sec.
