@@ -173,6 +173,13 @@ class Sandbox:
             self.metadata.attributes = attrs
             self.metadata.cond.notify_all()
 
+    def database_down(self) -> None:
+        """Cloud SQL unreachable from the proxy and the backend. The boot then waits out its readiness
+        bounds: 150 ms each here (400 ms by default in the sandbox) is ample for fakes that answer at
+        once when the database is up."""
+        self.health.db_up = False
+        self.extra_env.update(CONVEX_GCP_PROXY_WAIT_MS="150", CONVEX_GCP_BACKEND_WAIT_MS="150")
+
     def docker_state(self) -> dict:
         f = self.fake_root / "docker.json"
         return json.loads(f.read_text()) if f.exists() else {}

@@ -102,7 +102,7 @@ def test_watcher_applies_metadata_change(sandbox, booted):
 
 
 def test_watcher_retries_unfinished_run(sandbox):
-    sandbox.health.db_up = False
+    sandbox.database_down()
     assert sandbox.run().rc == 75
     sandbox.clear_calls()
     watcher = sandbox.popen("watch")
@@ -119,7 +119,7 @@ def test_watcher_retries_unfinished_run(sandbox):
 def test_watcher_backs_off_while_the_run_keeps_failing(sandbox):
     """Each failed retry doubles the wait, counted from the start of the last run, whatever the
     long-poll's timeout_sec (1 s, 50 ms in the sandbox), and the log names the wait it will keep."""
-    sandbox.health.db_up = False
+    sandbox.database_down()
     sandbox.extra_env.update(CONVEX_GCP_PENDING_RETRY_MS="200", CONVEX_GCP_PROXY_WAIT_MS="100",
                              CONVEX_GCP_BACKEND_WAIT_MS="100")
     assert sandbox.run().rc == 75

@@ -121,7 +121,7 @@ def test_registry_unreachable_names_nat(sandbox):
 def test_cloud_sql_unreachable_is_reported_then_recovers(sandbox):
     """Readiness is not reachability: the proxy's --run-connection-test exits while the instance is
     unreachable, systemd keeps restarting it, and the boot says so instead of PASS."""
-    sandbox.health.db_up = False
+    sandbox.database_down()
     r = sandbox.run()
     assert r.rc == 75, r.stderr
     assert "PREFLIGHT FAIL cloud-sql: Cloud SQL unreachable: the proxy exited" in r.stderr
@@ -145,7 +145,7 @@ def test_cloud_sql_unreachable_is_reported_then_recovers(sandbox):
 def test_old_fake_behaviour_would_have_passed_readiness(sandbox):
     """Without --run-connection-test (what the old rendering ran) the proxy is 'ready' with the
     database unreachable, exactly like cloud-sql-proxy >= v2.11.1: readiness alone proves nothing."""
-    sandbox.health.db_up = False
+    sandbox.database_down()
     sandbox.config["PROXY_ARGS"] = sandbox.config["PROXY_ARGS"].replace(" --run-connection-test", "")
     sandbox.publish()
     r = sandbox.run()
@@ -164,7 +164,7 @@ def test_direct_mode_unreachable_sql_is_reported(sandbox):
     port = s.getsockname()[1]
     s.close()  # nothing listens there: connection refused
     sandbox.extra_env["CONVEX_GCP_SQL_PROBE_ADDR"] = f"127.0.0.1:{port}"
-    sandbox.health.db_up = False  # and so the fake backend never binds /version
+    sandbox.database_down()  # and so the fake backend never binds /version
     r = sandbox.run()
     assert r.rc == 75
     assert f"PREFLIGHT FAIL cloud-sql: Cloud SQL unreachable: TCP 127.0.0.1:{port}" in r.stderr
