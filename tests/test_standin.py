@@ -61,6 +61,13 @@ def test_argv_stdout_stderr_and_status_arrive_unchanged(server, tmp_path):
     assert (empty.returncode, empty.stdout.decode(), empty.stderr) == (0, f"tool-a{SEP}/root dir", b"")
 
 
+def test_long_arguments_arrive_whole(server, tmp_path):
+    """Fields longer than the server's read buffer (8 KiB) arrive in pieces and are joined again."""
+    long = ["é" * 50_000, "x" * 8191, "y" * 8192, "", "z" * 70_000]
+    result = call(tmp_path, *long)
+    assert result.returncode == 0 and result.stdout.decode().split(SEP) == ["tool-a", "/root dir", *long]
+
+
 def test_large_output_and_concurrent_calls(server, tmp_path):
     results: list[subprocess.CompletedProcess] = []
     threads = [threading.Thread(target=lambda i=i: results.append(call(tmp_path, "big", str(i)))) for i in range(6)]

@@ -47,11 +47,15 @@ class _Request(socketserver.StreamRequestHandler):
 
     def field(self) -> str:
         data = bytearray()
-        while (byte := self.rfile.read(1)) != b"\0":
-            if not byte:
+        while True:
+            buffered = self.rfile.peek()  # what has arrived, without consuming it (io.BufferedReader.peek)
+            if not buffered:
                 raise EOFError("request cut short")
-            data += byte
-        return data.decode(errors="surrogateescape")  # argv is bytes on Linux; keep what is not UTF-8
+            end = buffered.find(b"\0")
+            if end >= 0:
+                data += self.rfile.read(end + 1)[:-1]
+                return data.decode(errors="surrogateescape")  # argv is bytes on Linux; keep what is not UTF-8
+            data += self.rfile.read(len(buffered))
 
     def handle(self) -> None:
         tool = "?"
