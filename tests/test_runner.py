@@ -26,6 +26,42 @@ def test_two_runs_of_a_stack_are_byte_identical_and_match_a_fresh_interpreter():
     assert fresh.stdout == first.stdout
 
 
+TYPES_PROBE = """
+import gc, json, runpy, sys
+import pulumi._types
+sys.path.insert(0, sys.argv[1])
+sys.argv = ["tools.plan", "dev", "--json"]
+
+def worked_out():  # the classes in the SDK's per-class cache (functools.cache keeps them in a dict)
+    cache = [ref for ref in gc.get_referents(pulumi._types._types_from_py_properties) if type(ref) is dict][0]
+    return {key[0] for key in cache}
+
+before = worked_out()
+try:
+    runpy.run_module("tools.plan", run_name="__main__")
+except SystemExit:
+    pass
+sys.stderr.write("worked out " + json.dumps(sorted({cls.__module__ for cls in worked_out() - before})))
+"""
+
+
+def test_children_find_the_sdks_property_types_worked_out(tmp_path):
+    """The SDK works out each resource and input/output class's property types once per process
+    (functools.cache in pulumi/_types.py), a third of a warm run's time. The server does it for the
+    classes a run used, so the next children find the SDK's done; the plan stays the fresh
+    interpreter's (the test above). A script run imports the program afresh, so its classes are new."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(TYPES_PROBE)
+    server = runner.Server()
+    try:
+        runs = [server.run([str(probe), str(ROOT)], cwd=ROOT) for _ in range(2)]
+    finally:
+        server.close()
+    first, second = (json.loads(run.stderr.rsplit("worked out ", 1)[1]) for run in runs)
+    assert any(module.startswith("pulumi_gcp.") for module in first), first
+    assert second and all(module.split(".")[0] in runner.PROJECT_PACKAGES for module in second), second
+
+
 def test_a_run_keeps_nothing_from_the_run_before():
     # In one reused process, a dev run after a prod run carried prod's front_door_ip output.
     before = runner.run_python(PLAN_DEV, cwd=ROOT).stdout

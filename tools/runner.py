@@ -1,8 +1,9 @@
 """Run Python entry points (`python -m tools.plan dev --json`, `python examples/consumer/offline.py …`)
 as if in a fresh interpreter, but without paying for the interpreter and the Pulumi SDK each time.
 
-One server process per client imports what the programs use once, then forks a child per run: the
-child starts from the server's state, which no program has ever touched, so nothing leaks from one
+One server process per client imports what the programs use once (and works out the SDK's property
+types of the classes a run used, see _typed_classes), then forks a child per run: the child starts
+from the server's state, which no program has ever touched, so nothing leaks from one
 run to the next (reusing one process is not safe: the SDK's mock state is process-global, and a dev
 run after a prod run in one process kept prod's `front_door_ip` output). Children are reaped and
 their stdout/stderr returned like `subprocess.run(..., capture_output=True)`.
@@ -109,6 +110,34 @@ def _preload(names: list[str]) -> None:
             pass
 
 
+def _typed_classes() -> list[str]:
+    """SDK classes whose property types this (child) run worked out: pulumi/_types.py caches them per
+    class (functools.cache), and the cache's dict is what gc.get_referents shows of the wrapper."""
+    cached = getattr(sys.modules.get("pulumi._types"), "_types_from_py_properties", None)
+    names = []
+    for ref in gc.get_referents(cached) if cached is not None else []:
+        if type(ref) is dict:
+            for key in ref:
+                cls = key[0] if isinstance(key, tuple) and len(key) == 1 else None
+                if isinstance(cls, type) and not _is_project_module(sys.modules.get(cls.__module__)):
+                    names.append(f"{cls.__module__}:{cls.__qualname__}")
+    return sorted(names)
+
+
+def _warm_types(names: list[str]) -> None:
+    """Work out those classes' property types here, once, so children start with them cached."""
+    warm = getattr(sys.modules.get("pulumi._types"), "_types_from_py_properties", None)
+    for name in names:
+        module, _, qualname = name.partition(":")
+        try:
+            cls = sys.modules[module]
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+            warm(cls)
+        except Exception:  # noqa: BLE001 (only an optimisation)
+            pass
+
+
 def _forget_project(argv: list[str], cwd: str) -> None:
     """What a fresh interpreter could not import must not be there: the program's packages stay only
     for `-m` runs from this checkout (where `python -m` finds them on sys.path too), and the `-m`
@@ -169,7 +198,7 @@ def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
             traceback.print_exc()
             code = 1
         try:
-            Path(modules).write_text(json.dumps(_loaded_modules()))
+            Path(modules).write_text(json.dumps({"modules": _loaded_modules(), "typed": _typed_classes()}))
         except Exception:  # noqa: BLE001 (only an optimisation)
             pass
     finally:
@@ -207,10 +236,11 @@ def _serve_one(request: dict[str, Any], scratch: Path, preloaded: set[str]) -> d
     if returncode == -signal.SIGALRM:
         reply["stderr"] += f"\ntools.runner: timed out after {_timeout(request):g} s"
     try:
-        learned = set(json.loads(modules.read_text() or "[]")) - preloaded
+        report = json.loads(modules.read_text() or "{}")
     except ValueError:
-        learned = set()
-    reply["_learned"] = sorted(learned)
+        report = {}
+    reply["_learned"] = sorted(set(report.get("modules", [])) - preloaded)
+    reply["_typed"] = report.get("typed", [])
     return reply
 
 
@@ -231,11 +261,13 @@ def serve() -> int:
                 continue
             reply = _serve_one(json.loads(line), Path(scratch), preloaded)
             learned = reply.pop("_learned")
+            typed = reply.pop("_typed")
             replies.write(json.dumps(reply) + "\n")
             replies.flush()
             if learned:
                 _preload(learned)
                 preloaded |= set(learned) | set(sys.modules)
+            _warm_types(typed)
     return 0
 
 
