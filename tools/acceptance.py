@@ -235,7 +235,7 @@ def iap_tunnels(outputs: dict[str, Any], project: str) -> Iterator[None]:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the IAP tunnel to port {port} did not open within 60 s")
-                time.sleep(0.5)
+                time.sleep(0.1)
         yield
     finally:
         for process in processes:
