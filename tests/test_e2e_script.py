@@ -17,24 +17,12 @@ import pytest
 
 from convex_gcp.settings import CONVEX_VERSION
 from tests.conftest import ROOT
+from tests.doctor.conftest import _as_owner, _bin, initdb
 from tests.fakes.convex_http import FakeConvex
 from tools import e2e
 
 ADMIN_KEY = "convex-local|0123abcd"
 PASSWORD = "e2eTestPassw0rd"
-
-
-def _bin(name: str) -> str:
-    found = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[4]))
-    if not found:
-        if os.environ.get("CI"):
-            raise RuntimeError("PostgreSQL server binaries are missing: apt-get install postgresql")
-        pytest.skip("PostgreSQL server binaries not installed")
-    return str(found[-1])
-
-
-def _as_owner(command: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +37,7 @@ def database_url():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    subprocess.run(_as_owner([_bin("initdb"), "--no-sync", "-D", str(data), "-U", "admin", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+    initdb(data)
     with open(data / "postgresql.conf", "a") as conf:
         conf.write(f"port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n")
     (data / "pg_hba.conf").write_text("local all admin trust\nhost all admin 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n")

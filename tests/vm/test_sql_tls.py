@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.doctor.conftest import _as_owner, _bin, _free_port
+from tests.doctor.conftest import _as_owner, _bin, _free_port, initdb
 from tlsutil import make_ca, make_intermediate_ca, make_server_cert
 
 NAME = "abc123.def456.europe-west1.sql-psa.goog"
@@ -62,7 +62,7 @@ def server(pki):
     srv = Server(root, _free_port())
     started = False
     try:
-        subprocess.run(_as_owner([_bin("initdb"), "--no-sync", "-D", str(srv.data), "-U", "admin", "--auth=trust", "-E", "UTF8"]), check=True, capture_output=True)
+        initdb(srv.data)
         srv.install_cert(pki["leaf_current"])
         with open(srv.data / "postgresql.conf", "a") as handle:
             handle.write(f"port = {srv.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\n"
