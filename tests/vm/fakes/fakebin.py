@@ -86,7 +86,7 @@ def load() -> dict:
 
 def save(state: dict) -> None:
     tmp = root() / "docker.tmp"
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.write_text(json.dumps(state, sort_keys=True))  # no indent: json's C encoder only serves indent=None
     tmp.replace(root() / "docker.json")
 
 
