@@ -101,11 +101,13 @@ def _memory_room(path: Path) -> int:
 
 def pytest_configure(config: pytest.Config) -> None:
     """On the controller (xdist workers inherit its environment): scratch files in memory when there
-    is room, and one directory per session where a program run one worker made is read by the others
-    instead of being made again."""
+    is room, and one directory per session where what one worker made (a program run, the template
+    PostgreSQL cluster) is read by the others instead of being made again."""
     if not hasattr(config, "workerinput"):
         config.stash[SCRATCH] = _scratch_in_memory(config)
         os.environ[PLAN_CACHE] = tempfile.mkdtemp(prefix="convex-gcp-test-plans-")
+        # Traversable (not listable) by the postgres user, which reads the template cluster in it.
+        os.chmod(os.environ[PLAN_CACHE], 0o711)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -324,14 +324,18 @@ md_get() {
 
 # md_get_all PATH=OUTFILE ... -> MD_STATUS[PATH] is 200 (OUTFILE written) or 404 (absent,
 # OUTFILE removed); dies when unreachable or on any other status, like md_get. One curl reads them
-# all over one connection: a curl start costs more than a metadata read. --fail-early stops at the
-# first transport error; what it did not finish is read again, with api_retry's backoff.
+# all over one connection: a curl start costs more than a metadata read. Each key keeps md_get's
+# budget of its own: RETRY_ATTEMPTS tries and api_retry's backoff. curl prints a status line per
+# transfer it tried; --fail-early stops at the first transport error (a refused, cut or truncated
+# reply, a failed write), whose line may still say 200: that read counts as failed, and the keys
+# after it were not tried.
 declare -A MD_STATUS=()
 md_get_all() {
-  local -a pending=("$@") retry codes args
-  local attempt i spec path rc d failed
+  local -a pending=("$@") again codes args
+  local -A tries=()
+  local i spec path rc tried d worst hint
   MD_STATUS=()
-  for ((attempt = 1; ; attempt++)); do
+  while ((${#pending[@]})); do
     args=(-sS --fail-early -H 'Metadata-Flavor: Google' --connect-timeout 5 --max-time 30 -w '%{http_code}\n')
     for spec in "${pending[@]}"; do
       args+=(-o "${spec#*=}" "${METADATA_URL}/${spec%%=*}")
@@ -340,13 +344,21 @@ md_get_all() {
     curl "${args[@]}" >"${RUN_DIR}/md.codes" 2>"${RUN_DIR}/curl.err" </dev/null || rc=$?
     codes=()
     [[ ! -r ${RUN_DIR}/md.codes ]] || mapfile -t codes <"${RUN_DIR}/md.codes"
-    # A failed curl stopped at its last reported transfer (or before it): that one is read again too.
-    ((rc == 0 || ${#codes[@]} == 0)) || unset 'codes[-1]'
-    retry=()
+    tried=${#codes[@]}
+    if ((rc != 0)); then
+      ((tried > 0)) || tried=1 # curl failed before its first transfer: that one failed
+      codes[tried - 1]=000
+    fi
+    again=()
+    worst=0
     for i in "${!pending[@]}"; do
       spec=${pending[i]}
       path=${spec%%=*}
-      HTTP_STATUS=${codes[i]:-000}
+      if ((i >= tried)); then
+        again+=("$spec") # not tried: curl stopped before it
+        continue
+      fi
+      HTTP_STATUS=${codes[i]}
       case "$HTTP_STATUS" in
         200) MD_STATUS[$path]=200 ;;
         404)
@@ -354,24 +366,29 @@ md_get_all() {
           rm -f "${spec#*=}"
           ;;
         000 | 429 | 5??)
-          ((${#retry[@]})) || failed="metadata ${path}: attempt ${attempt}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}$(curl_err_hint))"
-          retry+=("$spec")
+          tries[$path]=$((${tries[$path]:-0} + 1))
+          hint=""
+          [[ $HTTP_STATUS != 000 ]] || hint=$(curl_err_hint)
+          if ((tries[$path] >= RETRY_ATTEMPTS)); then
+            log "metadata ${path}: attempt ${tries[$path]}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}${hint}); giving up"
+            die "metadata server ${METADATA_HOST} unreachable while reading ${path}" \
+              "the VM can reach ${METADATA_HOST} (169.254.169.254); on a real VM this is transient - reboot or re-run: sudo google_metadata_script_runner startup" \
+              "serial console (gcloud compute instances get-serial-port-output) for earlier network errors"
+          fi
+          ((tries[$path] <= worst)) || worst=${tries[$path]}
+          log "metadata ${path}: attempt ${tries[$path]}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}${hint}); retrying"
+          again+=("$spec")
           ;;
         *) die "metadata server answered HTTP ${HTTP_STATUS} for ${path}" \
           "that the request carries Metadata-Flavor: Google and the path is right" ;;
       esac
     done
-    ((${#retry[@]})) || return 0
-    if ((attempt >= RETRY_ATTEMPTS)); then
-      log "${failed}; giving up"
-      die "metadata server ${METADATA_HOST} unreachable while reading ${retry[0]%%=*}" \
-        "the VM can reach ${METADATA_HOST} (169.254.169.254); on a real VM this is transient - reboot or re-run: sudo google_metadata_script_runner startup" \
-        "serial console (gcloud compute instances get-serial-port-output) for earlier network errors"
+    if ((worst)); then
+      d=$(backoff_ms "$worst")
+      log "metadata: reading ${#again[@]} key(s) again in ${d} ms"
+      sleep_ms "$d"
     fi
-    d=$(backoff_ms "$attempt")
-    log "${failed}; retrying in ${d} ms"
-    sleep_ms "$d"
-    pending=("${retry[@]}")
+    pending=("${again[@]}")
   done
 }
 

@@ -5,6 +5,7 @@ ENCRYPTED_ONLY) with a throwaway self-signed certificate."""
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import glob
 import os
@@ -38,21 +39,37 @@ def _as_owner(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
+_private_dir: Path | None = None
+
+
+def _session_dir() -> Path:
+    """tests/conftest.py's per-session directory (0711, removed at the end of the run); outside such a
+    session (another conftest, a script) a private one of this process's, removed at its exit."""
+    global _private_dir
+    if os.environ.get(PLAN_CACHE):
+        return Path(os.environ[PLAN_CACHE])
+    if _private_dir is None:
+        _private_dir = Path(tempfile.mkdtemp(prefix="convex-gcp-pg-"))
+        os.chmod(_private_dir, 0o711)
+        atexit.register(shutil.rmtree, _private_dir, True)
+    return _private_dir
+
+
 def initdb(data: Path) -> None:
     """A new cluster's files in `data` (which must not exist yet), owned by the server's user. initdb
     runs once per session; later clusters copy its stopped cluster, a valid cluster as it stands
     (file-system-level backup of a shut-down server: postgresql.org/docs/current/backup-file.html).
     An initdb costs ~0.4 s of CPU and the suite starts several clusters per worker."""
-    shared = Path(os.environ.get(PLAN_CACHE) or tempfile.gettempdir())
-    template = shared / "pg-template"
+    initdb_bin = _bin("initdb")
+    shared = _session_dir()
+    template = shared / f"pg-template-{Path(initdb_bin).parts[4]}"  # the major version: /usr/lib/postgresql/<major>/bin
     with open(shared / "pg-template.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one worker makes it, the others wait and copy
         if not template.exists():
             building = Path(tempfile.mkdtemp(prefix="pg-template-", dir=shared))
-            os.chmod(shared, 0o711)  # the server's user must reach its files (names only, no listing)
             if os.geteuid() == 0:
                 shutil.chown(building, "postgres")
-            subprocess.run(_as_owner([_bin("initdb"), "--no-sync", "-D", str(building), "-U", "admin", "--auth=trust", "-E", "UTF8"]),
+            subprocess.run(_as_owner([initdb_bin, "--no-sync", "-D", str(building), "-U", "admin", "--auth=trust", "-E", "UTF8"]),
                            check=True, capture_output=True)
             building.rename(template)
     subprocess.run(["cp", "-a", str(template), str(data)], check=True)  # -a keeps the owner and the 0700 mode

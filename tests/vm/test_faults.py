@@ -18,7 +18,8 @@ def test_a_metadata_read_cut_off_mid_batch_is_read_again(sandbox):
     unit = "instance/attributes/convex-gcp-unit-convex-backend"
     # Twice: curl itself resends a request once on a fresh connection when a reused one dies with
     # nothing received (libcurl lib/transfer.c Curl_retry_request, "Connection died, retrying a
-    # fresh connect"); only the second cut reaches the script.
+    # fresh connect"), so only the second cut reaches the script. A curl without that resend fails
+    # twice instead: three requests either way.
     sandbox.metadata.drop_next[unit] = 2
     r = sandbox.run()
     assert r.rc == 0, r.stderr
@@ -28,6 +29,32 @@ def test_a_metadata_read_cut_off_mid_batch_is_read_again(sandbox):
     assert values.count(unit) == 3 and len(set(values)) == len(values) - 2, values
     assert values.index("instance/attributes/convex-gcp-unit-convex-dashboard") > values.index(unit) + 1
     assert (sandbox.run_dir / "units" / "convex-backend.meta").read_text() == sandbox.metadata.attributes[unit.rsplit("/", 1)[1]]
+
+
+def test_a_metadata_value_cut_off_halfway_is_read_again_whole(sandbox):
+    """curl's status line for a truncated answer says 200 and its exit says 18: the read counts as
+    failed (a half unit file must never be installed), and the keys after it are read on the retry."""
+    unit = "convex-gcp-unit-convex-backend"
+    sandbox.metadata.truncate_next[unit] = 1
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert f"metadata instance/attributes/{unit}: attempt 1/4 failed (HTTP 000, curl: (18) transfer closed" in r.stderr
+    assert (sandbox.run_dir / "units" / "convex-backend.meta").read_text() == sandbox.metadata.attributes[unit]
+    reads = [q["path"].rsplit("/", 1)[1] for q in sandbox.metadata.requests if "/attributes/convex-" in q["path"]]
+    assert reads.count(unit) == 2 and reads.count("convex-gcp-unit-convex-dashboard") == 1, reads
+
+
+def test_each_metadata_key_keeps_its_own_retry_budget(sandbox):
+    """Four keys that each fail once in the same boot (four failures, RETRY_ATTEMPTS=4 here) are each
+    read again: the budget is per key, as it was when every key had a curl of its own."""
+    keys = ["convex-backend-env", "convex-gcp-unit-cloudsql-proxy", "convex-gcp-unit-convex-backend", "convex-gcp-unit-convex-dashboard"]
+    for key in keys:
+        sandbox.metadata.drop_next[f"instance/attributes/{key}"] = 2  # one failure the script sees (curl resends once)
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    for key in keys:
+        assert f"metadata instance/attributes/{key}: attempt 1/4 failed" in r.stderr
+    assert "attempt 2/4" not in r.stderr
 
 
 def test_metadata_down_gives_bounded_clear_error(sandbox):

@@ -132,6 +132,7 @@ class MetadataServer(_Server):
         self.fail_next = 0
         self.down = False
         self.drop_next: dict[str, int] = {}  # path under /computeMetadata/v1/ -> requests to cut off
+        self.truncate_next: dict[str, int] = {}  # attribute key -> answers to cut off halfway through the body
         self.has_service_account = True
         self.cond = threading.Condition()
         self.second = 1.0  # real seconds per timeout_sec second: tests run the long-poll's clock faster
@@ -196,6 +197,21 @@ class MetadataServer(_Server):
             if value is None:
                 # A missing key is a 404 (querying-metadata); the script reads absent unit keys as "not wanted".
                 return h._send(404, "not found", "text/html")
+            with self.lock:
+                truncate = self.truncate_next.get(key, 0) > 0
+                if truncate:
+                    self.truncate_next[key] -= 1
+            if truncate:
+                # 200 and its Content-Length, then half the body and a closed connection: curl's exit 18
+                # "transfer closed with N bytes remaining to read", after its -w line already said 200.
+                data = value.encode()
+                h.send_response(200)
+                h.send_header("Content-Type", "application/text")
+                h.send_header("Content-Length", str(len(data)))
+                h.end_headers()
+                h.wfile.write(data[: len(data) // 2])
+                h.close_connection = True
+                return None
             return h._send(200, value, "application/text", {"ETag": self.etag})
         if rel == "instance/service-accounts/default/token":
             if not self.has_service_account:
