@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,13 @@ def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     return time.perf_counter() - start, result
+
+
+def children_cpu() -> float:
+    """CPU seconds of finished child processes and the descendants they waited for (a PostgreSQL
+    server, which pg_ctl detaches, is not among them: ~1 s of the suite's CPU)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> int:
@@ -61,9 +69,14 @@ def main() -> int:
         print(f"offline plan of dev: {' '.join(f'{t:.2f}' for t in timed_plans)} s")
         if round_ == options.suites:
             break
+        cpu_before = children_cpu()
         seconds, result = timed(command)
+        cpu = children_cpu() - cpu_before
         summary = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
-        print(f"suite: {seconds:.1f} s wall  [{summary}]")
+        # Idle core-seconds: what the cores could have done in that wall time and did not (waits in
+        # tests, hand-offs between processes, the last tests' tail).
+        idle = max(0.0, seconds * (os.cpu_count() or 1) - cpu)
+        print(f"suite: {seconds:.1f} s wall, {cpu:.1f} s CPU, {idle:.1f} idle core-seconds  [{summary}]")
         if options.tail:
             print("\n".join(result.stdout.rstrip().splitlines()[-options.tail:]))
         if result.returncode != 0:
