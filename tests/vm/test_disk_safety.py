@@ -133,3 +133,47 @@ def test_missing_tool_is_named_before_anything_runs(sandbox, tmp_path):
     assert r.rc == 1
     assert "required tool(s) not found on PATH: wipefs" in r.stderr
     assert sandbox.metadata.requests == [] and diskutil.digest(sandbox.disk) == before
+
+
+def test_the_digest_sees_any_change_of_content_and_only_that(tmp_path):
+    """`diskutil.digest`, which the checks above compare, hashes the content, not how it is stored:
+    a byte changed anywhere (in the first or last allocated extent, in a hole, the last byte) or a
+    new size changes it; the same bytes stored with or without holes do not."""
+    import os
+    import subprocess
+
+    image = tmp_path / "a.img"
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    diskutil.mkfs(image)
+    diskutil.write_file(image, "late.bin", os.urandom(3 << 20), tmp_path)  # data well past the first extent
+    original = diskutil.digest(image)
+    dense = tmp_path / "dense.img"
+    subprocess.run(["cp", "--sparse=never", str(image), str(dense)], check=True)
+    assert os.stat(dense).st_blocks > 2 * os.stat(image).st_blocks and diskutil.digest(dense) == original
+
+    def changed(offset: int | None = None, size: int | None = None) -> str:
+        copy = tmp_path / "copy.img"
+        subprocess.run(["cp", "--sparse=always", str(image), str(copy)], check=True)
+        if size is not None:
+            os.truncate(copy, size)
+        if offset is not None:
+            with open(copy, "r+b") as fh:
+                fh.seek(offset)
+                byte = fh.read(1) or b"\0"
+                fh.seek(offset)
+                fh.write(bytes([byte[0] ^ 1]))
+        return diskutil.digest(copy)
+
+    last_data = 0
+    with open(image, "rb") as fh:  # the start of the last allocated extent
+        offset, fd = 0, fh.fileno()
+        while True:
+            try:
+                data = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:
+                break
+            last_data, offset = data, os.lseek(fd, data, os.SEEK_HOLE)
+    assert changed() == original
+    for where in (1024 + 7, last_data + 3, 40 << 20, (64 << 20) - 1):
+        assert changed(offset=where) != original, where
+    assert changed(size=65 << 20) != original
