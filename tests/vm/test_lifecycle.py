@@ -11,8 +11,9 @@ from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, wait_for
 def test_token_expiring_mid_run_is_refreshed(sandbox):
     """The metadata server hands out a cached token with `expires_in` left; a run outliving it refetches
     instead of dying on a 401 with a misleading permission/scope message."""
-    sandbox.metadata.tokens.lifetime = 1.0
-    sandbox.set_docker(pull_delay=1.2)  # the pulls outlast the token fetched for the secrets step
+    # Half a second (`expires_in` 0): any token the script kept from before the pulls is dead after them.
+    sandbox.metadata.tokens.lifetime = 0.5
+    sandbox.set_docker(pull_delay=0.7)  # the pulls outlast the token fetched for the secrets step
     r = sandbox.run()
     assert r.rc == 0, r.stderr
     assert len(sandbox.metadata.tokens.issued) >= 2
