@@ -7,8 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import stat
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import pytest
 from convex_gcp.settings import load_settings
 from tests.conftest import ROOT
 from tests.test_e2e_script import ADMIN_KEY, PASSWORD, database_url, fake, outputs, stand_ins  # noqa: F401 (fixtures)
+from tests.fakes import pulumi_cli
 from tools import acceptance
 
 
@@ -23,10 +22,7 @@ from tools import acceptance
 def pulumi(tmp_path, monkeypatch, stand_ins):  # noqa: F811
     bin_dir = tmp_path / "pulumi-bin"
     bin_dir.mkdir()
-    path = bin_dir / "pulumi"
-    # -I -S: the stand-in needs only the standard library; no site-packages scan per call.
-    path.write_text(f"#!{sys.executable} -IS\n" + (ROOT / "tests" / "fakes" / "pulumi_cli.py").read_text())
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    pulumi_cli.install(bin_dir)
     (tmp_path / "state").mkdir()
     project = tmp_path / "project"
     project.mkdir()
