@@ -48,7 +48,8 @@ class _Request(socketserver.StreamRequestHandler):
     def field(self) -> str:
         data = bytearray()
         while True:
-            buffered = self.rfile.peek()  # what has arrived, without consuming it (io.BufferedReader.peek)
+            # What has arrived, without consuming it (https://docs.python.org/3/library/io.html#io.BufferedReader.peek).
+            buffered = self.rfile.peek()
             if not buffered:
                 raise EOFError("request cut short")
             end = buffered.find(b"\0")

@@ -173,7 +173,8 @@ class MetadataServer(_Server):
             if drop:
                 self.drop_next[rel] -= 1
         if drop:
-            # The connection closes with no answer: curl's exit 52 "Empty reply from server", a transport error.
+            # The connection closes with no answer: curl's exit 52 "Empty reply from server", a transport
+            # error (CURLE_GOT_NOTHING, https://curl.se/libcurl/c/libcurl-errors.html).
             h.close_connection = True
             return None
         if rel == "instance/attributes/":
@@ -203,7 +204,8 @@ class MetadataServer(_Server):
                     self.truncate_next[key] -= 1
             if truncate:
                 # 200 and its Content-Length, then half the body and a closed connection: curl's exit 18
-                # "transfer closed with N bytes remaining to read", after its -w line already said 200.
+                # "transfer closed with N bytes remaining to read" (CURLE_PARTIAL_FILE,
+                # https://curl.se/libcurl/c/libcurl-errors.html), after its -w line already said 200.
                 data = value.encode()
                 h.send_response(200)
                 h.send_header("Content-Type", "application/text")
