@@ -29,7 +29,7 @@ from tools import runner  # noqa: E402
 from tools.plan import Plan, plan_from_json  # noqa: E402
 
 
-PLAN_CACHE = "CONVEX_GCP_TEST_PLAN_CACHE"
+SESSION_DIR = "CONVEX_GCP_TEST_SESSION_DIR"
 SCRATCH = pytest.StashKey[tuple[str | None, str]]()
 
 
@@ -105,9 +105,9 @@ def pytest_configure(config: pytest.Config) -> None:
     PostgreSQL cluster) is read by the others instead of being made again."""
     if not hasattr(config, "workerinput"):
         config.stash[SCRATCH] = _scratch_in_memory(config)
-        os.environ[PLAN_CACHE] = tempfile.mkdtemp(prefix="convex-gcp-test-plans-")
+        os.environ[SESSION_DIR] = tempfile.mkdtemp(prefix="convex-gcp-test-session-")
         # Traversable (not listable) by the postgres user, which reads the template cluster in it.
-        os.chmod(os.environ[PLAN_CACHE], 0o711)
+        os.chmod(os.environ[SESSION_DIR], 0o711)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -119,7 +119,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
-        shutil.rmtree(os.environ.pop(PLAN_CACHE, ""), ignore_errors=True)
+        shutil.rmtree(os.environ.pop(SESSION_DIR, ""), ignore_errors=True)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -130,7 +130,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def _run_shared(command: list[str]) -> tuple[int, str, str]:
     """runner.run_python once per session for this command, whichever worker asks first."""
-    shared = os.environ.get(PLAN_CACHE, "")
+    shared = os.environ.get(SESSION_DIR, "")
     if not shared or not os.path.isdir(shared):
         result = runner.run_python(command, cwd=ROOT, timeout=300)
         return result.returncode, result.stdout, result.stderr

@@ -120,13 +120,13 @@ def test_session_plan_cache_runs_each_command_once(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(command, 1, '{"error": "x"}', "stderr text")
 
     monkeypatch.setattr(conftest.runner, "run_python", fake_run)
-    monkeypatch.setenv(conftest.PLAN_CACHE, str(tmp_path))
+    monkeypatch.setenv(conftest.SESSION_DIR, str(tmp_path))
     first = conftest._run_shared(["-m", "tools.plan", "dev", "--json"])
     again = conftest._run_shared(["-m", "tools.plan", "dev", "--json"])
     other = conftest._run_shared(["-m", "tools.plan", "prod", "--json"])
     assert first == again == (1, '{"error": "x"}', "stderr text") and other == first
     assert runs == [["-m", "tools.plan", "dev", "--json"], ["-m", "tools.plan", "prod", "--json"]]
     # No cache directory (one process, or a run outside pytest): every call runs.
-    monkeypatch.setenv(conftest.PLAN_CACHE, "")
+    monkeypatch.setenv(conftest.SESSION_DIR, "")
     conftest._run_shared(["-m", "tools.plan", "dev", "--json"])
     assert len(runs) == 3

@@ -3,8 +3,8 @@ as if in a fresh interpreter, but without paying for the interpreter and the Pul
 
 One server process per client imports what the programs use once (and works out the SDK's property
 types of the classes a run used, see _typed_classes), then forks a child per run: the child starts
-from the server's state, which no program has ever touched, so nothing leaks from one
-run to the next (reusing one process is not safe: the SDK's mock state is process-global, and a dev
+from the server's state, which no program has ever touched, so nothing leaks from one run to the
+next (reusing one process is not safe: the SDK's mock state is process-global, and a dev
 run after a prod run in one process kept prod's `front_door_ip` output). Children are reaped and
 their stdout/stderr returned like `subprocess.run(..., capture_output=True)`.
 
@@ -110,10 +110,15 @@ def _preload(names: list[str]) -> None:
             pass
 
 
+def _sdk_property_types() -> Any:
+    """pulumi/_types.py's per-class cache (functools.cache) of a class's property types, if loaded."""
+    return getattr(sys.modules.get("pulumi._types"), "_types_from_py_properties", None)
+
+
 def _typed_classes() -> list[str]:
-    """SDK classes whose property types this (child) run worked out: pulumi/_types.py caches them per
-    class (functools.cache), and the cache's dict is what gc.get_referents shows of the wrapper."""
-    cached = getattr(sys.modules.get("pulumi._types"), "_types_from_py_properties", None)
+    """SDK classes whose property types this (child) run worked out: the cache's dict is what
+    gc.get_referents shows of the functools.cache wrapper."""
+    cached = _sdk_property_types()
     names = []
     for ref in gc.get_referents(cached) if cached is not None else []:
         if type(ref) is dict:
@@ -126,8 +131,8 @@ def _typed_classes() -> list[str]:
 
 def _warm_types(names: list[str]) -> None:
     """Work out those classes' property types here, once, so children start with them cached."""
-    warm = getattr(sys.modules.get("pulumi._types"), "_types_from_py_properties", None)
-    for name in names:
+    warm = _sdk_property_types()
+    for name in names if warm is not None else []:
         module, _, qualname = name.partition(":")
         try:
             cls = sys.modules[module]

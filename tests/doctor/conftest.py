@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PLAN_CACHE
+from tests.conftest import SESSION_DIR
 
 MAX_CONNECTIONS = 30
 PASSWORDS = {"convex": "convex-test-password", "outsider": "outsider-test-password"}
@@ -46,8 +46,8 @@ def _session_dir() -> Path:
     """tests/conftest.py's per-session directory (0711, removed at the end of the run); outside such a
     session (another conftest, a script) a private one of this process's, removed at its exit."""
     global _private_dir
-    if os.environ.get(PLAN_CACHE):
-        return Path(os.environ[PLAN_CACHE])
+    if os.environ.get(SESSION_DIR):
+        return Path(os.environ[SESSION_DIR])
     if _private_dir is None:
         _private_dir = Path(tempfile.mkdtemp(prefix="convex-gcp-pg-"))
         os.chmod(_private_dir, 0o711)
