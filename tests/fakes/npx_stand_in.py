@@ -21,6 +21,7 @@ with open(os.environ["FAKE_NPX_LOG"], "a") as log:
     log.write(json.dumps({"tool": name, "args": args, "cwd": os.getcwd(),
                           "url": os.environ.get("CONVEX_SELF_HOSTED_URL", ""), "deployment": os.environ.get("CONVEX_DEPLOYMENT")}) + "\n")
 if name == "npm":
+    # https://docs.npmjs.com/cli/commands/npm-ci: "a package-lock.json or npm-shrinkwrap.json is required".
     if args[:1] == ["ci"] and not os.path.exists("package-lock.json"):
         sys.exit("npm error The `npm ci` command can only install with an existing package-lock.json")
     sys.exit(0)
@@ -29,6 +30,8 @@ if args[:3] != ["--no-install", "convex", "deploy"]:
 url, key = os.environ.get("CONVEX_SELF_HOSTED_URL"), os.environ.get("CONVEX_SELF_HOSTED_ADMIN_KEY")
 if not url or not key:
     sys.exit("✖ No CONVEX_DEPLOYMENT set, run `npx convex dev` to configure a Convex project")
+# The deploy pushes to the self-hosted URL with "Authorization: Convex <admin key>"
+# (https://github.com/get-convex/convex-backend/blob/main/npm-packages/convex/src/cli/lib/utils/utils.ts).
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
 

@@ -42,7 +42,8 @@ def pulumi(tool: str, args: list[str], env: dict[str, str]) -> tuple[int, str, s
 
 
 def _pulumi(args: list[str], env: dict[str, str]) -> str:
-    cwd = Path(env["PWD"])  # bash sets PWD to the directory the call was made in
+    # bash sets PWD to the directory it was started in (https://www.gnu.org/software/bash/manual/bash.html#Bash-Variables).
+    cwd = Path(env["PWD"])
     state_dir = Path(env["FAKE_PULUMI_STATE"])
     failing = set(env["FAKE_PULUMI_FAIL"].split(","))
     with open(env["FAKE_PULUMI_LOG"], "a") as log:
@@ -56,7 +57,7 @@ def _pulumi(args: list[str], env: dict[str, str]) -> str:
     def urn(typ, name):
         return f"urn:pulumi:{stack}::convex-gcp::{typ}::{name}"
 
-    if args[:2] == ["stack", "init"]:
+    if args[:2] == ["stack", "init"]:  # pkg/cmd/pulumi/stack_init.go: "stack '<name>' already exists"
         state = state_dir / f"{args[2]}.json"
         if state.exists() or "init" in failing:
             raise _Exit(f"error: stack '{args[2]}' already exists")
@@ -67,8 +68,10 @@ def _pulumi(args: list[str], env: dict[str, str]) -> str:
         raise _Exit(f"error: no stack named '{stack}' found")
     data = json.loads(state.read_text())
     if args[0] == "up":
+        # pkg/cmd/pulumi/up.go registers --event-log only under env.DebugCommands (PULUMI_DEBUG_COMMANDS).
         if "--event-log" in args and env["PULUMI_DEBUG_COMMANDS"].lower() not in ("1", "true"):
             raise _Exit("error: unknown flag: --event-log")
+        # One apitype.EngineEvent per line (https://github.com/pulumi/pulumi/blob/master/sdk/go/common/apitype/events.go).
         events, seq, now = [], 0, 1_764_460_800
         for i, typ in enumerate(TYPES):
             meta = {"op": "create", "urn": urn(typ, f"r{i}"), "type": typ, "provider": ""}
@@ -95,7 +98,7 @@ def _pulumi(args: list[str], env: dict[str, str]) -> str:
         data["resources"] = []
         state.write_text(json.dumps(data))
         return ""
-    if args[:2] == ["stack", "rm"]:
+    if args[:2] == ["stack", "rm"]:  # pkg/cmd/pulumi/stack_rm.go; https://www.pulumi.com/docs/iac/cli/commands/pulumi_stack_rm/
         if data["resources"] and "--force" not in args:
             raise _Exit(f"error: '{stack}' still has resources; removal rejected; pass --force to override")
         state.unlink()
