@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.fakes.standin import StandInServer
+from tests.fakes import standin
 
 SCRIPT = ROOT / "bootstrap" / "bootstrap.sh"
 
@@ -100,14 +100,8 @@ def _gcloud(args: list[str], env: dict[str, str], out: list[str], err: list[str]
     path.write_text(json.dumps(state, indent=1))
 
 
-_gcloud_server: StandInServer | None = None
-
-
 def install_gcloud(bin_dir: Path) -> None:
-    global _gcloud_server
-    if _gcloud_server is None:
-        _gcloud_server = StandInServer(fake_gcloud, ("FAKE_LOG", "FAKE_STATE"), "tests/test_delivery_bootstrap.py")
-    _gcloud_server.install(bin_dir, ["gcloud"])
+    standin.shared(fake_gcloud, ("FAKE_LOG", "FAKE_STATE"), "tests/test_delivery_bootstrap.py").install(bin_dir, ["gcloud"])
 
 
 STATE = "ops-proj"

@@ -306,19 +306,24 @@ api_error_detail() {
 
 # --------------------------------------------------------------- metadata --
 
+md_unreachable() {
+  die "metadata server ${METADATA_HOST} unreachable while reading $1" \
+    "the VM can reach ${METADATA_HOST} (169.254.169.254); on a real VM this is transient - reboot or re-run: sudo google_metadata_script_runner startup" \
+    "serial console (gcloud compute instances get-serial-port-output) for earlier network errors"
+}
+md_refused() {
+  die "metadata server answered HTTP ${HTTP_STATUS} for $1" \
+    "that the request carries Metadata-Flavor: Google and the path is right"
+}
+
 # md_get PATH OUTFILE -> 0 found, 3 absent (404); dies when unreachable.
 md_get() {
   local path=$1 out=$2
-  if ! api_retry "metadata ${path}" GET "${METADATA_URL}/${path}" "$out" metadata; then
-    die "metadata server ${METADATA_HOST} unreachable while reading ${path}" \
-      "the VM can reach ${METADATA_HOST} (169.254.169.254); on a real VM this is transient - reboot or re-run: sudo google_metadata_script_runner startup" \
-      "serial console (gcloud compute instances get-serial-port-output) for earlier network errors"
-  fi
+  api_retry "metadata ${path}" GET "${METADATA_URL}/${path}" "$out" metadata || md_unreachable "$path"
   case "$HTTP_STATUS" in
     200) return 0 ;;
     404) return 3 ;;
-    *) die "metadata server answered HTTP ${HTTP_STATUS} for ${path}" \
-      "that the request carries Metadata-Flavor: Google and the path is right" ;;
+    *) md_refused "$path" ;;
   esac
 }
 
@@ -365,22 +370,19 @@ md_get_all() {
           MD_STATUS[$path]=404
           rm -f "${spec#*=}"
           ;;
-        000 | 429 | 5??)
+        *)
+          is_transient "$HTTP_STATUS" || md_refused "$path"
           tries[$path]=$((${tries[$path]:-0} + 1))
           hint=""
           [[ $HTTP_STATUS != 000 ]] || hint=$(curl_err_hint)
           if ((tries[$path] >= RETRY_ATTEMPTS)); then
             log "metadata ${path}: attempt ${tries[$path]}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}${hint}); giving up"
-            die "metadata server ${METADATA_HOST} unreachable while reading ${path}" \
-              "the VM can reach ${METADATA_HOST} (169.254.169.254); on a real VM this is transient - reboot or re-run: sudo google_metadata_script_runner startup" \
-              "serial console (gcloud compute instances get-serial-port-output) for earlier network errors"
+            md_unreachable "$path"
           fi
           ((tries[$path] <= worst)) || worst=${tries[$path]}
           log "metadata ${path}: attempt ${tries[$path]}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}${hint}); retrying"
           again+=("$spec")
           ;;
-        *) die "metadata server answered HTTP ${HTTP_STATUS} for ${path}" \
-          "that the request carries Metadata-Flavor: Google and the path is right" ;;
       esac
     done
     if ((worst)); then

@@ -19,7 +19,7 @@ https://www.pulumi.com/docs/iac/cli/commands/pulumi_stack_rm/."""
 import json
 from pathlib import Path
 
-from tests.fakes.standin import StandInServer
+from tests.fakes import standin
 
 # What the stand-in reads of the caller's environment (the first names the call's state directory).
 ENV = ("FAKE_PULUMI_STATE", "FAKE_PULUMI_LOG", "FAKE_PULUMI_FAIL", "FAKE_PULUMI_OUTPUTS", "PULUMI_DEBUG_COMMANDS", "PWD")
@@ -107,12 +107,6 @@ def _pulumi(args: list[str], env: dict[str, str]) -> str:
     raise _Exit(f"stand-in pulumi: unexpected {args}")
 
 
-_server: StandInServer | None = None
-
-
 def install(bin_dir: Path) -> None:
-    """Put the `pulumi` client into bin_dir; the server (one per test process) starts on first use."""
-    global _server
-    if _server is None:
-        _server = StandInServer(pulumi, ENV, "tests/fakes/pulumi_cli.py")
-    _server.install(bin_dir, ["pulumi"])
+    """Put the `pulumi` client into bin_dir."""
+    standin.shared(pulumi, ENV, "tests/fakes/pulumi_cli.py").install(bin_dir, ["pulumi"])

@@ -121,3 +121,15 @@ class StandInServer(socketserver.ThreadingTCPServer):
             path = bin_dir / tool
             path.write_text(CLIENT.format(tool=tool, fake=self.fake, port=self.port, env_values=env_values))
             path.chmod(0o755)
+
+
+_shared: dict[Handler, StandInServer] = {}
+_shared_lock = threading.Lock()
+
+
+def shared(handler: Handler, env_names: tuple[str, ...], fake: str) -> StandInServer:
+    """The server of this handler in this process (one per xdist worker), started on first use."""
+    with _shared_lock:
+        if handler not in _shared:
+            _shared[handler] = StandInServer(handler, env_names, fake)
+        return _shared[handler]

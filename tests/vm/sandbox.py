@@ -57,15 +57,7 @@ render_env = runtime.render_env
 METADATA_SECOND = 0.05
 
 
-_tool_server: fakebin.StandInServer | None = None
-
-
-def tool_server() -> fakebin.StandInServer:
-    """The stand-ins' server, one per test process (one per xdist worker), started on first use."""
-    global _tool_server
-    if _tool_server is None:
-        _tool_server = fakebin.server()
-    return _tool_server
+tool_server = fakebin.server
 
 
 def inputs(**changes) -> runtime.RuntimeInputs:

@@ -42,7 +42,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.fakes.standin import FAKE_BUG, StandInServer
+from tests.fakes.standin import FAKE_BUG, StandInServer, shared
 
 _call = threading.local()  # the sandbox (root, unit dir) and the output of the call this thread serves
 
@@ -677,4 +677,5 @@ def serve_call(tool: str, argv: list[str], env: dict[str, str]) -> tuple[int, st
 
 
 def server() -> StandInServer:
-    return StandInServer(serve_call, ("FAKE_ROOT", "CONVEX_GCP_UNIT_DIR"), "tests/vm/fakes/fakebin.py")
+    """The stand-ins' server, one per test process (one per xdist worker), started on first use."""
+    return shared(serve_call, ("FAKE_ROOT", "CONVEX_GCP_UNIT_DIR"), "tests/vm/fakes/fakebin.py")

@@ -152,6 +152,14 @@ class MetadataServer(_Server):
                     self.attributes[k] = v
             self.cond.notify_all()
 
+    def _take(self, counts: dict[str, int], key: str) -> bool:
+        """Use up one of the faults counted for this key, if any is left."""
+        with self.lock:
+            if counts.get(key, 0) <= 0:
+                return False
+            counts[key] -= 1
+            return True
+
     def handle(self, h, method, body):
         with self.lock:
             if self.down or self.fail_next > 0:
@@ -168,11 +176,7 @@ class MetadataServer(_Server):
         if not path.startswith(prefix):
             return h._send(404, "not found", "text/plain")
         rel = path[len(prefix):]
-        with self.lock:
-            drop = self.drop_next.get(rel, 0) > 0
-            if drop:
-                self.drop_next[rel] -= 1
-        if drop:
+        if self._take(self.drop_next, rel):
             # The connection closes with no answer: curl's exit 52 "Empty reply from server", a transport
             # error (CURLE_GOT_NOTHING, https://curl.se/libcurl/c/libcurl-errors.html).
             h.close_connection = True
@@ -198,11 +202,7 @@ class MetadataServer(_Server):
             if value is None:
                 # A missing key is a 404 (querying-metadata); the script reads absent unit keys as "not wanted".
                 return h._send(404, "not found", "text/html")
-            with self.lock:
-                truncate = self.truncate_next.get(key, 0) > 0
-                if truncate:
-                    self.truncate_next[key] -= 1
-            if truncate:
+            if self._take(self.truncate_next, key):
                 # 200 and its Content-Length, then half the body and a closed connection: curl's exit 18
                 # "transfer closed with N bytes remaining to read" (CURLE_PARTIAL_FILE,
                 # https://curl.se/libcurl/c/libcurl-errors.html), after its -w line already said 200.
