@@ -163,7 +163,7 @@ run_logged() {
   while IFS= read -r line; do
     [[ -n $line ]] && log "  $1: ${line}"
   done <"$out"
-  rm -f "$out"
+  rm_f "$out"
   return "$rc"
 }
 
@@ -179,6 +179,28 @@ read_into() {
   local read_into_text=""
   [[ ! -r $2 ]] || read_into_text=$(<"$2")
   printf -v "$1" '%s' "$read_into_text"
+}
+
+# mkdir_p DIR...: mkdir -p, without starting a process when every directory is there.
+mkdir_p() {
+  local d
+  for d; do
+    if [[ ! -d $d ]]; then
+      mkdir -p -- "$@"
+      return
+    fi
+  done
+}
+
+# rm_f FILE...: rm -f, without starting a process when none of the files is there.
+rm_f() {
+  local f
+  for f; do
+    if [[ -e $f || -L $f ]]; then
+      rm -f -- "$@"
+      return
+    fi
+  done
 }
 
 # secs MS -> "300 s", "0.250 s" (for messages)
@@ -296,11 +318,53 @@ curl_err_hint() {
   fi
 }
 
+# json_text FILE -> JSON_TEXT: the file's text (empty when unreadable) with the escapes
+# Google's JSON encoders may use for '=', '+' and '/' (base64 and PEM characters) undone.
+JSON_TEXT=""
+json_text() {
+  read_into JSON_TEXT "$1"
+  JSON_TEXT=${JSON_TEXT//'\u003d'/=}
+  JSON_TEXT=${JSON_TEXT//'\u003D'/=}
+  JSON_TEXT=${JSON_TEXT//'\u002b'/+}
+  JSON_TEXT=${JSON_TEXT//'\u002B'/+}
+  JSON_TEXT=${JSON_TEXT//'\u002f'/\/}
+  JSON_TEXT=${JSON_TEXT//'\u002F'/\/}
+  JSON_TEXT=${JSON_TEXT//'\/'/\/}
+}
+
+# json_field FILE KEY CHARS -> JSON_FIELD: the first "KEY": "value" in FILE whose value is
+# all CHARS (a bracket expression), or empty.
+JSON_FIELD=""
+json_field() {
+  local re="\"$2\" *: *\"($3*)\""
+  json_text "$1"
+  JSON_FIELD=""
+  if [[ $JSON_TEXT =~ $re ]]; then
+    JSON_FIELD=${BASH_REMATCH[1]}
+  fi
+}
+
+# env_value FILE KEY -> ENV_VALUE: the value on the first KEY= line of an env file, or empty.
+ENV_VALUE=""
+env_value() {
+  local line
+  ENV_VALUE=""
+  [[ -r $1 ]] || return 0
+  while IFS= read -r line || [[ -n $line ]]; do
+    if [[ $line == "$2="* ]]; then
+      ENV_VALUE=${line#"$2="}
+      return 0
+    fi
+  done <"$1"
+}
+
 # Google API error "status" (e.g. PERMISSION_DENIED) or reason from a body.
 api_error_detail() {
   local f=$1 status reason
-  status=$(sed -n 's/.*"status": *"\([A-Z_]*\)".*/\1/p' "$f" | head -n1)
-  reason=$(sed -n 's/.*"reason": *"\([A-Z_]*\)".*/\1/p' "$f" | head -n1)
+  json_field "$f" status '[A-Z_]'
+  status=$JSON_FIELD
+  json_field "$f" reason '[A-Z_]'
+  reason=$JSON_FIELD
   printf '%s%s' "${status:-unknown}" "${reason:+/$reason}"
 }
 
@@ -368,7 +432,7 @@ md_get_all() {
         200) MD_STATUS[$path]=200 ;;
         404)
           MD_STATUS[$path]=404
-          rm -f "${spec#*=}"
+          rm_f "${spec#*=}"
           ;;
         *)
           is_transient "$HTTP_STATUS" || md_refused "$path"
@@ -430,7 +494,7 @@ fetch_metadata() {
   local -a reads=(instance/attributes/convex-gcp-config="${RUN_DIR}/convex-gcp-config"
     instance/attributes/convex-backend-env="${RUN_DIR}/backend.env.meta"
     instance/attributes/convex-dashboard-env="${RUN_DIR}/dashboard.env.meta")
-  mkdir -p "${RUN_DIR}/units"
+  mkdir_p "${RUN_DIR}/units"
   for unit in "${ALL_UNITS[@]}"; do
     reads+=("instance/attributes/convex-gcp-unit-${unit}=${RUN_DIR}/units/${unit}.meta")
   done
@@ -511,7 +575,8 @@ parse_config() {
     [[ ${CFG[$net]} =~ ^[0-9]+(\.[0-9]+){3}/[0-9]+$ ]] || die "convex-gcp-config: ${net} must be an IPv4 CIDR" "settings"
   done
   local unit
-  for unit in $(wanted_units); do
+  set_wanted_units
+  for unit in "${WANTED_UNITS[@]}"; do
     [[ -s ${RUN_DIR}/units/${unit}.meta ]] ||
       die "metadata key convex-gcp-unit-${unit} is missing for CONNECTION_MODE=${CFG[CONNECTION_MODE]}, DASHBOARD_ENABLED=${CFG[DASHBOARD_ENABLED]}" \
         "the Pulumi program renders it from vm/units/${unit}.service (pulumi up)"
@@ -552,13 +617,13 @@ fetch_token() {
   local out="${SECRETS_DIR}/token.json" rc=0
   md_get instance/service-accounts/default/token "$out" || rc=$?
   if ((rc == 3)); then
-    rm -f "$out"
+    rm_f "$out"
     die "the VM has no service account (metadata token endpoint 404)" \
       "attach the convex VM service account to the instance (service_account.email, scopes [cloud-platform])"
   fi
   local json ttl="" re_access='"access_token" *: *"([^"]*)"' re_ttl='"expires_in" *: *([0-9]+)'
   read_into json "$out"
-  rm -f "$out"
+  rm_f "$out"
   ACCESS_TOKEN=""
   [[ ! $json =~ $re_access ]] || ACCESS_TOKEN=${BASH_REMATCH[1]}
   [[ ! $json =~ $re_ttl ]] || ttl=${BASH_REMATCH[1]}
@@ -643,15 +708,10 @@ check_sqladmin() {
     401) preflight FAIL sqladmin "HTTP 401: access token rejected" "the VM service account exists and is enabled" ;;
     *) preflight WARN sqladmin "HTTP ${HTTP_STATUS} $(api_error_detail "$out")" "Cloud SQL Admin API status" ;;
   esac
-  rm -f "$out"
+  rm_f "$out"
 }
 
 # --------------------------------------------------------- secret manager --
-
-# Google's JSON encoders may escape '=', '+' and '/' (base64 and PEM characters).
-json_unescape() {
-  sed -e 's/\\u003[dD]/=/g' -e 's/\\u002[bB]/+/g' -e 's/\\u002[fF]/\//g' -e 's#\\/#/#g'
-}
 
 # sm_access SECRET_ID OUTFILE -> 0 ok (decoded payload written 0600),
 # 3 secret or version not found (404/FAILED_PRECONDITION); dies otherwise.
@@ -659,7 +719,7 @@ sm_access() {
   local sid=$1 dest=$2 out="${SECRETS_DIR}/sm-response.json"
   if ! api_retry "secret manager access ${sid}" GET \
     "${SECRETMANAGER_ENDPOINT}/v1/${sid}/versions/latest:access" "$out" bearer; then
-    rm -f "$out"
+    rm_f "$out"
     die "Secret Manager (secretmanager.googleapis.com) unreachable while reading ${sid}" \
       "egress to Google APIs: Cloud NAT on the subnet or Private Google Access" \
       "API secretmanager.googleapis.com is enabled in the project"
@@ -667,27 +727,29 @@ sm_access() {
   case "$HTTP_STATUS" in
     200)
       local data
-      data=$(json_unescape <"$out" | sed -n 's/.*"data" *: *"\([A-Za-z0-9+\/=_-]*\)".*/\1/p' | head -n1)
-      rm -f "$out"
+      json_field "$out" data '[A-Za-z0-9+/=_-]'
+      data=$JSON_FIELD
+      JSON_TEXT="" JSON_FIELD=""
+      rm_f "$out"
       printf '%s' "$data" | base64 -d >"$dest" 2>/dev/null ||
         die "Secret Manager returned an undecodable payload for ${sid}" "the secret's latest version"
       return 0
       ;;
     404 | 400)
-      rm -f "$out"
+      rm_f "$out"
       return 3
       ;;
     403 | 401)
       local detail
       detail=$(api_error_detail "$out")
-      rm -f "$out"
+      rm_f "$out"
       die "Secret Manager denied access to ${sid} (HTTP ${HTTP_STATUS} ${detail}): a permission/scope problem, not retried" \
         "the VM scopes include ${SCOPE_CP} (have: ${SCOPES:-unknown}); a scope change needs a VM stop/start" \
         "the VM service account has roles/secretmanager.secretAccessor on ${sid}" \
         "after fixing IAM the config watcher retries by itself (journalctl -u ${WATCH_UNIT}), or reboot"
       ;;
     *)
-      rm -f "$out"
+      rm_f "$out"
       die "Secret Manager answered HTTP ${HTTP_STATUS} for ${sid}" "the secret resource name and the API status"
       ;;
   esac
@@ -695,8 +757,6 @@ sm_access() {
 
 write_secret_env() {
   step secrets
-  mkdir -p "$SECRETS_DIR"
-  chmod 0700 "$SECRETS_DIR"
   fetch_token
 
   local raw="${SECRETS_DIR}/instance-secret.raw" rc=0
@@ -716,7 +776,7 @@ write_secret_env() {
   fi
   local secret
   secret=$(<"$raw")
-  rm -f "$raw"
+  rm_f "$raw"
   [[ -n $secret && $secret != *$'\n'* && $secret != *$'\r'* ]] ||
     die "secret ${CFG[INSTANCE_SECRET_ID]} is empty or not a single line" "the secret's latest version"
 
@@ -736,10 +796,11 @@ write_secret_env() {
         "the Pulumi program created the DB password secret and a version"
     fi
     pw=$(<"$pwraw")
-    rm -f "$pwraw"
+    rm_f "$pwraw"
     [[ $pw =~ ^[A-Za-z0-9]+$ ]] ||
       die "DB password in ${CFG[DB_PASSWORD_SECRET_ID]} must be non-empty URL-safe alphanumerics" "the generated password"
-    url=$(sed -n 's/^POSTGRES_URL=//p' "${RUN_DIR}/backend.env.meta" | head -n1)
+    env_value "${RUN_DIR}/backend.env.meta" POSTGRES_URL
+    url=$ENV_VALUE
     [[ $url == *@* ]] || die "POSTGRES_URL in convex-backend-env has no user@ part to add the password to" "settings"
     printf 'POSTGRES_URL=%s:%s@%s\n' "${url%%@*}" "$pw" "${url#*@}" >>"$env"
     pw=""
@@ -776,7 +837,7 @@ pem_bundle() {
     elif ((inside)) && [[ -n $line ]]; then
       block+="|${line}"
     fi
-  done < <(json_unescape <"$json" | grep -o '"cert" *: *"[^"]*"' |
+  done < <(json_text "$json" && printf '%s\n' "$JSON_TEXT" | grep -o '"cert" *: *"[^"]*"' |
     sed -e 's/^"cert" *: *"//' -e 's/"$//' -e 's/\\n/\n/g')
   ((${#blocks[@]})) || return 1
   printf '%s\n' "${blocks[@]}" | LC_ALL=C sort -u | tr '|' '\n' >"$out"
@@ -787,13 +848,13 @@ pem_bundle() {
 # persistent disk that is bind-mounted read-only into the backend. Sets SQL_CA_SHA.
 ensure_sql_ca() {
   if [[ ${CFG[CONNECTION_MODE]} != ssl ]]; then
-    rm -f "${RUN_DIR}/ca-refresh"
+    rm_f "${RUN_DIR}/ca-refresh"
     return 0
   fi
   step sql-ca
   # The watcher re-runs reconcile every CA_REFRESH_MS while this marker exists.
   touch "${RUN_DIR}/ca-refresh"
-  mkdir -p "$STATE_DIR"
+  mkdir_p "$STATE_DIR"
   chmod 0755 "$STATE_DIR"
   local conn=${CFG[SQL_INSTANCE]} bundle="${STATE_DIR}/sql-ca.pem"
   [[ $conn =~ ^(.+):([a-z0-9-]+):([a-z0-9-]+)$ ]]
@@ -813,7 +874,7 @@ ensure_sql_ca() {
         "roles/cloudsql.client on the VM service account; scope ${SCOPE_SQL} or cloud-platform"
     fi
   fi
-  rm -f "${resp}.cs"
+  rm_f "${resp}.cs"
   # Added when allowed: listServerCas also lists the upcoming CA of a rotation, so the
   # backend trusts it before it becomes current. Connectors do without; so does this.
   if api_retry "sqladmin listServerCas ${conn}" GET "${base}/listServerCas" "${resp}.ls" bearer; then
@@ -825,27 +886,27 @@ ensure_sql_ca() {
         "an upcoming CA is then trusted only once it is current (the backend restarts then); grant the VM service account the permission to list the instance's server CAs"
     fi
   fi
-  rm -f "${resp}.ls"
+  rm_f "${resp}.ls"
   if [[ -n $source ]] && pem_bundle "$resp" "$new"; then
     chmod 0644 "$new"
     if [[ -f $bundle && $(sha256sum <"$new") == "$(sha256sum <"$bundle")" ]]; then
-      rm -f "$new"
+      rm_f "$new"
     else
       mv -f "$new" "$bundle"
       log "server CA bundle ${bundle} written from ${source}"
     fi
     preflight PASS sql-ca "$(grep -c -- '-----BEGIN CERTIFICATE-----' "$bundle") CA certificate(s) from ${source}"
   elif [[ -s $bundle ]]; then
-    rm -f "$new"
+    rm_f "$new"
     preflight WARN sql-ca "could not read the server CAs of ${conn} (HTTP ${HTTP_STATUS} $(api_error_detail "$resp")); keeping the last bundle" \
       "roles/cloudsql.client; scope ${SCOPE_SQL} or cloud-platform; egress to sqladmin.googleapis.com"
   else
-    rm -f "$new" "$resp"
+    rm_f "$new" "$resp"
     die "no server CA bundle for ${conn}: the SQL Admin API answered HTTP ${HTTP_STATUS} and no earlier bundle exists" \
       "a first deploy: the instance may still be being created (the watcher retries)" \
       "roles/cloudsql.client on the VM service account; scope ${SCOPE_SQL} or cloud-platform; egress to sqladmin.googleapis.com"
   fi
-  rm -f "$resp"
+  rm_f "$resp"
   SQL_CA_SHA=$(sha256sum <"$bundle" | cut -d' ' -f1)
   step_done "sha256 ${SQL_CA_SHA:0:12}"
 }
@@ -872,12 +933,12 @@ zero_region() {
   local dev=$1 skip=$2 f="${RUN_DIR}/probe.region" rc=0
   dd if="$dev" of="$f" bs=1048576 skip="$skip" count=1 status=none 2>"${RUN_DIR}/probe.err" || rc=$?
   if ((rc != 0)) || [[ $(stat -c %s "$f") -ne 1048576 ]]; then
-    rm -f "$f"
+    rm_f "$f"
     disk_probe_error "$dev" "reading MiB ${skip} failed (dd exit ${rc}: $(head -c 200 "${RUN_DIR}/probe.err" | tr '\n' ' '))"
   fi
   local nonzero
   nonzero=$(tr -d '\0' <"$f" | wc -c)
-  rm -f "$f"
+  rm_f "$f"
   ((nonzero == 0))
 }
 
@@ -967,13 +1028,13 @@ prepare_disk() {
       die "e2fsck -p found errors it cannot fix on ${dev} (exit ${rc})" \
         "repair by hand on the VM: sudo e2fsck -f ${dev} (back up a snapshot of the disk first)"
     fi
-    mkdir -p "$MOUNT_POINT"
+    mkdir_p "$MOUNT_POINT"
     mount -t ext4 -o discard,defaults "$dev" "$MOUNT_POINT" ||
       die "mounting ${dev} at ${MOUNT_POINT} failed" "dmesg"
     log "mounted ${dev} at ${MOUNT_POINT}"
   fi
   run_logged resize2fs "$dev" || log "WARNING: resize2fs ${dev} failed; a grown disk is not used yet"
-  mkdir -p "${MOUNT_POINT}/convex"
+  mkdir_p "${MOUNT_POINT}/convex"
   step_done
 }
 
@@ -1103,7 +1164,7 @@ pull_images() {
     if [[ $result != ok* ]]; then
       failed+=("$img: $(head -c 300 "${RUN_DIR}/pull.${i}.err" 2>/dev/null | tr '\n' ' ')")
     fi
-    rm -f "${RUN_DIR}/pull.${i}" "${RUN_DIR}/pull.${i}.err"
+    rm_f "${RUN_DIR}/pull.${i}" "${RUN_DIR}/pull.${i}.err"
   done
   if ((${#failed[@]})); then
     die "could not pull image(s) after ${RETRY_ATTEMPTS} attempts: ${failed[*]}" \
@@ -1113,28 +1174,36 @@ pull_images() {
   step_done "${#pending[@]} pulled, $((${#images[@]} - ${#pending[@]})) already present"
 }
 
-# wanted_units: the units the current config runs, in start order.
-wanted_units() {
+# set_wanted_units: WANTED_UNITS = the units the current config runs, in start order.
+WANTED_UNITS=()
+set_wanted_units() {
+  WANTED_UNITS=()
   if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
-    printf 'cloudsql-proxy\n'
+    WANTED_UNITS+=(cloudsql-proxy)
   fi
-  printf 'convex-backend\n'
+  WANTED_UNITS+=(convex-backend)
   if [[ ${CFG[DASHBOARD_ENABLED]} == true ]]; then
-    printf 'convex-dashboard\n'
+    WANTED_UNITS+=(convex-dashboard)
   fi
 }
 
-sha_of() {
+# input_sums FILE... -> INPUT_SUMS: "<sha256> " for each file that can be read, in order.
+# No files, no sha256sum: with no arguments it would hash (and wait for) the script's stdin.
+INPUT_SUMS=""
+input_sums() {
   local sums sum name
+  INPUT_SUMS=""
+  (($#)) || return 0
   sums=$(sha256sum "$@" 2>/dev/null) || true
   while read -r sum name; do
-    [[ -z $sum ]] || printf '%s ' "$sum"
+    [[ -z $sum ]] || INPUT_SUMS+="${sum} "
   done <<<"$sums"
 }
 
-# render_unit NAME INPUTS... -> the unit file this VM installs: the metadata template
-# with this script's paths filled in, plus the hash of everything the container reads
-# at start (env files, CA bundle), so a changed input changes the file.
+# render_unit NAME INPUTS... -> UNIT_TEXT = the unit file this VM installs: the metadata
+# template with this script's paths filled in, plus the hash of everything the container
+# reads at start (env files, CA bundle), so a changed input changes the file.
+UNIT_TEXT=""
 render_unit() {
   local name=$1
   shift
@@ -1145,7 +1214,8 @@ render_unit() {
   text=${text//\{\{STATE_DIR\}\}/$STATE_DIR}
   local re='\{\{[A-Z_]+\}\}'
   [[ ! $text =~ $re ]] || die "unit ${name} from metadata has an unknown {{...}} placeholder" "vm/units/${name}.service and this script's version"
-  printf '%s\n# convex-gcp inputs: %s\n' "$text" "$(sha_of "$@")"
+  input_sums "$@"
+  printf -v UNIT_TEXT '%s\n# convex-gcp inputs: %s\n' "$text" "$INPUT_SUMS"
 }
 
 CHANGED=()
@@ -1153,11 +1223,12 @@ UNITS_CHANGED=()
 # install_units: write every wanted unit whose text changed; one daemon-reload for all.
 install_units() {
   step units
-  mkdir -p "$UNIT_DIR"
-  local unit new
+  mkdir_p "$UNIT_DIR"
+  local unit new installed
   local -a inputs
   UNITS_CHANGED=()
-  for unit in $(wanted_units); do
+  set_wanted_units
+  for unit in "${WANTED_UNITS[@]}"; do
     case "$unit" in
       convex-backend)
         inputs=("${RUN_DIR}/backend.env" "${SECRETS_DIR}/backend.env")
@@ -1166,12 +1237,12 @@ install_units() {
       convex-dashboard) inputs=("${RUN_DIR}/dashboard.env") ;;
       *) inputs=() ;;
     esac
-    new="${UNIT_DIR}/${unit}.service.new"
-    render_unit "$unit" "${inputs[@]}" >"$new"
-    chmod 0644 "$new"
-    if [[ -f ${UNIT_DIR}/${unit}.service && $(sha_of "$new") == "$(sha_of "${UNIT_DIR}/${unit}.service")" ]]; then
-      rm -f "$new"
-    else
+    render_unit "$unit" "${inputs[@]}"
+    read_into installed "${UNIT_DIR}/${unit}.service"
+    if [[ ${installed}$'\n' != "$UNIT_TEXT" ]]; then # read_into drops the final newline
+      new="${UNIT_DIR}/${unit}.service.new"
+      printf '%s' "$UNIT_TEXT" >"$new"
+      chmod 0644 "$new"
       mv -f "$new" "${UNIT_DIR}/${unit}.service"
       UNITS_CHANGED+=("$unit")
     fi
@@ -1184,16 +1255,16 @@ install_units() {
 }
 
 remove_unwanted_units() {
-  local unit wanted
-  wanted=$(wanted_units)
+  local unit
+  set_wanted_units
   for unit in "${ALL_UNITS[@]}"; do
-    if [[ " ${wanted//$'\n'/ } " == *" ${unit} "* ]]; then
+    if [[ " ${WANTED_UNITS[*]} " == *" ${unit} "* ]]; then
       continue
     fi
     if [[ -f ${UNIT_DIR}/${unit}.service ]]; then
       log "unit ${unit}: not wanted by the current config: stopping and removing it"
       systemctl stop "${unit}.service" >/dev/null 2>&1 || true
-      rm -f "${UNIT_DIR}/${unit}.service"
+      rm_f "${UNIT_DIR}/${unit}.service"
       UNITS_CHANGED+=("-${unit}")
       CHANGED+=("-${unit}")
     fi
@@ -1238,17 +1309,20 @@ SQL_FIX="the Cloud SQL instance is RUNNABLE (gcloud sql instances describe); pri
 wait_http() {
   local name=$1 url=$2 limit=$3 unit=${4:-}
   local t0 n=0
-  t0=$(now_ms)
+  set_now_ms
+  t0=$NOW_MS
   while :; do
     n=$((n + 1))
     if [[ -n $unit ]]; then
       systemctl is-active --quiet "${unit}.service" 2>/dev/null || true
     fi
     if curl -sf -o /dev/null --connect-timeout 2 --max-time 5 "$url" 2>/dev/null; then
-      log "${name}: healthy after $(($(now_ms) - t0)) ms (${n} polls)"
+      set_now_ms
+      log "${name}: healthy after $((NOW_MS - t0)) ms (${n} polls)"
       return 0
     fi
-    if (($(now_ms) - t0 >= limit)); then
+    set_now_ms
+    if ((NOW_MS - t0 >= limit)); then
       log "${name}: not healthy after $(secs "$limit") (${n} polls)"
       return 1
     fi
@@ -1263,7 +1337,7 @@ ensure_admin_key() {
   local sid=${CFG[ADMIN_KEY_SECRET_ID]} rc=0
   local probe="${SECRETS_DIR}/admin-key.existing"
   sm_access "$sid" "$probe" || rc=$?
-  rm -f "$probe"
+  rm_f "$probe"
   if ((rc == 0)); then
     step_done "already stored in ${sid}"
     return 0
@@ -1280,7 +1354,7 @@ ensure_admin_key() {
   printf '%s' "$key" >"$body"
   key=""
   sm_add_version "$sid" "$body" "the admin key"
-  rm -f "$body"
+  rm_f "$body"
   step_done "stored a new version in ${sid}"
 }
 
@@ -1291,13 +1365,13 @@ sm_add_version() {
   printf '{"payload":{"data":"%s"}}' "$(base64 -w0 <"$payload")" >"$body"
   if ! api_retry "secret manager addVersion ${sid}" POST \
     "${SECRETMANAGER_ENDPOINT}/v1/${sid}:addVersion" "$resp" bearer "$body"; then
-    rm -f "$body" "$resp"
+    rm_f "$body" "$resp"
     die "Secret Manager unreachable while storing ${what} in ${sid}" "egress to Google APIs (Cloud NAT / Private Google Access)"
   fi
-  rm -f "$body"
+  rm_f "$body"
   local detail
   detail=$(api_error_detail "$resp")
-  rm -f "$resp"
+  rm_f "$resp"
   case "$HTTP_STATUS" in
     200) return 0 ;;
     403 | 401) die "Secret Manager denied adding ${what} to ${sid} (HTTP ${HTTP_STATUS} ${detail})" \
@@ -1335,7 +1409,7 @@ provide_instance_secret() {
     [[ $(wc -c <"$file") -eq 64 ]] || die "could not generate the instance secret from /dev/urandom" "od and /dev/urandom on the VM"
   fi
   sm_add_version "${CFG[INSTANCE_SECRET_ID]}" "$file" "the instance secret"
-  rm -f "$file"
+  rm_f "$file"
 }
 
 # --------------------------------------------------------------- watcher --
@@ -1495,15 +1569,16 @@ sql_reachability() {
   step sql-tcp
   local addr=${CONVEX_GCP_SQL_PROBE_ADDR:-} url
   if [[ -z $addr ]]; then
-    url=$(sed -n 's/^POSTGRES_URL=//p' "${RUN_DIR}/backend.env.meta" | head -n1)
-    url=${url#*://}
+    env_value "${RUN_DIR}/backend.env.meta" POSTGRES_URL
+    url=${ENV_VALUE#*://}
     url=${url#*@}
     addr=${url%%[/?]*}
   fi
   local host=${addr%:*} port=${addr##*:}
   [[ $port =~ ^[0-9]+$ && $host =~ ^[A-Za-z0-9.-]+$ && $host != "$addr" ]] || die "cannot tell Cloud SQL's host:port from POSTGRES_URL (${addr})" "convex-backend-env POSTGRES_URL"
   local t0 n=0
-  t0=$(now_ms)
+  set_now_ms
+  t0=$NOW_MS
   while :; do
     n=$((n + 1))
     # bash's /dev/tcp: no extra tool; `timeout` bounds a connect that hangs (dropped SYNs).
@@ -1512,7 +1587,8 @@ sql_reachability() {
       preflight PASS cloud-sql "TCP ${host}:${port} accepts connections"
       break
     fi
-    if (($(now_ms) - t0 >= wait_ms)); then
+    set_now_ms
+    if ((NOW_MS - t0 >= wait_ms)); then
       preflight FAIL cloud-sql "Cloud SQL unreachable: TCP ${host}:${port} refused or timed out (${n} tries in $(secs "$wait_ms"))" "$SQL_FIX"
       break
     fi
@@ -1523,8 +1599,9 @@ sql_reachability() {
 
 apply() {
   local t0
-  t0=$(now_ms)
-  mkdir -p "$RUN_DIR" "$SECRETS_DIR"
+  set_now_ms
+  t0=$NOW_MS
+  mkdir_p "$RUN_DIR" "$SECRETS_DIR"
   chmod 0700 "$RUN_DIR" "$SECRETS_DIR"
   require_tools "${REQUIRED_TOOLS[@]}"
   exec 9>"${RUN_DIR}/lock"
@@ -1579,13 +1656,14 @@ apply() {
   fi
   ensure_admin_key
   ACCESS_TOKEN=""
-  rm -f "${RUN_DIR}/pending"
+  rm_f "${RUN_DIR}/pending"
   print_preflight_summary
-  log "convex-gcp ${MODE} complete in $(($(now_ms) - t0)) ms; changed: ${CHANGED[*]:-nothing}"
+  set_now_ms
+  log "convex-gcp ${MODE} complete in $((NOW_MS - t0)) ms; changed: ${CHANGED[*]:-nothing}"
 }
 
 run_preflight() {
-  mkdir -p "$RUN_DIR" "$SECRETS_DIR"
+  mkdir_p "$RUN_DIR" "$SECRETS_DIR"
   chmod 0700 "$RUN_DIR" "$SECRETS_DIR"
   require_tools curl systemctl sha256sum sed grep head tr cut timeout
   fetch_metadata
@@ -1606,7 +1684,7 @@ run_preflight() {
 case "$MODE" in
   boot | reconcile) apply ;;
   watch)
-    mkdir -p "$RUN_DIR"
+    mkdir_p "$RUN_DIR"
     watch_loop
     ;;
   preflight) run_preflight ;;

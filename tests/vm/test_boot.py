@@ -7,7 +7,7 @@ import stat
 import subprocess
 
 import diskutil
-from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE, SETTINGS
+from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE, SCRIPT, SETTINGS
 
 
 def _argv_of_run(sb, name):
@@ -136,6 +136,26 @@ def test_second_boot_and_manual_rerun_change_nothing(sandbox, booted, tmp_path):
     assert "changed: nothing" in r.stderr and sandbox.calls("iptables")[-1]["argv"][1] == "-C"
     assert not [c for c in sandbox.calls("systemctl") if c["argv"][0] in ("restart", "start", "daemon-reload")]
     assert len(sandbox.apis.secrets[ADMIN_KEY_SECRET_ID]) == 1
+
+
+def test_a_rerun_from_a_terminal_neither_reads_nor_waits_for_stdin(sandbox, booted, tmp_path):
+    """`sudo bash startup.sh reconcile` typed in an SSH session has the terminal on stdin. A tool
+    called with no file operand reads stdin (sha256sum hashes it, coreutils): the run must neither
+    wait for it nor let what was typed change a unit."""
+    sandbox.clear_calls()
+    log = tmp_path / "stderr"
+    with open(log, "w") as err:
+        p = subprocess.Popen(["bash", str(SCRIPT), "reconcile"], env=sandbox.env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        p.stdin.write(b"typed by hand\n")
+        p.stdin.flush()  # and left open, as a terminal is
+        rc = p.wait(timeout=30)
+    finally:
+        sandbox.stop(p)
+    assert rc == 0, log.read_text()
+    assert "changed: nothing" in log.read_text()
+    assert not [c for c in sandbox.calls("systemctl") if c["argv"][0] in ("restart", "start", "daemon-reload")]
 
 
 def test_existing_ext4_with_data_is_never_formatted(sandbox, tmp_path):
