@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from tools import runner  # noqa: E402
 from tools.plan import Plan, plan_from_json  # noqa: E402
+from tests.fakes import standin  # noqa: E402
+from tests.session import SESSION_DIR  # noqa: E402
 
 
-SESSION_DIR = "CONVEX_GCP_TEST_SESSION_DIR"
 SCRATCH = pytest.StashKey[tuple[str | None, str]]()
 
 
@@ -110,11 +111,17 @@ def pytest_configure(config: pytest.Config) -> None:
         os.chmod(os.environ[SESSION_DIR], 0o711)
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> list[str]:
     scratch, why = config.stash.get(SCRATCH, (None, ""))
+    lines = []
     if scratch:
-        return f"scratch files: {scratch} ({why}; set TMPDIR to choose another place)"
-    return f"scratch files: the system's temp directory ({why})" if why else None
+        lines.append(f"scratch files: {scratch} ({why}; set TMPDIR to choose another place)")
+    elif why:
+        lines.append(f"scratch files: the system's temp directory ({why})")
+    # Built here, on the controller, before the workers need it.
+    client = standin.compiled_client()
+    lines.append(f"tool stand-ins: {'the C client' if client else 'the bash client (no C compiler: slower)'}")
+    return lines
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -1,6 +1,7 @@
 """The stand-in server behind the VM sandbox's tools and the bootstrap's gcloud: a script must see
 exactly what a Python stand-in would have given it (stdout, stderr, exit status, argv as passed),
-and the session-wide plan cache must run each program once however many workers ask."""
+through either client (C, and bash where there is no compiler), and the session-wide plan cache
+must run each program once however many workers ask."""
 
 from __future__ import annotations
 
@@ -34,15 +35,18 @@ def echo_back(tool: str, argv: list[str], env: dict[str, str]) -> tuple[int, str
     return int(env["STATUS"] or 0), SEP.join([tool, env["FAKE_ROOT"], *argv]), env["ERR"]
 
 
-def server_in(tmp_path) -> StandInServer:
+CLIENTS = ["c", "bash"]  # the C client when the machine has a compiler, the bash one otherwise
+
+
+def server_in(tmp_path, client: str) -> StandInServer:
     server = StandInServer(echo_back, ("FAKE_ROOT", "STATUS", "ERR"), "tests/test_standin.py")
-    server.install(tmp_path, ["tool-a"])
+    server.install(tmp_path, ["tool-a"], client=client)
     return server
 
 
-@pytest.fixture
-def server(tmp_path):
-    running = server_in(tmp_path)
+@pytest.fixture(params=CLIENTS)
+def server(tmp_path, request):
+    running = server_in(tmp_path, request.param)
     yield running
     running.shutdown()
 
@@ -92,6 +96,7 @@ def test_output_a_bash_variable_cannot_carry_fails_the_call(server, tmp_path):
 def test_a_killed_client_s_call_finishes_and_can_be_waited_for(server, tmp_path):
     """Killing the client (Sandbox.stop kills the script's process group) does not stop its call in
     the server; wait_idle is how a test knows the fake's state is final."""
+    DONE.clear()  # of the other client's run
     client = subprocess.Popen([str(tmp_path / "tool-a"), "slow", "late write"], start_new_session=True,
                               env={"PATH": "/usr/bin:/bin", "FAKE_ROOT": "/sandbox-1", "STATUS": "", "ERR": ""})
     deadline = time.monotonic() + 5
@@ -104,8 +109,9 @@ def test_a_killed_client_s_call_finishes_and_can_be_waited_for(server, tmp_path)
     assert server.wait_idle("/another-sandbox", timeout=0)
 
 
-def test_without_the_server_the_call_fails(tmp_path):
-    server = server_in(tmp_path)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_without_the_server_the_call_fails(tmp_path, client):
+    server = server_in(tmp_path, client)
     server.shutdown()
     server.server_close()
     result = call(tmp_path, "x")

@@ -5,7 +5,6 @@ ENCRYPTED_ONLY) with a throwaway self-signed certificate."""
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import glob
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SESSION_DIR
+from tests.session import session_dir
 
 MAX_CONNECTIONS = 30
 PASSWORDS = {"convex": "convex-test-password", "outsider": "outsider-test-password"}
@@ -39,29 +38,13 @@ def _as_owner(command: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
-_private_dir: Path | None = None
-
-
-def _session_dir() -> Path:
-    """tests/conftest.py's per-session directory (0711, removed at the end of the run); outside such a
-    session (another conftest, a script) a private one of this process's, removed at its exit."""
-    global _private_dir
-    if os.environ.get(SESSION_DIR):
-        return Path(os.environ[SESSION_DIR])
-    if _private_dir is None:
-        _private_dir = Path(tempfile.mkdtemp(prefix="convex-gcp-pg-"))
-        os.chmod(_private_dir, 0o711)
-        atexit.register(shutil.rmtree, _private_dir, True)
-    return _private_dir
-
-
 def initdb(data: Path) -> None:
     """A new cluster's files in `data` (which must not exist yet), owned by the server's user. initdb
     runs once per session; later clusters copy its stopped cluster, a valid cluster as it stands
     (file-system-level backup of a shut-down server: postgresql.org/docs/current/backup-file.html).
     An initdb costs ~0.4 s of CPU and the suite starts several clusters per worker."""
     initdb_bin = _bin("initdb")
-    shared = _session_dir()
+    shared = session_dir()
     template = shared / f"pg-template-{Path(initdb_bin).parts[4]}"  # the major version: /usr/lib/postgresql/<major>/bin
     with open(shared / "pg-template.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one worker makes it, the others wait and copy

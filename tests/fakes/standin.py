@@ -2,9 +2,13 @@
 
 A stand-in written in Python costs an interpreter start per call (~20 ms here; a boot of the VM
 script makes some 30 calls, a bootstrap run about 80). Instead, what goes on PATH under the tool's
-name is a small bash client (~1 ms): it sends its argv and the environment variables the fake reads
-to this server over 127.0.0.1, then prints the call's stdout and stderr and exits with its status.
-The script under test sees the same streams and exit codes it would get from a Python stand-in.
+name is a small client: it sends its argv and the environment variables the fake reads to this
+server over 127.0.0.1, then prints the call's stdout and stderr and exits with its status. The
+script under test sees the same streams and exit codes it would get from a Python stand-in.
+
+The client is standin_client.c, built once per session (~0.5 ms a call), or, with no C compiler on
+the machine, the bash script CLIENT (~1.5 ms a call). Both speak the same protocol; test_standin
+runs every case against each.
 
 Upstream behaviour this relies on:
 - bash opens `/dev/tcp/host/port` as a TCP socket (https://www.gnu.org/software/bash/manual/bash.html#Redirections);
@@ -16,10 +20,17 @@ Upstream behaviour this relies on:
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import socketserver
+import subprocess
 import threading
+from functools import cache
 from pathlib import Path
 from typing import Callable
+
+from tests.session import session_dir
 
 # (tool, argv, env) -> (exit status, stdout, stderr)
 Handler = Callable[[str, list[str], dict[str, str]], tuple[int, str, str]]
@@ -114,13 +125,44 @@ class StandInServer(socketserver.ThreadingTCPServer):
         with self._idle:
             return self._idle.wait_for(lambda: not self._busy.get(key), timeout=timeout)
 
-    def install(self, bin_dir: Path, tools: tuple[str, ...] | list[str]) -> None:
-        """Write a client for each tool into bin_dir (which the caller puts first on PATH)."""
+    def install(self, bin_dir: Path, tools: tuple[str, ...] | list[str], client: str = "") -> None:
+        """Write a client for each tool into bin_dir (which the caller puts first on PATH): the C one
+        when there is a compiler, else the bash one; `client` ("c" or "bash") chooses."""
+        binary = compiled_client() if client in ("", "c") else None
+        if client == "c" and binary is None:
+            raise RuntimeError("no C compiler (cc) for the stand-in client")
         env_values = " ".join(f'"${{{name}-}}"' for name in self.env_names)
         for tool in tools:
             path = bin_dir / tool
-            path.write_text(CLIENT.format(tool=tool, fake=self.fake, port=self.port, env_values=env_values))
+            path.unlink(missing_ok=True)
+            if binary:
+                # A copy, not a link: tests overwrite a tool in their own bin_dir with a shim.
+                shutil.copyfile(binary, path)
+                (bin_dir / f".{tool}.standin").write_text("\n".join([str(self.port), *self.env_names]) + "\n")
+            else:
+                path.write_text(CLIENT.format(tool=tool, fake=self.fake, port=self.port, env_values=env_values))
             path.chmod(0o755)
+
+
+CLIENT_SOURCE = Path(__file__).with_name("standin_client.c")
+
+
+@cache
+def compiled_client() -> Path | None:
+    """standin_client.c built in the session directory (once for all workers), or None when the
+    machine has no C compiler. A compiler that fails is an error, not a fallback."""
+    cc = shutil.which(os.environ.get("CC") or "cc")
+    if cc is None:
+        return None
+    source = CLIENT_SOURCE.read_bytes()
+    binary = session_dir() / f"standin-client-{hashlib.sha256(source).hexdigest()[:16]}"
+    if not binary.exists():
+        building = binary.with_name(f"{binary.name}.{os.getpid()}.{threading.get_ident()}")
+        built = subprocess.run([cc, "-O2", "-o", str(building), str(CLIENT_SOURCE)], capture_output=True, text=True)
+        if built.returncode != 0:
+            raise RuntimeError(f"{cc} could not build {CLIENT_SOURCE}:\n{built.stderr}")
+        os.replace(building, binary)  # atomic: a worker building at the same time replaces it with the same
+    return binary
 
 
 _shared: dict[Handler, StandInServer] = {}
