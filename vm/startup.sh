@@ -96,6 +96,7 @@ readonly BRIDGE_DB=cvx-db BRIDGE_WEB=cvx-web
 readonly METADATA_IP=169.254.169.254
 readonly SCOPE_CP=https://www.googleapis.com/auth/cloud-platform
 readonly SCOPE_SQL=https://www.googleapis.com/auth/sqlservice.admin
+readonly SCOPES_PATH=instance/service-accounts/default/scopes
 
 # Filled in by fetch_metadata / parse_config.
 declare -A CFG=()
@@ -498,6 +499,7 @@ fetch_metadata() {
   for unit in "${ALL_UNITS[@]}"; do
     reads+=("instance/attributes/convex-gcp-unit-${unit}=${RUN_DIR}/units/${unit}.meta")
   done
+  reads+=("${SCOPES_PATH}=${RUN_DIR}/scopes") # for check_scopes
   md_get_all "${reads[@]}"
   for key in convex-gcp-config convex-backend-env; do
     [[ ${MD_STATUS[instance/attributes/${key}]} == 200 ]] ||
@@ -654,10 +656,10 @@ require_tools() {
       "this script targets Container-Optimized OS (cos-stable), which ships all of them; PATH=${PATH}"
 }
 
+# check_scopes: after fetch_metadata, which reads the scopes with the attributes.
 check_scopes() {
-  local out="${RUN_DIR}/scopes"
-  if md_get instance/service-accounts/default/scopes "$out"; then
-    read_into SCOPES "$out"
+  if [[ ${MD_STATUS[$SCOPES_PATH]:-} == 200 ]]; then
+    read_into SCOPES "${RUN_DIR}/scopes"
     SCOPES=${SCOPES//$'\n'/ }
   fi
   if [[ " $SCOPES " == *" ${SCOPE_CP} "* ]]; then
