@@ -40,6 +40,7 @@ import shlex
 import threading
 import time
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from tests.fakes.standin import FAKE_BUG, StandInServer, shared
@@ -443,6 +444,7 @@ def container_running(name: str) -> bool:
     return bool(c) and c["status"] == "running"
 
 
+@lru_cache(maxsize=256)  # systemctl calls parse the same few unit texts again and again
 def unit_container(text: str) -> str:
     for k, v in unit_lines(text):
         if k == "ExecStart":
