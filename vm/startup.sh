@@ -128,8 +128,11 @@ die() {
 }
 
 on_err() {
-  # $BASH_COMMAND is the unexpanded command text: it never holds a secret value.
-  log "ERROR: unexpected failure (exit $1) at line $2: $3"
+  # $BASH_COMMAND is the unexpanded command text: it never holds a secret value. The caller's
+  # line too: a failure inside a helper (mkdir_p, rm_f) is about the line that called it.
+  local where=""
+  [[ ${FUNCNAME[1]:-main} == main ]] || where=" in ${FUNCNAME[1]}, called from line ${BASH_LINENO[1]}"
+  log "ERROR: unexpected failure (exit $1) at line $2${where}: $3"
 }
 trap 'on_err "$?" "$LINENO" "$BASH_COMMAND"' ERR
 
@@ -323,6 +326,7 @@ curl_err_hint() {
 # Google's JSON encoders may use for '=', '+' and '/' (base64 and PEM characters) undone.
 JSON_TEXT=""
 json_text() {
+  local LC_ALL=C # bytes: under UTF-8, ${x//...} on a large body is ~25x slower
   read_into JSON_TEXT "$1"
   JSON_TEXT=${JSON_TEXT//'\u003d'/=}
   JSON_TEXT=${JSON_TEXT//'\u003D'/=}
@@ -337,11 +341,12 @@ json_text() {
 # all CHARS (a bracket expression), or empty.
 JSON_FIELD=""
 json_field() {
-  local re="\"$2\" *: *\"($3*)\""
+  local LC_ALL=C re="\"$2\" *: *\"($3*)\""
   json_text "$1"
   JSON_FIELD=""
   if [[ $JSON_TEXT =~ $re ]]; then
     JSON_FIELD=${BASH_REMATCH[1]}
+    [[ $JSON_FIELD =~ ^ ]] # BASH_REMATCH held the value (a secret's payload, say): now ""
   fi
 }
 
@@ -1190,12 +1195,18 @@ set_wanted_units() {
 }
 
 # input_sums FILE... -> INPUT_SUMS: "<sha256> " for each file that can be read, in order.
-# No files, no sha256sum: with no arguments it would hash (and wait for) the script's stdin.
+# With no files, sha256sum would hash the script's stdin (and wait for a terminal's): a unit with
+# no inputs gets the sha256 of no bytes instead, which is what earlier versions wrote when stdin
+# was /dev/null (systemd's default), so adopting this version rewrites and restarts no unit.
+readonly SHA256_OF_NOTHING=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 INPUT_SUMS=""
 input_sums() {
   local sums sum name
   INPUT_SUMS=""
-  (($#)) || return 0
+  if (($# == 0)); then
+    INPUT_SUMS="${SHA256_OF_NOTHING} "
+    return 0
+  fi
   sums=$(sha256sum "$@" 2>/dev/null) || true
   while read -r sum name; do
     [[ -z $sum ]] || INPUT_SUMS+="${sum} "
@@ -1226,7 +1237,7 @@ UNITS_CHANGED=()
 install_units() {
   step units
   mkdir_p "$UNIT_DIR"
-  local unit new installed
+  local unit new installed nul
   local -a inputs
   UNITS_CHANGED=()
   set_wanted_units
@@ -1240,8 +1251,13 @@ install_units() {
       *) inputs=() ;;
     esac
     render_unit "$unit" "${inputs[@]}"
-    read_into installed "${UNIT_DIR}/${unit}.service"
-    if [[ ${installed}$'\n' != "$UNIT_TEXT" ]]; then # read_into drops the final newline
+    # The installed bytes, trailing newlines included (read_into drops them), not a FIFO's. read
+    # stops at a NUL with status 0, at the end of the file with 1; a NUL never belongs in a unit.
+    installed="" nul=0
+    if [[ -f ${UNIT_DIR}/${unit}.service ]] && IFS= read -r -d '' installed <"${UNIT_DIR}/${unit}.service"; then
+      nul=1
+    fi
+    if ((nul)) || [[ $installed != "$UNIT_TEXT" ]]; then
       new="${UNIT_DIR}/${unit}.service.new"
       printf '%s' "$UNIT_TEXT" >"$new"
       chmod 0644 "$new"

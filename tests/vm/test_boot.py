@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -156,6 +157,10 @@ def test_a_rerun_from_a_terminal_neither_reads_nor_waits_for_stdin(sandbox, boot
     assert rc == 0, log.read_text()
     assert "changed: nothing" in log.read_text()
     assert not [c for c in sandbox.calls("systemctl") if c["argv"][0] in ("restart", "start", "daemon-reload")]
+    # The proxy has no inputs: its line carries the sha256 of no bytes, as earlier versions wrote it
+    # when stdin was /dev/null (systemd's), so adopting this version restarts nothing.
+    proxy = (sandbox.unit_dir / "cloudsql-proxy.service").read_text()
+    assert proxy.endswith(f"# convex-gcp inputs: {hashlib.sha256(b'').hexdigest()} \n")
 
 
 def test_existing_ext4_with_data_is_never_formatted(sandbox, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import pytest
 from sandbox import SHA, wait_for
 
 
@@ -31,6 +32,19 @@ def test_proxy_args_change_recreates_only_proxy(sandbox, booted):
     assert sandbox.run("reconcile").rc == 0
     # The backend Requires= the proxy: systemd restarts it with an explicitly restarted proxy.
     assert sandbox.runs() == ["cloudsql-proxy", "convex-backend"]
+
+
+@pytest.mark.parametrize("damage", [b"\n\n", b"\0"], ids=["trailing-newlines", "nul"])
+def test_an_edited_unit_file_is_put_back_and_restarted(sandbox, booted, damage):
+    """The run compares each installed unit byte for byte with what it renders: trailing newlines
+    or a NUL added by hand count as a change, as they did when the files were compared by sha256."""
+    unit = sandbox.unit_dir / "convex-dashboard.service"
+    good = unit.read_bytes()
+    unit.write_bytes(good + damage)
+    sandbox.clear_calls()
+    assert sandbox.run("reconcile").rc == 0
+    assert unit.read_bytes() == good
+    assert sandbox.runs() == ["convex-dashboard"]
 
 
 def test_instance_secret_rotation_recreates_backend(sandbox, booted):

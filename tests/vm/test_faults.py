@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, INSTANCE_SECRET_ID, PROXY_IMAGE
+from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, INSTANCE_SECRET_ID, PROXY_IMAGE, SCRIPT
 
 
 def test_metadata_outage_then_recovery(sandbox):
@@ -220,3 +220,17 @@ def test_no_service_account(sandbox):
     sandbox.metadata.has_service_account = False
     r = sandbox.run()
     assert r.rc == 1 and "no service account" in r.stderr
+
+
+def test_an_unexpected_failure_names_the_line_that_called_the_helper(sandbox):
+    """The ERR trap logs the failing line; inside a helper (mkdir_p, rm_f) that line is the helper's,
+    so the log also names the helper and the line that called it."""
+    blocker = sandbox.tmp / "not-a-directory"
+    blocker.write_text("")
+    sandbox.extra_env["CONVEX_GCP_RUN_DIR"] = str(blocker / "run")
+    r = sandbox.run()
+    assert r.rc == 1
+    line = next(x for x in r.stderr.splitlines() if "unexpected failure" in x)
+    caller = int(line.split("called from line ")[1].split(":")[0])
+    assert " in mkdir_p, called from line " in line
+    assert "mkdir_p" in SCRIPT.read_text().splitlines()[caller - 1], line

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from sandbox import DB_PASSWORD_SECRET_ID
+from sandbox import ADMIN_KEY_SECRET_ID, DB_PASSWORD_SECRET_ID
 
 
 def test_secrets_never_in_argv_or_output(sandbox, booted):
@@ -62,6 +62,28 @@ def test_script_has_no_xtrace(sandbox):
     for line in SCRIPT.read_text().splitlines():
         code = line.split("#", 1)[0]
         assert "set -x" not in code and "set -o xtrace" not in code
+
+
+def test_no_secret_is_left_in_the_shell_s_variables_after_a_run(sandbox):
+    """The script keeps a secret in a variable only while it uses it. After a reconcile (which reads
+    every secret, the admin key last), no variable of the shell, BASH_REMATCH included, holds a secret
+    or its base64, as read from Secret Manager."""
+    import base64
+    import subprocess
+
+    from sandbox import SCRIPT
+
+    sandbox.config["DB_PASSWORD_SECRET_ID"] = "projects/test-proj/secrets/convex-dev-db-password"
+    sandbox.publish()
+    assert sandbox.run().rc == 0
+    # `source` runs the script in this shell, so `declare -p` shows every variable it left set.
+    dump = subprocess.run(["bash", "-c", 'source "$0" reconcile >/dev/null 2>&1; declare -p', str(SCRIPT)],
+                          env=sandbox.env(), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert "INSTANCE_SECRET_ID" in dump.stdout, dump.stderr  # the run went past reading the config
+    assert sandbox.apis.secrets.get(ADMIN_KEY_SECRET_ID)  # and stored the key
+    for value in sandbox.secret_values():
+        assert value not in dump.stdout
+        assert base64.b64encode(value.encode()).decode() not in dump.stdout
 
 
 def test_curl_argv_never_carries_token_or_secret(sandbox):
