@@ -17,6 +17,7 @@ from tests import conftest
 from tests.fakes.standin import StandInServer
 
 DONE: list[str] = []
+RELEASE = threading.Event()
 SEP = "\x1f"  # no real tool prints NUL, and a bash variable cannot hold one
 TRICKY = ["", "two words", "a\nnewline", "tab\there", "quote ' \" $HOME `x`", "ünïcødé ✓", "-n", "--flag=x", "*"]
 
@@ -27,7 +28,7 @@ def echo_back(tool: str, argv: list[str], env: dict[str, str]) -> tuple[int, str
     if argv[:1] == ["nul"]:
         return 0, "a\0b", "ERR"
     if argv[:1] == ["slow"]:
-        time.sleep(0.3)
+        RELEASE.wait(10)  # until the test has killed the client
         DONE.append(argv[1])
         return 0, "", ""
     if argv[:1] == ["big"]:
@@ -97,6 +98,7 @@ def test_a_killed_client_s_call_finishes_and_can_be_waited_for(server, tmp_path)
     """Killing the client (Sandbox.stop kills the script's process group) does not stop its call in
     the server; wait_idle is how a test knows the fake's state is final."""
     DONE.clear()  # of the other client's run
+    RELEASE.clear()
     client = subprocess.Popen([str(tmp_path / "tool-a"), "slow", "late write"], start_new_session=True,
                               env={"PATH": "/usr/bin:/bin", "FAKE_ROOT": "/sandbox-1", "STATUS": "", "ERR": ""})
     deadline = time.monotonic() + 5
@@ -105,6 +107,7 @@ def test_a_killed_client_s_call_finishes_and_can_be_waited_for(server, tmp_path)
     os.killpg(client.pid, signal.SIGKILL)
     client.wait()
     assert "late write" not in DONE
+    RELEASE.set()
     assert server.wait_idle("/sandbox-1", timeout=5) and "late write" in DONE
     assert server.wait_idle("/another-sandbox", timeout=0)
 
