@@ -102,13 +102,15 @@ def _memory_room(path: Path) -> int:
 
 def pytest_configure(config: pytest.Config) -> None:
     """On the controller (xdist workers inherit its environment): scratch files in memory when there
-    is room, and one directory per session where what one worker made (a program run, the template
-    PostgreSQL cluster) is read by the others instead of being made again."""
+    is room, one directory per session where what one worker made (a program run, the template
+    PostgreSQL cluster) is read by the others instead of being made again, and one program-run server."""
     if not hasattr(config, "workerinput"):
         config.stash[SCRATCH] = _scratch_in_memory(config)
         os.environ[SESSION_DIR] = tempfile.mkdtemp(prefix="convex-gcp-test-session-")
         # Traversable (not listable) by the postgres user, which reads the template cluster in it.
         os.chmod(os.environ[SESSION_DIR], 0o711)
+        # One program-run server for all workers: it imports the SDK while they start and collect.
+        runner.share()
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -126,6 +128,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
+        runner.stop_sharing()
         shutil.rmtree(os.environ.pop(SESSION_DIR, ""), ignore_errors=True)
 
 

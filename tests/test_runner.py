@@ -4,9 +4,11 @@ nothing from the run before, and give byte-identical plans for the same stack.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -143,3 +145,49 @@ def test_the_server_preloads_the_sdk_packages_the_program_names():
     sdk = Path(importlib.util.find_spec("pulumi_gcp").submodule_search_locations[0])
     for name in names:  # each one a real package of the SDK, not a stray match
         assert (sdk / name.split(".")[1] / "__init__.py").is_file(), name
+
+
+MEET = """
+import pathlib, sys, time
+here, there = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+here.touch()
+deadline = time.monotonic() + 20
+while not there.exists():  # the other run must be going at the same time
+    if time.monotonic() > deadline:
+        sys.exit("the other run never started while this one was waiting")
+    time.sleep(0.01)
+"""
+
+
+def test_clients_of_one_server_run_side_by_side(tmp_path):
+    """The xdist workers share the controller's server (runner.share): a run of one does not wait
+    for a run of another. Two connections' runs each wait for the other's to have started."""
+    script = tmp_path / "meet.py"
+    script.write_text(MEET)
+    a, b = tmp_path / "a", tmp_path / "b"
+    clients = [runner.Server(), runner.Server()]
+    results: list = [None, None]
+    try:
+        threads = [threading.Thread(target=lambda i=i, me=me, other=other: results.__setitem__(
+            i, clients[i].run([str(script), str(me), str(other)], cwd=tmp_path, timeout=60)))
+            for i, (me, other) in enumerate([(a, b), (b, a)])]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for client in clients:
+            client.close()
+    assert [r.returncode for r in results] == [0, 0], [r.stderr for r in results]
+    assert results[0].server_pid == results[1].server_pid
+
+
+def test_a_test_run_s_processes_share_the_controller_s_server(tmp_path):
+    """Under pytest the controller shares one server (tests/conftest.py): this process and any other
+    started from it reach the same one."""
+    assert os.environ.get(runner.SOCKET), "tests/conftest.py shares a server"
+    mine = runner.run_python(["-c", "pass"], cwd=tmp_path).server_pid
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); from tools import runner; print(runner.run_python(['-c', 'pass']).server_pid)"
+    other = subprocess.run([sys.executable, "-c", probe, str(ROOT)], capture_output=True, text=True, timeout=120)
+    assert other.returncode == 0, other.stderr
+    assert int(other.stdout) == mine != os.getpid()

@@ -1,12 +1,14 @@
 """Run Python entry points (`python -m tools.plan dev --json`, `python examples/consumer/offline.py …`)
 as if in a fresh interpreter, but without paying for the interpreter and the Pulumi SDK each time.
 
-One server process per client imports what the programs use once (and works out the SDK's property
-types of the classes a run used, see _typed_classes), then forks a child per run: the child starts
-from the server's state, which no program has ever touched, so nothing leaks from one run to the
-next (reusing one process is not safe: the SDK's mock state is process-global, and a dev
-run after a prod run in one process kept prod's `front_door_ip` output). Children are reaped and
-their stdout/stderr returned like `subprocess.run(..., capture_output=True)`.
+A server process imports what the programs use once (and works out the SDK's property types of the
+classes a run used, see _typed_classes), then forks a child per run: the child starts from the
+server's state, which no program has ever touched, so nothing leaks from one run to the next
+(reusing one process is not safe: the SDK's mock state is process-global, and a dev run after a
+prod run in one process kept prod's `front_door_ip` output). Children are reaped and their
+stdout/stderr returned like `subprocess.run(..., capture_output=True)`. A process starts a server of
+its own on first use, or, after share() in a parent (the pytest controller), connects to that one:
+the xdist workers' runs then go on side by side in children of one server.
 
 Fork safety: the server never creates a gRPC object. With mocks the SDK talks to a Python
 MockMonitor, not a channel (pulumi/runtime/settings.py only calls grpc.insecure_channel when the
@@ -18,7 +20,7 @@ its process's only thread (/proc/self/task), so no lock can be held by a thread 
     result = runner.run_python(["-m", "tools.plan", "dev", "--json"], cwd=ROOT)
     result.returncode, result.stdout, result.stderr
 
-`python -m tools.runner --serve` is the server; clients start it themselves.
+`python -m tools.runner --serve SOCKET` is the server; clients start it themselves (or share() does).
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -215,33 +220,50 @@ def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
             os._exit(code)
 
 
-def _serve_one(request: dict[str, Any], scratch: Path, preloaded: set[str]) -> dict[str, Any]:
-    count = threads()
-    if count != 1:
-        return {"returncode": 1, "stdout": "", "stderr": f"tools.runner: the server has {count} threads; refusing to fork", "threads": count}
+def _refusal(count: int) -> dict[str, Any]:
+    return {"returncode": 1, "stdout": "", "stderr": f"tools.runner: the server has {count} threads; refusing to fork", "threads": count}
+
+
+def _fork(request: dict[str, Any], scratch: Path, in_child: Any = None) -> tuple[int, int]:
+    """Fork a child for the request; (pid, read end of a pipe that reaches EOF when the child exits).
+    in_child() runs first in the child (it closes what the child must not hold)."""
     out, err, modules = (scratch / "stdout", scratch / "stderr", scratch / "modules")
     for path in (out, err, modules):
         path.write_bytes(b"")
     sys.stdout.flush()
     sys.stderr.flush()
+    done, alive = os.pipe()
     # A child's garbage collections would walk (and so copy-on-write) every object the server
     # imported, half a run's CPU; frozen objects are left out of them (Python docs, gc.freeze).
     gc.freeze()
     pid = os.fork()
     if pid == 0:
-        _child(request, str(out), str(err), str(modules))
+        try:
+            os.close(done)
+            if in_child is not None:
+                in_child()
+        finally:  # whatever happened, the child never returns into the server's code
+            _child(request, str(out), str(err), str(modules))  # keeps `alive` open until it exits
+    os.close(alive)
+    return pid, done
+
+
+def _reap(pid: int, done: int, request: dict[str, Any], scratch: Path, preloaded: set[str]) -> dict[str, Any]:
+    """Wait for the child and build its reply; `_learned` and `_typed` are for the server."""
+    os.close(done)
     _, status = os.waitpid(pid, 0)
     returncode = os.waitstatus_to_exitcode(status)
     reply = {
         "returncode": returncode,
-        "stdout": out.read_text(errors="replace"),
-        "stderr": err.read_text(errors="replace"),
-        "threads": count,
+        "stdout": (scratch / "stdout").read_text(errors="replace"),
+        "stderr": (scratch / "stderr").read_text(errors="replace"),
+        "threads": 1,
+        "server": os.getpid(),
     }
     if returncode == -signal.SIGALRM:
         reply["stderr"] += f"\ntools.runner: timed out after {_timeout(request):g} s"
     try:
-        report = json.loads(modules.read_text() or "{}")
+        report = json.loads((scratch / "modules").read_text() or "{}")
     except ValueError:
         report = {}
     reply["_learned"] = sorted(set(report.get("modules", [])) - preloaded)
@@ -249,10 +271,30 @@ def _serve_one(request: dict[str, Any], scratch: Path, preloaded: set[str]) -> d
     return reply
 
 
-def serve() -> int:
-    """Read one JSON request per line on stdin, answer one JSON line each on the original stdout."""
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # anything printed by the server itself must not corrupt the replies
+def _serve_one(request: dict[str, Any], scratch: Path, preloaded: set[str]) -> dict[str, Any]:
+    """One run, start to end (the server interleaves the two halves of several)."""
+    count = threads()
+    if count != 1:
+        return _refusal(count)
+    pid, done = _fork(request, scratch)
+    return _reap(pid, done, request, scratch, preloaded)
+
+
+class _Client:
+    """A connection: requests arrive one JSON line at a time, each answered before the next is read."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn, self.buffer = conn, b""
+
+
+def serve(path: str) -> int:
+    """Answer requests on the Unix socket `path` until stdin closes. Several clients (the xdist workers)
+    may be connected; their runs go on at the same time, each in its own child. The server itself
+    stays single-threaded: between select() calls it forks, reaps, and learns from what it reaped."""
+    os.dup2(2, 1)  # anything printed by the server itself goes to its stderr
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)  # bound before the imports: clients may connect and wait meanwhile
     # Off in the server, frozen before each fork, on again in the child: what the Python docs advise
     # for fork without exec (gc.freeze), so no collection frees holes in pages the children share.
     gc.disable()
@@ -260,107 +302,220 @@ def serve() -> int:
         _preload([name])
     _preload(_program_sdk_modules())
     preloaded = set(sys.modules)
-    with tempfile.TemporaryDirectory(prefix="convex-gcp-runner-") as scratch:
-        for line in sys.stdin:
-            if not line.strip():
-                continue
-            reply = _serve_one(json.loads(line), Path(scratch), preloaded)
-            learned = reply.pop("_learned")
-            typed = reply.pop("_typed")
-            replies.write(json.dumps(reply) + "\n")
-            replies.flush()
-            if learned:
-                _preload(learned)
-                preloaded |= set(learned) | set(sys.modules)
-            _warm_types(typed)
-    return 0
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "listener")
+    selector.register(sys.stdin, selectors.EVENT_READ, "stdin")  # closed by the client that started us
+    running: dict[int, tuple[int, _Client, dict[str, Any], Path]] = {}  # pipe -> (pid, client, request, scratch)
+
+    def close_in_child() -> None:
+        selector.close()
+        listener.close()
+        for fd, (_, client, _, _) in running.items():
+            os.close(fd)
+            client.conn.close()
+        for key in list(clients):
+            key.conn.close()
+
+    clients: set[_Client] = set()
+    with tempfile.TemporaryDirectory(prefix="convex-gcp-runner-") as scratch_root:
+        runs = 0
+        while True:
+            for key, _ in selector.select():
+                if key.data == "stdin":
+                    if not os.read(0, 4096):
+                        return 0
+                elif key.data == "listener":
+                    conn, _ = listener.accept()
+                    client = _Client(conn)
+                    clients.add(client)
+                    selector.register(conn, selectors.EVENT_READ, client)
+                elif isinstance(key.data, _Client):
+                    client = key.data
+                    data = client.conn.recv(1 << 16)
+                    if not data:  # the client went away; a run of its still finishes and is reaped
+                        selector.unregister(client.conn)
+                        clients.discard(client)
+                        client.conn.close()
+                        continue
+                    client.buffer += data
+                    if b"\n" not in client.buffer:
+                        continue
+                    line, client.buffer = client.buffer.split(b"\n", 1)
+                    request = json.loads(line)
+                    count = threads()
+                    if count != 1:
+                        _reply(client, _refusal(count))
+                        continue
+                    runs += 1
+                    scratch = Path(scratch_root) / str(runs)
+                    scratch.mkdir()
+                    pid, done = _fork(request, scratch, close_in_child)
+                    selector.unregister(client.conn)  # one run at a time per client
+                    running[done] = (pid, client, request, scratch)
+                    selector.register(done, selectors.EVENT_READ, "child")
+                else:  # a child's pipe: it exited
+                    pid, client, request, scratch = running.pop(key.fd)
+                    selector.unregister(key.fd)
+                    reply = _reap(pid, key.fd, request, scratch, preloaded)
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    learned, typed = reply.pop("_learned"), reply.pop("_typed")
+                    if client in clients:
+                        _reply(client, reply)
+                        selector.register(client.conn, selectors.EVENT_READ, client)
+                    if learned:
+                        _preload(learned)
+                        preloaded |= set(learned) | set(sys.modules)
+                    _warm_types(typed)
+
+
+def _reply(client: _Client, reply: dict[str, Any]) -> None:
+    try:
+        client.conn.sendall((json.dumps(reply) + "\n").encode())
+    except OSError:
+        pass  # the client went away
 
 
 # --------------------------------------------------------------------------- client
 
+SOCKET = "CONVEX_GCP_RUNNER_SOCKET"  # a shared server's socket (see share()); else each process starts its own
+
+
+def _start_server() -> tuple[subprocess.Popen, str, str]:
+    """A server process, its socket path, and the directory holding it (a Unix socket path must stay
+    under ~100 bytes, so the directory is a short one when TMPDIR is long)."""
+    home = tempfile.mkdtemp(prefix="convex-gcp-runner-")
+    if len(home) > 80:
+        shutil.rmtree(home)
+        home = tempfile.mkdtemp(prefix="convex-gcp-runner-", dir="/tmp")
+    path = os.path.join(home, "socket")
+    process = subprocess.Popen([sys.executable, "-m", "tools.runner", "--serve", path], cwd=ROOT,
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process, path, home
+
+
+def _stop_server(process: subprocess.Popen, home: str) -> None:
+    try:
+        if process.stdin:
+            process.stdin.close()
+        process.wait(timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        process.kill()
+        process.wait()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
 
 class Server:
-    """A `python -m tools.runner --serve` process and the requests sent to it, one at a time."""
+    """A connection to a server (the shared one, else one this process starts), one request at a time."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._process: subprocess.Popen | None = None
+        self._own: tuple[subprocess.Popen, str] | None = None
+        self._sock: socket.socket | None = None
+        self._file: Any = None
 
-    def start(self) -> None:
-        """Start the server now (it imports the SDK while the caller does other work)."""
-        with self._lock:
-            self._ensure()
-
-    def _ensure(self) -> subprocess.Popen:
-        if self._process is None or self._process.poll() is not None:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "tools.runner", "--serve"], cwd=ROOT, text=True,
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            )
-        return self._process
+    def _ensure(self) -> Any:
+        if self._file is not None:
+            return self._file
+        path = os.environ.get(SOCKET, "")
+        if not path:
+            if self._own is None or self._own[0].poll() is not None:
+                process, path, home = _start_server()
+                self._own = (process, home)
+            path = os.path.join(self._own[1], "socket")
+        deadline = time.monotonic() + 60
+        while True:  # the server binds its socket first thing; until then, connecting fails
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"tools.runner: no server at {path}") from None
+                time.sleep(0.01)
+        self._sock, self._file = sock, sock.makefile("rwb")
+        return self._file
 
     def run(self, argv: list[str], cwd: Path | str = ROOT, timeout: float = DEFAULT_TIMEOUT,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ if env is None else env)
         request = {"argv": [str(a) for a in argv], "cwd": str(cwd), "timeout": float(timeout), "env": env}
         with self._lock:
-            process = self._ensure()
-            assert process.stdin and process.stdout
+            channel = self._ensure()
             try:
-                process.stdin.write(json.dumps(request) + "\n")
-                process.stdin.flush()
-            except BrokenPipeError:
-                self.close()
-                raise RuntimeError("tools.runner: the server exited") from None
+                channel.write((json.dumps(request) + "\n").encode())
+                channel.flush()
+            except OSError:
+                self._disconnect()
+                raise RuntimeError("tools.runner: the server went away") from None
             with selectors.DefaultSelector() as selector:
-                selector.register(process.stdout, selectors.EVENT_READ)
+                selector.register(self._sock, selectors.EVENT_READ)
                 # The child times itself out; the margin covers the server's own work around it.
                 ready = selector.select(timeout + 60)
-            line = process.stdout.readline() if ready else ""
+            line = channel.readline() if ready else b""
             if not line:
-                self.close()
+                self._disconnect()
                 raise RuntimeError(f"tools.runner: no answer for {argv}")
         reply = json.loads(line)
         result = subprocess.CompletedProcess([sys.executable, *request["argv"]], reply["returncode"], reply["stdout"], reply["stderr"])
         result.server_threads = reply["threads"]  # type: ignore[attr-defined]
+        result.server_pid = reply.get("server")  # type: ignore[attr-defined]
         return result
 
+    def _disconnect(self) -> None:
+        file, sock, self._file, self._sock = self._file, self._sock, None, None
+        for closable in (file, sock):
+            try:
+                if closable is not None:
+                    closable.close()
+            except OSError:
+                pass
+
     def close(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        try:
-            if process.stdin:
-                process.stdin.close()
-            process.wait(timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            process.kill()
-            process.wait()
-        finally:
-            if process.stdout:
-                process.stdout.close()
+        self._disconnect()
+        own, self._own = self._own, None
+        if own is not None:
+            _stop_server(*own)
 
 
 _server = Server()
 atexit.register(_server.close)
+_shared: tuple[subprocess.Popen, str] | None = None
 
 
-def start() -> None:
-    if hasattr(os, "fork"):
-        _server.start()
+def share() -> None:
+    """Start a server for this process and every process it starts afterwards (they find its socket
+    in the environment): xdist workers then share one server, its imports and what it learned."""
+    global _shared
+    if not hasattr(os, "fork") or _shared is not None:
+        return
+    process, path, home = _start_server()
+    _shared = (process, home)
+    os.environ[SOCKET] = path
+    atexit.register(stop_sharing)
+
+
+def stop_sharing() -> None:
+    global _shared
+    shared, _shared = _shared, None
+    _server.close()
+    if shared is not None:
+        os.environ.pop(SOCKET, None)
+        _stop_server(*shared)
 
 
 def run_python(argv: list[str], cwd: Path | str = ROOT, timeout: float = DEFAULT_TIMEOUT,
                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Like subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=…),
-    but forked from this process's server. Environment variables read when a preloaded module is
-    imported keep the server's values; everything else sees `env`."""
+    but forked from a warm server. Environment variables read when a preloaded module is imported
+    keep the server's values; everything else sees `env`."""
     if not hasattr(os, "fork"):
         return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     return _server.run(argv, cwd=cwd, timeout=timeout, env=env)
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["--serve"]:
-        sys.exit("usage: python -m tools.runner --serve (started by tools.runner.run_python)")
-    sys.exit(serve())
+    if len(sys.argv) != 3 or sys.argv[1] != "--serve":
+        sys.exit("usage: python -m tools.runner --serve SOCKET (started by tools.runner.run_python or share)")
+    sys.exit(serve(sys.argv[2]))
