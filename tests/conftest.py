@@ -243,12 +243,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # --------------------------------------------------------------------------- parallel by default
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker more than the cores this process may run on. A worker waiting on a
+    test's deliberate wait (a watcher's backoff, a token's lifetime) leaves its core to the extra one:
+    on 2 cores, 3 workers took ~1 s less than 2 (26 s), 4 took 2-3 s more."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return cores + 1
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
-    """`pytest -q` spreads the tests over the machine's cores (pytest-xdist `-n auto`, default
-    `--dist load`). Set here, not in addopts, so that `-p no:xdist` still works; an explicit `-n N` or
-    `-n 0` wins, and --pdb, --trace or --collect-only stay in one process. Runs before xdist's own
-    tryfirst hook, which was registered earlier."""
+    """`pytest -q` spreads the tests over the machine's cores (pytest-xdist `-n auto`, see
+    pytest_xdist_auto_num_workers; default `--dist load`). Set here, not in addopts, so that
+    `-p no:xdist` still works; an explicit `-n N` or `-n 0` wins, and --pdb, --trace or
+    --collect-only stay in one process. Runs before xdist's own tryfirst hook, which was registered
+    earlier."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     if hasattr(config, "workerinput"):
