@@ -29,6 +29,7 @@ import hashlib
 import json
 import threading
 import time
+from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -124,6 +125,11 @@ class Tokens:
             return token in self.issued and token not in self.revoked and time.time() < self.issued[token]
 
 
+@lru_cache(maxsize=64)  # every metadata request asks; the attributes (the startup script among them) rarely change
+def _etag(attributes: tuple[tuple[str, str], ...]) -> str:
+    return hashlib.sha256(json.dumps(dict(attributes), sort_keys=True).encode()).hexdigest()[:16]
+
+
 class MetadataServer(_Server):
     def __init__(self, attributes: dict[str, str], scopes: list[str] | None = None) -> None:
         self.tokens = Tokens()
@@ -140,7 +146,7 @@ class MetadataServer(_Server):
 
     @property
     def etag(self) -> str:
-        return hashlib.sha256(json.dumps(self.attributes, sort_keys=True).encode()).hexdigest()[:16]
+        return _etag(tuple(sorted(self.attributes.items())))
 
     def set_attributes(self, **changes: str | None) -> None:
         with self.cond:
