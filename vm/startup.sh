@@ -97,6 +97,7 @@ readonly METADATA_IP=169.254.169.254
 readonly SCOPE_CP=https://www.googleapis.com/auth/cloud-platform
 readonly SCOPE_SQL=https://www.googleapis.com/auth/sqlservice.admin
 readonly SCOPES_PATH=instance/service-accounts/default/scopes
+readonly TOKEN_PATH=instance/service-accounts/default/token
 
 # Filled in by fetch_metadata / parse_config.
 declare -A CFG=()
@@ -504,8 +505,12 @@ fetch_metadata() {
   for unit in "${ALL_UNITS[@]}"; do
     reads+=("instance/attributes/convex-gcp-unit-${unit}=${RUN_DIR}/units/${unit}.meta")
   done
-  reads+=("${SCOPES_PATH}=${RUN_DIR}/scopes") # for check_scopes
+  # For check_scopes, and the access token: one connection for all of it.
+  reads+=("${SCOPES_PATH}=${RUN_DIR}/scopes" "${TOKEN_PATH}=${SECRETS_DIR}/token.json")
   md_get_all "${reads[@]}"
+  if [[ ${MD_STATUS[$TOKEN_PATH]} == 200 ]]; then
+    take_token "${SECRETS_DIR}/token.json"
+  fi # 404 (no service account): fetch_token says so when a step needs the token
   for key in convex-gcp-config convex-backend-env; do
     [[ ${MD_STATUS[instance/attributes/${key}]} == 200 ]] ||
       die "metadata key ${key} is missing" "the Pulumi program renders instance metadata '${key}' (pulumi up)"
@@ -622,18 +627,25 @@ check_env_file() {
 
 fetch_token() {
   local out="${SECRETS_DIR}/token.json" rc=0
-  md_get instance/service-accounts/default/token "$out" || rc=$?
+  md_get "$TOKEN_PATH" "$out" || rc=$?
   if ((rc == 3)); then
     rm_f "$out"
     die "the VM has no service account (metadata token endpoint 404)" \
       "attach the convex VM service account to the instance (service_account.email, scopes [cloud-platform])"
   fi
-  local json ttl="" re_access='"access_token" *: *"([^"]*)"' re_ttl='"expires_in" *: *([0-9]+)'
+  take_token "$out"
+}
+
+# take_token FILE: the metadata server's token answer -> ACCESS_TOKEN, BEARER_EXPIRES_AT; FILE removed.
+take_token() {
+  local out=$1 json ttl="" re_access='"access_token" *: *"([^"]*)"' re_ttl='"expires_in" *: *([0-9]+)'
   read_into json "$out"
   rm_f "$out"
   ACCESS_TOKEN=""
   [[ ! $json =~ $re_access ]] || ACCESS_TOKEN=${BASH_REMATCH[1]}
   [[ ! $json =~ $re_ttl ]] || ttl=${BASH_REMATCH[1]}
+  json=""
+  [[ $json =~ ^ ]] # BASH_REMATCH may still hold the token (no expires_in): now ""
   [[ -n $ACCESS_TOKEN ]] || die "could not parse an access token from the metadata server" "the VM's service account"
   # The metadata server hands out a cached token with only `expires_in` seconds left
   # (golang.org/x/oauth2 google.ComputeTokenSource: "The shortest MDS token cache time
@@ -764,7 +776,7 @@ sm_access() {
 
 write_secret_env() {
   step secrets
-  fetch_token
+  ensure_token
 
   local raw="${SECRETS_DIR}/instance-secret.raw" rc=0
   sm_access "${CFG[INSTANCE_SECRET_ID]}" "$raw" || rc=$?
@@ -1687,7 +1699,7 @@ run_preflight() {
   fetch_metadata
   parse_config
   check_scopes
-  fetch_token
+  ensure_token
   check_sqladmin
   sql_reachability 0
   if wait_http convex-backend "$BACKEND_VERSION_URL" 0; then
