@@ -243,6 +243,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # --------------------------------------------------------------------------- parallel by default
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` must still load this file
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker more than the cores this process may run on. A worker waiting on a
     test's deliberate wait (a watcher's backoff, a token's lifetime) leaves its core to the extra one:

@@ -80,3 +80,13 @@ def test_ci_fails_a_module_level_importorskip(tmp_path):
 
 def test_ci_zero_means_off(tmp_path):
     assert run(tmp_path, ci="0").returncode == 0
+
+
+def test_this_conftest_loads_without_xdist(tmp_path):
+    """`-p no:xdist` (pytest.ini) must still work: an xdist hook here is optional, so pluggy does
+    not reject it as unknown when xdist is not loaded."""
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+                             "--collect-only", str(ROOT / "tests" / "test_fix_lines.py")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tests collected" in result.stdout

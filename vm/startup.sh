@@ -398,23 +398,42 @@ md_get() {
   esac
 }
 
-# md_get_all PATH=OUTFILE ... -> MD_STATUS[PATH] is 200 (OUTFILE written) or 404 (absent,
-# OUTFILE removed); dies when unreachable or on any other status, like md_get. One curl reads them
-# all over one connection: a curl start costs more than a metadata read. Each key keeps md_get's
-# budget of its own: RETRY_ATTEMPTS tries and api_retry's backoff. curl prints a status line per
-# transfer it tried; --fail-early stops at the first transport error (a refused, cut or truncated
-# reply, a failed write), whose line may still say 200: that read counts as failed, and the keys
-# after it were not tried.
+# md_get_all [-D HEADERFILE] PATH OUTFILE [PATH OUTFILE]... -> MD_STATUS[PATH] is 200 (OUTFILE
+# written) or 404 (absent, OUTFILE removed); dies when unreachable or on any other status, like
+# md_get. With -D, the first PATH's response headers go to HEADERFILE, and the other keys are read
+# only after it has been (any failure of it ends the batch, and it is tried again first). One curl
+# reads them all over one connection: a curl start costs more than a metadata read. Each key keeps
+# md_get's budget of its own: RETRY_ATTEMPTS tries and api_retry's backoff. curl prints a status
+# line per transfer it tried; --fail-early stops at the first transport error (a refused, cut or
+# truncated reply, a failed write), whose line may still say 200: that read counts as failed, and
+# the keys after it were not tried.
 declare -A MD_STATUS=()
 md_get_all() {
-  local -a pending=("$@") again codes args
-  local -A tries=()
-  local i spec path rc tried d worst hint
+  local headers="" first=""
+  if [[ $1 == -D ]]; then
+    headers=$2 first=$3
+    shift 2
+  fi
+  local -a pending=() again codes args common
+  local -A outfile=() tries=()
+  local i path rc tried d worst hint
+  while (($#)); do
+    pending+=("$1")
+    outfile[$1]=$2
+    shift 2
+  done
   MD_STATUS=()
+  common=(-sS -H 'Metadata-Flavor: Google' --connect-timeout 5 --max-time 30 -w '%{http_code}\n')
   while ((${#pending[@]})); do
-    args=(-sS --fail-early -H 'Metadata-Flavor: Google' --connect-timeout 5 --max-time 30 -w '%{http_code}\n')
-    for spec in "${pending[@]}"; do
-      args+=(-o "${spec#*=}" "${METADATA_URL}/${spec%%=*}")
+    args=(--fail-early "${common[@]}")
+    for path in "${pending[@]}"; do
+      if [[ $path == "$first" ]]; then
+        # Its own operation (curl --next): -D applies to a whole one, and -f makes an HTTP error
+        # end the batch (--fail-early), so nothing after it is read before it has been.
+        args+=(-f -D "$headers" -o "${outfile[$path]}" "${METADATA_URL}/${path}" --next "${common[@]}")
+      else
+        args+=(-o "${outfile[$path]}" "${METADATA_URL}/${path}")
+      fi
     done
     rc=0
     curl "${args[@]}" >"${RUN_DIR}/md.codes" 2>"${RUN_DIR}/curl.err" </dev/null || rc=$?
@@ -428,10 +447,9 @@ md_get_all() {
     again=()
     worst=0
     for i in "${!pending[@]}"; do
-      spec=${pending[i]}
-      path=${spec%%=*}
+      path=${pending[i]}
       if ((i >= tried)); then
-        again+=("$spec") # not tried: curl stopped before it
+        again+=("$path") # not tried: curl stopped before it
         continue
       fi
       HTTP_STATUS=${codes[i]}
@@ -439,7 +457,7 @@ md_get_all() {
         200) MD_STATUS[$path]=200 ;;
         404)
           MD_STATUS[$path]=404
-          rm_f "${spec#*=}"
+          rm_f "${outfile[$path]}"
           ;;
         *)
           is_transient "$HTTP_STATUS" || md_refused "$path"
@@ -452,7 +470,7 @@ md_get_all() {
           fi
           ((tries[$path] <= worst)) || worst=${tries[$path]}
           log "metadata ${path}: attempt ${tries[$path]}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}${hint}); retrying"
-          again+=("$spec")
+          again+=("$path")
           ;;
       esac
     done
@@ -465,49 +483,31 @@ md_get_all() {
   done
 }
 
-# Current ETag of the instance attributes directory, into ATTR_ETAG (read
-# BEFORE the values, so a change racing with this run is never missed).
 ATTR_ETAG=""
-md_attributes_etag() {
-  local hdr="${RUN_DIR}/attributes.headers"
-  local attempt
-  for ((attempt = 1; attempt <= RETRY_ATTEMPTS; attempt++)); do
-    if curl -sS -f -o /dev/null -D "$hdr" -H 'Metadata-Flavor: Google' \
-      --connect-timeout 5 --max-time 30 \
-      "${METADATA_URL}/instance/attributes/?recursive=true" 2>"${RUN_DIR}/curl.err" </dev/null; then
-      local line re='^[Ee][Tt][Aa][Gg]: *([^[:space:]]*)'
-      ATTR_ETAG=""
-      while IFS= read -r line; do
-        [[ ! $line =~ $re ]] || ATTR_ETAG=${BASH_REMATCH[1]}
-      done <"$hdr"
-      return 0
-    fi
-    if ((attempt < RETRY_ATTEMPTS)); then
-      local d
-      d=$(backoff_ms "$attempt")
-      log "metadata instance/attributes/: attempt ${attempt}/${RETRY_ATTEMPTS} failed$(curl_err_hint); retrying in ${d} ms"
-      sleep_ms "$d"
-    fi
-  done
-  die "metadata server ${METADATA_HOST} unreachable after ${RETRY_ATTEMPTS} attempts" \
-    "the VM can reach ${METADATA_HOST} (169.254.169.254): it normally always can; reboot the VM or re-run: sudo google_metadata_script_runner startup"
-}
-
 fetch_metadata() {
   step fetch-metadata
-  md_attributes_etag
-  printf '%s\n' "$ATTR_ETAG" >"${RUN_DIR}/applied-etag.new"
-  local unit key
-  local -a reads=(instance/attributes/convex-gcp-config="${RUN_DIR}/convex-gcp-config"
-    instance/attributes/convex-backend-env="${RUN_DIR}/backend.env.meta"
-    instance/attributes/convex-dashboard-env="${RUN_DIR}/dashboard.env.meta")
+  local attributes='instance/attributes/?recursive=true' hdr="${RUN_DIR}/attributes.headers"
+  local unit key line re='^[Ee][Tt][Aa][Gg]: *([^[:space:]]*)'
+  # The attributes directory's ETag (recorded as applied) is read before the values, so a change
+  # racing with this run is never missed: the watcher compares it with the next one.
+  local -a reads=("$attributes" "${RUN_DIR}/attributes.json"
+    instance/attributes/convex-gcp-config "${RUN_DIR}/convex-gcp-config"
+    instance/attributes/convex-backend-env "${RUN_DIR}/backend.env.meta"
+    instance/attributes/convex-dashboard-env "${RUN_DIR}/dashboard.env.meta")
   mkdir_p "${RUN_DIR}/units"
   for unit in "${ALL_UNITS[@]}"; do
-    reads+=("instance/attributes/convex-gcp-unit-${unit}=${RUN_DIR}/units/${unit}.meta")
+    reads+=("instance/attributes/convex-gcp-unit-${unit}" "${RUN_DIR}/units/${unit}.meta")
   done
   # For check_scopes, and the access token: one connection for all of it.
-  reads+=("${SCOPES_PATH}=${RUN_DIR}/scopes" "${TOKEN_PATH}=${SECRETS_DIR}/token.json")
-  md_get_all "${reads[@]}"
+  reads+=("$SCOPES_PATH" "${RUN_DIR}/scopes" "$TOKEN_PATH" "${SECRETS_DIR}/token.json")
+  md_get_all -D "$hdr" "${reads[@]}"
+  rm_f "${RUN_DIR}/attributes.json"
+  [[ ${MD_STATUS[$attributes]} == 200 ]] || md_refused "$attributes"
+  ATTR_ETAG=""
+  while IFS= read -r line; do
+    [[ ! $line =~ $re ]] || ATTR_ETAG=${BASH_REMATCH[1]}
+  done <"$hdr"
+  printf '%s\n' "$ATTR_ETAG" >"${RUN_DIR}/applied-etag.new"
   if [[ ${MD_STATUS[$TOKEN_PATH]} == 200 ]]; then
     take_token "${SECRETS_DIR}/token.json"
   fi # 404 (no service account): fetch_token says so when a step needs the token

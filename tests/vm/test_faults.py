@@ -12,6 +12,20 @@ def test_metadata_outage_then_recovery(sandbox):
     assert "retrying" in r.stderr and "metadata" in r.stderr
 
 
+def test_the_values_are_always_read_after_the_etag_they_are_recorded_with(sandbox):
+    """The attributes' ETag, recorded as applied, is read before the values in the same curl: a
+    change made between the two is then seen by the watcher. When that first read fails (a 503
+    here), the batch stops there (-f, --fail-early) and every value is read after the next one."""
+    sandbox.metadata.fail_next = 1
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    reads = [q["path"].removeprefix("/computeMetadata/v1/") for q in sandbox.metadata.requests]
+    etags = [i for i, p in enumerate(reads) if p.startswith("instance/attributes/?recursive=true")]
+    values = [i for i, p in enumerate(reads) if p.startswith("instance/attributes/convex-")]
+    assert len(etags) == 2 and etags[1] < min(values), reads
+    assert (sandbox.run_dir / "applied-etag").read_text().strip() == sandbox.metadata.etag
+
+
 def test_a_metadata_read_cut_off_mid_batch_is_read_again(sandbox):
     """One curl reads the config, the env files and the units in turn (--fail-early); a connection cut
     before the backend unit's answer stops it there, and the next attempt reads only what is left."""
