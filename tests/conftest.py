@@ -111,6 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
         os.chmod(os.environ[SESSION_DIR], 0o711)
         # One program-run server for all workers: it imports the SDK while they start and collect.
         runner.share()
+        standin.compiled_client()  # built once, here, before the workers need it
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -120,7 +121,6 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines.append(f"scratch files: {scratch} ({why}; set TMPDIR to choose another place)")
     elif why:
         lines.append(f"scratch files: the system's temp directory ({why})")
-    # Built here, on the controller, before the workers need it.
     client = standin.compiled_client()
     lines.append(f"tool stand-ins: {'the C client' if client else 'the bash client (no C compiler: slower)'}")
     return lines
@@ -244,10 +244,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: `-p no:xdist` must still load this file
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     """`-n auto`: one worker more than the cores this process may run on. A worker waiting on a
     test's deliberate wait (a watcher's backoff, a token's lifetime) leaves its core to the extra one:
-    on 2 cores, 3 workers took ~1 s less than 2 (26 s), 4 took 2-3 s more."""
+    on 2 cores, 3 workers took ~1 s less than 2 (26 s), 4 took 2-3 s more. xdist's own answer (None)
+    where it is asked for: PYTEST_XDIST_AUTO_NUM_WORKERS, `-n logical`."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS") or config.option.numprocesses == "logical":
+        return None
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

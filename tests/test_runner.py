@@ -186,8 +186,72 @@ def test_a_test_run_s_processes_share_the_controller_s_server(tmp_path):
     """Under pytest the controller shares one server (tests/conftest.py): this process and any other
     started from it reach the same one."""
     assert os.environ.get(runner.SOCKET), "tests/conftest.py shares a server"
-    mine = runner.run_python(["-c", "pass"], cwd=tmp_path).server_pid
-    probe = "import sys; sys.path.insert(0, sys.argv[1]); from tools import runner; print(runner.run_python(['-c', 'pass']).server_pid)"
+    mine = runner.run_python(["-c", "pass"], cwd=tmp_path)
+    assert mine.returncode == 0, mine.stderr
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); from tools import runner; r = runner.run_python(['-c', 'pass']); print(r.returncode, r.server_pid)"
     other = subprocess.run([sys.executable, "-c", probe, str(ROOT)], capture_output=True, text=True, timeout=120)
     assert other.returncode == 0, other.stderr
-    assert int(other.stdout) == mine != os.getpid()
+    assert other.stdout.split() == ["0", str(mine.server_pid)] and mine.server_pid != os.getpid()
+
+
+def test_python_dash_c_runs_like_the_interpreter_s(tmp_path):
+    code = "import sys; print(sys.argv, repr(sys.path[0]), __name__); sys.exit(3)"
+    forked = runner.run_python(["-c", code, "a", "b"], cwd=tmp_path)
+    fresh = subprocess.run([sys.executable, "-c", code, "a", "b"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert (forked.returncode, forked.stdout) == (fresh.returncode, fresh.stdout) == (3, "['-c', 'a', 'b'] '' __main__\n")
+
+
+def test_a_client_that_misbehaves_does_not_take_the_server_down(tmp_path):
+    """One worker's connection reset with a reply unread, or a line that is not a request, drops
+    that connection only: the other workers' runs go on."""
+    import socket
+
+    path = os.environ[runner.SOCKET]
+    rude = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    rude.connect(path)
+    rude.sendall(json.dumps({"argv": ["-c", "print('x' * 100000)"], "cwd": str(tmp_path), "env": {}}).encode() + b"\n")
+    time.sleep(0.5)  # the reply is written, and never read
+    rude.close()  # a reset, since data is unread
+    garbage = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    garbage.connect(path)
+    garbage.sendall(b"not a request\n")
+    garbage.close()
+    after = runner.Server()
+    try:
+        result = after.run(["-c", "print('still here')"], cwd=tmp_path)
+    finally:
+        after.close()
+    assert result.stdout == "still here\n" and result.server_pid == runner.run_python(["-c", "pass"]).server_pid
+
+
+def test_a_client_whose_shared_server_is_gone_starts_its_own(tmp_path, monkeypatch):
+    import socket
+
+    dead = tmp_path / "socket"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(dead))
+    listener.close()  # the file stays; connecting to it is refused
+    monkeypatch.setenv(runner.SOCKET, str(dead))
+    client = runner.Server()
+    try:
+        result = client.run(["-c", "print('ran')"], cwd=tmp_path)
+    finally:
+        client.close()
+    assert result.returncode == 0 and result.stdout == "ran\n"
+
+
+SIBLING = "import sys\nsys.path.insert(0, sys.argv[1])\nimport benchmarks\nprint(benchmarks.WHO)\n"
+
+
+def test_a_script_s_own_module_is_never_another_script_s(tmp_path):
+    """A script's sibling module is not learned by the server: a later script with a sibling of the
+    same name (here `benchmarks`, also a folder of this checkout) imports its own, as in a fresh
+    interpreter."""
+    outputs = []
+    for who in ("first", "second"):
+        folder = tmp_path / who
+        folder.mkdir()
+        (folder / "benchmarks.py").write_text(f"WHO = {who!r}\n")
+        (folder / "main.py").write_text(SIBLING)
+        outputs.append(runner.run_python([str(folder / "main.py"), str(folder)], cwd=folder).stdout)
+    assert outputs == ["first\n", "second\n"]

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
+import types
 
 import pytest
 
@@ -110,6 +112,28 @@ def test_a_killed_client_s_call_finishes_and_can_be_waited_for(server, tmp_path)
     RELEASE.set()
     assert server.wait_idle("/sandbox-1", timeout=5) and "late write" in DONE
     assert server.wait_idle("/another-sandbox", timeout=0)
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_reply_cut_short_fails_the_call(tmp_path, client):
+    """A server that dies halfway through its reply: the call fails (125), it does not print half
+    of an output and exit with the status the reply began with."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_half() -> None:
+        conn, _ = listener.accept()
+        conn.recv(1 << 16)
+        conn.sendall(b"0 10 0\nabc")  # 10 bytes of stdout announced, 3 sent
+        conn.close()
+
+    threading.Thread(target=answer_half, daemon=True).start()
+    stub = types.SimpleNamespace(port=listener.getsockname()[1], env_names=("FAKE_ROOT", "STATUS", "ERR"), fake="test")
+    StandInServer.install(stub, tmp_path, ["tool-a"], client=client)  # type: ignore[arg-type]
+    try:
+        result = call(tmp_path, "x")
+    finally:
+        listener.close()
+    assert result.returncode == 125
 
 
 @pytest.mark.parametrize("client", CLIENTS)

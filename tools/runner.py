@@ -17,7 +17,7 @@ fork (grpc/grpc doc/fork_support.md, "use after fork"). The server also refuses 
 its process's only thread (/proc/self/task), so no lock can be held by a thread the child lacks.
 
     from tools import runner
-    result = runner.run_python(["-m", "tools.plan", "dev", "--json"], cwd=ROOT)
+    result = runner.run_python(["-m", "tools.plan", "dev", "--json"], cwd=ROOT)  # or [script, ...], ["-c", code, ...]
     result.returncode, result.stdout, result.stderr
 
 `python -m tools.runner --serve SOCKET` is the server; clients start it themselves (or share() does).
@@ -88,13 +88,26 @@ def _is_project_module(module: Any) -> bool:
     return not any(path.startswith(str(ROOT / package) + os.sep) for package in PROJECT_PACKAGES)
 
 
+def _is_installed_or_program(module: Any) -> bool:
+    """Built in, from the interpreter's or the venv's files, or one of the program's packages: not a
+    script's sibling module, whose name the server would otherwise import later from its own
+    sys.path (this checkout's `vm` or `benchmarks` folder, say) and hand to another script's run."""
+    path = getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", None) or []), None)
+    if path is None:
+        return True
+    places = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    places |= {str(ROOT / package) for package in PROJECT_PACKAGES}
+    return path.startswith(tuple(place + os.sep for place in places))
+
+
 def _loaded_modules() -> list[str]:
     """Modules this (child) process really executed: the SDKs' lazy stubs are left out, and so is
-    project code and anything without a real name."""
+    project code, anything not installed, and anything without a real name."""
     lazy = getattr(importlib.import_module("pulumi._utils"), "_LazyModule", ())
     return sorted(
         name for name, module in list(sys.modules.items())
-        if module is not None and not name.startswith("__") and not isinstance(module, lazy) and not _is_project_module(module)
+        if module is not None and not name.startswith("__") and not isinstance(module, lazy)
+        and not _is_project_module(module) and _is_installed_or_program(module)
     )
 
 
@@ -190,6 +203,10 @@ def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
                 sys.argv = [argv[1], *argv[2:]]
                 sys.path[0] = os.getcwd()
                 runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+            elif argv[0] == "-c":
+                sys.argv = ["-c", *argv[2:]]
+                sys.path[0] = ""
+                exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
             else:
                 script = os.path.abspath(argv[0])
                 sys.argv = [argv[0], *argv[1:]]
@@ -295,6 +312,7 @@ def serve(path: str) -> int:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)  # bound before the imports: clients may connect and wait meanwhile
+    atexit.register(_unlink, path)  # a dead server's socket would refuse clients (they then start their own)
     # Off in the server, frozen before each fork, on again in the child: what the Python docs advise
     # for fork without exec (gc.freeze), so no collection frees holes in pages the children share.
     gc.disable()
@@ -331,17 +349,20 @@ def serve(path: str) -> int:
                     selector.register(conn, selectors.EVENT_READ, client)
                 elif isinstance(key.data, _Client):
                     client = key.data
-                    data = client.conn.recv(1 << 16)
+                    try:
+                        data = client.conn.recv(1 << 16)
+                        client.buffer += data
+                        request = json.loads(client.buffer.split(b"\n", 1)[0]) if b"\n" in client.buffer else None
+                    except (OSError, ValueError):  # reset, or not a request: that client only is dropped
+                        data = b""
                     if not data:  # the client went away; a run of its still finishes and is reaped
                         selector.unregister(client.conn)
                         clients.discard(client)
                         client.conn.close()
                         continue
-                    client.buffer += data
-                    if b"\n" not in client.buffer:
+                    if request is None:
                         continue
-                    line, client.buffer = client.buffer.split(b"\n", 1)
-                    request = json.loads(line)
+                    client.buffer = client.buffer.split(b"\n", 1)[1]
                     count = threads()
                     if count != 1:
                         _reply(client, _refusal(count))
@@ -366,6 +387,13 @@ def serve(path: str) -> int:
                         _preload(learned)
                         preloaded |= set(learned) | set(sys.modules)
                     _warm_types(typed)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _reply(client: _Client, reply: dict[str, Any]) -> None:
@@ -411,31 +439,44 @@ class Server:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._own: tuple[subprocess.Popen, str] | None = None
+        self._shared_failed = False
         self._sock: socket.socket | None = None
         self._file: Any = None
 
     def _ensure(self) -> Any:
         if self._file is not None:
             return self._file
-        path = os.environ.get(SOCKET, "")
-        if not path:
+        shared = os.environ.get(SOCKET, "")
+        sock = self._connect(shared) if shared and not self._shared_failed else None
+        if sock is None:
+            self._shared_failed = bool(shared)  # gone: this process runs a server of its own from now on
             if self._own is None or self._own[0].poll() is not None:
-                process, path, home = _start_server()
+                process, _, home = _start_server()
                 self._own = (process, home)
-            path = os.path.join(self._own[1], "socket")
-        deadline = time.monotonic() + 60
-        while True:  # the server binds its socket first thing; until then, connecting fails
+            sock = self._connect(os.path.join(self._own[1], "socket"))
+            if sock is None:
+                raise RuntimeError("tools.runner: the server it started does not answer")
+        self._sock, self._file = sock, sock.makefile("rwb")
+        return self._file
+
+    @staticmethod
+    def _connect(path: str) -> socket.socket | None:
+        """A connection, or None. A server binds its socket first thing, so a missing socket means
+        "starting" (waited for); one that refuses for a second belongs to a server that is gone."""
+        started, refused = time.monotonic(), None
+        while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError) as error:
                 sock.close()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"tools.runner: no server at {path}") from None
+                now = time.monotonic()
+                if isinstance(error, ConnectionRefusedError):
+                    refused = refused or now
+                if now - started > 60 or (refused and now - refused > 1):
+                    return None
                 time.sleep(0.01)
-        self._sock, self._file = sock, sock.makefile("rwb")
-        return self._file
 
     def run(self, argv: list[str], cwd: Path | str = ROOT, timeout: float = DEFAULT_TIMEOUT,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -398,10 +398,12 @@ md_get() {
   esac
 }
 
-# md_get_all [-D HEADERFILE] PATH OUTFILE [PATH OUTFILE]... -> MD_STATUS[PATH] is 200 (OUTFILE
-# written) or 404 (absent, OUTFILE removed); dies when unreachable or on any other status, like
-# md_get. With -D, the first PATH's response headers go to HEADERFILE, and the other keys are read
-# only after it has been (any failure of it ends the batch, and it is tried again first). One curl
+# md_get_all [-D HEADERFILE] [-O PATH]... PATH OUTFILE [PATH OUTFILE]... -> MD_STATUS[PATH] is 200
+# (OUTFILE written) or 404 (absent, OUTFILE removed); dies when unreachable or on any other status,
+# like md_get, except for a PATH given with -O (optional): its failure is left in MD_STATUS for the
+# step that needs it to read it again (and fail there, after the watcher has started). With -D, the
+# first PATH's response headers go to HEADERFILE, and the other keys are read only after it has been
+# (any failure of it ends the batch, and it is tried again first). One curl
 # reads them all over one connection: a curl start costs more than a metadata read. Each key keeps
 # md_get's budget of its own: RETRY_ATTEMPTS tries and api_retry's backoff. curl prints a status
 # line per transfer it tried; --fail-early stops at the first transport error (a refused, cut or
@@ -410,12 +412,17 @@ md_get() {
 declare -A MD_STATUS=()
 md_get_all() {
   local headers="" first=""
-  if [[ $1 == -D ]]; then
-    headers=$2 first=$3
+  local -A outfile=() tries=() optional=()
+  while [[ $1 == -[DO] ]]; do
+    if [[ $1 == -D ]]; then
+      headers=$2
+    else
+      optional[$2]=1
+    fi
     shift 2
-  fi
+  done
+  [[ -z $headers ]] || first=$1
   local -a pending=() again codes args common
-  local -A outfile=() tries=()
   local i path rc tried d worst hint
   while (($#)); do
     pending+=("$1")
@@ -457,16 +464,24 @@ md_get_all() {
         200) MD_STATUS[$path]=200 ;;
         404)
           MD_STATUS[$path]=404
-          rm_f "${outfile[$path]}"
+          [[ ${outfile[$path]} == /dev/null ]] || rm_f "${outfile[$path]}"
           ;;
         *)
-          is_transient "$HTTP_STATUS" || md_refused "$path"
+          if ! is_transient "$HTTP_STATUS"; then
+            [[ -n ${optional[$path]:-} ]] || md_refused "$path"
+            MD_STATUS[$path]=$HTTP_STATUS
+            rm_f "${outfile[$path]}"
+            continue
+          fi
           tries[$path]=$((${tries[$path]:-0} + 1))
           hint=""
           [[ $HTTP_STATUS != 000 ]] || hint=$(curl_err_hint)
           if ((tries[$path] >= RETRY_ATTEMPTS)); then
             log "metadata ${path}: attempt ${tries[$path]}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}${hint}); giving up"
-            md_unreachable "$path"
+            [[ -n ${optional[$path]:-} ]] || md_unreachable "$path"
+            MD_STATUS[$path]=$HTTP_STATUS
+            rm_f "${outfile[$path]}"
+            continue
           fi
           ((tries[$path] <= worst)) || worst=${tries[$path]}
           log "metadata ${path}: attempt ${tries[$path]}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}${hint}); retrying"
@@ -490,7 +505,7 @@ fetch_metadata() {
   local unit key line re='^[Ee][Tt][Aa][Gg]: *([^[:space:]]*)'
   # The attributes directory's ETag (recorded as applied) is read before the values, so a change
   # racing with this run is never missed: the watcher compares it with the next one.
-  local -a reads=("$attributes" "${RUN_DIR}/attributes.json"
+  local -a reads=("$attributes" /dev/null
     instance/attributes/convex-gcp-config "${RUN_DIR}/convex-gcp-config"
     instance/attributes/convex-backend-env "${RUN_DIR}/backend.env.meta"
     instance/attributes/convex-dashboard-env "${RUN_DIR}/dashboard.env.meta")
@@ -498,10 +513,10 @@ fetch_metadata() {
   for unit in "${ALL_UNITS[@]}"; do
     reads+=("instance/attributes/convex-gcp-unit-${unit}" "${RUN_DIR}/units/${unit}.meta")
   done
-  # For check_scopes, and the access token: one connection for all of it.
+  # For check_scopes, and the access token: one connection for all of it. Optional here: when
+  # they fail, their steps read them again, after the watcher has started (it retries the run).
   reads+=("$SCOPES_PATH" "${RUN_DIR}/scopes" "$TOKEN_PATH" "${SECRETS_DIR}/token.json")
-  md_get_all -D "$hdr" "${reads[@]}"
-  rm_f "${RUN_DIR}/attributes.json"
+  md_get_all -D "$hdr" -O "$SCOPES_PATH" -O "$TOKEN_PATH" "${reads[@]}"
   [[ ${MD_STATUS[$attributes]} == 200 ]] || md_refused "$attributes"
   ATTR_ETAG=""
   while IFS= read -r line; do
@@ -509,8 +524,8 @@ fetch_metadata() {
   done <"$hdr"
   printf '%s\n' "$ATTR_ETAG" >"${RUN_DIR}/applied-etag.new"
   if [[ ${MD_STATUS[$TOKEN_PATH]} == 200 ]]; then
-    take_token "${SECRETS_DIR}/token.json"
-  fi # 404 (no service account): fetch_token says so when a step needs the token
+    take_token "${SECRETS_DIR}/token.json" optional
+  fi # else (404: no service account) fetch_token says so when a step needs the token
   for key in convex-gcp-config convex-backend-env; do
     [[ ${MD_STATUS[instance/attributes/${key}]} == 200 ]] ||
       die "metadata key ${key} is missing" "the Pulumi program renders instance metadata '${key}' (pulumi up)"
@@ -636,9 +651,10 @@ fetch_token() {
   take_token "$out"
 }
 
-# take_token FILE: the metadata server's token answer -> ACCESS_TOKEN, BEARER_EXPIRES_AT; FILE removed.
+# take_token FILE [optional]: the metadata server's token answer -> ACCESS_TOKEN, BEARER_EXPIRES_AT;
+# FILE removed. An answer without a token dies, or, optional, leaves ACCESS_TOKEN empty (fetched later).
 take_token() {
-  local out=$1 json ttl="" re_access='"access_token" *: *"([^"]*)"' re_ttl='"expires_in" *: *([0-9]+)'
+  local out=$1 mode=${2:-} json ttl="" re_access='"access_token" *: *"([^"]*)"' re_ttl='"expires_in" *: *([0-9]+)'
   read_into json "$out"
   rm_f "$out"
   ACCESS_TOKEN=""
@@ -646,7 +662,10 @@ take_token() {
   [[ ! $json =~ $re_ttl ]] || ttl=${BASH_REMATCH[1]}
   json=""
   [[ $json =~ ^ ]] # BASH_REMATCH may still hold the token (no expires_in): now ""
-  [[ -n $ACCESS_TOKEN ]] || die "could not parse an access token from the metadata server" "the VM's service account"
+  if [[ -z $ACCESS_TOKEN ]]; then
+    [[ $mode == optional ]] && return 0
+    die "could not parse an access token from the metadata server" "the VM's service account"
+  fi
   # The metadata server hands out a cached token with only `expires_in` seconds left
   # (golang.org/x/oauth2 google.ComputeTokenSource: "The shortest MDS token cache time
   # is 4 minutes"): use it until TOKEN_MARGIN_S before that, then fetch again.
@@ -675,7 +694,14 @@ require_tools() {
 
 # check_scopes: after fetch_metadata, which reads the scopes with the attributes.
 check_scopes() {
-  if [[ ${MD_STATUS[$SCOPES_PATH]:-} == 200 ]]; then
+  local status=${MD_STATUS[$SCOPES_PATH]:-}
+  if [[ $status != 200 && $status != 404 ]]; then # the batch's read failed: read it here
+    status=404
+    if md_get "$SCOPES_PATH" "${RUN_DIR}/scopes"; then
+      status=200
+    fi
+  fi
+  if [[ $status == 200 ]]; then
     read_into SCOPES "${RUN_DIR}/scopes"
     SCOPES=${SCOPES//$'\n'/ }
   fi
@@ -1711,11 +1737,31 @@ run_preflight() {
   print_preflight_summary
 }
 
+# Files that hold a secret or a token only while a step uses it: removed however a run ends (a die
+# between the metadata batch and the secrets step would otherwise leave the token behind). Not in
+# watch mode: the watcher outlives runs, and its exit must not touch a running one's files.
+readonly TRANSIENT_SECRETS=(token.json sm-response.json instance-secret.raw db-password.raw
+  admin-key.existing admin-key.body add-version.body add-version.resp backend.env.new)
+remove_transient_secrets() {
+  local name
+  local -a files=()
+  for name in "${TRANSIENT_SECRETS[@]}"; do
+    files+=("${SECRETS_DIR}/${name}")
+  done
+  rm_f "${files[@]}"
+}
+
 case "$MODE" in
-  boot | reconcile) apply ;;
+  boot | reconcile)
+    trap remove_transient_secrets EXIT
+    apply
+    ;;
   watch)
     mkdir_p "$RUN_DIR"
     watch_loop
     ;;
-  preflight) run_preflight ;;
+  preflight)
+    trap remove_transient_secrets EXIT
+    run_preflight
+    ;;
 esac

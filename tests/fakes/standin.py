@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import shutil
 import socketserver
 import subprocess
@@ -42,8 +43,8 @@ printf '%s\\0' {tool} {env_values} "$#" "$@" >&3
 LC_ALL=C  # the lengths below are bytes
 read -r rc out_n err_n <&3 || exit 125
 out='' err=''
-((out_n == 0)) || IFS= read -r -d '' -N "$out_n" out <&3
-((err_n == 0)) || IFS= read -r -d '' -N "$err_n" err <&3
+((out_n == 0)) || IFS= read -r -d '' -N "$out_n" out <&3 || exit 125
+((err_n == 0)) || IFS= read -r -d '' -N "$err_n" err <&3 || exit 125
 printf '%s' "$out"
 printf '%s' "$err" >&2
 exit "$rc"
@@ -151,16 +152,16 @@ CLIENT_SOURCE = Path(__file__).with_name("standin_client.c")
 def compiled_client() -> Path | None:
     """standin_client.c built in the session directory (once for all workers), or None when the
     machine has no C compiler. A compiler that fails is an error, not a fallback."""
-    cc = shutil.which(os.environ.get("CC") or "cc")
-    if cc is None:
+    cc = shlex.split(os.environ.get("CC") or "cc")  # CC may carry flags ("gcc -O2"), as make allows
+    if not cc or shutil.which(cc[0]) is None:
         return None
     source = CLIENT_SOURCE.read_bytes()
     binary = session_dir() / f"standin-client-{hashlib.sha256(source).hexdigest()[:16]}"
     if not binary.exists():
         building = binary.with_name(f"{binary.name}.{os.getpid()}.{threading.get_ident()}")
-        built = subprocess.run([cc, "-O2", "-o", str(building), str(CLIENT_SOURCE)], capture_output=True, text=True)
+        built = subprocess.run([*cc, "-O2", "-o", str(building), str(CLIENT_SOURCE)], capture_output=True, text=True)
         if built.returncode != 0:
-            raise RuntimeError(f"{cc} could not build {CLIENT_SOURCE}:\n{built.stderr}")
+            raise RuntimeError(f"{' '.join(cc)} could not build {CLIENT_SOURCE}:\n{built.stderr}")
         os.replace(building, binary)  # atomic: a worker building at the same time replaces it with the same
     return binary
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, INSTANCE_SECRET_ID, PROXY_IMAGE, SCRIPT
+import pytest
+from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, INSTANCE_SECRET_ID, PROXY_IMAGE, SCRIPT, Sandbox
 
 
 def test_metadata_outage_then_recovery(sandbox):
@@ -24,6 +25,26 @@ def test_the_values_are_always_read_after_the_etag_they_are_recorded_with(sandbo
     values = [i for i, p in enumerate(reads) if p.startswith("instance/attributes/convex-")]
     assert len(etags) == 2 and etags[1] < min(values), reads
     assert (sandbox.run_dir / "applied-etag").read_text().strip() == sandbox.metadata.etag
+
+
+@pytest.mark.parametrize("path", ["instance/service-accounts/default/token", "instance/service-accounts/default/scopes"])
+def test_a_token_or_scopes_outage_is_left_to_the_step_that_needs_it(sandbox, path):
+    """The metadata batch also reads the scopes and the token, but their failure must not end the
+    boot before the config watcher has started (it retries an unfinished run): the batch gives them
+    up, and their own steps read them again, as before the batch."""
+    sandbox.metadata.unavailable_next[path] = 5  # the batch's 4 attempts, and the step's first
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert f"metadata {path}: attempt 4/4 failed (HTTP 503" in r.stderr
+    # For good: the boot fails at that step, with the watcher started to retry it.
+    other = Sandbox(sandbox.tmp / "down")
+    try:
+        other.metadata.unavailable_next[path] = 1000
+        r = other.run()
+        assert r.rc == 1 and f"unreachable while reading {path}" in r.stderr, r.stderr
+        assert other.calls("systemd-run"), "the watcher was not started"
+    finally:
+        other.close()
 
 
 def test_a_metadata_read_cut_off_mid_batch_is_read_again(sandbox):

@@ -86,6 +86,19 @@ def test_no_secret_is_left_in_the_shell_s_variables_after_a_run(sandbox):
         assert base64.b64encode(value.encode()).decode() not in dump.stdout
 
 
+def test_a_run_that_dies_leaves_no_token_or_secret_file(sandbox):
+    """The metadata batch writes the token's answer before a later key can end the run; whatever ends
+    it, no file under /run keeps a token or a secret (an EXIT trap removes the step files)."""
+    sandbox.metadata.unavailable_next["instance/attributes/convex-gcp-unit-convex-dashboard"] = 1000
+    r = sandbox.run()
+    assert r.rc == 1 and "unreachable while reading" in r.stderr, r.stderr
+    assert any(q["path"].endswith("/token") for q in sandbox.metadata.requests)  # it was read
+    for path in sandbox.run_dir.parent.rglob("*"):
+        if path.is_file():
+            text = path.read_bytes().decode(errors="replace")
+            assert not [v for v in sandbox.secret_values() if v in text], path
+
+
 def test_curl_argv_never_carries_token_or_secret(sandbox):
     """Every process the script starts is visible in `ps`: wrap curl and base64 to record their argv."""
     import shutil

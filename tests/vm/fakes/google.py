@@ -138,6 +138,7 @@ class MetadataServer(_Server):
         self.fail_next = 0
         self.down = False
         self.drop_next: dict[str, int] = {}  # path under /computeMetadata/v1/ -> requests to cut off
+        self.unavailable_next: dict[str, int] = {}  # path under /computeMetadata/v1/ -> requests to answer 503
         self.truncate_next: dict[str, int] = {}  # attribute key -> answers to cut off halfway through the body
         self.has_service_account = True
         self.cond = threading.Condition()
@@ -182,6 +183,8 @@ class MetadataServer(_Server):
         if not path.startswith(prefix):
             return h._send(404, "not found", "text/plain")
         rel = path[len(prefix):]
+        if self._take(self.unavailable_next, rel):
+            return h._send(503, "metadata unavailable", "text/plain")  # querying-metadata: 503, retry
         if self._take(self.drop_next, rel):
             # The connection closes with no answer: curl's exit 52 "Empty reply from server", a transport
             # error (CURLE_GOT_NOTHING, https://curl.se/libcurl/c/libcurl-errors.html).
