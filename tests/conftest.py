@@ -261,10 +261,11 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config: pytest.Config) -> None:
     """`pytest -q` spreads the tests over the machine's cores (pytest-xdist `-n auto`, see
-    pytest_xdist_auto_num_workers; default `--dist load`). Set here, not in addopts, so that
-    `-p no:xdist` still works; an explicit `-n N` or `-n 0` wins, and --pdb, --trace or
-    --collect-only stay in one process. Runs before xdist's own tryfirst hook, which was registered
-    earlier."""
+    pytest_xdist_auto_num_workers, and `--dist worksteal`: a worker that runs out takes tests queued
+    for another, so the run does not end on one worker's last slow VM tests). Set here, not in
+    addopts, so that `-p no:xdist` still works; an explicit `-n N`, `-n 0` or `--dist` wins, and
+    --pdb, --trace or --collect-only stay in one process. Runs before xdist's own tryfirst hook,
+    which was registered earlier."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     if hasattr(config, "workerinput"):
@@ -272,3 +273,5 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
     if config.option.numprocesses is None and not (
             config.getoption("usepdb") or config.getoption("trace") or config.getoption("collectonly")):
         config.option.numprocesses = "auto"
+        if config.option.dist == "no":
+            config.option.dist = "worksteal"

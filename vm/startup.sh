@@ -1202,6 +1202,7 @@ pull_images() {
     wait "$p" || true
   done
   local entry result
+  local -a results=()
   for entry in "${pending[@]}"; do
     i=${entry%%:*}
     img=${entry#*:}
@@ -1209,8 +1210,9 @@ pull_images() {
     if [[ $result != ok* ]]; then
       failed+=("$img: $(head -c 300 "${RUN_DIR}/pull.${i}.err" 2>/dev/null | tr '\n' ' ')")
     fi
-    rm_f "${RUN_DIR}/pull.${i}" "${RUN_DIR}/pull.${i}.err"
+    results+=("${RUN_DIR}/pull.${i}" "${RUN_DIR}/pull.${i}.err")
   done
+  rm_f "${results[@]}" # all at once: one rm, not one per image
   if ((${#failed[@]})); then
     die "could not pull image(s) after ${RETRY_ATTEMPTS} attempts: ${failed[*]}" \
       "outbound internet from the VM: Cloud NAT on the subnet (or an external IP) to reach ghcr.io and gcr.io" \
