@@ -331,8 +331,8 @@ def serve(path: str) -> int:
         for fd, (_, client, _, _) in running.items():
             os.close(fd)
             client.conn.close()
-        for key in list(clients):
-            key.conn.close()
+        for other in list(clients):
+            other.conn.close()
 
     clients: set[_Client] = set()
     with tempfile.TemporaryDirectory(prefix="convex-gcp-runner-") as scratch_root:

@@ -423,7 +423,7 @@ md_get_all() {
   done
   [[ -z $headers ]] || first=$1
   local -a pending=() again codes args common
-  local i path rc tried d worst hint
+  local i path rc tried d worst hint final
   while (($#)); do
     pending+=("$1")
     outfile[$1]=$2
@@ -467,19 +467,21 @@ md_get_all() {
           [[ ${outfile[$path]} == /dev/null ]] || rm_f "${outfile[$path]}"
           ;;
         *)
+          final=""
           if ! is_transient "$HTTP_STATUS"; then
-            [[ -n ${optional[$path]:-} ]] || md_refused "$path"
-            MD_STATUS[$path]=$HTTP_STATUS
-            rm_f "${outfile[$path]}"
-            continue
+            final=md_refused
+          else
+            tries[$path]=$((${tries[$path]:-0} + 1))
+            hint=""
+            [[ $HTTP_STATUS != 000 ]] || hint=$(curl_err_hint)
+            if ((tries[$path] >= RETRY_ATTEMPTS)); then
+              log "metadata ${path}: attempt ${tries[$path]}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}${hint}); giving up"
+              final=md_unreachable
+            fi
           fi
-          tries[$path]=$((${tries[$path]:-0} + 1))
-          hint=""
-          [[ $HTTP_STATUS != 000 ]] || hint=$(curl_err_hint)
-          if ((tries[$path] >= RETRY_ATTEMPTS)); then
-            log "metadata ${path}: attempt ${tries[$path]}/${RETRY_ATTEMPTS} failed (HTTP ${HTTP_STATUS}${hint}); giving up"
-            [[ -n ${optional[$path]:-} ]] || md_unreachable "$path"
-            MD_STATUS[$path]=$HTTP_STATUS
+          if [[ -n $final ]]; then
+            [[ -n ${optional[$path]:-} ]] || "$final" "$path"
+            MD_STATUS[$path]=$HTTP_STATUS # optional: the step that needs it reads it again
             rm_f "${outfile[$path]}"
             continue
           fi
