@@ -462,7 +462,8 @@ class Server:
     @staticmethod
     def _connect(path: str) -> socket.socket | None:
         """A connection, or None. A server binds its socket first thing, so a missing socket means
-        "starting" (waited for); one that refuses for a second belongs to a server that is gone."""
+        "starting" (waited for); one that still refuses after 0.2 s (a server listens the moment it
+        has bound) belongs to a server that is gone."""
         started, refused = time.monotonic(), None
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -474,7 +475,7 @@ class Server:
                 now = time.monotonic()
                 if isinstance(error, ConnectionRefusedError):
                     refused = refused or now
-                if now - started > 60 or (refused and now - refused > 1):
+                if now - started > 60 or (refused and now - refused > 0.2):
                     return None
                 time.sleep(0.01)
 
