@@ -184,7 +184,9 @@ class MetadataServer(_Server):
             return h._send(404, "not found", "text/plain")
         rel = path[len(prefix):]
         if self._take(self.unavailable_next, rel):
-            return h._send(503, "metadata unavailable", "text/plain")  # querying-metadata: 503, retry
+            # A 503 for this path only: the answer the metadata server gives "during maintenance
+            # events", to be retried (https://cloud.google.com/compute/docs/metadata/querying-metadata).
+            return h._send(503, "metadata unavailable", "text/plain")
         if self._take(self.drop_next, rel):
             # The connection closes with no answer: curl's exit 52 "Empty reply from server", a transport
             # error (CURLE_GOT_NOTHING, https://curl.se/libcurl/c/libcurl-errors.html).
