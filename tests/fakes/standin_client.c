@@ -5,8 +5,14 @@
  * bootstrap about 80, so the suite makes thousands.
  *
  * The tool is the basename of /proc/self/exe: the kernel resolves the exec'd path
- * (proc(5), /proc/pid/exe). Its configuration is the file ".TOOL.standin" in the same directory:
- * the server's port, then the names of the environment variables to forward, one per line.
+ * (proc(5), /proc/pid/exe: https://man7.org/linux/man-pages/man5/proc_pid_exe.5.html). Its
+ * configuration is the file ".TOOL.standin" in the same directory: the server's port, then the
+ * names of the environment variables to forward, one per line.
+ *
+ * What the script under test sees is what the bash client gives it: the call's stdout, stderr and
+ * exit status; 1 when the server refuses the connection (bash exits 1 when `exec 3<>/dev/tcp/...`
+ * fails, https://www.gnu.org/software/bash/manual/bash.html#Redirections and "Exit Status"), and
+ * 125 when the reply is cut short (that client's `|| exit 125`).
  *
  * Request: the tool, each forwarded variable's value ("" when unset), argc, then each argument,
  * each field ending in NUL. Reply: "RC OUT_LEN ERR_LEN\n", then stdout's bytes, then stderr's.

@@ -446,6 +446,9 @@ def container_running(name: str) -> bool:
 
 @lru_cache(maxsize=256)  # systemctl calls parse the same few unit texts again and again
 def unit_container(text: str) -> str:
+    """The --name of the unit's ExecStart. systemd splits a command line into words with shell-like
+    quoting (https://www.freedesktop.org/software/systemd/man/latest/systemd.service.html,
+    "Command lines"), which shlex.split follows for these lines; the result depends on the text only."""
     for k, v in unit_lines(text):
         if k == "ExecStart":
             a = shlex.split(v)
