@@ -102,12 +102,12 @@ def _is_installed_or_program(module: Any) -> bool:
 
 def _loaded_modules() -> list[str]:
     """Modules this (child) process really executed: the SDKs' lazy stubs are left out, and so is
-    project code, anything not installed, and anything without a real name."""
+    anything neither installed nor the program's (other project code too), or without a real name."""
     lazy = getattr(importlib.import_module("pulumi._utils"), "_LazyModule", ())
     return sorted(
         name for name, module in list(sys.modules.items())
         if module is not None and not name.startswith("__") and not isinstance(module, lazy)
-        and not _is_project_module(module) and _is_installed_or_program(module)
+        and _is_installed_or_program(module)
     )
 
 
