@@ -161,14 +161,14 @@ step_done() {
   log "step ${STEP_NAME}: done in $((NOW_MS - STEP_T0)) ms${1:+ ($1)}"
 }
 
-# run_logged CMD...: run a non-secret command, its output logged line by line.
+# run_logged CMD...: run a non-secret command, its output logged line by line. The output file
+# is the next command's too, and the EXIT trap removes it.
 run_logged() {
   local out="${RUN_DIR}/cmd.out" rc=0 line
   "$@" >"$out" 2>&1 </dev/null || rc=$?
   while IFS= read -r line; do
     [[ -n $line ]] && log "  $1: ${line}"
   done <"$out"
-  rm_f "$out"
   return "$rc"
 }
 
@@ -204,6 +204,19 @@ rm_f() {
     if [[ -e $f || -L $f ]]; then
       rm -f -- "$@"
       return
+    fi
+  done
+}
+
+# empty_now FILE...: destroy what each file holds at once, without starting a process (emptying a
+# file frees its content as rm would); the run's EXIT trap removes the emptied files, all with one rm.
+empty_now() {
+  local f
+  for f; do
+    if [[ -L $f ]]; then
+      rm -f -- "$f" # never write through a link
+    elif [[ -f $f ]]; then
+      : >"$f"
     fi
   done
 }
@@ -658,7 +671,7 @@ fetch_token() {
 take_token() {
   local out=$1 mode=${2:-} json ttl="" re_access='"access_token" *: *"([^"]*)"' re_ttl='"expires_in" *: *([0-9]+)'
   read_into json "$out"
-  rm_f "$out"
+  empty_now "$out"
   ACCESS_TOKEN=""
   [[ ! $json =~ $re_access ]] || ACCESS_TOKEN=${BASH_REMATCH[1]}
   [[ ! $json =~ $re_ttl ]] || ttl=${BASH_REMATCH[1]}
@@ -755,7 +768,6 @@ check_sqladmin() {
     401) preflight FAIL sqladmin "HTTP 401: access token rejected" "the VM service account exists and is enabled" ;;
     *) preflight WARN sqladmin "HTTP ${HTTP_STATUS} $(api_error_detail "$out")" "Cloud SQL Admin API status" ;;
   esac
-  rm_f "$out"
 }
 
 # --------------------------------------------------------- secret manager --
@@ -766,7 +778,7 @@ sm_access() {
   local sid=$1 dest=$2 out="${SECRETS_DIR}/sm-response.json"
   if ! api_retry "secret manager access ${sid}" GET \
     "${SECRETMANAGER_ENDPOINT}/v1/${sid}/versions/latest:access" "$out" bearer; then
-    rm_f "$out"
+    empty_now "$out"
     die "Secret Manager (secretmanager.googleapis.com) unreachable while reading ${sid}" \
       "egress to Google APIs: Cloud NAT on the subnet or Private Google Access" \
       "API secretmanager.googleapis.com is enabled in the project"
@@ -777,26 +789,26 @@ sm_access() {
       json_field "$out" data '[A-Za-z0-9+/=_-]'
       data=$JSON_FIELD
       JSON_TEXT="" JSON_FIELD=""
-      rm_f "$out"
+      empty_now "$out"
       printf '%s' "$data" | base64 -d >"$dest" 2>/dev/null ||
         die "Secret Manager returned an undecodable payload for ${sid}" "the secret's latest version"
       return 0
       ;;
     404 | 400)
-      rm_f "$out"
+      empty_now "$out"
       return 3
       ;;
     403 | 401)
       local detail
       detail=$(api_error_detail "$out")
-      rm_f "$out"
+      empty_now "$out"
       die "Secret Manager denied access to ${sid} (HTTP ${HTTP_STATUS} ${detail}): a permission/scope problem, not retried" \
         "the VM scopes include ${SCOPE_CP} (have: ${SCOPES:-unknown}); a scope change needs a VM stop/start" \
         "the VM service account has roles/secretmanager.secretAccessor on ${sid}" \
         "after fixing IAM the config watcher retries by itself (journalctl -u ${WATCH_UNIT}), or reboot"
       ;;
     *)
-      rm_f "$out"
+      empty_now "$out"
       die "Secret Manager answered HTTP ${HTTP_STATUS} for ${sid}" "the secret resource name and the API status"
       ;;
   esac
@@ -823,7 +835,7 @@ write_secret_env() {
   fi
   local secret
   secret=$(<"$raw")
-  rm_f "$raw"
+  empty_now "$raw"
   [[ -n $secret && $secret != *$'\n'* && $secret != *$'\r'* ]] ||
     die "secret ${CFG[INSTANCE_SECRET_ID]} is empty or not a single line" "the secret's latest version"
 
@@ -843,7 +855,7 @@ write_secret_env() {
         "the Pulumi program created the DB password secret and a version"
     fi
     pw=$(<"$pwraw")
-    rm_f "$pwraw"
+    empty_now "$pwraw"
     [[ $pw =~ ^[A-Za-z0-9]+$ ]] ||
       die "DB password in ${CFG[DB_PASSWORD_SECRET_ID]} must be non-empty URL-safe alphanumerics" "the generated password"
     env_value "${RUN_DIR}/backend.env.meta" POSTGRES_URL
@@ -1236,23 +1248,48 @@ set_wanted_units() {
   fi
 }
 
-# input_sums FILE... -> INPUT_SUMS: "<sha256> " for each file that can be read, in order.
-# With no files, sha256sum would hash the script's stdin (and wait for a terminal's): a unit with
-# no inputs gets the sha256 of no bytes instead, which is what earlier versions wrote when stdin
-# was /dev/null (systemd's default), so adopting this version rewrites and restarts no unit.
+# unit_inputs UNIT -> INPUTS: the files its container reads at start (env files, CA bundle).
+INPUTS=()
+unit_inputs() {
+  case "$1" in
+    convex-backend)
+      INPUTS=("${RUN_DIR}/backend.env" "${SECRETS_DIR}/backend.env")
+      [[ ${CFG[CONNECTION_MODE]} != ssl ]] || INPUTS+=("${STATE_DIR}/sql-ca.pem")
+      ;;
+    convex-dashboard) INPUTS=("${RUN_DIR}/dashboard.env") ;;
+    *) INPUTS=() ;;
+  esac
+}
+
+# hash_inputs FILE... -> INPUT_SUM[FILE] = its sha256, for each file that can be read: one
+# sha256sum for the inputs of every unit. Never run without files: sha256sum would hash the
+# script's stdin (and wait for a terminal's).
+declare -A INPUT_SUM=()
+hash_inputs() {
+  local sums sum name
+  INPUT_SUM=()
+  (($#)) || return 0
+  sums=$(sha256sum -- "$@" 2>/dev/null) || true
+  while read -r sum name; do
+    [[ -z $sum ]] || INPUT_SUM[$name]=$sum
+  done <<<"$sums"
+}
+
+# input_sums FILE... -> INPUT_SUMS: "<sha256> " for each file that can be read, in order (from
+# hash_inputs). A unit with no inputs gets the sha256 of no bytes, which is what earlier versions
+# wrote (sha256sum of systemd's /dev/null stdin), so adopting this version restarts no unit.
 readonly SHA256_OF_NOTHING=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 INPUT_SUMS=""
 input_sums() {
-  local sums sum name
+  local f
   INPUT_SUMS=""
   if (($# == 0)); then
     INPUT_SUMS="${SHA256_OF_NOTHING} "
     return 0
   fi
-  sums=$(sha256sum "$@" 2>/dev/null) || true
-  while read -r sum name; do
-    [[ -z $sum ]] || INPUT_SUMS+="${sum} "
-  done <<<"$sums"
+  for f; do
+    [[ -z ${INPUT_SUM[$f]:-} ]] || INPUT_SUMS+="${INPUT_SUM[$f]} "
+  done
 }
 
 # render_unit NAME INPUTS... -> UNIT_TEXT = the unit file this VM installs: the metadata
@@ -1280,19 +1317,17 @@ install_units() {
   step units
   mkdir_p "$UNIT_DIR"
   local unit new installed nul
-  local -a inputs
+  local -a all_inputs=()
   UNITS_CHANGED=()
   set_wanted_units
   for unit in "${WANTED_UNITS[@]}"; do
-    case "$unit" in
-      convex-backend)
-        inputs=("${RUN_DIR}/backend.env" "${SECRETS_DIR}/backend.env")
-        [[ ${CFG[CONNECTION_MODE]} != ssl ]] || inputs+=("${STATE_DIR}/sql-ca.pem")
-        ;;
-      convex-dashboard) inputs=("${RUN_DIR}/dashboard.env") ;;
-      *) inputs=() ;;
-    esac
-    render_unit "$unit" "${inputs[@]}"
+    unit_inputs "$unit"
+    all_inputs+=("${INPUTS[@]}")
+  done
+  hash_inputs "${all_inputs[@]}"
+  for unit in "${WANTED_UNITS[@]}"; do
+    unit_inputs "$unit"
+    render_unit "$unit" "${INPUTS[@]}"
     # The installed bytes, trailing newlines included (read_into drops them), not a FIFO's. read
     # stops at a NUL with status 0, at the end of the file with 1; a NUL never belongs in a unit.
     installed="" nul=0
@@ -1397,7 +1432,7 @@ ensure_admin_key() {
   local sid=${CFG[ADMIN_KEY_SECRET_ID]} rc=0
   local probe="${SECRETS_DIR}/admin-key.existing"
   sm_access "$sid" "$probe" || rc=$?
-  rm_f "$probe"
+  empty_now "$probe"
   if ((rc == 0)); then
     step_done "already stored in ${sid}"
     return 0
@@ -1414,7 +1449,7 @@ ensure_admin_key() {
   printf '%s' "$key" >"$body"
   key=""
   sm_add_version "$sid" "$body" "the admin key"
-  rm_f "$body"
+  empty_now "$body"
   step_done "stored a new version in ${sid}"
 }
 
@@ -1425,13 +1460,13 @@ sm_add_version() {
   printf '{"payload":{"data":"%s"}}' "$(base64 -w0 <"$payload")" >"$body"
   if ! api_retry "secret manager addVersion ${sid}" POST \
     "${SECRETMANAGER_ENDPOINT}/v1/${sid}:addVersion" "$resp" bearer "$body"; then
-    rm_f "$body" "$resp"
+    empty_now "$body" "$resp"
     die "Secret Manager unreachable while storing ${what} in ${sid}" "egress to Google APIs (Cloud NAT / Private Google Access)"
   fi
-  rm_f "$body"
+  empty_now "$body"
   local detail
   detail=$(api_error_detail "$resp")
-  rm_f "$resp"
+  empty_now "$resp"
   case "$HTTP_STATUS" in
     200) return 0 ;;
     403 | 401) die "Secret Manager denied adding ${what} to ${sid} (HTTP ${HTTP_STATUS} ${detail})" \
@@ -1469,7 +1504,7 @@ provide_instance_secret() {
     [[ $(wc -c <"$file") -eq 64 ]] || die "could not generate the instance secret from /dev/urandom" "od and /dev/urandom on the VM"
   fi
   sm_add_version "${CFG[INSTANCE_SECRET_ID]}" "$file" "the instance secret"
-  rm_f "$file"
+  empty_now "$file"
 }
 
 # --------------------------------------------------------------- watcher --
@@ -1667,6 +1702,7 @@ apply() {
   exec 9>"${RUN_DIR}/lock"
   # Overlapping runs could race on units and secrets: never run unlocked.
   flock -w 1800 9 || die "another convex-gcp run holds ${RUN_DIR}/lock for 30 min" "ps -ef | grep startup.sh"
+  trap remove_step_files EXIT
   touch "${RUN_DIR}/pending"
   log "convex-gcp ${MODE} starting"
 
@@ -1723,7 +1759,14 @@ apply() {
 }
 
 run_preflight() {
-  mkdir_p "$RUN_DIR" "$SECRETS_DIR"
+  mkdir_p "$RUN_DIR"
+  chmod 0700 "$RUN_DIR"
+  # A preflight takes no lock, so it may run beside a boot or reconcile: it keeps its files in a
+  # directory of its own, removed when it ends, and neither overwrites or removes the other's.
+  RUN_DIR="${RUN_DIR}/preflight.$$"
+  SECRETS_DIR="${RUN_DIR}/secrets"
+  trap remove_preflight_dir EXIT
+  mkdir_p "$SECRETS_DIR"
   chmod 0700 "$RUN_DIR" "$SECRETS_DIR"
   require_tools curl systemctl sha256sum sed grep head tr cut timeout
   fetch_metadata
@@ -1741,23 +1784,34 @@ run_preflight() {
   print_preflight_summary
 }
 
-# Files that hold a secret or a token only while a step uses it: removed however a run ends (a die
-# between the metadata batch and the secrets step would otherwise leave the token behind). Not in
-# watch mode: the watcher outlives runs, and its exit must not touch a running one's files.
+# A run's step files: those that hold a secret or a token while a step uses it (emptied right
+# after, see empty_now) and scratch output. Removed however the run ends, by the run that holds the
+# lock (apply sets the trap once it has it): a die between the metadata batch and the secrets step
+# would otherwise leave the token behind. Not in watch mode: the watcher outlives runs, and its exit
+# must not touch a running one's files.
 readonly TRANSIENT_SECRETS=(token.json sm-response.json instance-secret.raw db-password.raw
   admin-key.existing admin-key.body add-version.body add-version.resp backend.env.new)
-remove_transient_secrets() {
+readonly TRANSIENT_SCRATCH=(cmd.out sqladmin.json)
+remove_preflight_dir() {
+  if [[ $RUN_DIR == */preflight.$$ ]]; then
+    rm -rf -- "$RUN_DIR"
+  fi
+}
+
+remove_step_files() {
   local name
   local -a files=()
   for name in "${TRANSIENT_SECRETS[@]}"; do
     files+=("${SECRETS_DIR}/${name}")
+  done
+  for name in "${TRANSIENT_SCRATCH[@]}"; do
+    files+=("${RUN_DIR}/${name}")
   done
   rm_f "${files[@]}"
 }
 
 case "$MODE" in
   boot | reconcile)
-    trap remove_transient_secrets EXIT
     apply
     ;;
   watch)
@@ -1765,7 +1819,6 @@ case "$MODE" in
     watch_loop
     ;;
   preflight)
-    trap remove_transient_secrets EXIT
     run_preflight
     ;;
 esac

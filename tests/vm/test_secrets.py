@@ -178,3 +178,59 @@ def test_no_new_instance_secret_over_existing_convex_data(sandbox):
     assert r.rc == 1 and "already holds Convex data" in r.stderr
     assert sandbox.apis.secrets[INSTANCE_SECRET_ID] == []
     assert not sandbox.docker("run")
+
+
+def test_a_secret_is_emptied_from_its_step_file_as_soon_as_it_is_read(sandbox, booted):
+    """Step files that held a secret or the token are emptied right after use (empty_now), not only
+    by the EXIT trap: midway through a reconcile (at the units step, after every Secret Manager read
+    but the admin key's) only the env file the backend reads holds a secret."""
+    import shutil
+
+    found = sandbox.tmp / "found.log"
+    real = shutil.which("sha256sum", path="/usr/local/bin:/usr/bin:/bin")
+    patterns = sandbox.tmp / "patterns"
+    patterns.write_text("".join(f"{v}\n" for v in sandbox.secret_values()))
+    shim = sandbox.bin / "sha256sum"  # input_sums runs it at the units step
+    shim.write_text(f"#!/bin/bash\ngrep -rlF -f {patterns} {sandbox.run_dir} >>{found}\nexec {real} \"$@\"\n")
+    shim.chmod(0o755)
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    assert set(found.read_text().split()) == {str(sandbox.run_dir / "secrets" / "backend.env")}
+
+
+def _plant_step_files(sandbox) -> dict:
+    """Step files as a run in progress has them (a token, a Secret Manager answer, scratch output)."""
+    planted = {sandbox.run_dir / "secrets" / "token.json": "token of the run in progress",
+               sandbox.run_dir / "secrets" / "sm-response.json": "answer of the run in progress",
+               sandbox.run_dir / "cmd.out": "output of the run in progress",
+               sandbox.run_dir / "sqladmin.json": "instance of the run in progress"}
+    for path, text in planted.items():
+        path.write_text(text)
+    return planted
+
+
+def test_a_run_that_cannot_take_the_lock_leaves_the_holder_s_files_alone(sandbox, booted):
+    """The EXIT trap that removes step files is the lock holder's: a second run that gives up waiting
+    for the lock must not remove the files of the run that holds it."""
+    planted = _plant_step_files(sandbox)
+    flock = sandbox.bin / "flock"
+    flock.write_text("#!/bin/bash\nexit 1\n")  # flock -w gave up: another run holds the lock
+    flock.chmod(0o755)
+    r = sandbox.run("reconcile")
+    assert r.rc == 1 and "holds" in r.stderr and "lock" in r.stderr, r.stderr
+    assert {path: path.read_text() for path in planted} == planted
+
+
+def test_a_preflight_beside_a_run_leaves_its_files_alone(sandbox, booted):
+    """A preflight takes no lock: it works in a directory of its own, removed when it ends, so it
+    neither removes a running boot's step files nor records a metadata ETag as applied."""
+    planted = _plant_step_files(sandbox)
+    applied = (sandbox.run_dir / "applied-etag").read_text()
+    sandbox.backend_env["CONVEX_EXTRA_FLAG"] = "1"  # a new ETag the running boot has not applied
+    sandbox.publish()
+    before = sorted(p.name for p in sandbox.run_dir.iterdir())
+    r = sandbox.run("preflight")
+    assert r.rc == 0, r.stderr
+    assert {path: path.read_text() for path in planted} == planted
+    assert (sandbox.run_dir / "applied-etag").read_text() == applied
+    assert sorted(p.name for p in sandbox.run_dir.iterdir()) == before  # its own directory is gone
