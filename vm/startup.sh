@@ -137,15 +137,11 @@ on_err() {
 }
 trap 'on_err "$?" "$LINENO" "$BASH_COMMAND"' ERR
 
-# set_now_ms: NOW_MS = milliseconds since the epoch, without the subshell of $(now_ms).
+# set_now_ms: NOW_MS = milliseconds since the epoch, without a $(...) subshell.
 NOW_MS=0
 set_now_ms() {
   local t=${EPOCHREALTIME//[!0-9]/} # the decimal point is the locale's
   NOW_MS=${t:0:${#t}-3}
-}
-now_ms() {
-  set_now_ms
-  printf '%s' "$NOW_MS"
 }
 
 STEP_NAME=""
@@ -1552,25 +1548,37 @@ ensure_watcher() {
   fi
 }
 
+# same_bytes A B: whether two readable files hold the same bytes, without starting a process. A
+# NUL ends bash's read early, so a file holding one counts as different.
+same_bytes() {
+  local a="" b=""
+  [[ -f $1 && -r $1 && -f $2 && -r $2 ]] || return 1
+  ! IFS= read -r -d '' a <"$1" || return 1 # read succeeds only when it stopped at a NUL
+  ! IFS= read -r -d '' b <"$2" || return 1
+  [[ $a == "$b" ]]
+}
+
 watch_loop() {
-  require_tools curl flock sha256sum sed tail bash
+  require_tools curl flock bash
   local script="${RUN_DIR}/startup.sh" hdr="${RUN_DIR}/watch.headers"
-  local etag interval=$PENDING_RETRY_MS fails=0 last_run
-  last_run=$(now_ms)
+  local etag interval=$PENDING_RETRY_MS fails=0 last_run line re='^[Ee][Tt][Aa][Gg]: *([^[:space:]]*)'
+  set_now_ms
+  last_run=$NOW_MS
   etag=$(cat "${RUN_DIR}/applied-etag" 2>/dev/null || printf 'none')
   log "watching instance metadata (last etag ${etag})"
   while :; do
     # timeout_sec is whole seconds (querying-metadata "Waiting for change"): round up, at least 1.
     local timeout=$WATCH_TIMEOUT_S wake
+    set_now_ms
     # An unfinished run is retried `interval` after the last run started, not at every long-poll timeout.
     if [[ -e ${RUN_DIR}/pending ]]; then
-      wake=$(((last_run + interval - $(now_ms) + 999) / 1000))
+      wake=$(((last_run + interval - NOW_MS + 999) / 1000))
       ((wake >= 1)) || wake=1
       ((wake >= timeout)) || timeout=$wake
     fi
     # ssl mode: wake up in time for the next server CA check.
     if [[ -e ${RUN_DIR}/ca-refresh ]]; then
-      wake=$(((last_run + CA_REFRESH_MS - $(now_ms) + 999) / 1000))
+      wake=$(((last_run + CA_REFRESH_MS - NOW_MS + 999) / 1000))
       ((wake >= 1)) || wake=1
       ((wake >= timeout)) || timeout=$wake
     fi
@@ -1586,18 +1594,21 @@ watch_loop() {
       continue
     fi
     fails=0
-    local new run=""
-    new=$(sed -n 's/^[Ee][Tt][Aa][Gg]: *\([^[:space:]]*\).*/\1/p' "$hdr" | tail -n1)
+    local new="" run=""
+    while IFS= read -r line; do
+      [[ ! $line =~ $re ]] || new=${BASH_REMATCH[1]} # the last ETag header, as fetch_metadata reads it
+    done <"$hdr"
+    set_now_ms
     if [[ -n $new && $new != "$etag" ]]; then
       run="metadata changed (etag ${etag} -> ${new})"
-    elif [[ -e ${RUN_DIR}/pending ]] && (($(now_ms) - last_run >= interval)); then
+    elif [[ -e ${RUN_DIR}/pending ]] && ((NOW_MS - last_run >= interval)); then
       # `pending` also marks a run that is still going: retry only once the lock is free.
       if flock -n "${RUN_DIR}/lock" true; then
         run="previous run unfinished; periodic retry"
       else
         log "a run holds ${RUN_DIR}/lock; not queueing another"
       fi
-    elif [[ -e ${RUN_DIR}/ca-refresh ]] && (($(now_ms) - last_run >= CA_REFRESH_MS)); then
+    elif [[ -e ${RUN_DIR}/ca-refresh ]] && ((NOW_MS - last_run >= CA_REFRESH_MS)); then
       run="periodic server CA check"
     fi
     etag=${new:-$etag}
@@ -1611,7 +1622,8 @@ watch_loop() {
       continue
     fi
     local rc=0
-    last_run=$(now_ms)
+    set_now_ms
+    last_run=$NOW_MS
     bash "$next" reconcile || rc=$?
     if ((rc == 0)); then
       interval=$PENDING_RETRY_MS
@@ -1620,7 +1632,7 @@ watch_loop() {
       interval=$((interval * 2 > 900000 ? 900000 : interval * 2))
       log "reconcile exited ${rc}; retrying in $(secs "$interval") unless metadata changes first"
     fi
-    if [[ $(sha256sum <"$next") != "$(sha256sum <"$script" 2>/dev/null)" ]] && bash -n "$next" 2>/dev/null; then
+    if ! same_bytes "$next" "$script" && bash -n "$next" 2>/dev/null; then
       mv -f "$next" "$script"
       log "startup-script changed: restarting the watcher with the new version"
       exec bash "$script" watch

@@ -111,6 +111,7 @@ def test_watcher_applies_metadata_change(sandbox, booted):
     finally:
         out = sandbox.stop(watcher)
     assert "metadata changed" in out
+    assert "restarting the watcher" not in out  # the script it fetched is the one it runs
     env = dict(e.split("=", 1) for e in sandbox.docker_state()["containers"]["convex-backend"]["env"])
     assert env["RUST_LOG"] == "warn"
 
