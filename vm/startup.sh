@@ -188,7 +188,7 @@ mkdir_p() {
   for d; do
     if [[ ! -d $d ]]; then
       mkdir -p -- "$@"
-      return
+      return 0 # not a bare return: in a trap handler it returns the status from before the trap (bash manual, `return`)
     fi
   done
 }
@@ -199,7 +199,7 @@ rm_f() {
   for f; do
     if [[ -e $f || -L $f ]]; then
       rm -f -- "$@"
-      return
+      return 0 # (see mkdir_p): the EXIT trap calls this after `exit 1`
     fi
   done
 }

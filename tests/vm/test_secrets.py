@@ -92,6 +92,9 @@ def test_a_run_that_dies_leaves_no_token_or_secret_file(sandbox):
     sandbox.metadata.unavailable_next["instance/attributes/convex-gcp-unit-convex-dashboard"] = 1000
     r = sandbox.run()
     assert r.rc == 1 and "unreachable while reading" in r.stderr, r.stderr
+    # The EXIT trap's clean-up is quiet: a bare `return` in a trap handler returns the status from
+    # before the trap (bash manual, `return`), which the ERR trap took for a failure of its own.
+    assert "unexpected failure" not in r.stderr, r.stderr
     assert any(q["path"].endswith("/token") for q in sandbox.metadata.requests)  # it was read
     for path in sandbox.run_dir.parent.rglob("*"):
         if path.is_file():
