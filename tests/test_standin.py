@@ -51,7 +51,7 @@ def server_in(tmp_path, client: str) -> StandInServer:
 def server(tmp_path, request):
     running = server_in(tmp_path, request.param)
     yield running
-    running.shutdown()
+    running.stop()
 
 
 def call(tmp_path, *argv: str, **env: str) -> subprocess.CompletedProcess:
@@ -139,8 +139,7 @@ def test_a_reply_cut_short_fails_the_call(tmp_path, client):
 @pytest.mark.parametrize("client", CLIENTS)
 def test_without_the_server_the_call_fails(tmp_path, client):
     server = server_in(tmp_path, client)
-    server.shutdown()
-    server.server_close()
+    server.stop()
     result = call(tmp_path, "x")
     assert result.returncode != 0 and b"Connection refused" in result.stderr
 

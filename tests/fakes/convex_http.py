@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlparse
 
 import psycopg
 
+from tests.fakes.serving import PooledServing
+
 DOCUMENTS_DDL = """CREATE TABLE IF NOT EXISTS documents (
     id BYTEA NOT NULL, ts BIGINT NOT NULL, table_id BYTEA NOT NULL,
     json_value BYTEA NOT NULL, deleted BOOLEAN DEFAULT false, prev_ts BIGINT)"""
+
+
+class _HTTPServer(PooledServing, HTTPServer):
+    pass
 
 
 class FakeConvex:
@@ -39,12 +44,10 @@ class FakeConvex:
         self.requests: list[tuple[str, str]] = []
         with psycopg.connect(database_url) as connection:
             connection.execute(DOCUMENTS_DDL)
-        self.api = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(site=False))
-        self.site = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(site=True))
+        self.api = _HTTPServer(("127.0.0.1", 0), self._handler(site=False))
+        self.site = _HTTPServer(("127.0.0.1", 0), self._handler(site=True))
         for server in (self.api, self.site):
-            # shutdown() waits for serve_forever's poll_interval (default 0.5 s): CPython Lib/socketserver.py
-            # BaseServer.serve_forever/shutdown (https://docs.python.org/3/library/socketserver.html).
-            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True).start()
+            server.start()
 
     @property
     def convex_url(self) -> str:
@@ -56,8 +59,7 @@ class FakeConvex:
 
     def close(self) -> None:
         for server in (self.api, self.site):
-            server.shutdown()
-            server.server_close()
+            server.stop()
 
     def _insert(self, doc: dict) -> None:
         if self.drop_writes:

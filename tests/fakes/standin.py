@@ -14,8 +14,8 @@ Upstream behaviour this relies on:
 - bash opens `/dev/tcp/host/port` as a TCP socket (https://www.gnu.org/software/bash/manual/bash.html#Redirections);
 - `read -N n` reads exactly n characters, bytes under LC_ALL=C, and a shell variable cannot hold NUL
   (https://www.gnu.org/software/bash/manual/bash.html#Bash-Builtins, `read`), so output with NUL is refused;
-- ThreadingTCPServer serves each connection on its own thread, and shutdown() waits for serve_forever's
-  poll_interval (CPython Lib/socketserver.py).
+- each connection is served on a thread of its own (tests/fakes/serving.py), as socketserver's
+  ThreadingMixIn does (CPython Lib/socketserver.py).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from functools import cache
 from pathlib import Path
 from typing import Callable
 
+from tests.fakes.serving import PooledServing
 from tests.session import session_dir
 
 # (tool, argv, env) -> (exit status, stdout, stderr)
@@ -94,9 +95,7 @@ class _Request(socketserver.StreamRequestHandler):
             pass  # the client was killed (a stopped script's process group); see wait_idle
 
 
-class StandInServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-
+class StandInServer(PooledServing, socketserver.TCPServer):
     def __init__(self, handler: Handler, env_names: tuple[str, ...], fake: str) -> None:
         super().__init__(("127.0.0.1", 0), _Request)
         self.handler, self.env_names, self.fake = handler, env_names, fake
@@ -104,8 +103,7 @@ class StandInServer(socketserver.ThreadingTCPServer):
         # Calls in progress by the value of the first forwarded variable (a sandbox's FAKE_ROOT).
         self._busy: dict[str, int] = {}
         self._idle = threading.Condition()
-        # shutdown() waits for serve_forever's poll (default 0.5 s, CPython socketserver).
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        self.start()
 
     def begin(self, key: str) -> None:
         with self._idle:

@@ -30,12 +30,18 @@ import json
 import threading
 import time
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.serving import PooledServing
+
 TOKEN = "ya29.fake-access-token-0123456789"  # prefix of every token the fake hands out
 SCOPE_CP = "https://www.googleapis.com/auth/cloud-platform"
+
+
+class _HTTPServer(PooledServing, HTTPServer):
+    pass
 
 
 class _Server:
@@ -76,13 +82,9 @@ class _Server:
                 outer._record(self, "POST", body)
                 outer.handle(self, "POST", body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
-        # socketserver.BaseServer.shutdown() waits for serve_forever to notice, which polls every
-        # poll_interval (default 0.5 s): three servers cost 1.5 s per sandbox at close.
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.005}, daemon=True)
-        self.thread.start()
+        self.httpd.start()
 
     def _record(self, h, method, body):
         with self.lock:
@@ -91,8 +93,7 @@ class _Server:
                                   "flavor": h.headers.get("Metadata-Flavor", "")})
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.stop()
 
     def handle(self, h, method, body):  # pragma: no cover - overridden
         raise NotImplementedError

@@ -1,0 +1,83 @@
+"""How the fakes' servers serve: every connection on a thread of its own, as socketserver's
+ThreadingMixIn does, but threads are reused instead of started per connection, and the accept loop
+sleeps in select() until a connection or stop() comes instead of polling.
+
+Why: a VM sandbox's run makes some forty requests and stand-in calls, and starting a thread was
+about half of what serving one cost; serve_forever(poll_interval) wakes every 5 ms while a sandbox
+lives (its shutdown() waits for the next wake-up, CPython Lib/socketserver.py BaseServer.serve_forever).
+What a client sees does not change: a request that blocks (a metadata long-poll) holds its thread
+and never delays another connection, because an idle thread is used only when there is one.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import selectors
+import socket
+import threading
+from typing import Any
+
+
+class PooledServing:
+    """Mixin for a socketserver.BaseServer subclass: `start()` serves in a background thread, `stop()`
+    ends that and the idle connection threads, and closes the listening socket."""
+
+    def start(self) -> None:
+        self._pool_wake_r, self._pool_wake_w = os.pipe()
+        self._pool_queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pool_idle = 0
+        self._pool_stopped = False
+        self._pool_lock = threading.Lock()
+        self._pool_accepting = threading.Thread(target=self._accept_loop, daemon=True)
+        self._pool_accepting.start()
+
+    def _accept_loop(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)  # type: ignore[arg-type]
+            selector.register(self._pool_wake_r, selectors.EVENT_READ)
+            while True:
+                if any(key.fileobj == self._pool_wake_r for key, _ in selector.select()):
+                    return
+                self.handle_request()  # type: ignore[attr-defined]  # accepts the one waiting (public API)
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        with self._pool_lock:
+            reuse = self._pool_idle > 0
+            if reuse:
+                self._pool_idle -= 1
+        if reuse:
+            self._pool_queue.put((request, client_address))
+        else:
+            threading.Thread(target=self._connection_thread, args=(request, client_address), daemon=True).start()
+
+    def _connection_thread(self, request: socket.socket, client_address: Any) -> None:
+        item: tuple | None = (request, client_address)
+        while item is not None:
+            request, client_address = item
+            # As ThreadingMixIn.process_request_thread: a handler's error is reported, never fatal.
+            try:
+                self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            except Exception:
+                self.handle_error(request, client_address)  # type: ignore[attr-defined]
+            finally:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+            with self._pool_lock:
+                if self._pool_stopped:
+                    return
+                self._pool_idle += 1
+            item = self._pool_queue.get()
+
+    def stop(self) -> None:
+        """Stop accepting (at once, no poll to wait for), let the idle threads end, close the socket.
+        A connection still being served finishes on its own thread."""
+        os.write(self._pool_wake_w, b"x")
+        self._pool_accepting.join()
+        with self._pool_lock:
+            self._pool_stopped = True
+            idle, self._pool_idle = self._pool_idle, 0
+        for _ in range(idle):
+            self._pool_queue.put(None)
+        os.close(self._pool_wake_r)
+        os.close(self._pool_wake_w)
+        self.server_close()  # type: ignore[attr-defined]
