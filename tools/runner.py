@@ -304,10 +304,11 @@ class _Client:
         self.conn, self.buffer = conn, b""
 
 
-def serve(path: str) -> int:
+def serve(path: str, warm: bool = True) -> int:
     """Answer requests on the Unix socket `path` until stdin closes. Several clients (the xdist workers)
     may be connected; their runs go on at the same time, each in its own child. The server itself
-    stays single-threaded: between select() calls it forks, reaps, and learns from what it reaped."""
+    stays single-threaded: between select() calls it forks, reaps, and learns from what it reaped.
+    A cold server (warm=False) imports nothing before its first request."""
     os.dup2(2, 1)  # anything printed by the server itself goes to its stderr
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
@@ -316,9 +317,10 @@ def serve(path: str) -> int:
     # Off in the server, frozen before each fork, on again in the child: what the Python docs advise
     # for fork without exec (gc.freeze), so no collection frees holes in pages the children share.
     gc.disable()
-    for name in PRELOAD:
-        _preload([name])
-    _preload(_program_sdk_modules())
+    if warm:
+        for name in PRELOAD:
+            _preload([name])
+        _preload(_program_sdk_modules())
     preloaded = set(sys.modules)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "listener")
@@ -408,7 +410,7 @@ def _reply(client: _Client, reply: dict[str, Any]) -> None:
 SOCKET = "CONVEX_GCP_RUNNER_SOCKET"  # a shared server's socket (see share()); else each process starts its own
 
 
-def _start_server() -> tuple[subprocess.Popen, str, str]:
+def _start_server(warm: bool = True) -> tuple[subprocess.Popen, str, str]:
     """A server process, its socket path, and the directory holding it (a Unix socket path must stay
     under ~100 bytes, so the directory is a short one when TMPDIR is long)."""
     home = tempfile.mkdtemp(prefix="convex-gcp-runner-")
@@ -416,7 +418,7 @@ def _start_server() -> tuple[subprocess.Popen, str, str]:
         shutil.rmtree(home)
         home = tempfile.mkdtemp(prefix="convex-gcp-runner-", dir="/tmp")
     path = os.path.join(home, "socket")
-    process = subprocess.Popen([sys.executable, "-m", "tools.runner", "--serve", path], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "tools.runner", "--serve", path, *([] if warm else ["--cold"])], cwd=ROOT,
                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process, path, home
 
@@ -436,7 +438,8 @@ def _stop_server(process: subprocess.Popen, home: str) -> None:
 class Server:
     """A connection to a server (the shared one, else one this process starts), one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm: bool = True) -> None:
+        self._warm = warm  # for a server of its own: see serve()
         self._lock = threading.Lock()
         self._own: tuple[subprocess.Popen, str] | None = None
         self._shared_failed = False
@@ -451,7 +454,7 @@ class Server:
         if sock is None:
             self._shared_failed = bool(shared)  # gone: this process runs a server of its own from now on
             if self._own is None or self._own[0].poll() is not None:
-                process, _, home = _start_server()
+                process, _, home = _start_server(self._warm)
                 self._own = (process, home)
             sock = self._connect(os.path.join(self._own[1], "socket"))
             if sock is None:
@@ -558,6 +561,6 @@ def run_python(argv: list[str], cwd: Path | str = ROOT, timeout: float = DEFAULT
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "--serve":
-        sys.exit("usage: python -m tools.runner --serve SOCKET (started by tools.runner.run_python or share)")
-    sys.exit(serve(sys.argv[2]))
+    if len(sys.argv) not in (3, 4) or sys.argv[1] != "--serve" or sys.argv[3:] not in ([], ["--cold"]):
+        sys.exit("usage: python -m tools.runner --serve SOCKET [--cold] (started by tools.runner.run_python or share)")
+    sys.exit(serve(sys.argv[2], warm=sys.argv[3:] != ["--cold"]))
