@@ -733,28 +733,44 @@ check_scopes() {
 }
 
 # Cheap authenticated call proving the SA can use the Cloud SQL Admin API.
-check_sqladmin() {
+# sqladmin_target -> SQLADMIN_CONN (the proxy's connection name) and SQLADMIN_URL (its instances.get),
+# both empty when there is no proxy; SQLADMIN_URL also when the name does not parse.
+SQLADMIN_CONN=""
+SQLADMIN_URL=""
+sqladmin_target() {
+  SQLADMIN_CONN="" SQLADMIN_URL=""
   [[ ${CFG[CONNECTION_MODE]} == proxy ]] || return 0
   local -a words
   read -r -a words <<<"${CFG[PROXY_ARGS]}"
-  local conn=${words[${#words[@]} - 1]}
-  conn=${conn%%\?*}
-  if [[ ! $conn =~ ^(.+):([a-z0-9-]+):([a-z0-9-]+)$ ]]; then
+  SQLADMIN_CONN=${words[${#words[@]} - 1]}
+  SQLADMIN_CONN=${SQLADMIN_CONN%%\?*}
+  if [[ $SQLADMIN_CONN =~ ^(.+):([a-z0-9-]+):([a-z0-9-]+)$ ]]; then
+    SQLADMIN_URL="${SQLADMIN_ENDPOINT}/v1/projects/${BASH_REMATCH[1]}/instances/${BASH_REMATCH[3]}"
+  fi
+}
+
+check_sqladmin() {
+  sqladmin_target
+  [[ -n $SQLADMIN_CONN ]] || return 0
+  local conn=$SQLADMIN_CONN
+  if [[ -z $SQLADMIN_URL ]]; then
     preflight WARN sqladmin "last word of PROXY_ARGS (${conn}) is not project:region:instance" "render the connection name last in PROXY_ARGS"
     return 0
   fi
-  local proj=${BASH_REMATCH[1]} inst=${BASH_REMATCH[3]}
   local out="${RUN_DIR}/sqladmin.json"
-  local url="${SQLADMIN_ENDPOINT}/v1/projects/${proj}/instances/${inst}"
-  local saved=$RETRY_ATTEMPTS
-  RETRY_ATTEMPTS=$((saved < 3 ? saved : 3))
-  if ! api_retry "sqladmin get ${conn}" GET "$url" "$out" bearer; then
+  if take_read_ahead sqladmin; then
+    out=$READ_AHEAD_FILE
+  else
+    local saved=$RETRY_ATTEMPTS
+    RETRY_ATTEMPTS=$((saved < 3 ? saved : 3))
+    if ! api_retry "sqladmin get ${conn}" GET "$SQLADMIN_URL" "$out" bearer; then
+      RETRY_ATTEMPTS=$saved
+      preflight FAIL sqladmin "cannot reach sqladmin.googleapis.com:443" \
+        "egress to Google APIs (Cloud NAT, or Private Google Access on the subnet); the proxy needs it too"
+      return 0
+    fi
     RETRY_ATTEMPTS=$saved
-    preflight FAIL sqladmin "cannot reach sqladmin.googleapis.com:443" \
-      "egress to Google APIs (Cloud NAT, or Private Google Access on the subnet); the proxy needs it too"
-    return 0
   fi
-  RETRY_ATTEMPTS=$saved
   case "$HTTP_STATUS" in
     200) preflight PASS sqladmin "Cloud SQL Admin API reachable; instance ${conn} visible" ;;
     403) preflight FAIL sqladmin "HTTP 403 $(api_error_detail "$out") for instance ${conn}" \
@@ -768,11 +784,14 @@ check_sqladmin() {
 
 # --------------------------------------------------------- secret manager --
 
-# sm_access SECRET_ID OUTFILE -> 0 ok (decoded payload written 0600),
-# 3 secret or version not found (404/FAILED_PRECONDITION); dies otherwise.
+# sm_access SECRET_ID OUTFILE [READ_AHEAD_NAME] -> 0 ok (decoded payload written 0600),
+# 3 secret or version not found (404/FAILED_PRECONDITION); dies otherwise. With a name, the
+# answer read_ahead kept is used, when it kept one.
 sm_access() {
   local sid=$1 dest=$2 out="${SECRETS_DIR}/sm-response.json"
-  if ! api_retry "secret manager access ${sid}" GET \
+  if [[ -n ${3:-} ]] && take_read_ahead "$3"; then
+    out=$READ_AHEAD_FILE
+  elif ! api_retry "secret manager access ${sid}" GET \
     "${SECRETMANAGER_ENDPOINT}/v1/${sid}/versions/latest:access" "$out" bearer; then
     empty_now "$out"
     die "Secret Manager (secretmanager.googleapis.com) unreachable while reading ${sid}" \
@@ -810,12 +829,72 @@ sm_access() {
   esac
 }
 
+# read_ahead NAME URL [NAME URL...]: GET each URL with the bearer token in one curl (one process,
+# one connection per host) ahead of the steps that need the answers. A definitive answer (not a
+# transport error, 429, 5xx or 401) is kept for take_read_ahead; any other is dropped, and its step
+# asks on its own, with its retries and token refetch, as it would without this.
+declare -A READ_AHEAD=()
+read_ahead() {
+  local -a args=() names=() codes=()
+  local answer="" file i
+  READ_AHEAD=()
+  while (($# >= 2)); do
+    file="${SECRETS_DIR}/ahead.$1.json"
+    : >"$file" # an empty body leaves curl's -o file unwritten: never an earlier run's answer
+    names+=("$1")
+    args+=(-o "$file" "$2")
+    shift 2
+  done
+  ensure_token
+  # curl writes -w once per URL, in order, a failed transfer too (status 000), and goes on after it.
+  answer=$(printf 'header = "Authorization: Bearer %s"\n' "$ACCESS_TOKEN" |
+    curl -K - -sS --connect-timeout 5 --max-time 30 -w '%{http_code}\n' "${args[@]}" 2>/dev/null) || true
+  mapfile -t codes <<<"$answer"
+  for i in "${!names[@]}"; do
+    file="${SECRETS_DIR}/ahead.${names[i]}.json"
+    if [[ ${codes[i]:-000} =~ ^[0-9]{3}$ && ${codes[i]} != 401 ]] && ! is_transient "${codes[i]}"; then
+      READ_AHEAD[${names[i]}]=${codes[i]}
+    else
+      empty_now "$file"
+    fi
+  done
+}
+
+# take_read_ahead NAME -> 0 with HTTP_STATUS and READ_AHEAD_FILE set when read_ahead kept an answer
+# for NAME (used once), else 1.
+READ_AHEAD_FILE=""
+take_read_ahead() {
+  local status=${READ_AHEAD[$1]:-}
+  [[ -n $status ]] || return 1
+  READ_AHEAD[$1]=""
+  HTTP_STATUS=$status
+  READ_AHEAD_FILE="${SECRETS_DIR}/ahead.$1.json"
+}
+
+# ADMIN_VERSION: what the read-ahead said of the admin key secret: yes (it has a version), no (none, or
+# disabled), or "" (not known: ensure_admin_key asks). Its payload is never kept.
+ADMIN_VERSION=""
+
 write_secret_env() {
   step secrets
-  ensure_token
+  local sm="${SECRETMANAGER_ENDPOINT}/v1" admin=${CFG[ADMIN_KEY_SECRET_ID]}
+  local -a ahead=(instance-secret "${sm}/${CFG[INSTANCE_SECRET_ID]}/versions/latest:access"
+    admin-key "${sm}/${admin}/versions/latest:access")
+  [[ -z ${CFG[DB_PASSWORD_SECRET_ID]} ]] || ahead+=(db-password "${sm}/${CFG[DB_PASSWORD_SECRET_ID]}/versions/latest:access")
+  sqladmin_target
+  [[ -z $SQLADMIN_URL ]] || ahead+=(sqladmin "$SQLADMIN_URL")
+  read_ahead "${ahead[@]}"
+  ADMIN_VERSION=""
+  if take_read_ahead admin-key; then
+    case "$HTTP_STATUS" in
+      200) ADMIN_VERSION=yes ;;
+      404 | 400) ADMIN_VERSION=no ;; # what sm_access returns 3 for
+    esac
+    empty_now "$READ_AHEAD_FILE"
+  fi
 
   local raw="${SECRETS_DIR}/instance-secret.raw" rc=0
-  sm_access "${CFG[INSTANCE_SECRET_ID]}" "$raw" || rc=$?
+  sm_access "${CFG[INSTANCE_SECRET_ID]}" "$raw" instance-secret || rc=$?
   if ((rc == 3)) && [[ $HTTP_STATUS == 404 ]]; then
     # First boot: the secret has no version. Generating it here keeps it out of
     # Pulumi state; re-reading afterwards makes the stored version the one used.
@@ -845,7 +924,7 @@ write_secret_env() {
   if [[ -n ${CFG[DB_PASSWORD_SECRET_ID]} ]]; then
     local pwraw="${SECRETS_DIR}/db-password.raw" pw url
     rc=0
-    sm_access "${CFG[DB_PASSWORD_SECRET_ID]}" "$pwraw" || rc=$?
+    sm_access "${CFG[DB_PASSWORD_SECRET_ID]}" "$pwraw" db-password || rc=$?
     if ((rc == 3)); then
       die "secret ${CFG[DB_PASSWORD_SECRET_ID]} does not exist or has no enabled version" \
         "the Pulumi program created the DB password secret and a version"
@@ -1427,8 +1506,14 @@ ensure_admin_key() {
   step admin-key
   local sid=${CFG[ADMIN_KEY_SECRET_ID]} rc=0
   local probe="${SECRETS_DIR}/admin-key.existing"
-  sm_access "$sid" "$probe" || rc=$?
-  empty_now "$probe"
+  case "$ADMIN_VERSION" in
+    yes) rc=0 ;;
+    no) rc=3 ;;
+    *)
+      sm_access "$sid" "$probe" || rc=$?
+      empty_now "$probe"
+      ;;
+  esac
   if ((rc == 0)); then
     step_done "already stored in ${sid}"
     return 0
@@ -1802,7 +1887,8 @@ run_preflight() {
 # would otherwise leave the token behind. Not in watch mode: the watcher outlives runs, and its exit
 # must not touch a running one's files.
 readonly TRANSIENT_SECRETS=(token.json sm-response.json instance-secret.raw db-password.raw
-  admin-key.existing admin-key.body add-version.body add-version.resp backend.env.new)
+  admin-key.existing admin-key.body add-version.body add-version.resp backend.env.new
+  ahead.instance-secret.json ahead.db-password.json ahead.admin-key.json ahead.sqladmin.json)
 readonly TRANSIENT_SCRATCH=(cmd.out sqladmin.json)
 remove_preflight_dir() {
   if [[ $RUN_DIR == */preflight.$$ ]]; then

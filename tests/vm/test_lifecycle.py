@@ -5,7 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 
-from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, wait_for
+from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, INSTANCE_SECRET_ID, wait_for
 
 
 def test_token_expiring_mid_run_is_refreshed(sandbox):
@@ -32,7 +32,9 @@ def test_a_token_is_reused_while_it_is_valid(sandbox, booted):
 
 
 def test_401_refetches_the_token_once(sandbox):
-    sandbox.apis.unauthorized_next = 1
+    """The token stops working at the first API call (the read-ahead's, whose 401s are dropped): the
+    step's own call gets 401, fetches a new token once, and goes on with it."""
+    sandbox.apis.cut_tokens_short = 1
     r = sandbox.run()
     assert r.rc == 0, r.stderr
     assert "HTTP 401" in r.stderr and "fetching a fresh access token and retrying once" in r.stderr
@@ -41,11 +43,11 @@ def test_401_refetches_the_token_once(sandbox):
 
 
 def test_persistent_401_is_not_retried_forever(sandbox):
-    sandbox.apis.unauthorized_next = 2
+    sandbox.apis.cut_tokens_short = 2  # the fresh token too
     r = sandbox.run()
     assert r.rc == 1
-    accesses = [q for q in sandbox.apis.requests if q["path"].endswith(":access")]
-    assert len(accesses) == 2  # the call and its one retry with a fresh token
+    accesses = [q for q in sandbox.apis.requests if q["path"] == f"/v1/{INSTANCE_SECRET_ID}/versions/latest:access"]
+    assert len(accesses) == 3  # the read-ahead's (401: dropped), the step's call, and its one retry with a fresh token
     for value in sandbox.secret_values():
         assert value not in r.output
 
@@ -163,3 +165,28 @@ def test_bad_image_reference_is_refused(sandbox):
     sandbox.publish()
     r = sandbox.run()
     assert r.rc == 1 and "invalid image reference" in r.stderr
+
+
+def test_a_run_reads_its_secrets_and_the_sql_instance_ahead_in_one_connection(sandbox, booted):
+    """read_ahead: the three secrets and the SQL Admin instance in one curl, over one connection (the
+    fake serves them all on one host); each is read once, and the admin key's answer is not kept."""
+    from sandbox import DB_PASSWORD_SECRET_ID
+
+    sandbox.clear_calls()
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    reads = [q for q in sandbox.apis.requests if q["method"] == "GET"]
+    assert sorted(q["path"] for q in reads) == sorted(
+        [f"/v1/{sid}/versions/latest:access" for sid in (INSTANCE_SECRET_ID, DB_PASSWORD_SECRET_ID, ADMIN_KEY_SECRET_ID)]
+        + ["/v1/projects/test-proj/instances/convex-db"])
+    assert len({q["conn"] for q in reads}) == 1
+    assert "PREFLIGHT PASS sqladmin" in r.stderr
+
+
+def test_a_first_boot_asks_for_the_admin_key_once(sandbox):
+    """The read-ahead's "no version" (404) is the admin-key step's answer: it mints and stores a key
+    without asking Secret Manager again."""
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    admin = [q["method"] for q in sandbox.apis.requests if q["path"].startswith(f"/v1/{ADMIN_KEY_SECRET_ID}")]
+    assert admin == ["GET", "POST"]

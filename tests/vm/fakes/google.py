@@ -89,6 +89,7 @@ class _Server:
     def _record(self, h, method, body):
         with self.lock:
             self.requests.append({"method": method, "path": h.path, "t": time.time(),
+                                  "conn": h.client_address[1],  # the client's port: one per connection
                                   "auth": h.headers.get("Authorization", ""),
                                   "flavor": h.headers.get("Metadata-Flavor", "")})
 
@@ -124,6 +125,14 @@ class Tokens:
     def valid(self, token: str) -> bool:
         with self.lock:
             return token in self.issued and token not in self.revoked and time.time() < self.issued[token]
+
+    def cut_short(self, token: str) -> None:
+        """The token stops working before its time (revoked, or expired early); the metadata server's
+        next answer is a new one."""
+        with self.lock:
+            self.revoked.add(token)
+            if self.current == token:
+                self.current = ""
 
 
 @lru_cache(maxsize=64)  # every metadata request asks; the attributes (the startup script among them) rarely change
@@ -244,7 +253,9 @@ class ApisServer(_Server):
     def __init__(self, tokens: Tokens | None = None) -> None:
         self.tokens = tokens or Tokens()
         self.connect_mode = "ok"  # ok | forbidden (connectSettings only)
-        self.unauthorized_next = 0  # answer the next N calls 401, as for a token revoked early
+        # Cut the next N tokens short at their first use: that call and every later one with the same
+        # token get 401, as with a token revoked or expired early, until a new token is fetched.
+        self.cut_tokens_short = 0
         self.secrets: dict[str, list[bytes]] = {}
         # secret id -> forbidden | scope | missing | unavailable | disabled | forbidden_add (access ok, add 403)
         self.modes: dict[str, str] = {}
@@ -274,10 +285,12 @@ class ApisServer(_Server):
 
     def handle(self, h, method, body):
         auth = h.headers.get("Authorization", "")
+        token = auth[len("Bearer "):] if auth.startswith("Bearer ") else ""
         with self.lock:
-            reject = self.unauthorized_next > 0
-            self.unauthorized_next = max(0, self.unauthorized_next - 1)
-        if reject or not auth.startswith("Bearer ") or not self.tokens.valid(auth[len("Bearer "):]):
+            if self.cut_tokens_short > 0 and self.tokens.valid(token):
+                self.cut_tokens_short -= 1
+                self.tokens.cut_short(token)
+        if not token or not self.tokens.valid(token):
             # Google APIs answer an expired or revoked token with 401 UNAUTHENTICATED (google.rpc.Code 16).
             return h._send(401, self._error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential."))
         path = urlsplit(h.path).path
