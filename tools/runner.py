@@ -100,14 +100,15 @@ def _is_installed_or_program(module: Any) -> bool:
     return path.startswith(tuple(place + os.sep for place in places))
 
 
-def _loaded_modules() -> list[str]:
-    """Modules this (child) process really executed: the SDKs' lazy stubs are left out, and so is
-    anything neither installed nor the program's (other project code too), or without a real name."""
+def _loaded_modules(known: frozenset[str] = frozenset()) -> list[str]:
+    """Modules this (child) process really executed, but for the `known` names (what the server had
+    already): the SDKs' lazy stubs are left out, and so is anything neither installed nor the
+    program's (other project code too), or without a real name."""
     lazy = getattr(importlib.import_module("pulumi._utils"), "_LazyModule", ())
     return sorted(
         name for name, module in list(sys.modules.items())
-        if module is not None and not name.startswith("__") and not isinstance(module, lazy)
-        and _is_installed_or_program(module)
+        if name not in known and module is not None and not name.startswith("__")
+        and not isinstance(module, lazy) and _is_installed_or_program(module)
     )
 
 
@@ -179,6 +180,7 @@ def _timeout(request: dict[str, Any]) -> float:
 def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
     """In the forked child: become `python <argv>` in request["cwd"] and exit with its status."""
     code = 1
+    known = frozenset(sys.modules)  # the server's: only what the run adds is reported back
     try:
         gc.enable()  # the server keeps it off (see serve); a fresh interpreter has it on
         # A hung run dies like a timed-out subprocess. Fractions count (setitimer, not alarm): a
@@ -225,7 +227,7 @@ def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
             traceback.print_exc()
             code = 1
         try:
-            Path(modules).write_text(json.dumps({"modules": _loaded_modules(), "typed": _typed_classes()}))
+            Path(modules).write_text(json.dumps({"modules": _loaded_modules(known), "typed": _typed_classes()}))
         except Exception:  # noqa: BLE001 (only an optimisation)
             pass
     finally:
