@@ -91,3 +91,11 @@ def test_stop_ends_the_accept_loop_and_the_idle_threads():
     except ConnectionRefusedError:
         refused = True
     assert refused
+
+
+def test_a_second_stop_does_nothing():
+    """As shutdown() and server_close() may be repeated: a second stop() must not write to, or close,
+    a descriptor number the first one gave back (another file may have it by then)."""
+    server = _server()
+    server.stop()
+    server.stop()

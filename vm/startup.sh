@@ -830,32 +830,36 @@ sm_access() {
 }
 
 # read_ahead NAME URL [NAME URL...]: GET each URL with the bearer token in one curl (one process,
-# one connection per host) ahead of the steps that need the answers. A definitive answer (not a
-# transport error, 429, 5xx or 401) is kept for take_read_ahead; any other is dropped, and its step
-# asks on its own, with its retries and token refetch, as it would without this.
+# one connection per host) ahead of the steps that need the answers. A whole, definitive answer (not
+# a transport error or a body cut short, 429, 5xx or 401) is kept for take_read_ahead; any other is
+# dropped, and its step asks on its own, with its retries and token refetch, as it would without this.
 declare -A READ_AHEAD=()
 read_ahead() {
-  local -a args=() names=() codes=()
-  local answer="" file i
+  local -a args=() names=() files=() lines=()
+  local answer="" i code exit_code
   READ_AHEAD=()
   while (($# >= 2)); do
-    file="${SECRETS_DIR}/ahead.$1.json"
-    : >"$file" # an empty body leaves curl's -o file unwritten: never an earlier run's answer
     names+=("$1")
-    args+=(-o "$file" "$2")
+    files+=("${SECRETS_DIR}/ahead.$1.json")
+    args+=(-o "${SECRETS_DIR}/ahead.$1.json" "$2")
     shift 2
   done
+  rm_f "${files[@]}" # curl -o follows a link: only files it creates itself
   ensure_token
-  # curl writes -w once per URL, in order, a failed transfer too (status 000), and goes on after it.
+  # -w once per URL, in order, for a failed transfer too (000); %{exitcode} (curl >= 7.75.0) is that
+  # transfer's own: curl's exit status is the last one's, and a 200 cut short is curl's 18 with code
+  # 200. --fail-early stops at the first transport error, so a dead API costs one timeout here, not
+  # one per URL (without -f, an HTTP error is not one). https://curl.se/docs/manpage.html
   answer=$(printf 'header = "Authorization: Bearer %s"\n' "$ACCESS_TOKEN" |
-    curl -K - -sS --connect-timeout 5 --max-time 30 -w '%{http_code}\n' "${args[@]}" 2>/dev/null) || true
-  mapfile -t codes <<<"$answer"
+    curl -K - -sS --fail-early --connect-timeout 5 --max-time 30 -w '%{http_code} %{exitcode}\n' \
+      "${args[@]}" 2>/dev/null) || true
+  mapfile -t lines <<<"$answer"
   for i in "${!names[@]}"; do
-    file="${SECRETS_DIR}/ahead.${names[i]}.json"
-    if [[ ${codes[i]:-000} =~ ^[0-9]{3}$ && ${codes[i]} != 401 ]] && ! is_transient "${codes[i]}"; then
-      READ_AHEAD[${names[i]}]=${codes[i]}
+    read -r code exit_code <<<"${lines[i]:-}" || true
+    if [[ $exit_code == 0 && $code =~ ^[0-9]{3}$ && $code != 401 ]] && ! is_transient "$code"; then
+      READ_AHEAD[${names[i]}]=$code
     else
-      empty_now "$file"
+      empty_now "${files[i]}"
     fi
   done
 }
@@ -871,8 +875,8 @@ take_read_ahead() {
   READ_AHEAD_FILE="${SECRETS_DIR}/ahead.$1.json"
 }
 
-# ADMIN_VERSION: what the read-ahead said of the admin key secret: yes (it has a version), no (none, or
-# disabled), or "" (not known: ensure_admin_key asks). Its payload is never kept.
+# ADMIN_VERSION: yes when the read-ahead found a version of the admin key secret, else "" (then
+# ensure_admin_key asks). Its payload is never kept.
 ADMIN_VERSION=""
 
 write_secret_env() {
@@ -886,11 +890,13 @@ write_secret_env() {
   read_ahead "${ahead[@]}"
   ADMIN_VERSION=""
   if take_read_ahead admin-key; then
-    case "$HTTP_STATUS" in
-      200) ADMIN_VERSION=yes ;;
-      404 | 400) ADMIN_VERSION=no ;; # what sm_access returns 3 for
-    esac
+    # Only "it has one" is trusted at the end of the run, minutes later; anything else is asked again
+    # then (a first boot's one extra read), so a version another writer adds meanwhile is seen.
+    [[ $HTTP_STATUS != 200 ]] || ADMIN_VERSION=yes
     empty_now "$READ_AHEAD_FILE"
+  fi
+  if [[ ${READ_AHEAD[instance-secret]:-} != 200 ]] && take_read_ahead db-password; then
+    empty_now "$READ_AHEAD_FILE" # not kept on disk while a first boot mints the instance secret
   fi
 
   local raw="${SECRETS_DIR}/instance-secret.raw" rc=0
@@ -1506,14 +1512,10 @@ ensure_admin_key() {
   step admin-key
   local sid=${CFG[ADMIN_KEY_SECRET_ID]} rc=0
   local probe="${SECRETS_DIR}/admin-key.existing"
-  case "$ADMIN_VERSION" in
-    yes) rc=0 ;;
-    no) rc=3 ;;
-    *)
-      sm_access "$sid" "$probe" || rc=$?
-      empty_now "$probe"
-      ;;
-  esac
+  if [[ $ADMIN_VERSION != yes ]]; then
+    sm_access "$sid" "$probe" || rc=$?
+    empty_now "$probe"
+  fi
   if ((rc == 0)); then
     step_done "already stored in ${sid}"
     return 0

@@ -71,11 +71,13 @@ class PooledServing:
     def stop(self) -> None:
         """Stop accepting (at once, no poll to wait for), let the idle threads end, close the socket.
         A connection still being served finishes on its own thread."""
-        os.write(self._pool_wake_w, b"x")
-        self._pool_accepting.join()
         with self._pool_lock:
+            if self._pool_stopped:
+                return  # like shutdown() + server_close(), a second call does nothing
             self._pool_stopped = True
             idle, self._pool_idle = self._pool_idle, 0
+        os.write(self._pool_wake_w, b"x")
+        self._pool_accepting.join()
         for _ in range(idle):
             self._pool_queue.put(None)
         os.close(self._pool_wake_r)

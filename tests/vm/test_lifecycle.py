@@ -167,9 +167,9 @@ def test_bad_image_reference_is_refused(sandbox):
     assert r.rc == 1 and "invalid image reference" in r.stderr
 
 
-def test_a_run_reads_its_secrets_and_the_sql_instance_ahead_in_one_connection(sandbox, booted):
-    """read_ahead: the three secrets and the SQL Admin instance in one curl, over one connection (the
-    fake serves them all on one host); each is read once, and the admin key's answer is not kept."""
+def test_a_run_reads_its_secrets_and_the_sql_instance_ahead_in_one_curl(sandbox, booted):
+    """read_ahead: the three secrets and the SQL Admin instance in one curl, which reuses its
+    connection to a host (the fake serves both APIs on one; a VM talks to two); each is read once."""
     from sandbox import DB_PASSWORD_SECRET_ID
 
     sandbox.clear_calls()
@@ -183,10 +183,36 @@ def test_a_run_reads_its_secrets_and_the_sql_instance_ahead_in_one_connection(sa
     assert "PREFLIGHT PASS sqladmin" in r.stderr
 
 
-def test_a_first_boot_asks_for_the_admin_key_once(sandbox):
-    """The read-ahead's "no version" (404) is the admin-key step's answer: it mints and stores a key
-    without asking Secret Manager again."""
+def test_an_answer_cut_short_is_read_again_by_its_step(sandbox, booted):
+    """A 200 whose body is cut off is curl's exit 18 for that transfer, with code 200: the read-ahead
+    drops it (and, with --fail-early, does not read the rest), and each step reads on its own."""
+    sandbox.clear_calls()
+    sandbox.apis.cut_next[INSTANCE_SECRET_ID] = 1
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    reads = [q["path"] for q in sandbox.apis.requests if q["method"] == "GET"]
+    assert reads.count(f"/v1/{INSTANCE_SECRET_ID}/versions/latest:access") == 2
+    env = dict(e.split("=", 1) for e in sandbox.docker_state()["containers"]["convex-backend"]["env"])
+    assert env["INSTANCE_SECRET"] == sandbox.instance_secret and f":{sandbox.db_password}@" in env["POSTGRES_URL"]
+    assert sandbox.runs() == []  # the same secrets: nothing restarted
+
+
+def test_an_admin_key_stored_while_the_vm_boots_is_kept(sandbox):
+    """The read-ahead finds no admin key version on a first boot; the admin-key step, minutes later
+    on a VM, asks again, so a version another writer stored meanwhile is kept and none is added."""
+    import shutil
+
+    token, _ = sandbox.apis.tokens.get()  # the token the metadata server hands the VM too
+    body = sandbox.tmp / "other-key.json"
+    body.write_text('{"payload":{"data":"b3RoZXIta2V5"}}')  # base64 of "other-key"
+    once = sandbox.tmp / "added"
+    url = f"{sandbox.env()['SECRETMANAGER_ENDPOINT']}/v1/{ADMIN_KEY_SECRET_ID}:addVersion"
+    real = shutil.which("sha256sum", path="/usr/local/bin:/usr/bin:/bin")
+    shim = sandbox.bin / "sha256sum"  # the units step: after the read-ahead, before the admin-key step
+    shim.write_text(f"#!/bin/bash\n[[ -e {once} ]] || {{ touch {once}; curl -sf -o /dev/null -H 'Authorization: Bearer {token}' "
+                    f"--data-binary @{body} {url}; }}\nexec {real} \"$@\"\n")
+    shim.chmod(0o755)
     r = sandbox.run()
     assert r.rc == 0, r.stderr
-    admin = [q["method"] for q in sandbox.apis.requests if q["path"].startswith(f"/v1/{ADMIN_KEY_SECRET_ID}")]
-    assert admin == ["GET", "POST"]
+    assert once.exists() and sandbox.apis.secrets[ADMIN_KEY_SECRET_ID] == [b"other-key"]
+    assert f"already stored in {ADMIN_KEY_SECRET_ID}" in r.stderr

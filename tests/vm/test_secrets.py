@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 
@@ -192,7 +193,9 @@ def test_a_secret_is_emptied_from_its_step_file_as_soon_as_it_is_read(sandbox, b
     found = sandbox.tmp / "found.log"
     real = shutil.which("sha256sum", path="/usr/local/bin:/usr/bin:/bin")
     patterns = sandbox.tmp / "patterns"
-    patterns.write_text("".join(f"{v}\n" for v in sandbox.secret_values()))
+    values = sandbox.secret_values()
+    values += [base64.b64encode(v.encode()).decode() for v in values]  # Secret Manager's answers hold them so
+    patterns.write_text("".join(f"{v}\n" for v in values))
     shim = sandbox.bin / "sha256sum"  # input_sums runs it at the units step
     shim.write_text(f"#!/bin/bash\ngrep -rlF -f {patterns} {sandbox.run_dir} >>{found}\nexec {real} \"$@\"\n")
     shim.chmod(0o755)
@@ -237,3 +240,35 @@ def test_a_preflight_beside_a_run_leaves_its_files_alone(sandbox, booted):
     assert {path: path.read_text() for path in planted} == planted
     assert (sandbox.run_dir / "applied-etag").read_text() == applied
     assert sorted(p.name for p in sandbox.run_dir.iterdir()) == before  # its own directory is gone
+
+
+def test_the_read_ahead_never_writes_a_secret_through_a_link(sandbox, booted):
+    """curl -o follows a symlink: the read-ahead removes its files first, so a link planted where an
+    answer goes (root-only directory, but still) never receives the secret."""
+    victim = sandbox.tmp / "victim"
+    victim.write_text("")
+    for name in ("instance-secret", "admin-key", "db-password"):
+        (sandbox.run_dir / "secrets" / f"ahead.{name}.json").symlink_to(victim)
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    assert victim.read_text() == ""
+
+
+def test_the_db_password_is_not_on_disk_while_a_first_boot_mints_the_instance_secret(sandbox):
+    """On a first boot the instance secret has no version and is minted (od reads /dev/urandom),
+    which takes a Secret Manager round trip or more: the read-ahead's DB password answer is dropped
+    before that, and read when it is needed."""
+    import shutil
+
+    from sandbox import INSTANCE_SECRET_ID
+
+    sandbox.apis.secrets[INSTANCE_SECRET_ID] = []  # as Pulumi creates it: no version
+    found = sandbox.tmp / "found.log"
+    real = shutil.which("od", path="/usr/local/bin:/usr/bin:/bin")
+    shim = sandbox.bin / "od"
+    encoded = base64.b64encode(sandbox.db_password.encode()).decode()  # as Secret Manager answers it
+    shim.write_text(f"#!/bin/bash\ngrep -rlF -e {sandbox.db_password} -e {encoded} {sandbox.run_dir} >>{found}\nexec {real} \"$@\"\n")
+    shim.chmod(0o755)
+    r = sandbox.run()
+    assert r.rc == 0, r.stderr
+    assert found.exists() and found.read_text() == ""

@@ -256,6 +256,7 @@ class ApisServer(_Server):
         # Cut the next N tokens short at their first use: that call and every later one with the same
         # token get 401, as with a token revoked or expired early, until a new token is fetched.
         self.cut_tokens_short = 0
+        self.cut_next: dict[str, int] = {}  # secret id -> latest:access answers to cut off halfway through the body
         self.secrets: dict[str, list[bytes]] = {}
         # secret id -> forbidden | scope | missing | unavailable | disabled | forbidden_add (access ok, add 403)
         self.modes: dict[str, str] = {}
@@ -358,7 +359,22 @@ class ApisServer(_Server):
         if not versions:
             return h._send(404, self._error(404, "NOT_FOUND", f"Secret [{sid}] not found or has no versions."))
         data = base64.b64encode(versions[-1]).decode()
-        return h._send(200, self._json({"name": f"{sid}/versions/{len(versions)}", "payload": {"data": data, "dataCrc32c": "0"}}))
+        body = self._json({"name": f"{sid}/versions/{len(versions)}", "payload": {"data": data, "dataCrc32c": "0"}}).encode()
+        with self.lock:
+            cut = self.cut_next.get(sid, 0) > 0
+            if cut:
+                self.cut_next[sid] -= 1
+        if cut:
+            # 200 and its Content-Length, then half the body and a closed connection: curl's exit 18
+            # (CURLE_PARTIAL_FILE, https://curl.se/libcurl/c/libcurl-errors.html) with code 200.
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body[: len(body) // 2])
+            h.close_connection = True
+            return None
+        return h._send(200, body)
 
     def _add(self, h, sid, body):
         mode = self.modes.get(sid)
