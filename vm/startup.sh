@@ -169,8 +169,9 @@ run_logged() {
 }
 
 sleep_ms() {
-  local ms=$1
-  sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
+  local ms=$1 fraction
+  printf -v fraction '%03d' $((ms % 1000))
+  sleep "$((ms / 1000)).${fraction}"
 }
 
 # read_into VAR FILE: VAR = FILE's text (trailing newlines dropped), or "" when it cannot be read.
@@ -1470,12 +1471,11 @@ start_unit() {
   CHANGED+=("$unit")
 }
 
-# n_restarts UNIT: how often systemd restarted it (NRestarts, systemd >= 235).
+# n_restarts UNIT -> N_RESTARTS: how often systemd restarted it (NRestarts, systemd >= 235).
+N_RESTARTS=0
 n_restarts() {
-  local n
-  n=$(systemctl show -p NRestarts --value "${1}.service" 2>/dev/null) || n=0
-  [[ $n =~ ^[0-9]+$ ]] || n=0
-  printf '%s' "$n"
+  N_RESTARTS=$(systemctl show -p NRestarts --value "${1}.service" 2>/dev/null) || N_RESTARTS=0
+  [[ $N_RESTARTS =~ ^[0-9]+$ ]] || N_RESTARTS=0
 }
 
 SQL_FIX="the Cloud SQL instance is RUNNABLE (gcloud sql instances describe); private services access peering exists (gcloud services vpc-peerings list --network=...); egress from the VM to the instance's private IP (TCP 3307 proxy, 5432 direct) is allowed; the VM service account has roles/cloudsql.client (and roles/cloudsql.instanceUser with IAM login)"
@@ -1547,11 +1547,14 @@ sm_add_version() {
     die "Secret Manager unreachable while storing ${what} in ${sid}" "egress to Google APIs (Cloud NAT / Private Google Access)"
   fi
   empty_now "$body"
+  if [[ $HTTP_STATUS == 200 ]]; then
+    empty_now "$resp"
+    return 0
+  fi
   local detail
   detail=$(api_error_detail "$resp")
   empty_now "$resp"
   case "$HTTP_STATUS" in
-    200) return 0 ;;
     403 | 401) die "Secret Manager denied adding ${what} to ${sid} (HTTP ${HTTP_STATUS} ${detail})" \
       "the VM service account has roles/secretmanager.secretVersionAdder (secretmanager.versions.add) on ${sid}" \
       "the VM scopes include ${SCOPE_CP}" ;;
@@ -1743,12 +1746,14 @@ sql_reachability() {
   if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
     step proxy-readiness
     local r0 r1
-    r0=$(n_restarts cloudsql-proxy)
+    n_restarts cloudsql-proxy
+    r0=$N_RESTARTS
     if wait_http cloudsql-proxy "$PROXY_READY_URL" "$wait_ms" cloudsql-proxy; then
       SQL_OK=1
       preflight PASS cloud-sql "the proxy passed its connection test (--run-connection-test) and ${PROXY_READY_URL} answered 200"
     else
-      r1=$(n_restarts cloudsql-proxy)
+      n_restarts cloudsql-proxy
+      r1=$N_RESTARTS
       if ((r1 > r0)); then
         preflight FAIL cloud-sql "Cloud SQL unreachable: the proxy exited $((r1 - r0)) time(s) in $(secs "$wait_ms"); with --run-connection-test it exits when it cannot reach the instance" \
           "journalctl -u cloudsql-proxy -n 50 ('Connection test failed' names the error); ${SQL_FIX}"
