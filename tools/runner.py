@@ -104,7 +104,8 @@ def _loaded_modules(known: frozenset[str] = frozenset()) -> list[str]:
     """Modules this (child) process really executed, but for the `known` names (what the server had
     already): the SDKs' lazy stubs are left out, and so is anything neither installed nor the
     program's (other project code too), or without a real name."""
-    lazy = getattr(importlib.import_module("pulumi._utils"), "_LazyModule", ())
+    # Not imported here: a cold server's `-c` run would then report (and teach) the whole SDK.
+    lazy = getattr(sys.modules.get("pulumi._utils"), "_LazyModule", ())
     return sorted(
         name for name, module in list(sys.modules.items())
         if name not in known and module is not None and not name.startswith("__")
@@ -389,8 +390,8 @@ def serve(path: str, warm: bool = True) -> int:
                         selector.register(client.conn, selectors.EVENT_READ, client)
                     if learned:
                         _preload(learned)
-                        preloaded |= set(learned) | set(sys.modules)
                     _warm_types(typed)
+                    preloaded |= set(learned) | set(sys.modules)  # what warming imported too
 
 
 def _unlink(path: str) -> None:

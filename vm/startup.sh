@@ -857,7 +857,9 @@ read_ahead() {
   mapfile -t lines <<<"$answer"
   for i in "${!names[@]}"; do
     read -r code exit_code <<<"${lines[i]:-}" || true
-    if [[ $exit_code == 0 && $code =~ ^[0-9]{3}$ && $code != 401 ]] && ! is_transient "$code"; then
+    # An empty 200 is dropped too: curl 7.75.0 wrote -w before closing the -o file (fixed in 7.76.0).
+    if [[ $exit_code == 0 && $code =~ ^[0-9]{3}$ && $code != 401 && ($code != 200 || -s ${files[i]}) ]] &&
+      ! is_transient "$code"; then
       READ_AHEAD[${names[i]}]=$code
     else
       empty_now "${files[i]}"

@@ -216,3 +216,51 @@ def test_an_admin_key_stored_while_the_vm_boots_is_kept(sandbox):
     assert r.rc == 0, r.stderr
     assert once.exists() and sandbox.apis.secrets[ADMIN_KEY_SECRET_ID] == [b"other-key"]
     assert f"already stored in {ADMIN_KEY_SECRET_ID}" in r.stderr
+
+
+def test_after_a_failed_transfer_the_read_ahead_reads_no_further(sandbox, booted):
+    """--fail-early: once one transfer fails (the admin key's answer cut short), curl reads none of
+    the URLs after it, so a dead API costs the read-ahead one timeout, not one per URL; their steps
+    read them on connections of their own."""
+    from sandbox import DB_PASSWORD_SECRET_ID
+
+    sandbox.clear_calls()
+    sandbox.apis.cut_next[ADMIN_KEY_SECRET_ID] = 1
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    reads = [q for q in sandbox.apis.requests if q["method"] == "GET"]
+    ahead = reads[0]["conn"]  # the instance secret, first in the read-ahead
+    later = [q for q in reads if q["path"] in (f"/v1/{DB_PASSWORD_SECRET_ID}/versions/latest:access",
+                                              "/v1/projects/test-proj/instances/convex-db")]
+    # Each on its own connection: its step's curl (without --fail-early both would come from the
+    # read-ahead's curl, which opens one new connection after the cut one).
+    assert len(later) == 2 and len({ahead, *(q["conn"] for q in later)}) == 3, reads
+
+
+def test_a_curl_without_per_transfer_exit_codes_keeps_no_answer(sandbox, booted):
+    """curl before 7.75.0 prints nothing for %{exitcode} (it only warns): then no answer can be shown
+    whole, none is kept, and every step reads on its own."""
+    import shutil
+
+    real = shutil.which("curl", path="/usr/local/bin:/usr/bin:/bin")
+    shim = sandbox.bin / "curl"
+    shim.write_text(f'#!/bin/bash\np=" %{{exitcode}}"\nargs=()\nfor a in "$@"; do args+=("${{a//"$p"/}}"); done\nexec {real} "${{args[@]}}"\n')
+    shim.chmod(0o755)
+    sandbox.clear_calls()
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    reads = [q["path"] for q in sandbox.apis.requests if q["method"] == "GET"]
+    assert len(reads) == 8 and len(set(reads)) == 4, reads  # each of the four: the read-ahead's, then its step's
+    assert sandbox.runs() == []
+
+
+def test_an_empty_200_in_the_read_ahead_is_read_again_by_its_step(sandbox, booted):
+    """A kept 200 must hold a body: curl 7.75.0 printed -w before it closed (and could fail to write)
+    the -o file, so an empty answer is dropped and its step reads the secret itself."""
+    sandbox.clear_calls()
+    sandbox.apis.empty_next[INSTANCE_SECRET_ID] = 1
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    reads = [q["path"] for q in sandbox.apis.requests if q["method"] == "GET"]
+    assert reads.count(f"/v1/{INSTANCE_SECRET_ID}/versions/latest:access") == 2
+    assert sandbox.runs() == []

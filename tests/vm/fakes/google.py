@@ -257,6 +257,9 @@ class ApisServer(_Server):
         # token get 401, as with a token revoked or expired early, until a new token is fetched.
         self.cut_tokens_short = 0
         self.cut_next: dict[str, int] = {}  # secret id -> latest:access answers to cut off halfway through the body
+        # secret id -> latest:access answers sent as a 200 without a body: what curl 7.75.0 could leave
+        # of a kept answer (its -w came before closing the -o file; curl commit 65ca229461, 7.76.0)
+        self.empty_next: dict[str, int] = {}
         self.secrets: dict[str, list[bytes]] = {}
         # secret id -> forbidden | scope | missing | unavailable | disabled | forbidden_add (access ok, add 403)
         self.modes: dict[str, str] = {}
@@ -364,6 +367,11 @@ class ApisServer(_Server):
             cut = self.cut_next.get(sid, 0) > 0
             if cut:
                 self.cut_next[sid] -= 1
+            empty = not cut and self.empty_next.get(sid, 0) > 0
+            if empty:
+                self.empty_next[sid] -= 1
+        if empty:
+            return h._send(200, b"")
         if cut:
             # 200 and its Content-Length, then half the body and a closed connection: curl's exit 18
             # (CURLE_PARTIAL_FILE, https://curl.se/libcurl/c/libcurl-errors.html) with code 200.
