@@ -733,7 +733,6 @@ check_scopes() {
   fi
 }
 
-# Cheap authenticated call proving the SA can use the Cloud SQL Admin API.
 # sqladmin_target -> SQLADMIN_CONN (the proxy's connection name) and SQLADMIN_URL (its instances.get),
 # both empty when there is no proxy; SQLADMIN_URL also when the name does not parse.
 SQLADMIN_CONN=""
@@ -750,6 +749,8 @@ sqladmin_target() {
   fi
 }
 
+# Cheap authenticated call proving the SA can use the Cloud SQL Admin API (the read-ahead's answer
+# when it kept one).
 check_sqladmin() {
   sqladmin_target
   [[ -n $SQLADMIN_CONN ]] || return 0
