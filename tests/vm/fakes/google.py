@@ -72,6 +72,17 @@ class _Server:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _send_cut_short(self, data: bytes, ctype: str):
+                # 200 and its Content-Length, then half the body and a closed connection: curl's exit 18
+                # "transfer closed with N bytes remaining to read" (CURLE_PARTIAL_FILE,
+                # https://curl.se/libcurl/c/libcurl-errors.html), after its -w said 200.
+                self.send_response(200)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.close_connection = True
+
             def do_GET(self):
                 outer._record(self, "GET", b"")
                 outer.handle(self, "GET", b"")
@@ -95,6 +106,14 @@ class _Server:
 
     def close(self) -> None:
         self.httpd.stop()
+
+    def _take(self, counts: dict[str, int], key: str) -> bool:
+        """Use up one of the faults counted for this key, if any is left."""
+        with self.lock:
+            if counts.get(key, 0) <= 0:
+                return False
+            counts[key] -= 1
+            return True
 
     def handle(self, h, method, body):  # pragma: no cover - overridden
         raise NotImplementedError
@@ -169,14 +188,6 @@ class MetadataServer(_Server):
                     self.attributes[k] = v
             self.cond.notify_all()
 
-    def _take(self, counts: dict[str, int], key: str) -> bool:
-        """Use up one of the faults counted for this key, if any is left."""
-        with self.lock:
-            if counts.get(key, 0) <= 0:
-                return False
-            counts[key] -= 1
-            return True
-
     def handle(self, h, method, body):
         with self.lock:
             if self.down or self.fail_next > 0:
@@ -224,17 +235,7 @@ class MetadataServer(_Server):
                 # A missing key is a 404 (querying-metadata); the script reads absent unit keys as "not wanted".
                 return h._send(404, "not found", "text/html")
             if self._take(self.truncate_next, key):
-                # 200 and its Content-Length, then half the body and a closed connection: curl's exit 18
-                # "transfer closed with N bytes remaining to read" (CURLE_PARTIAL_FILE,
-                # https://curl.se/libcurl/c/libcurl-errors.html), after its -w line already said 200.
-                data = value.encode()
-                h.send_response(200)
-                h.send_header("Content-Type", "application/text")
-                h.send_header("Content-Length", str(len(data)))
-                h.end_headers()
-                h.wfile.write(data[: len(data) // 2])
-                h.close_connection = True
-                return None
+                return h._send_cut_short(value.encode(), "application/text")
             return h._send(200, value, "application/text", {"ETag": self.etag})
         if rel == "instance/service-accounts/default/token":
             if not self.has_service_account:
@@ -363,25 +364,10 @@ class ApisServer(_Server):
             return h._send(404, self._error(404, "NOT_FOUND", f"Secret [{sid}] not found or has no versions."))
         data = base64.b64encode(versions[-1]).decode()
         body = self._json({"name": f"{sid}/versions/{len(versions)}", "payload": {"data": data, "dataCrc32c": "0"}}).encode()
-        with self.lock:
-            cut = self.cut_next.get(sid, 0) > 0
-            if cut:
-                self.cut_next[sid] -= 1
-            empty = not cut and self.empty_next.get(sid, 0) > 0
-            if empty:
-                self.empty_next[sid] -= 1
-        if empty:
+        if self._take(self.cut_next, sid):
+            return h._send_cut_short(body, "application/json")
+        if self._take(self.empty_next, sid):
             return h._send(200, b"")
-        if cut:
-            # 200 and its Content-Length, then half the body and a closed connection: curl's exit 18
-            # (CURLE_PARTIAL_FILE, https://curl.se/libcurl/c/libcurl-errors.html) with code 200.
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            h.wfile.write(body[: len(body) // 2])
-            h.close_connection = True
-            return None
         return h._send(200, body)
 
     def _add(self, h, sid, body):
