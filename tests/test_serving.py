@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 
 from tests.fakes.serving import PooledServing
 
@@ -36,6 +37,13 @@ def _ask(port: int, word: bytes) -> bytes:
         return conn.makefile("rb").readline()
 
 
+def _idle_again(server: _Server) -> None:
+    deadline = time.monotonic() + 30
+    while server._pool_idle < 1:
+        assert time.monotonic() < deadline, "no connection thread became idle"
+        time.sleep(0.001)
+
+
 def _server() -> _Server:
     server = _Server(("127.0.0.1", 0), _Handler)
     server.start()
@@ -64,13 +72,14 @@ def test_threads_are_reused_and_a_handler_s_error_is_not_the_server_s(capsys):
     server = _server()
     try:
         port = server.server_address[1]
+        assert _ask(port, b"first") == b"first done\n"
+        _idle_again(server)
         _Handler.served_by.clear()
         assert _ask(port, b"boom") == b""  # the connection closes; the error is reported
         for n in range(20):
+            _idle_again(server)  # a client may be answered before the thread has put itself back
             assert _ask(port, b"%d" % n) == b"%d done\n" % n
-        # A thread per connection would be 21. A client may connect again before the thread that
-        # answered it is idle (it closes the connection after the answer), so a few are started.
-        assert len(set(_Handler.served_by)) <= 5, len(set(_Handler.served_by))
+        assert len(set(_Handler.served_by)) == 1  # a thread per connection would be 21
     finally:
         server.stop()
     assert "a fake's bug" in capsys.readouterr().err
