@@ -255,7 +255,9 @@ class ApisServer(_Server):
         self.tokens = tokens or Tokens()
         self.connect_mode = "ok"  # ok | forbidden (connectSettings only)
         # Cut the next N tokens short at their first use: that call and every later one with the same
-        # token get 401, as with a token revoked or expired early, until a new token is fetched.
+        # token get 401, as with a token revoked or expired early, until a new token is fetched
+        # (RFC 6750 section 3.1 invalid_token: "expired, revoked, malformed" -> 401,
+        # https://www.rfc-editor.org/rfc/rfc6750#section-3.1).
         self.cut_tokens_short = 0
         self.cut_next: dict[str, int] = {}  # secret id -> latest:access answers to cut off halfway through the body
         # secret id -> latest:access answers sent as a 200 without a body: what curl 7.75.0 could leave
