@@ -32,7 +32,9 @@ DOCUMENTS_DDL = """CREATE TABLE IF NOT EXISTS documents (
 
 
 class _HTTPServer(PooledServing, HTTPServer):
-    pass
+    """http.server's HTTPServer with each connection on a thread, as ThreadingHTTPServer
+    (https://github.com/python/cpython/blob/3.11/Lib/http/server.py) does, threads reused
+    (tests/fakes/serving.py)."""
 
 
 class FakeConvex:

@@ -4,7 +4,7 @@ sleeps in select() until a connection or stop() comes instead of polling.
 
 Why: a VM sandbox's run makes some forty requests and stand-in calls, and starting a thread was
 about half of what serving one cost; serve_forever(poll_interval) wakes every 5 ms while a sandbox
-lives (its shutdown() waits for the next wake-up, CPython Lib/socketserver.py BaseServer.serve_forever).
+lives (its shutdown() waits for the next wake-up: BaseServer.serve_forever, https://github.com/python/cpython/blob/3.11/Lib/socketserver.py).
 What a client sees does not change: a request that blocks (a metadata long-poll) holds its thread
 and never delays another connection, because an idle thread is used only when there is one.
 """
@@ -39,8 +39,9 @@ class PooledServing:
             while True:
                 if any(key.fileobj == self._pool_wake_r for key, _ in selector.select()):
                     return
-                self.handle_request()  # type: ignore[attr-defined]  # accepts the one waiting (public API)
+                self.handle_request()  # type: ignore[attr-defined]  # accepts the one waiting (BaseServer.handle_request)
 
+    # Replaces ThreadingMixIn.process_request (https://github.com/python/cpython/blob/3.11/Lib/socketserver.py): a thread per connection, an idle one reused.
     def process_request(self, request: socket.socket, client_address: Any) -> None:
         with self._pool_lock:
             reuse = self._pool_idle > 0
@@ -55,7 +56,7 @@ class PooledServing:
         item: tuple | None = (request, client_address)
         while item is not None:
             request, client_address = item
-            # As ThreadingMixIn.process_request_thread: a handler's error is reported, never fatal.
+            # As ThreadingMixIn.process_request_thread (https://github.com/python/cpython/blob/3.11/Lib/socketserver.py): a handler's error is reported, never fatal.
             try:
                 self.finish_request(request, client_address)  # type: ignore[attr-defined]
             except Exception:

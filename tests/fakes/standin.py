@@ -15,7 +15,7 @@ Upstream behaviour this relies on:
 - `read -N n` reads exactly n characters, bytes under LC_ALL=C, and a shell variable cannot hold NUL
   (https://www.gnu.org/software/bash/manual/bash.html#Bash-Builtins, `read`), so output with NUL is refused;
 - each connection is served on a thread of its own (tests/fakes/serving.py), as socketserver's
-  ThreadingMixIn does (CPython Lib/socketserver.py).
+  ThreadingMixIn does (https://github.com/python/cpython/blob/3.11/Lib/socketserver.py).
 """
 
 from __future__ import annotations
