@@ -9,7 +9,6 @@ workflows) a skip is a failure, because a skipped test guards nothing.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import hashlib
 import json
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from tools import runner  # noqa: E402
 from tools.plan import Plan, plan_from_json  # noqa: E402
 from tests.fakes import standin  # noqa: E402
-from tests.session import SESSION_DIR  # noqa: E402
+from tests.session import SESSION_DIR, once_per_session  # noqa: E402
 
 
 SCRATCH = pytest.StashKey[tuple[str | None, str]]()
@@ -140,19 +139,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def _run_shared(command: list[str]) -> tuple[int, str, str]:
     """runner.run_python once per session for this command, whichever worker asks first."""
-    shared = os.environ.get(SESSION_DIR, "")
-    if not shared or not os.path.isdir(shared):
+    def run() -> tuple[int, str, str]:
         result = runner.run_python(command, cwd=ROOT, timeout=300)
         return result.returncode, result.stdout, result.stderr
-    entry = Path(shared) / hashlib.sha256(json.dumps(command).encode()).hexdigest()
-    with open(entry.with_suffix(".lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first one's run
-        if not entry.exists():
-            result = runner.run_python(command, cwd=ROOT, timeout=300)
-            entry.with_suffix(".tmp").write_text(json.dumps([result.returncode, result.stdout, result.stderr]))
-            entry.with_suffix(".tmp").replace(entry)
-        returncode, stdout, stderr = json.loads(entry.read_text())
-    return returncode, stdout, stderr
+
+    return once_per_session(hashlib.sha256(json.dumps(command).encode()).hexdigest(), run)
 
 
 @lru_cache(maxsize=None)

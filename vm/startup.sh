@@ -511,10 +511,20 @@ md_get_all() {
 }
 
 ATTR_ETAG=""
+# header_etag FILE -> HEADER_ETAG: the value of the last ETag header in a curl -D file, or "".
+HEADER_ETAG=""
+header_etag() {
+  local line re='^[Ee][Tt][Aa][Gg]: *([^[:space:]]*)'
+  HEADER_ETAG=""
+  while IFS= read -r line; do
+    [[ ! $line =~ $re ]] || HEADER_ETAG=${BASH_REMATCH[1]}
+  done <"$1"
+}
+
 fetch_metadata() {
   step fetch-metadata
   local attributes='instance/attributes/?recursive=true' hdr="${RUN_DIR}/attributes.headers"
-  local unit key line re='^[Ee][Tt][Aa][Gg]: *([^[:space:]]*)'
+  local unit key
   # The attributes directory's ETag (recorded as applied) is read before the values, so a change
   # racing with this run is never missed: the watcher compares it with the next one.
   local -a reads=("$attributes" /dev/null
@@ -530,10 +540,8 @@ fetch_metadata() {
   reads+=("$SCOPES_PATH" "${RUN_DIR}/scopes" "$TOKEN_PATH" "${SECRETS_DIR}/token.json")
   md_get_all -D "$hdr" -O "$SCOPES_PATH" -O "$TOKEN_PATH" "${reads[@]}"
   [[ ${MD_STATUS[$attributes]} == 200 ]] || md_refused "$attributes"
-  ATTR_ETAG=""
-  while IFS= read -r line; do
-    [[ ! $line =~ $re ]] || ATTR_ETAG=${BASH_REMATCH[1]}
-  done <"$hdr"
+  header_etag "$hdr"
+  ATTR_ETAG=$HEADER_ETAG
   printf '%s\n' "$ATTR_ETAG" >"${RUN_DIR}/applied-etag.new"
   if [[ ${MD_STATUS[$TOKEN_PATH]} == 200 ]]; then
     take_token "${SECRETS_DIR}/token.json" optional
@@ -1654,7 +1662,7 @@ same_bytes() {
 watch_loop() {
   require_tools curl flock bash
   local script="${RUN_DIR}/startup.sh" hdr="${RUN_DIR}/watch.headers"
-  local etag interval=$PENDING_RETRY_MS fails=0 last_run line re='^[Ee][Tt][Aa][Gg]: *([^[:space:]]*)'
+  local etag interval=$PENDING_RETRY_MS fails=0 last_run
   set_now_ms
   last_run=$NOW_MS
   etag=$(cat "${RUN_DIR}/applied-etag" 2>/dev/null || printf 'none')
@@ -1687,10 +1695,9 @@ watch_loop() {
       continue
     fi
     fails=0
-    local new="" run=""
-    while IFS= read -r line; do
-      [[ ! $line =~ $re ]] || new=${BASH_REMATCH[1]} # the last ETag header, as fetch_metadata reads it
-    done <"$hdr"
+    local new run=""
+    header_etag "$hdr"
+    new=$HEADER_ETAG
     set_now_ms
     if [[ -n $new && $new != "$etag" ]]; then
       run="metadata changed (etag ${etag} -> ${new})"

@@ -19,22 +19,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
 import psycopg
 
-from tests.fakes.serving import PooledServing
+from tests.fakes.serving import PooledHTTPServer
 
 DOCUMENTS_DDL = """CREATE TABLE IF NOT EXISTS documents (
     id BYTEA NOT NULL, ts BIGINT NOT NULL, table_id BYTEA NOT NULL,
     json_value BYTEA NOT NULL, deleted BOOLEAN DEFAULT false, prev_ts BIGINT)"""
-
-
-class _HTTPServer(PooledServing, HTTPServer):
-    """http.server's HTTPServer with each connection on a thread, as ThreadingHTTPServer
-    (https://github.com/python/cpython/blob/3.11/Lib/http/server.py) does, threads reused
-    (tests/fakes/serving.py)."""
 
 
 class FakeConvex:
@@ -46,8 +40,8 @@ class FakeConvex:
         self.requests: list[tuple[str, str]] = []
         with psycopg.connect(database_url) as connection:
             connection.execute(DOCUMENTS_DDL)
-        self.api = _HTTPServer(("127.0.0.1", 0), self._handler(site=False))
-        self.site = _HTTPServer(("127.0.0.1", 0), self._handler(site=True))
+        self.api = PooledHTTPServer(("127.0.0.1", 0), self._handler(site=False))
+        self.site = PooledHTTPServer(("127.0.0.1", 0), self._handler(site=True))
         for server in (self.api, self.site):
             server.start()
 

@@ -16,6 +16,7 @@ import queue
 import selectors
 import socket
 import threading
+from http.server import HTTPServer
 from typing import Any
 
 
@@ -84,3 +85,8 @@ class PooledServing:
         os.close(self._pool_wake_r)
         os.close(self._pool_wake_w)
         self.server_close()  # type: ignore[attr-defined]
+
+
+class PooledHTTPServer(PooledServing, HTTPServer):
+    """http.server's HTTPServer with each connection on a thread, as its ThreadingHTTPServer
+    (https://github.com/python/cpython/blob/3.11/Lib/http/server.py), threads reused."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
-import pickle
 import shutil
 import sys
 from pathlib import Path
@@ -14,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sandbox import Result, Sandbox, Snapshot  # noqa: E402
 
-from tests.session import session_dir  # noqa: E402
+from tests.session import once_per_session  # noqa: E402
 
 REQUIRED = ("bash", "curl", "blkid", "wipefs", "blockdev", "dumpe2fs", "mkfs.ext4", "e2fsck", "resize2fs",
             "debugfs", "truncate", "dd", "timeout", "base64", "sha256sum", "flock", "systemd-analyze")
@@ -40,20 +38,16 @@ def _default_first_boot(tmp_path_factory) -> Snapshot:
     """The dev stack's first boot on a blank disk, made once per session by whichever xdist worker
     asks first; the others load its snapshot (restore() copies the files from its sandbox and
     rewrites paths and ports, so any process can restore it)."""
-    entry = session_dir() / "default-first-boot.pickle"
-    with open(entry.with_suffix(".lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second worker waits for the first one's boot
-        if entry.exists():
-            return pickle.loads(entry.read_bytes())
+    def boot() -> Snapshot:
         sb = Sandbox(tmp_path_factory.mktemp("default-first-boot"))
         try:
             result = sb.run()
             assert result.rc == 0, result.output
-            snap = sb.snapshot(result)
+            return sb.snapshot(result)
         finally:
             sb.close()
-        entry.write_bytes(pickle.dumps(snap))
-        return snap
+
+    return once_per_session("default-first-boot", boot)
 
 
 @pytest.fixture

@@ -30,18 +30,14 @@ import json
 import threading
 import time
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.serving import PooledServing
+from tests.fakes.serving import PooledHTTPServer
 
 TOKEN = "ya29.fake-access-token-0123456789"  # prefix of every token the fake hands out
 SCOPE_CP = "https://www.googleapis.com/auth/cloud-platform"
-
-
-class _HTTPServer(PooledServing, HTTPServer):
-    pass
 
 
 class _Server:
@@ -93,7 +89,7 @@ class _Server:
                 outer._record(self, "POST", body)
                 outer.handle(self, "POST", body)
 
-        self.httpd = _HTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = PooledHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.httpd.server_address[1]
         self.httpd.start()
 
