@@ -397,3 +397,25 @@ def test_every_google_resource_waits_for_the_apis(stack):
         and _needs_all_apis(plan, r, services, memo) != services
     ]
     assert not missing, f"declared without waiting for the project APIs: {missing}"
+
+
+TOP = "convex-gcp:index:ConvexOnGcp"
+
+
+def test_top_level_component_keeps_every_urn_of_a_stack_built_before_it(plan):
+    """Everything moved under ConvexOnGcp: each direct child carries an alias to the stack's root, and the
+    engine derives its children's old URNs from it (pulumi/pulumi pkg/resource/deploy/step_generator.go,
+    generateAliases: "multiply out any aliases our parent had"),
+    so an existing stack's preview shows no replacement. The old URN is the new one without the top type."""
+    top = plan.one(TOP)
+    by_urn = {r.urn: r for r in plan.resources}
+    for resource in plan.resources:
+        if resource is top:
+            continue
+        ancestor = resource
+        while ancestor.parent != top.urn:
+            assert ancestor.parent in by_urn, f"{resource.urn} is not under {TOP}"
+            ancestor = by_urn[ancestor.parent]
+        assert {"noParent": True} in ancestor.aliases, f"{ancestor.urn} lost its URN from before {TOP}"
+        old_urn = resource.urn.replace(f"::{TOP}$", "::", 1)
+        assert TOP not in old_urn and old_urn.count("::") == resource.urn.count("::")

@@ -49,6 +49,8 @@ class Declared:
     import_id: str = ""
     # The deleteBeforeReplace option as the engine receives it; None when not set (the provider decides).
     delete_before_replace: Optional[bool] = None
+    # Alias specs as the engine receives them: {"noParent": True} means "this was once at the stack's root".
+    aliases: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -70,6 +72,14 @@ class Plan:
 
     def by_name(self, name: str) -> Declared:
         return next(r for r in self.resources if r.name == name)
+
+
+def _alias(alias) -> dict[str, Any]:
+    # resource.proto Alias: either a full URN or a spec whose fields say what differed (here: the parent).
+    if alias.urn:
+        return {"urn": alias.urn}
+    spec = alias.spec
+    return {k: v for k, v in {"name": spec.name, "type": spec.type, "parentUrn": spec.parentUrn, "noParent": spec.noParent}.items() if v}
 
 
 class UsageError(Exception):
@@ -247,6 +257,7 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
                         import_id=request.importId,
                         custom=bool(request.custom),
                         delete_before_replace=request.deleteBeforeReplace if request.deleteBeforeReplaceDefined else None,
+                        aliases=[_alias(a) for a in request.aliases],
                     )
                 )
             return response

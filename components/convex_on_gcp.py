@@ -1,0 +1,223 @@
+"""The whole Google Cloud deployment as one component: owns the APIs, the network, the identity and
+secrets, the database, the VM, and (when configured) the private DNS record, the front door, the data
+disk's snapshot schedule and the monitoring. Other teams' programs instantiate this; `__main__.py` only
+loads the stack's settings and does the same."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+
+from components.apis import ProjectApis, ProjectApisArgs, required_apis
+from components.backups import DataDiskBackups, DataDiskBackupsArgs
+from components.convex_vm import ConvexVm, ConvexVmArgs
+from components.database import Database, DatabaseArgs
+from components.front_door import FrontDoor, FrontDoorArgs
+from components.identity import Identity, IdentityArgs
+from components.monitoring import Monitoring, MonitoringArgs
+from components.network import VM_TAG, Network, NetworkArgs
+from components.private_dns import PrivateDns, PrivateDnsArgs
+from convex_gcp.adoption import import_ids
+from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, SITE_PORT
+from convex_gcp.settings import GOOGLE_LB_RANGES, IAP_RANGE, Settings, resource_prefix
+
+
+@dataclass
+class ConvexOnGcpArgs:
+    settings: Settings  # validated already (convex_gcp.settings.load_settings)
+
+
+class ConvexOnGcp(pulumi.ComponentResource):
+    """Owns every Google Cloud resource of one Convex deployment (see the module docstring)."""
+
+    def __init__(self, name: str, args: ConvexOnGcpArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("convex-gcp:index:ConvexOnGcp", name, None, opts)
+        settings = args.settings
+        prefix = resource_prefix(settings.stack)
+        domain = settings.domain
+
+        def child(depends_on=None) -> pulumi.ResourceOptions:
+            # These components were declared at the stack's root before this one existed: the alias keeps
+            # their URNs (and their children's, which the engine derives from the parent's aliases), so an
+            # existing stack sees no replacement (pulumi/pulumi step_generator.go generateAliases).
+            return pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=pulumi.ROOT_STACK_RESOURCE)], depends_on=depends_on)
+
+        apis = ProjectApis(
+            "apis",
+            ProjectApisArgs(project=settings.project, apis=required_apis(settings.connection_mode, bool(domain and domain.managed_zone))),
+            opts=child(),
+        )
+
+        network = Network(
+            "network",
+            NetworkArgs(
+                prefix=prefix,
+                region=settings.region,
+                subnet_cidr=settings.network.subnet_cidr,
+                private_services_prefix_length=settings.network.private_services_prefix_length,
+                api_source_ranges=settings.network.api_source_ranges,
+                dashboard_source_ranges=settings.network.dashboard_source_ranges if settings.convex.dashboard else [],
+                ssh_source_ranges=settings.network.ssh_source_ranges,
+                iap_range=IAP_RANGE,
+                iap_ports=[22, DASHBOARD_PORT] if settings.convex.dashboard else [22],
+                is_prod=settings.is_prod,
+                existing_network=settings.network.existing_network,
+                existing_subnetwork=settings.network.existing_subnetwork,
+                peering_range_name=settings.adopt.peering_range,
+                peering_range_import_id=import_ids(settings)["peering_range"],
+                connection_import_id=import_ids(settings)["peering_connection"],
+                load_balancer_ranges=list(GOOGLE_LB_RANGES) if domain else [],
+                load_balancer_ports=([API_PORT, SITE_PORT] + ([DASHBOARD_PORT] if domain.dashboard_host else [])) if domain else [],
+                depends_on=apis.services,
+            ),
+            opts=child(),
+        )
+
+        identity = Identity(
+            "identity",
+            IdentityArgs(
+                prefix=prefix,
+                project=settings.project,
+                region=settings.region,
+                iam_auth=settings.iam_auth,
+                labels=settings.labels,
+                sql_admin=settings.connection_mode != "plaintext",
+                list_server_cas=settings.connection_mode == "ssl",
+                protect_secrets=settings.is_prod,
+                depends_on=apis.services,
+            ),
+            opts=child(),
+        )
+
+        database = Database(
+            "database",
+            DatabaseArgs(
+                settings=settings,
+                prefix=prefix,
+                private_network=network.network_id,
+                service_networking_connection=network.connection,
+                service_account_email=identity.service_account.email,
+                db_password=identity.db_password,
+                allocated_ip_range=network.peering_range.name,
+                depends_on=apis.services,
+            ),
+            opts=child(),
+        )
+
+        private_dns = None
+        if settings.connection_mode == "ssl":
+            private_dns = PrivateDns(
+                "sql-dns",
+                PrivateDnsArgs(
+                    prefix=prefix,
+                    network=network.network_id,
+                    dns_name=database.private_dns_name,
+                    private_ip=database.instance.private_ip_address,
+                    labels=settings.labels,
+                    depends_on=apis.services,
+                ),
+                opts=child(),
+            )
+
+        vm = ConvexVm(
+            "convex",
+            ConvexVmArgs(
+                settings=settings,
+                prefix=prefix,
+                subnetwork=network.subnetwork_id,
+                network_tag=VM_TAG,
+                service_account_email=identity.service_account.email,
+                # Computed from inputs: in proxy mode the VM boots and pulls while Cloud SQL is created, and its
+                # boot path waits for the database (tools/critical_path.py).
+                connection_name=database.connection_name,
+                database_user=database.user_name,
+                instance_secret_id=identity.instance_secret.id,
+                admin_key_secret_id=identity.admin_key.id,
+                db_password_secret_id=identity.db_password_secret.id if identity.db_password_secret else "",
+                sql_dns_name=database.private_dns_name if settings.connection_mode == "ssl" else "",
+                sql_private_ip=database.instance.private_ip_address if settings.connection_mode == "plaintext" else "",
+                # Boot once the VM's roles exist; ssl and plaintext modes also need the instance's address (and the
+                # DNS record), so they still wait for the database and its user.
+                depends_on=[*identity.vm_prerequisites]
+                + ([] if settings.connection_mode == "proxy" else [database.database, database.user])
+                + ([private_dns.record] if private_dns else []),
+            ),
+            opts=child(depends_on=apis.services),
+        )
+
+        front_door = None
+        if domain is not None:
+            front_door = FrontDoor(
+                "front-door",
+                FrontDoorArgs(
+                    prefix=prefix,
+                    domain=domain,
+                    is_prod=settings.is_prod,
+                    zone=settings.zone,
+                    instance_self_link=vm.self_link,
+                    depends_on=apis.services,
+                ),
+                opts=child(),
+            )
+
+        if settings.vm.data_disk_snapshots.enabled:
+            DataDiskBackups(
+                "data-backups",
+                DataDiskBackupsArgs(
+                    prefix=prefix,
+                    region=settings.region,
+                    zone=settings.zone,
+                    disk_name=vm.data_disk.name,
+                    snapshots=settings.vm.data_disk_snapshots,
+                    labels=settings.labels,
+                ),
+                opts=child(depends_on=apis.services),
+            )
+
+        if settings.monitoring_enabled:
+            Monitoring(
+                "monitoring",
+                MonitoringArgs(
+                    project=settings.project,
+                    prefix=prefix,
+                    labels=settings.labels,
+                    settings=settings.monitoring,
+                    convex_url=vm.convex_url,
+                    sql_database_id=database.instance.name.apply(lambda instance: f"{settings.project}:{instance}"),
+                    vm_instance_id=vm.instance.instance_id,
+                    vm_name=vm.instance.name,
+                    max_connections=settings.max_connections,
+                ),
+                opts=child(depends_on=apis.services),
+            )
+
+        # The outputs contract (docs/outputs.md): names are stable; nothing here is a secret value.
+        outputs: dict[str, object] = {
+            "convex_url": vm.convex_url,
+            "convex_site_url": vm.convex_site_url,
+        }
+        if settings.convex.dashboard:
+            outputs["dashboard_url"] = vm.dashboard_url
+        outputs.update(
+            admin_key_secret=identity.admin_key.id,
+            sql_instance_name=database.instance.name,
+            sql_connection_name=database.instance.connection_name,
+            sql_private_ip=database.instance.private_ip_address,
+            database_name=database.database.name,
+            database_user=database.user.name,
+            vm_name=vm.instance.name,
+            vm_zone=vm.instance.zone,
+            vm_internal_ip=vm.internal_ip,
+            vm_service_account=identity.service_account.email,
+            network=network.network_name,
+            subnetwork=network.subnetwork_name,
+            peering_range=network.peering_range.name,
+            connection_mode=settings.connection_mode,
+        )
+        if front_door is not None:
+            # Point the hosts' A records here when no managed zone holds them (docs/front-door.md).
+            outputs["front_door_ip"] = front_door.ip
+        self.outputs = outputs
+        self.register_outputs(outputs)
