@@ -211,12 +211,24 @@ def problem_from_pydantic(error: dict[str, Any], root: type[BaseModel]) -> Probl
         guess = bound if bound is not None else default
         return Problem(path, f"{value!r} is out of range", allowed, suggest.fix_lines(set_line, path, [guess] if guess is not None else []))
     if kind in ("list_type",) and isinstance(value, (str, int, float)):
-        return Problem(path, f"{value!r} is one value; this key takes a list", "a list", set_line(path, [value]))
+        # `pulumi config set --path k '["a"]'` stores the JSON text as one string: the fix sets its elements.
+        return Problem(path, f"{value!r} is one value; this key takes a list", "a list", set_line(path, _as_list(value)))
     if kind in ("model_type", "dict_type"):
         return Problem(path, f"{value!r} is not an object", "an object: set its fields one by one with --path", rm_line(path))
     # Anything else: the default, which is always allowed, when there is one.
     fix = set_line(path, default) if default is not None else rm_line(path)
     return Problem(path, f"{value!r}: {error['msg']}", _bounds_text(field) or error["msg"], fix)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list):
+            return parsed
+    return [value]
 
 
 def _bounds_text(field: Optional[FieldInfo]) -> str:

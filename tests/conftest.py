@@ -1,5 +1,5 @@
 """Shared fixtures: whole-program runs under the Pulumi SDK's mocks, each in a fresh process
-because the SDK's mock state is process-global. The process is forked from tools.runner's server,
+because the SDK's mock state is process-global. The process is forked from tests.runner's server,
 which has the SDK imported already; runs are cached by (stack, overrides) for the whole session,
 across xdist workers.
 
@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools import runner  # noqa: E402
+from tests import runner  # noqa: E402
 from tools.plan import Plan, plan_from_json  # noqa: E402
 from tests.fakes import standin  # noqa: E402
 from tests.session import SESSION_DIR, once_per_session  # noqa: E402

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import ROOT, run_plan
-from tools import runner
+from tests import runner
 from tools.render_plans import gcp_stacks
 
 CONSUMER = ROOT / "examples" / "consumer"

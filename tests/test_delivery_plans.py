@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests import runner
 from tools import render_plans
 
 
@@ -18,7 +19,7 @@ def test_every_stack_has_a_rendering():
 def test_rendering_is_current(stack):
     path = render_plans.PLANS / f"{stack}.md"
     committed = path.read_text() if path.exists() else ""
-    current = render_plans.render(stack)
+    current = render_plans.render(stack, runner.run_python)
     if committed != current:
         old, new = committed.splitlines(), current.splitlines()
         first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))

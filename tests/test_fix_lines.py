@@ -180,6 +180,14 @@ def test_a_scalar_for_a_list_becomes_its_first_item():
     assert load_settings(run_fix(cfg, problem.fix), "dev").network.api_source_ranges == ["10.0.0.0/8"]
 
 
+def test_json_list_text_set_with_path_becomes_its_elements():
+    # What `pulumi config set --path 'convex-gcp:network.apiSourceRanges' '["10.0.0.0/8", ...]'` stores: one string.
+    cfg = config(network={"apiSourceRanges": '["10.0.0.0/8", "192.168.0.0/16"]'})
+    problem = only_problem(cfg)
+    assert "'[" not in problem.fix, problem.fix
+    assert load_settings(run_fix(cfg, problem.fix), "dev").network.api_source_ranges == ["10.0.0.0/8", "192.168.0.0/16"]
+
+
 def test_dotted_top_level_key_is_answered_with_path():
     """`pulumi config set convex-gcp:database.tier x` (no --path) writes a flat key."""
     cfg = config(**{"convex-gcp:database.tier": "db-custom-2-7680"})

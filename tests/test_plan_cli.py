@@ -9,12 +9,12 @@ import subprocess
 import pytest
 
 from tests.conftest import ROOT, run_plan_with
-from tools import runner
+from tests import runner
 from tools.plan import UsageError, apply_set, parse_path, render_markdown, stack_config
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    # `python -m tools.plan …` in a fresh process, forked from tools.runner's warm server.
+    # `python -m tools.plan …` in a fresh process, forked from tests.runner's warm server.
     return runner.run_python(["-m", "tools.plan", *args], cwd=ROOT, timeout=300)
 
 
@@ -101,3 +101,27 @@ def test_a_tag_the_registry_lacks_fails_the_plan_in_one_line():
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert "preview would fail: invoke of docker:index/getRegistryImage" in result.stdout
+
+
+def test_placeholders_are_said_loudly(prod_plan, dev_plan):
+    # Pulumi.prod.yaml ships example.com hosts and emails: the plan says it used stand-ins, at the top.
+    assert prod_plan.placeholders == ["convex-gcp:domain", "convex-gcp:monitoring"]
+    first = render_markdown(prod_plan).splitlines()[2]
+    assert first.startswith("> **PLACEHOLDERS PLANNED, NOT YOUR VALUES: convex-gcp:domain, convex-gcp:monitoring")
+    assert "`pulumi up` refuses example.com" in first
+    assert dev_plan.placeholders == [] and "PLACEHOLDERS" not in render_markdown(dev_plan)
+
+
+def test_placeholders_go_to_stderr_too():
+    result = cli("prod", "--json")
+    assert result.returncode == 0
+    assert result.stderr.startswith("PLACEHOLDERS PLANNED, NOT YOUR VALUES")
+    assert json.loads(result.stdout)["placeholders"] == ["convex-gcp:domain", "convex-gcp:monitoring"]
+
+
+def test_own_values_are_not_placeholders():
+    domain = json.loads(stack_config("prod")["convex-gcp:domain"])
+    monitoring = json.loads(stack_config("prod")["convex-gcp:monitoring"])
+    result = cli("prod", "--json", "--set", f"convex-gcp:domain={json.dumps(domain)}", "--set", f"convex-gcp:monitoring={json.dumps(monitoring)}")
+    assert result.returncode == 0 and "PLACEHOLDERS" not in result.stderr
+    assert json.loads(result.stdout)["placeholders"] == []

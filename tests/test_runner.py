@@ -1,4 +1,4 @@
-"""tools.runner: program runs forked from one warm server behave like fresh interpreters, keep
+"""tests.runner: program runs forked from one warm server behave like fresh interpreters, keep
 nothing from the run before, and give byte-identical plans for the same stack."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import ROOT
-from tools import runner
+from tests import runner
 
 PLAN_DEV = ["-m", "tools.plan", "dev", "--json"]
 
@@ -77,7 +77,7 @@ def test_the_server_forks_only_as_a_single_thread(tmp_path):
     probe = textwrap.dedent("""
         import json, sys, threading, pathlib
         sys.path.insert(0, sys.argv[1])
-        from tools import runner
+        from tests import runner
         threading.Thread(target=threading.Event().wait, daemon=True).start()
         reply = runner._serve_one({"argv": ["-c"], "cwd": ".", "env": {}}, pathlib.Path(sys.argv[2]), set())
         print(json.dumps(reply))
@@ -188,7 +188,7 @@ def test_a_test_run_s_processes_share_the_controller_s_server(tmp_path):
     assert os.environ.get(runner.SOCKET), "tests/conftest.py shares a server"
     mine = runner.run_python(["-c", "pass"], cwd=tmp_path)
     assert mine.returncode == 0, mine.stderr
-    probe = "import sys; sys.path.insert(0, sys.argv[1]); from tools import runner; r = runner.run_python(['-c', 'pass']); print(r.returncode, r.server_pid)"
+    probe = "import sys; sys.path.insert(0, sys.argv[1]); from tests import runner; r = runner.run_python(['-c', 'pass']); print(r.returncode, r.server_pid)"
     other = subprocess.run([sys.executable, "-c", probe, str(ROOT)], capture_output=True, text=True, timeout=120)
     assert other.returncode == 0, other.stderr
     assert other.stdout.split() == ["0", str(mine.server_pid)] and mine.server_pid != os.getpid()

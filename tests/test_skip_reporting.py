@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import runner
+from tests import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ def run(tmp_path: Path, *args: str, ci: str | None = None, target: str = "") -> 
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     if ci is not None:
         env["CI"] = ci
-    # `python -m pytest …`, forked from the program-run server (tools/runner.py): like a fresh
+    # `python -m pytest …`, forked from the program-run server (tests/runner.py): like a fresh
     # interpreter, without paying for one and pytest's imports each time.
     command = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), str(tmp_path / target), *args]
     return runner.run_python(command, cwd=tmp_path, env=env, timeout=120)

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
-from tools import e2e
+from tools import clis, e2e
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "convex-gcp"
@@ -288,6 +288,14 @@ def cleanup(target: str, run_id: str, out: Path, project_dir: Path = ROOT, timeo
     return removed
 
 
+def needed_clis(target: str, cleanup_only: bool = False) -> list[str]:
+    """pulumi always; a full run also deploys examples/app (Node) and reaches the stack: Docker for
+    local, gcloud (IAP tunnels, Secret Manager, the doctor) for gcp."""
+    if cleanup_only:
+        return ["pulumi"]
+    return ["pulumi", "node", "npm", "npx", "docker" if target == "local" else "gcloud"]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.acceptance", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", choices=["local", "gcp"])
@@ -300,6 +308,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--run-id", default=os.environ.get("GITHUB_RUN_ID", ""))
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for each pulumi command and for /version")
     options = parser.parse_args(argv)
+    clis.require("tools.acceptance", needed_clis(options.target, options.cleanup))
     if options.cleanup:
         if not options.run_id:
             parser.error("--cleanup needs --run-id (GITHUB_RUN_ID in CI) to name the stack")

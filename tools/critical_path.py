@@ -6,14 +6,13 @@ deployment is healthy when the VM has booted and pulled its images (BOOT_AND_PUL
 database and its user exist, plus CONVERGE for the backend to connect. The figure to watch is the ratio
 against the path that ends at the Convex database, which no wiring can shorten.
 
-    python -m tools.critical_path dev      # or: python -m tools.plan dev (prints the same section)
+`python -m tools.plan <stack>` prints it (this module only computes; it imports nothing of the plan's).
 
 Times are estimates for comparing wirings, not measurements: Cloud SQL dominates every path.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 # Typical create time in seconds, per resource type, and why. Sources: the operations' usual duration as
@@ -137,19 +136,3 @@ def render(e: Estimate) -> list[str]:
         f"- the chain to the Convex database alone: {e.database} s: {' → '.join(e.database_path)}",
         f"- ratio: {e.ratio:.2f} (goal ≤ 1.10; typical times per type in tools/critical_path.py)",
     ]
-
-
-def main(argv: list[str] | None = None) -> int:
-    from tools.plan import run_program
-
-    argv = sys.argv[1:] if argv is None else argv
-    plan = run_program(argv[0] if argv else "dev")
-    if plan.error:
-        print(plan.error)
-        return 1
-    print("\n".join(render(estimate(plan))))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

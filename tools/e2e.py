@@ -4,10 +4,11 @@ action, and find it in Postgres' `documents` table. The same script for every st
 
     python -m tools.e2e local                           # outputs from `pulumi stack output`
     python -m tools.e2e dev --outputs out.json --database-url postgresql://...
-    python -m tools.e2e dev --admin-key-env             # key in CONVEX_SELF_HOSTED_ADMIN_KEY
+    python -m tools.e2e dev --admin-key-env MY_KEY      # the admin key in $MY_KEY
 
-The admin key comes from CONVEX_SELF_HOSTED_ADMIN_KEY, else the stack's `admin_key_command`
-(local), else Secret Manager (`admin_key_secret`, via gcloud). The database URL comes from
+The admin key comes from the variable --admin-key-env names (default CONVEX_SELF_HOSTED_ADMIN_KEY),
+else the stack's `admin_key_command` (local), else Secret Manager (`admin_key_secret`, via gcloud).
+Needs Node.js (npm, npx), and pulumi without --outputs, gcloud for a key from Secret Manager. The database URL comes from
 --database-url / E2E_DATABASE_URL, else the local stack's secret `postgres_url` output; on a GCP
 stack tools/acceptance.py opens a tunnel through the VM and passes it. Prints a JSON report;
 exit status 1 when a step fails.
@@ -30,6 +31,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from tools import clis
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "examples" / "app"
@@ -63,15 +66,26 @@ class Report:
 
 def load_outputs(stack: str, path: Optional[str]) -> dict[str, Any]:
     if path:
-        return json.loads(Path(path).read_text())
+        try:
+            return json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise E2EError(f"cannot read the outputs {path}: {error}") from None
     result = subprocess.run(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", stack], capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise E2EError(f"pulumi stack output failed: {result.stderr.strip()}")
     return json.loads(result.stdout)
 
 
-def admin_key(outputs: dict[str, Any]) -> str:
-    key = os.environ.get("CONVEX_SELF_HOSTED_ADMIN_KEY", "")
+ADMIN_KEY_ENV = "CONVEX_SELF_HOSTED_ADMIN_KEY"
+
+
+def needed_clis(outputs_file: Optional[str]) -> list[str]:
+    """What a run needs on PATH before its first step (the Secret Manager read is checked when it comes)."""
+    return ["node", "npm", "npx"] + ([] if outputs_file else ["pulumi"])
+
+
+def admin_key(outputs: dict[str, Any], env_name: str = ADMIN_KEY_ENV) -> str:
+    key = os.environ.get(env_name, "")
     if key:
         return key
     if outputs.get("admin_key_command"):
@@ -79,7 +93,8 @@ def admin_key(outputs: dict[str, Any]) -> str:
     elif outputs.get("admin_key_secret"):
         command = ["gcloud", "secrets", "versions", "access", "latest", f"--secret={outputs['admin_key_secret']}"]
     else:
-        raise E2EError("no admin key: set CONVEX_SELF_HOSTED_ADMIN_KEY, or use a stack exporting admin_key_command or admin_key_secret")
+        raise E2EError(f"no admin key: set {env_name}, or use a stack exporting admin_key_command or admin_key_secret")
+    clis.check("tools.e2e", command[:1])
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     # generate_admin_key.sh prints "Admin key:" on stderr and the key alone on stdout (crates/keybroker/src/bin/generate_key.rs).
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
@@ -167,12 +182,13 @@ def check_postgres(database_url: str, marker: str) -> int:
     return count
 
 
-def run(stack: str, outputs: dict[str, Any], database_url: str, app: Path = APP, timeout: float = 600) -> Report:
+def run(stack: str, outputs: dict[str, Any], database_url: str, app: Path = APP, timeout: float = 600,
+        admin_key_env: str = ADMIN_KEY_ENV) -> Report:
     report = Report(stack)
     try:
         convex_url, site_url = outputs["convex_url"], outputs["convex_site_url"]
         report.timed("version", lambda: wait_for_version(convex_url, timeout))
-        key = report.timed("admin_key", lambda: admin_key(outputs))
+        key = report.timed("admin_key", lambda: admin_key(outputs, admin_key_env))
         report.timed("deploy", lambda: deploy(app, convex_url, key, timeout))
         marker, body = f"e2e-{uuid.uuid4().hex}", f"hello from {stack}"
         report.marker = marker
@@ -203,14 +219,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--database-url", default=os.environ.get("E2E_DATABASE_URL", ""), help="the Convex database, reachable from here")
     parser.add_argument("--app", default=str(APP))
     parser.add_argument("--timeout", type=float, default=600, help="seconds for /version and for each deploy command")
+    parser.add_argument("--admin-key-env", default=ADMIN_KEY_ENV, metavar="NAME",
+                        help=f"the environment variable holding the admin key (default {ADMIN_KEY_ENV})")
     options = parser.parse_args(argv)
+    clis.require("tools.e2e", needed_clis(options.outputs))
     try:
         outputs = load_outputs(options.stack, options.outputs)
     except E2EError as error:
         print(json.dumps({"stack": options.stack, "error": str(error)}))
         return 1
     database_url = options.database_url or outputs.get("postgres_url", "")
-    report = run(options.stack, outputs, database_url, Path(options.app), options.timeout)
+    try:
+        report = run(options.stack, outputs, database_url, Path(options.app), options.timeout, options.admin_key_env)
+    except clis.MissingCli as error:
+        clis.fail(error)
     print(json.dumps(report.__dict__, indent=1))
     return 1 if report.error else 0
 

@@ -26,8 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "convex-gcp"
 SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
@@ -60,6 +58,8 @@ class Plan:
     outputs: dict[str, dict[str, Any]]
     warnings: list[str]
     error: str = ""
+    # Config keys whose template placeholders (example.com) the plan replaced (tools/offline_values.py).
+    placeholders: list[str] = field(default_factory=list)
 
     def of_type(self, typ: str) -> list[Declared]:
         return [r for r in self.resources if r.type == typ]
@@ -94,15 +94,18 @@ def stacks() -> list[str]:
 def _stack_document(path: Path, mtime_ns: int, size: int) -> dict:
     """A stack file, parsed once per version of it (the tests ask for a stack's config hundreds of
     times); callers only read it."""
+    import yaml
+
     try:
         return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise UsageError(f"{path.name} is not valid YAML: {error}") from None
 
 
-def stack_config(stack: str, overrides: dict[str, str] | None = None) -> dict[str, str]:
+def stack_config(stack: str, overrides: dict[str, str] | None = None, placeholders: bool = True) -> dict[str, str]:
     """The flat config map the engine would pass: `ns:key` → string (objects as JSON).
-    Override keys with '.' or '[' are --path sets (apply_set)."""
+    Override keys with '.' or '[' are --path sets (apply_set). placeholders=False keeps the
+    template's example.com values as they are (what `pulumi up` would get)."""
     path = ROOT / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         raise UsageError(f"no stack {stack!r} (no {path.name}); stacks: {', '.join(stacks())}")
@@ -122,7 +125,8 @@ def stack_config(stack: str, overrides: dict[str, str] | None = None) -> dict[st
             config[key] = str(value)
     from tools.offline_values import replace_placeholders  # the template's example.com, see there
 
-    config = replace_placeholders(config)
+    if placeholders:
+        config = replace_placeholders(config)
     for key, value in (overrides or {}).items():
         apply_set(config, key, value)
     return config
@@ -234,6 +238,8 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
     from tools.mocks import GcpMocks
 
     config = stack_config(stack, overrides)
+    as_written = stack_config(stack, overrides, placeholders=False)
+    replaced = sorted(key for key in config if config[key] != as_written.get(key))
     resources: list[Declared] = []
     warnings: list[str] = []
 
@@ -300,12 +306,25 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
                 "secret": bool(_sync_await(output.is_secret())),
             }
     # Registration order varies with the SDK's task scheduling; URNs are unique and stable.
-    return Plan(stack, sorted(resources, key=lambda r: r.urn), outputs, warnings, error)
+    return Plan(stack, sorted(resources, key=lambda r: r.urn), outputs, warnings, error, replaced)
 
 
 def plan_from_json(text: str) -> Plan:
     data = json.loads(text)
-    return Plan(data["stack"], [Declared(**r) for r in data["resources"]], data["outputs"], data["warnings"], data["error"])
+    return Plan(data["stack"], [Declared(**r) for r in data["resources"]], data["outputs"], data["warnings"], data["error"],
+                data.get("placeholders", []))
+
+
+def placeholder_notice(plan: Plan) -> str:
+    """Said loudly: the plan is of stand-in values, not the user's, and `pulumi up` would refuse the stack."""
+    if not plan.placeholders:
+        return ""
+    from tools.offline_values import OFFLINE_DOMAIN, PLACEHOLDER_DOMAIN
+
+    return (f"PLACEHOLDERS PLANNED, NOT YOUR VALUES: {', '.join(plan.placeholders)} in Pulumi.{plan.stack}.yaml hold the "
+            f"template's {PLACEHOLDER_DOMAIN}; this plan used {OFFLINE_DOMAIN} in their place, and `pulumi up` refuses "
+            f"{PLACEHOLDER_DOMAIN}. Set your own hosts, members and emails (pulumi config set --path ..., README "
+            "\"Configuration reference\").")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -339,7 +358,10 @@ def _get(data: Any, dotted: str) -> Any:
 def render_markdown(plan: Plan) -> str:
     if plan.error:
         return f"# Stack `{plan.stack}`: configuration error\n\n```\n{plan.error}\n```\n"
-    lines = [f"# Stack `{plan.stack}`", "", f"{sum(r.custom for r in plan.resources)} resources.", "", "## Resources", ""]
+    lines = [f"# Stack `{plan.stack}`", ""]
+    if plan.placeholders:
+        lines += [f"> **{placeholder_notice(plan)}**", ""]
+    lines += [f"{sum(r.custom for r in plan.resources)} resources.", "", "## Resources", ""]
     lines += ["| type | name | protected | key settings |", "|---|---|---|---|"]
     for r in sorted(plan.resources, key=lambda r: (r.type, r.name)):
         if not r.custom:
@@ -387,6 +409,9 @@ def _override(item: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tools import clis
+
+    clis.require_modules("tools.plan", ["yaml", "pulumi", "pulumi_gcp", "pydantic"])
     parser = argparse.ArgumentParser(prog="python -m tools.plan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stack", help="a stack with a Pulumi.<stack>.yaml: " + ", ".join(stacks()))
     parser.add_argument("--json", action="store_true", help="print every recorded resource as JSON")
@@ -397,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         parser.error(str(error))
     plan = run_program(options.stack, dict(options.set))
+    if plan.placeholders:
+        print(placeholder_notice(plan), file=sys.stderr)
     if options.json:
         print(json.dumps(asdict(plan), indent=1, sort_keys=True))
     else:

@@ -9,10 +9,10 @@ effect as a Markdown diff without cloud credentials."""
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
-
-from tools import runner
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "docs" / "plans"
@@ -30,10 +30,14 @@ def gcp_stacks() -> list[str]:
     return [s for s in stacks() if stack_config(s).get("convex-gcp:target", "gcp") == "gcp"]
 
 
-def render(stack: str) -> str:
+def run_python(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def render(stack: str, run: Callable[..., subprocess.CompletedProcess] = run_python) -> str:
     """The Markdown `python -m tools.plan <stack>` prints; one process per stack because the SDK's
-    mock state is process-global (forked from tools.runner's server, which has the SDK imported)."""
-    result = runner.run_python(["-m", "tools.plan", stack], cwd=ROOT, timeout=300)
+    mock state is process-global (the tests pass tests.runner.run_python: the same, forked warm)."""
+    result = run(["-m", "tools.plan", stack], cwd=ROOT, timeout=300)
     if result.returncode != 0 or not result.stdout.startswith("# Stack"):
         raise RuntimeError(f"python -m tools.plan {stack} failed:\n{result.stdout[-2000:]}{result.stderr[-4000:]}")
     return result.stdout

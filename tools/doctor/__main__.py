@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
+from tools import clis
+
 from .checks import (
     StackOutputs,
     check_containers,
@@ -131,9 +133,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no-postgres", action="store_true", help="skip the Postgres login checks")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     options = parser.parse_args(argv)
+    # Every check asks Google's APIs through gcloud; the outputs come from pulumi unless --outputs.
+    clis.require("tools.doctor", ["gcloud"] + ([] if options.outputs else ["pulumi"]))
     try:
         out = load_outputs(options.stack, options.outputs)
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"doctor: {error}", file=sys.stderr)
         return 2
     checks = diagnose(out, GcloudSeam(out.project), ssh=not options.no_ssh, postgres=not options.no_postgres)

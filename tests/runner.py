@@ -16,11 +16,11 @@ monitor is an address string), and gRPC supports fork when its objects are creat
 fork (grpc/grpc doc/fork_support.md, "use after fork"). The server also refuses to fork unless it is
 its process's only thread (/proc/self/task), so no lock can be held by a thread the child lacks.
 
-    from tools import runner
+    from tests import runner
     result = runner.run_python(["-m", "tools.plan", "dev", "--json"], cwd=ROOT)  # or [script, ...], ["-c", code, ...]
     result.returncode, result.stdout, result.stderr
 
-`python -m tools.runner --serve SOCKET` is the server; clients start it themselves (or share() does).
+`python -m tests.runner --serve SOCKET` is the server; clients start it themselves (or share() does).
 """
 
 from __future__ import annotations
@@ -241,7 +241,7 @@ def _child(request: dict[str, Any], out: str, err: str, modules: str) -> None:
 
 
 def _refusal(count: int) -> dict[str, Any]:
-    return {"returncode": 1, "stdout": "", "stderr": f"tools.runner: the server has {count} threads; refusing to fork", "threads": count}
+    return {"returncode": 1, "stdout": "", "stderr": f"tests.runner: the server has {count} threads; refusing to fork", "threads": count}
 
 
 def _fork(request: dict[str, Any], scratch: Path, in_child: Any = None) -> tuple[int, int]:
@@ -281,7 +281,7 @@ def _reap(pid: int, done: int, request: dict[str, Any], scratch: Path, preloaded
         "server": os.getpid(),
     }
     if returncode == -signal.SIGALRM:
-        reply["stderr"] += f"\ntools.runner: timed out after {_timeout(request):g} s"
+        reply["stderr"] += f"\ntests.runner: timed out after {_timeout(request):g} s"
     try:
         report = json.loads((scratch / "modules").read_text() or "{}")
     except ValueError:
@@ -421,7 +421,7 @@ def _start_server(warm: bool = True) -> tuple[subprocess.Popen, str, str]:
         shutil.rmtree(home)
         home = tempfile.mkdtemp(prefix="convex-gcp-runner-", dir="/tmp")
     path = os.path.join(home, "socket")
-    process = subprocess.Popen([sys.executable, "-m", "tools.runner", "--serve", path, *([] if warm else ["--cold"])], cwd=ROOT,
+    process = subprocess.Popen([sys.executable, "-m", "tests.runner", "--serve", path, *([] if warm else ["--cold"])], cwd=ROOT,
                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return process, path, home
 
@@ -461,7 +461,7 @@ class Server:
                 self._own = (process, home)
             sock = self._connect(os.path.join(self._own[1], "socket"))
             if sock is None:
-                raise RuntimeError("tools.runner: the server it started does not answer")
+                raise RuntimeError("tests.runner: the server it started does not answer")
         self._sock, self._file = sock, sock.makefile("rwb")
         return self._file
 
@@ -496,7 +496,7 @@ class Server:
                 channel.flush()
             except OSError:
                 self._disconnect()
-                raise RuntimeError("tools.runner: the server went away") from None
+                raise RuntimeError("tests.runner: the server went away") from None
             with selectors.DefaultSelector() as selector:
                 selector.register(self._sock, selectors.EVENT_READ)
                 # The child times itself out; the margin covers the server's own work around it.
@@ -504,7 +504,7 @@ class Server:
             line = channel.readline() if ready else b""
             if not line:
                 self._disconnect()
-                raise RuntimeError(f"tools.runner: no answer for {argv}")
+                raise RuntimeError(f"tests.runner: no answer for {argv}")
         reply = json.loads(line)
         result = subprocess.CompletedProcess([sys.executable, *request["argv"]], reply["returncode"], reply["stdout"], reply["stderr"])
         result.server_threads = reply["threads"]  # type: ignore[attr-defined]
@@ -565,5 +565,5 @@ def run_python(argv: list[str], cwd: Path | str = ROOT, timeout: float = DEFAULT
 
 if __name__ == "__main__":
     if len(sys.argv) not in (3, 4) or sys.argv[1] != "--serve" or sys.argv[3:] not in ([], ["--cold"]):
-        sys.exit("usage: python -m tools.runner --serve SOCKET [--cold] (started by tools.runner.run_python or share)")
+        sys.exit("usage: python -m tests.runner --serve SOCKET [--cold] (started by tests.runner.run_python or share)")
     sys.exit(serve(sys.argv[2], warm=sys.argv[3:] != ["--cold"]))
