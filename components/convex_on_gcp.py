@@ -85,7 +85,7 @@ class ConvexOnGcp(pulumi.ComponentResource):
                 labels=settings.labels,
                 sql_admin=settings.connection_mode != "plaintext",
                 list_server_cas=settings.connection_mode == "ssl",
-                protect_secrets=settings.is_prod,
+                protect_instance_secret=settings.protects("instanceSecret"),
                 depends_on=apis.services,
             ),
             opts=child(),

@@ -128,16 +128,19 @@ class Database(pulumi.ComponentResource):
         super().__init__("convex-gcp:index:Database", name, None, opts)
         s = args.settings
         adopted = import_ids(s)
-        # Adopted resources predate the stack and hold data: never delete them as a side effect.
-        protect = s.is_prod or adopted["sql_instance"] is not None
+        # Protected in every stack, dev too: the engine refuses to delete or replace a resource protected
+        # in state and program (pulumi pkg/resource/deploy/step_generator.go), so no update or destroy wipes
+        # the data by accident. Lifting it on purpose is `convex-gcp:unprotect` (docs/runbooks.md).
+        protect = s.protects("sqlInstance")
+        protect_database = s.protects("database")
 
         if s.adopt.sql_instance or s.database.instance_name:
             instance_name: pulumi.Input[str] = s.adopt.sql_instance or s.database.instance_name
         else:
             # Deleted instance names stay reserved for about a week; a suffix lets a stack be recreated.
             # keepers: a ForceNew change replaces the suffix first, so the instance is replaced under a new
-            # name; in prod both are protected, so such a change stops at the preview instead (the engine
-            # refuses to replace a resource protected in both state and program, step_generator.go).
+            # name; both are protected, so such a change stops at the preview instead (the engine refuses to
+            # replace a resource protected in both state and program, step_generator.go).
             suffix = random.RandomId(
                 f"{name}-suffix", byte_length=2, keepers=suffix_keepers(s), opts=pulumi.ResourceOptions(parent=self, protect=protect)
             )
@@ -168,9 +171,10 @@ class Database(pulumi.ComponentResource):
             f"{name}-convex-db",
             name=s.database_name,
             instance=self.instance.name,
-            # Dropping a database that holds Convex data should never be a side effect.
-            deletion_policy="ABANDON" if protect else "DELETE",
-            opts=pulumi.ResourceOptions(parent=self, protect=protect, import_=adopted["sql_database"]),
+            # Dropping a database that holds Convex data should never be a side effect: only a deliberate
+            # `unprotect` of a database this stack created lets a delete drop it.
+            deletion_policy="DELETE" if not protect_database and adopted["sql_database"] is None else "ABANDON",
+            opts=pulumi.ResourceOptions(parent=self, protect=protect_database, import_=adopted["sql_database"]),
         )
         user_name: pulumi.Input[str] = BUILT_IN_USER
         if s.iam_auth:

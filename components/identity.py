@@ -34,8 +34,9 @@ class IdentityArgs:
     sql_admin: bool = True
     # ssl mode: the VM keeps the server CA bundle (current and upcoming CAs) current.
     list_server_cas: bool = False
-    # prod: the instance secret's loss would orphan the Convex data tied to it.
-    protect_secrets: bool = False
+    # Every stack: the instance secret's loss orphans the Convex data tied to it (admin keys, encrypted
+    # values); only a deliberate `convex-gcp:unprotect: [instanceSecret]` lifts it.
+    protect_instance_secret: bool = True
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -97,7 +98,7 @@ class Identity(pulumi.ComponentResource):
 
         # The VM generates INSTANCE_SECRET on its first boot and stores it here, so the value
         # never enters Pulumi state (which every preview can decrypt).
-        self.instance_secret = secret("instance-secret", "Convex INSTANCE_SECRET", protect=args.protect_secrets)
+        self.instance_secret = secret("instance-secret", "Convex INSTANCE_SECRET", protect=args.protect_instance_secret)
         grant("instance-secret", self.instance_secret, "roles/secretmanager.secretVersionAdder")
         grant("instance-secret", self.instance_secret, "roles/secretmanager.secretAccessor")
 

@@ -28,6 +28,9 @@ from .images import CONVEX_VERSION, PROXY_VERSION  # noqa: E402
 
 IAP_RANGE = "35.235.240.0/20"
 
+# What `convex-gcp:unprotect` may name: the resources that hold data (or the key to it).
+PROTECTED_RESOURCES = ("sqlInstance", "database", "instanceSecret", "dataDisk")
+
 
 def _custom(reason: str, allowed: str, example: str, candidates: Optional[list[str]] = None) -> PydanticCustomError:
     """A validation error carrying its fix: `candidates` are the values most likely meant
@@ -381,6 +384,15 @@ class Settings(_ConvexDerived, _Model):
     domain: Optional[DomainSettings] = None
     monitoring: MonitoringSettings = MonitoringSettings()
     adopt: AdoptSettings = AdoptSettings()
+    # Data resources whose Pulumi `protect` is lifted for a deliberate replacement or teardown
+    # (docs/runbooks.md, "Replacing a protected resource on purpose"); empty: all protected, every stack.
+    unprotect: list[Literal["sqlInstance", "database", "instanceSecret", "dataDisk"]] = []
+
+    def protects(self, resource: str) -> bool:
+        """Whether `resource` (a value of `unprotect`) carries Pulumi's `protect`: in every stack,
+        unless listed in `unprotect`. The engine then refuses to delete or replace it."""
+        assert resource in PROTECTED_RESOURCES, resource
+        return resource not in self.unprotect
 
     @property
     def monitoring_enabled(self) -> bool:
@@ -442,6 +454,7 @@ _TOP_LEVEL = {
     "domain": "domain",
     "monitoring": "monitoring",
     "adopt": "adopt",
+    "unprotect": "unprotect",
 }
 
 
@@ -922,6 +935,11 @@ def settings_warnings(settings: Settings) -> list[str]:
         )
     if "restarts_per_10_minutes" in settings.monitoring.model_fields_set:
         warnings.append("monitoring.restartsPer10Minutes has no effect any more: restarts alert through log-match conditions (docs/monitoring.md)")
+    for resource in settings.unprotect:
+        warnings.append(
+            f"unprotect names {resource}: Pulumi's protect is off for it, so this update may delete or replace it "
+            "(remove it from convex-gcp:unprotect once the deliberate change is done; docs/runbooks.md)"
+        )
     if settings.connection_mode == "plaintext":
         warnings.append(
             "connectionMode is plaintext: traffic between Convex and Cloud SQL, the database password included, "

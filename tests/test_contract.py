@@ -53,4 +53,4 @@ def test_prod_convex_database_is_never_dropped_without_adoption(prod_plan, dev_p
     assert database.inputs["deletionPolicy"] == "ABANDON" and database.protect is True
     assert not database.import_id
     dev = dev_plan.one(DB)
-    assert dev.inputs["deletionPolicy"] == "DELETE" and dev.protect is False  # dev stays destroyable
+    assert dev.inputs["deletionPolicy"] == "ABANDON" and dev.protect is True  # dev's data is kept too

@@ -197,3 +197,28 @@ def test_merges_deploy_dev_preview_prod_then_deploy_prod_one_update_at_a_time():
         assert options["policyPackConfigs"] == f"policy/config/{stack}.json"
         if command == "up":
             assert job["concurrency"] == {"group": f"pulumi-up-{stack}", "cancel-in-progress": False}
+
+
+def jobs_without_a_timeout(workflow: dict) -> list[str]:
+    """Jobs whose `timeout-minutes` is missing, not a number, or above CI's longest useful run (GitHub's
+    default is 360 minutes: a hung registry or API call would hold the stack's lock that long)."""
+    return [name for name, job in workflow["jobs"].items()
+            if not (isinstance(job.get("timeout-minutes"), int) and 1 <= job["timeout-minutes"] <= 120)]
+
+
+def test_every_job_of_every_workflow_has_a_timeout():
+    paths = sorted(WORKFLOWS.glob("*.y*ml"))
+    assert {p.name for p in paths} >= {"deploy.yml", "pull-request.yml", "acceptance.yml"}
+    for path in paths:
+        assert jobs_without_a_timeout(load(path.name)) == [], path.name
+
+
+def test_the_timeout_check_catches_a_missing_an_expression_and_a_6_hour_timeout():
+    workflow = load("deploy.yml")
+    for value in (None, "${{ vars.TIMEOUT }}", 360):
+        broken = {"jobs": {name: dict(job) for name, job in workflow["jobs"].items()}}
+        if value is None:
+            del broken["jobs"]["prod"]["timeout-minutes"]
+        else:
+            broken["jobs"]["prod"]["timeout-minutes"] = value
+        assert jobs_without_a_timeout(broken) == ["prod"], value

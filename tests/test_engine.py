@@ -69,8 +69,8 @@ def test_sql_name_suffix_follows_every_force_new_input(plan):
     suffix = plan.one(SUFFIX)
     config = stack_config(plan.stack)
     assert suffix.inputs["keepers"] == {"project": config["gcp:project"], "region": config["gcp:region"]}
-    # In prod a new suffix (and so a new instance) stops at the engine's protect.
-    assert suffix.protect is plan.one(SQL).protect is (plan.stack == "prod")
+    # In every stack a new suffix (and so a new instance) stops at the engine's protect.
+    assert suffix.protect is plan.one(SQL).protect is True
     assert plan.one(SQL).inputs["name"] == f"convex-{plan.stack}-pg-a1b2"
 
 

@@ -79,7 +79,7 @@ def test_dev_sql(dev_plan):
     assert inputs["settings"]["tier"] == "db-g1-small"
     assert inputs["settings"]["availabilityType"] == "ZONAL"
     assert inputs["deletionProtection"] is False
-    assert dev_plan.one(SQL).protect is False
+    assert dev_plan.one(SQL).protect is True  # the engine refuses to lose it in dev too
     assert {f["name"]: f["value"] for f in inputs["settings"]["databaseFlags"]} == {"log_lock_waits": "on", "log_min_duration_statement": "1000"}
 
 
@@ -99,12 +99,11 @@ def test_prod_sql_is_protected_three_ways_with_pitr(prod_plan):
     assert flags["cloudsql.iam_authentication"] == "on"
 
 
-def test_prod_instance_secret_cannot_be_deleted(prod_plan, dev_plan):
+def test_instance_secret_cannot_be_deleted_in_any_stack(prod_plan, dev_plan):
     """Convex data is tied to INSTANCE_SECRET, which lives only in Secret Manager."""
-    secret = prod_plan.by_name("identity-instance-secret")
-    assert secret.protect is True and secret.inputs["deletionProtection"] is True
-    dev_secret = dev_plan.by_name("identity-instance-secret")
-    assert dev_secret.protect is False and dev_secret.inputs["deletionProtection"] is False  # dev stays destroyable
+    for plan in (prod_plan, dev_plan):
+        secret = plan.by_name("identity-instance-secret")
+        assert secret.protect is True and secret.inputs["deletionProtection"] is True, plan.stack
 
 
 def test_vm_boots_after_its_secret_grants(plan):

@@ -1,12 +1,18 @@
-"""Refuse a deploy whose preview would delete or replace data: the Cloud SQL instance, the Convex
-database, the data disk, or the local stack's volumes.
+"""Refuse a deploy whose preview would delete or replace what holds data or what others depend on:
+the Cloud SQL instance, the Convex database, the data disk, the instance secret, the VM group, the
+load balancer's address, or the local stack's volumes.
 
-The deploy workflow runs `pulumi preview --json` and this check before `pulumi up`, so a change that
-would re-create the database (a ForceNew input, new name-suffix keepers on an old stack) stops
-there, in dev too, where `protect` is off. Set CONVEX_GCP_ALLOW_DATA_REPLACEMENT=1 on a deliberate
-run to let it through.
+`protect` (every stack, docs/runbooks.md) makes the engine itself refuse for the data resources, by
+hand too; this check runs in each deploy job on the preview of what is about to be applied, and
+also covers what is not protected: the VM group (a replacement would run a second group against the
+same stateful disk, or none for minutes) and the front door's address (DNS points at it). A lone
+`delete-replaced` step (the second half of a replacement an earlier, interrupted update began) is
+refused like any other.
+
+To let one kind through on a deliberate run, name it (or `all`) in CONVEX_GCP_ALLOW_DATA_REPLACEMENT:
 
     pulumi preview --json --stack dev > preview.json && python -m tools.guard_data preview.json
+    CONVEX_GCP_ALLOW_DATA_REPLACEMENT=vm-group,lb-address python -m tools.guard_data preview.json
 """
 
 from __future__ import annotations
@@ -14,12 +20,62 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
-DATA_TYPES = {
-    "gcp:sql/databaseInstance:DatabaseInstance": "Cloud SQL instance",
-    "gcp:sql/database:Database": "Convex database",
-    "gcp:compute/disk:Disk": "Convex data disk",
-    "docker:index/volume:Volume": "Docker volume",
+ALLOW_VARIABLE = "CONVEX_GCP_ALLOW_DATA_REPLACEMENT"
+
+
+def _inputs(step: dict) -> dict:
+    # ResourceV3 states of the step (pulumi sdk/go/common/apitype core.go); a delete has only the old one.
+    for key in ("newState", "oldState"):
+        state = step.get(key) or {}
+        if state.get("inputs"):
+            return state["inputs"]
+    return {}
+
+
+@dataclass(frozen=True)
+class Guarded:
+    what: str
+    types: frozenset[str]
+    # Whether a step of one of `types` is this kind (several kinds share a type).
+    matches: Callable[[dict], bool]
+    fix: str
+
+
+def _always(step: dict) -> bool:
+    return True
+
+
+def _is_instance_secret(step: dict) -> bool:
+    # The logical name (`identity-instance-secret`) or the secret id (`convex-<stack>-instance-secret`).
+    return step.get("urn", "").endswith("instance-secret") or str(_inputs(step).get("secretId", "")).endswith("-instance-secret")
+
+
+def _is_external_address(step: dict) -> bool:
+    # The front door's address is EXTERNAL; the private services range is INTERNAL (VPC_PEERING).
+    inputs = _inputs(step)
+    return inputs.get("addressType", "EXTERNAL") == "EXTERNAL" and inputs.get("purpose") != "VPC_PEERING"
+
+
+KEEP_SQL = ("undo the change that forces it (for an old stack's SQL name: pulumi config set --path "
+            "convex-gcp:database.instanceName <current name>; docs/runbooks.md)")
+GUARDED: dict[str, Guarded] = {
+    "sql-instance": Guarded("Cloud SQL instance", frozenset({"gcp:sql/databaseInstance:DatabaseInstance"}), _always, KEEP_SQL),
+    "database": Guarded("Convex database", frozenset({"gcp:sql/database:Database"}), _always, KEEP_SQL),
+    "data-disk": Guarded("Convex data disk", frozenset({"gcp:compute/disk:Disk", "gcp:compute/regionDisk:RegionDisk"}), _always,
+                         "undo the change to the disk's type, size (it only grows), zone or name"),
+    "docker-volume": Guarded("Docker volume", frozenset({"docker:index/volume:Volume"}), _always, "undo the change to the volume's name or driver"),
+    "instance-secret": Guarded("Convex instance secret", frozenset({"gcp:secretmanager/secret:Secret"}), _is_instance_secret,
+                               "undo the change to the secret's id or replication (its versions, the key to Convex's data, "
+                               "would go with it)"),
+    "vm-group": Guarded("VM group", frozenset({"gcp:compute/instanceGroupManager:InstanceGroupManager",
+                                               "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"}), _always,
+                        "undo the change to the group's name, zone or base instance name: a new template or image updates "
+                        "the group in place"),
+    "lb-address": Guarded("load balancer address", frozenset({"gcp:compute/globalAddress:GlobalAddress"}), _is_external_address,
+                          "undo the change to the address (DNS records point at it); a new address is a DNS change"),
 }
 # pulumi pkg/resource/deploy/step.go StepOp values that remove the resource as it exists now.
 DESTRUCTIVE_OPS = {"delete", "replace", "create-replacement", "delete-replaced", "import-replacement"}
@@ -30,23 +86,47 @@ def resource_type(urn: str) -> str:
     return urn.split("::")[2].split("$")[-1] if urn.count("::") >= 3 else ""
 
 
-def destructive_steps(preview: dict) -> list[str]:
-    """`"<op> <what> <urn>"` for each step of `pulumi preview --json` (display/json.go previewDigest)
-    that deletes or replaces data."""
-    found = []
+def kind_of(step: dict) -> str | None:
+    typ = resource_type(step.get("urn", ""))
+    for kind, guarded in GUARDED.items():
+        if typ in guarded.types and guarded.matches(step):
+            return kind
+    return None
+
+
+def destructive_steps(preview: dict) -> list[tuple[str, str]]:
+    """(kind, `"<op> <what> <urn>"`) for each step of `pulumi preview --json` (display/json.go
+    PreviewDigest / PreviewStep) that deletes or replaces a guarded resource."""
+    found = set()
     for step in preview.get("steps") or []:
         op, urn = step.get("op", ""), step.get("urn", "")
-        kind = resource_type(urn)
-        if op in DESTRUCTIVE_OPS and kind in DATA_TYPES:
+        kind = kind_of(step) if op in DESTRUCTIVE_OPS else None
+        if kind:
             reasons = ", ".join(step.get("replaceReasons") or [])
-            found.append(f"{op} {DATA_TYPES[kind]} {urn}" + (f" (because of: {reasons})" if reasons else ""))
-    return sorted(set(found))
+            found.add((kind, f"{op} {GUARDED[kind].what} {urn}" + (f" (because of: {reasons})" if reasons else "")))
+    return sorted(found, key=lambda item: item[1])
+
+
+def allowed_kinds(value: str) -> set[str]:
+    """The kinds CONVEX_GCP_ALLOW_DATA_REPLACEMENT lets through; ValueError on an unknown one."""
+    names = {name.strip() for name in value.split(",") if name.strip()}
+    if "all" in names:
+        return set(GUARDED)
+    unknown = names - set(GUARDED)
+    if unknown:
+        raise ValueError(f"{ALLOW_VARIABLE} names {', '.join(sorted(unknown))}; allowed: all, {', '.join(GUARDED)} (comma-separated)")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m tools.guard_data <pulumi preview --json output>", file=sys.stderr)
+        return 2
+    try:
+        allowed = allowed_kinds(os.environ.get(ALLOW_VARIABLE, ""))
+    except ValueError as error:
+        print(f"guard_data: {error}", file=sys.stderr)
         return 2
     try:
         with open(args[0], encoding="utf-8") as handle:
@@ -56,17 +136,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     found = destructive_steps(preview)
     if not found:
-        print("guard_data: no data resource is deleted or replaced")
+        print("guard_data: nothing guarded is deleted or replaced")
         return 0
-    allowed = os.environ.get("CONVEX_GCP_ALLOW_DATA_REPLACEMENT", "") not in ("", "0", "false")
-    print(("guard_data: ALLOWED by CONVEX_GCP_ALLOW_DATA_REPLACEMENT: " if allowed else "guard_data: REFUSED, this deploy would lose data:"))
-    for line in found:
+    refused = [(kind, line) for kind, line in found if kind not in allowed]
+    for kind, line in found:
+        if kind in allowed:
+            print(f"guard_data: ALLOWED by {ALLOW_VARIABLE}={kind}: {line}")
+    if not refused:
+        return 0
+    print("guard_data: REFUSED, this deploy would delete or replace:")
+    for kind, line in refused:
         print(f"  {line}")
-    if not allowed:
-        print("  To keep the data, undo the change that forces it (for an old stack's SQL name: pulumi config set --path "
-              "convex-gcp:database.instanceName <current name>; docs/runbooks.md). To accept the loss, run the deploy by hand "
-              "with CONVEX_GCP_ALLOW_DATA_REPLACEMENT=1.")
-    return 0 if allowed else 1
+        print(f"    to keep it: {GUARDED[kind].fix}")
+    kinds = ",".join(sorted({kind for kind, _ in refused}))
+    print(f"  To accept the loss on purpose, lift its protect (convex-gcp:unprotect, docs/runbooks.md) and run the deploy by hand "
+          f"with {ALLOW_VARIABLE}={kinds}.")
+    return 1
 
 
 if __name__ == "__main__":
