@@ -15,8 +15,30 @@ import pulumi_gcp as gcp
 
 from convex_gcp.settings import MonitoringSettings
 
-# The log the VM's Docker gcplogs driver writes container output to.
-DOCKER_LOG = "gcplogs-docker-driver"
+# Where a container's output lands in Cloud Logging, by the Docker log driver its unit runs it with.
+# The units (vm/units/*.service) run every container with `--log-driver json-file` and keep it out of
+# the journal (StandardOutput=null, StandardError=null: a foreground `docker run` would copy it there,
+# and COS ships the journal too), so each line is shipped once. COS's logging agent (on with metadata
+# google-logging-enabled=true, convex_gcp/runtime.py) tails json-file logs into log `cos_containers`,
+# the container's name in jsonPayload."cos.googleapis.com/container_name" (no leading slash), the line
+# in jsonPayload.message. cloud-foundation-fabric PR 977 (commit 5125a5ad0) replaced Docker's gcplogs
+# driver with this agent by setting google-logging-enabled and filters on nothing itself; the log name
+# and fields are the ones COS users query (e.g. `logName=projects/P/logs/cos_containers AND
+# jsonPayload."cos.googleapis.com/container_name"="NAME"` in public READMEs and Terraform alerting on
+# COS VMs). Not yet observed by us on a real project: `tools.acceptance gcp` restarts a container and
+# waits for the alert's incident (docs/vm-runtime.md). tests/test_monitoring.py derives the driver and
+# the name from each unit and fails when they disagree with this table.
+@dataclass(frozen=True)
+class ContainerLog:
+    log_id: str
+    name_field: str
+    message_field: str
+
+
+CONTAINER_LOGS = {
+    "json-file": ContainerLog("cos_containers", 'jsonPayload."cos.googleapis.com/container_name"', "jsonPayload.message"),
+}
+LOG_DRIVER = "json-file"
 # Lines each process prints once per start. cloud-sql-proxy: cmd/root.go. convex-backend: the first
 # line of `main()` in get-convex/convex-backend crates/local_backend/src/main.rs,
 # `tracing::info!("Starting a Convex backend")` in every build that can use Postgres
@@ -48,10 +70,15 @@ def sql_filter(metric: str, database_id: str) -> str:
     return f'resource.type = "cloudsql_database" AND resource.label.database_id = "{database_id}" AND metric.type = "cloudsql.googleapis.com/database/{metric}"'
 
 
-def start_log_filter(project: str, container: str, instance_id: str) -> str:
+def start_log_filter(project: str, container: str, vm_name: str, driver: str = LOG_DRIVER) -> str:
+    """Log-match filter for one start of `container` on the stack's VM. The VM by the name label the
+    logging agent attaches (its instance id changes when the VM is recreated; the name prefix does not)."""
+    log = CONTAINER_LOGS[driver]
     return (
-        f'logName="projects/{project}/logs/{DOCKER_LOG}" AND resource.type="gce_instance" '
-        f'AND resource.labels.instance_id="{instance_id}" AND jsonPayload.container.name:"{container}" '
+        f'logName="projects/{project}/logs/{log.log_id}" AND resource.type="gce_instance" '
+        f'AND labels."compute.googleapis.com/resource_name":"{vm_name}" AND {log.name_field}="{container}" '
+        # A bare string matches any field: the line is jsonPayload.message as printed, or inside it when
+        # the agent parses a JSON line (the proxy's --structured-logs, Convex's LOG_FORMAT=json).
         f'AND "{START_LINES[container]}"'
     )
 
@@ -223,7 +250,7 @@ class Monitoring(pulumi.ComponentResource):
         # terraform-provider-google #11102). A log-match condition fires per matching entry and cannot count,
         # so a start notifies at most once per window: a deploy notifies once, a crash loop every window.
         for container in START_LINES:
-            start_filter = pulumi.Output.from_input(args.vm_instance_id).apply(lambda iid, c=container: start_log_filter(args.project, c, iid))
+            start_filter = pulumi.Output.from_input(args.vm_name).apply(lambda vm, c=container: start_log_filter(args.project, c, vm))
             self.policies[f"{container}-restarts"] = policy(
                 f"{container}-restarts",
                 f"{container} (re)started",
@@ -232,7 +259,8 @@ class Monitoring(pulumi.ComponentResource):
                     condition_matched_log=gcp.monitoring.AlertPolicyConditionConditionMatchedLogArgs(filter=start_filter),
                 ),
                 f"Expected once after a deploy or a VM replacement. Repeated notifications mean a crash loop: read the {container} "
-                f"container's logs (Logs Explorer, log {DOCKER_LOG}); run the doctor.",
+                f"container's logs (Logs Explorer: log {CONTAINER_LOGS[LOG_DRIVER].log_id}, {CONTAINER_LOGS[LOG_DRIVER].name_field}=\"{container}\"; "
+                f"on the VM `docker logs {container}`); run the doctor.",
                 strategy=gcp.monitoring.AlertPolicyAlertStrategyArgs(
                     # Required for log-match conditions; one notification per window.
                     notification_rate_limit=gcp.monitoring.AlertPolicyAlertStrategyNotificationRateLimitArgs(period=RESTART_WINDOW),

@@ -142,10 +142,10 @@ def test_gcp_run_runs_the_doctor_and_e2e_through_the_tunnel(tmp_path, pulumi, fa
     report = acceptance.run("gcp", tmp_path / "out", project="sandbox-proj-1", region="asia-northeast1", run_id="1234567890",
                             timeout=30, database_url_for_gcp=tunnel, project_dir=pulumi, tunnels_for_gcp=iap)
     names = [s.name for s in report.steps]
-    assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "destroy", "stack-rm"]
+    assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "restart-backend", "destroy", "stack-rm"]
     assert opened == ["iap sandbox-proj-1", "proxy"]
-    # No gcloud here: the doctor fails, the run is red, and teardown still ran.
-    assert not report.ok and [s.name for s in report.steps if not s.ok] == ["doctor"]
+    # No gcloud here: the doctor and the backend restart fail, the run is red, and teardown still ran.
+    assert not report.ok and [s.name for s in report.steps if not s.ok] == ["doctor", "restart-backend"]
     assert json.loads((tmp_path / "out" / "outputs.json").read_text())["connection_mode"] == "proxy"
 
 
@@ -156,6 +156,8 @@ def test_ephemeral_gcp_config_is_valid_and_disposable():
     settings = load_settings(flat, stack)
     assert not settings.is_prod and not settings.sql_deletion_protection and not settings.vm_deletion_protection
     assert settings.vm.data_disk_snapshots.enabled is False
+    # The run checks the restart alert against real logs: monitoring on in this dev stack.
+    assert settings.monitoring_enabled
     assert settings.zone == "asia-northeast1-a"
 
 
@@ -220,3 +222,17 @@ def test_gcp_run_without_an_iap_tunnel_records_it_and_tears_down(tmp_path, pulum
     assert [s.name for s in report.steps if not s.ok] == ["iap-tunnel"]
     assert "4033" in report.steps[-3].detail
     assert commands(tmp_path)[-2:] == ["destroy", "stack rm"]
+
+
+def test_the_restart_alert_filter_is_read_from_the_deployed_policy():
+    policies = [
+        {"displayName": "convex-acc-gcp-1: convex-backend (re)started",
+         "conditions": [{"conditionMatchedLog": {"filter": 'logName="projects/p/logs/cos_containers"'}}]},
+        {"displayName": "convex-acc-gcp-1: Convex VM down", "conditions": [{"conditionAbsent": {"filter": "x"}}]},
+    ]
+    assert acceptance.matched_log_filter(policies, "convex-acc-gcp-1: convex-backend (re)started") == 'logName="projects/p/logs/cos_containers"'
+    with pytest.raises(LookupError):
+        acceptance.matched_log_filter(policies, "convex-acc-gcp-1: Convex VM down")
+    # The name the step looks for is the one the program gives the policy.
+    from components import monitoring
+    assert "(re)started" in acceptance.RESTART_POLICY and "convex-backend" in monitoring.START_LINES

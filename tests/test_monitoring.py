@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from components.monitoring import START_LINES, connections_threshold, uptime_target
+import re
+
+from components.monitoring import CONTAINER_LOGS, START_LINES, connections_threshold, uptime_target
 from tests.conftest import run_plan_with
 from convex_gcp.settings import ConfigError, load_settings
 from tools.plan import stack_config
@@ -113,15 +115,82 @@ def test_vm_down_and_uptime_failure_policies(monitored):
     assert down.inputs["severity"] == "CRITICAL"
 
 
-def test_restart_alerts_match_each_containers_start_line(monitored):
+def unit_metadata(plan) -> dict[str, str]:
+    """The rendered units the VM gets, from whichever resource carries the instance metadata."""
+    for resource in plan.resources:
+        metadata = resource.inputs.get("metadata")
+        if isinstance(metadata, dict) and any(k.startswith("convex-gcp-unit-") for k in metadata):
+            return {k.removeprefix("convex-gcp-unit-"): v for k, v in metadata.items() if k.startswith("convex-gcp-unit-")}
+    raise AssertionError("no resource carries the units' metadata")
+
+
+def docker_run(unit: str) -> str:
+    """The unit's `docker run` command line, continuation lines joined."""
+    text = unit.replace("\\\n", " ")
+    (line,) = [l for l in text.splitlines() if l.startswith("ExecStart=") and " run " in l]
+    return line
+
+
+def log_source_mismatches(unit: str, log_filter: str, project: str) -> list[str]:
+    """What the unit writes (driver, container name, journal copy) against what the alert matches."""
+    run = docker_run(unit)
+    driver = re.search(r"--log-driver[ =](\S+)", run)
+    name = re.search(r"--name[ =](\S+)", run)
+    problems = []
+    if not driver or driver.group(1) not in CONTAINER_LOGS:
+        return [f"log driver {driver and driver.group(1)!r}: no known Cloud Logging log for it"]
+    log = CONTAINER_LOGS[driver.group(1)]
+    if f'logName="projects/{project}/logs/{log.log_id}"' not in log_filter:
+        problems.append(f"{driver.group(1)} output lands in log {log.log_id}, the alert matches another")
+    if not name or f'{log.name_field}="{name.group(1)}"' not in log_filter:
+        problems.append(f"container {name and name.group(1)!r}: the alert matches another name")
+    # A foreground `docker run` copies the output into the journal, which COS ships too: twice.
+    for stream in ("StandardOutput", "StandardError"):
+        if f"\n{stream}=null\n" not in unit:
+            problems.append(f"{stream} is not null: the output would be shipped twice")
+    return problems
+
+
+def restart_filter(plan, container: str) -> str:
+    return plan.by_name(f"monitoring-{container}-restarts").inputs["conditions"][0]["conditionMatchedLog"]["filter"]
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_restart_alerts_match_what_each_unit_writes(stack, monitored, prod_plan):
+    plan = monitored if stack == "dev" else prod_plan
+    units = unit_metadata(plan)
+    for container in START_LINES:
+        log = restart_filter(plan, container)
+        project = re.search(r'logName="projects/([^/]+)/', log).group(1)
+        assert log_source_mismatches(units[container], log, project) == [], container
+        assert START_LINES[container] in log
+
+
+@pytest.mark.parametrize("edit", [
+    ("--log-driver json-file", "--log-driver journald"),
+    ("--log-driver json-file", "--log-driver gcplogs"),
+    ("--name convex-backend", "--name convex-api"),
+    ("StandardOutput=null\n", ""),
+    ("StandardError=null\n", ""),
+])
+def test_a_unit_changed_without_its_alert_is_caught(edit, monitored):
+    units = unit_metadata(monitored)
+    changed = units["convex-backend"].replace(*edit)
+    assert changed != units["convex-backend"]
+    log = restart_filter(monitored, "convex-backend")
+    assert log_source_mismatches(units["convex-backend"], log, "example-convex-dev") == []
+    assert log_source_mismatches(changed, log, "example-convex-dev") != []
+
+
+def test_restart_alerts_are_log_match_on_the_vm_by_name(monitored):
     # Log-match conditions: no log-based metric that a first deploy's alert policy would 404 on.
     assert monitored.of_type("gcp:logging/metric:Metric") == []
     for container in START_LINES:
         policy = monitored.by_name(f"monitoring-{container}-restarts").inputs
         log = policy["conditions"][0]["conditionMatchedLog"]["filter"]
-        assert START_LINES[container] in log and f'jsonPayload.container.name:"{container}"' in log
-        assert 'logName="projects/example-convex-dev/logs/gcplogs-docker-driver"' in log
-        assert 'resource.labels.instance_id="1234567890"' in log
+        # The VM by name: the instance id changes whenever the VM is recreated.
+        assert 'labels."compute.googleapis.com/resource_name":"convex-dev-vm"' in log
+        assert "instance_id" not in log
         # Monitoring requires a notification rate limit on log-match policies.
         assert policy["alertStrategy"]["notificationRateLimit"]["period"] == "600s"
 

@@ -6,7 +6,8 @@ workflow .github/workflows/acceptance.yml runs exactly this (docs/acceptance.md)
     python -m tools.acceptance gcp --project my-sandbox --region asia-northeast1 --out acceptance-out
 
 Steps: `pulumi stack init` (a fresh stack named acc-<target>-<id>), its config, `pulumi up
---event-log`, wait for `/version`, `tools.doctor` (gcp), `tools.e2e`, then ALWAYS `pulumi destroy`
+--event-log`, wait for `/version`, `tools.doctor` (gcp), `tools.e2e`, on gcp a backend restart whose
+start line the restart alert's deployed log filter must find in Cloud Logging, then ALWAYS `pulumi destroy`
 and `pulumi stack rm`. Writes report.json (steps, exit codes, time to healthy, per-resource
 durations from the engine's event log) and the event log itself to --out. Exit 1 when any step,
 teardown included, failed.
@@ -28,6 +29,7 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
+from convex_gcp.settings import resource_prefix
 from tools import clis, e2e
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +82,8 @@ def stack_config(target: str, project: str = "", region: str = "", zone: str = "
         vm["dataDiskSnapshots"] = {"enabled": False}
         config[f"{PROJECT}:vm"] = vm
         config[f"{PROJECT}:environment"] = "dev"  # no deletion protection: the run must be able to destroy
+        # The alerts are what the run checks against real logs (restart_alert_step).
+        config[f"{PROJECT}:monitoring"] = {**(config.get(f"{PROJECT}:monitoring") or {}), "enabled": True}
     return config
 
 
@@ -210,7 +214,56 @@ def _check(runner: Runner, target: str, stack: str, out: Path, outputs: dict[str
         return report
     report.e2e = asdict(result_e2e)
     runner.record("e2e", not result_e2e.error, time.monotonic() - begin, result_e2e.error)
+    if target == "gcp":
+        restart_alert_step(runner, outputs, stack)
     return report
+
+
+RESTART_POLICY = "convex-backend (re)started"  # components/monitoring.py: f"{prefix}: {container} (re)started"
+
+
+def matched_log_filter(policies: list[dict[str, Any]], display_name: str) -> str:
+    """The log-match filter of the deployed policy with this display name (`gcloud alpha monitoring
+    policies list --format=json`: AlertPolicy resources, conditions[].conditionMatchedLog.filter)."""
+    for policy in policies:
+        if policy.get("displayName") == display_name:
+            for condition in policy.get("conditions", []):
+                if "conditionMatchedLog" in condition:
+                    return condition["conditionMatchedLog"]["filter"]
+    raise LookupError(f"no deployed alert policy {display_name!r} with a log-match condition")
+
+
+def restart_alert_step(runner: Runner, outputs: dict[str, Any], stack: str, wait: float = 900, poll: float = 30) -> None:
+    """Restart the backend and wait until the restart alert's own filter, as deployed, matches the new
+    start line in Cloud Logging: the part no offline test can prove (log name, container field, VM
+    label written by COS's logging agent; docs/vm-runtime.md). Monitoring opens the incident from
+    exactly these entries; its incidents have no public list API, so the entries are what is read."""
+    # project:region:instance (docs/outputs.md), as the doctor reads it.
+    project = str(outputs.get("sql_connection_name", "")).split(":")[0]
+    vm, zone = outputs.get("vm_name", ""), outputs.get("vm_zone", "")
+    flags = [f"--project={project}"] if project else []
+    restart = runner.step("restart-backend", ["gcloud", "compute", "ssh", vm, f"--zone={zone}", "--tunnel-through-iap", *flags,
+                                              "--command", "sudo systemctl restart convex-backend"])
+    if restart.returncode != 0:
+        return
+    begin = time.monotonic()
+    display_name = f"{resource_prefix(stack)}: {RESTART_POLICY}"
+    detail = ""
+    while time.monotonic() - begin < wait:
+        listed = subprocess.run(["gcloud", "alpha", "monitoring", "policies", "list", *flags, "--format=json"],
+                                capture_output=True, text=True, timeout=180)
+        try:
+            log_filter = matched_log_filter(json.loads(listed.stdout or "[]"), display_name)
+            read = subprocess.run(["gcloud", "logging", "read", log_filter, "--freshness=30m", "--limit=1", "--format=json", *flags],
+                                  capture_output=True, text=True, timeout=180)
+            if read.returncode == 0 and json.loads(read.stdout or "[]"):
+                runner.record("restart-alert", True, time.monotonic() - begin, log_filter)
+                return
+            detail = f"no entry matches {log_filter!r} yet" if read.returncode == 0 else read.stderr.strip()[-1000:]
+        except (LookupError, ValueError) as error:
+            detail = f"{error} {listed.stderr.strip()[-500:]}"
+        time.sleep(poll)
+    runner.record("restart-alert", False, time.monotonic() - begin, detail)
 
 
 @contextlib.contextmanager

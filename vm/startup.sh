@@ -1766,10 +1766,10 @@ sql_reachability() {
       r1=$N_RESTARTS
       if ((r1 > r0)); then
         preflight FAIL cloud-sql "Cloud SQL unreachable: the proxy exited $((r1 - r0)) time(s) in $(secs "$wait_ms"); with --run-connection-test it exits when it cannot reach the instance" \
-          "journalctl -u cloudsql-proxy -n 50 ('Connection test failed' names the error); ${SQL_FIX}"
+          "Cloud Logging log cos_containers, container cloudsql-proxy ('Connection test failed' names the error); ${SQL_FIX}"
       else
         preflight FAIL cloud-sql "the proxy is not ready after $(secs "$wait_ms") (${PROXY_READY_URL})" \
-          "systemctl status cloudsql-proxy; journalctl -u cloudsql-proxy -n 50; ${SQL_FIX}"
+          "systemctl status cloudsql-proxy; docker logs cloudsql-proxy; ${SQL_FIX}"
       fi
     fi
     step_done
@@ -1853,7 +1853,7 @@ apply() {
   step backend-version
   if ! wait_http convex-backend "$BACKEND_VERSION_URL" "$backend_wait"; then
     preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering after $(secs "$backend_wait")" \
-      "journalctl -u convex-backend -n 100 (it binds 3210 only after Postgres connected); the database named after INSTANCE_NAME exists; the DB user may CREATE in schema public"
+      "docker logs convex-backend (it binds 3210 only after Postgres connected); the database named after INSTANCE_NAME exists; the DB user may CREATE in schema public"
     step_done "not healthy"
     log "units are installed but the backend is not healthy yet; systemd restarts what exits and the watcher ${WATCH_UNIT} retries the remaining steps (dashboard, admin key) periodically"
     print_preflight_summary
@@ -1892,7 +1892,7 @@ run_preflight() {
   if wait_http convex-backend "$BACKEND_VERSION_URL" 0; then
     preflight PASS backend-version "${BACKEND_VERSION_URL} answered 200"
   else
-    preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering" "journalctl -u convex-backend -n 100"
+    preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering" "docker logs convex-backend"
   fi
   ACCESS_TOKEN=""
   print_preflight_summary
