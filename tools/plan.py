@@ -361,7 +361,15 @@ def render_markdown(plan: Plan) -> str:
     lines = [f"# Stack `{plan.stack}`", ""]
     if plan.placeholders:
         lines += [f"> **{placeholder_notice(plan)}**", ""]
-    lines += [f"{sum(r.custom for r in plan.resources)} resources.", "", "## Resources", ""]
+    cost = None
+    if any(r.inputs.get("region") for r in plan.resources if r.type == "gcp:sql/databaseInstance:DatabaseInstance"):
+        from tools.cost import estimate as cost_estimate
+
+        cost = cost_estimate(plan)  # GCP stacks; a local (Docker) stack costs no cloud money
+    lines += [f"{sum(r.custom for r in plan.resources)} resources."]
+    if cost is not None:
+        lines += ["", f"**Estimated monthly cost: ${cost.total:,.2f}** at {cost.region} list prices (line by line at the end)."]
+    lines += ["", "## Resources", ""]
     lines += ["| type | name | protected | key settings |", "|---|---|---|---|"]
     for r in sorted(plan.resources, key=lambda r: (r.type, r.name)):
         if not r.custom:
@@ -396,6 +404,10 @@ def render_markdown(plan: Plan) -> str:
 
     if plan.of_type(VM):  # the estimate models the GCP stacks; a local (Docker) stack has no VM
         lines += [""] + render(estimate(plan))
+    if cost is not None:
+        from tools.cost import render as render_cost
+
+        lines += [""] + render_cost(cost)
     if plan.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in plan.warnings]
     return "\n".join(lines) + "\n"
