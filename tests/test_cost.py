@@ -140,3 +140,42 @@ def test_cost_cli_prints_every_gcp_stack(tmp_path):
     result = runner.run_python(["-m", "tools.cost"], cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "# Stack `dev`" in result.stdout and "# Stack `prod`" in result.stdout and "local" not in result.stdout
+
+
+def test_the_pull_request_workflow_posts_the_change_without_running_the_prs_code():
+    import yaml
+
+    from tests.conftest import ROOT
+
+    jobs = yaml.safe_load((ROOT / ".github/workflows/pull-request.yml").read_text())["jobs"]
+    runs = " ".join(s.get("run", "") for s in jobs["test"]["steps"])
+    assert "python -m tools.cost --base-root base > cost.md" in runs
+    comment = jobs["cost-comment"]
+    assert comment["needs"] == "test" and comment["permissions"] == {"pull-requests": "write"}
+    assert not any("checkout" in str(s.get("uses", "")) for s in comment["steps"])  # only the artifact, never the PR's code
+    assert cost.COMMENT_MARKER in " ".join(s.get("run", "") for s in comment["steps"])
+
+
+CHEAPEST_DEV = {"convex-gcp:vm.machineType": "e2-small", "convex-gcp:vm.bootDiskSizeGb": "10", "convex-gcp:vm.dataDiskSizeGb": "10",
+                "convex-gcp:database.tier": "db-f1-micro"}
+
+
+def test_readme_and_docs_say_what_the_program_prints(dev_plan, prod_plan):
+    import re
+
+    from tests.conftest import ROOT, run_plan_with
+
+    readme = (ROOT / "README.md").read_text()
+    first_screen = readme.split("## What it builds", 1)[0]
+    cheapest = run_plan_with("dev", CHEAPEST_DEV)
+    assert not cheapest.error, cheapest.error
+    for label, plan in (("dev", dev_plan), ("prod", prod_plan)):
+        total = cost.estimate(plan, PRICES).total
+        assert re.search(rf"^\| {label} \|.*\| about \${round(total)} \|$", first_screen, re.M), f"README's {label} figure is not ${round(total)}"
+    cheap_total = cost.estimate(cheapest, PRICES).total
+    assert f"about ${round(cheap_total)}." in first_screen
+    doc = (ROOT / "docs/cost.md").read_text()
+    assert f"About **${round(cheap_total)} a month**" in doc
+    assert f"**${cost.estimate(dev_plan, PRICES).total:,.2f}** | **${cost.estimate(prod_plan, PRICES).total:,.2f}**" in doc
+    for key, value in CHEAPEST_DEV.items():  # the documented commands are the ones measured
+        assert f"pulumi config set --path '{key}' {value}" in doc

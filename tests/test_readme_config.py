@@ -27,7 +27,7 @@ def config_table() -> list[str]:
 def test_configuration_table_is_one_table_with_every_key():
     rows = config_table()
     documented = " ".join(row.split("|")[1] for row in rows)
-    for key in _TOP_LEVEL:
+    for key in [*_TOP_LEVEL, "target"]:  # target is read before the model (convex_gcp.settings.stack_target)
         assert re.search(rf"`(convex-gcp:)?{key}[`.]", documented), f"{key} missing from the README's configuration table"
     for row in rows[2:]:
         # Three cells per row; a literal | inside a cell is escaped.
@@ -39,3 +39,14 @@ def test_perf_optimized_vcpus_documented():
 
     tier_row = next(row for row in config_table() if row.startswith("| `database.tier`"))
     assert ", ".join(map(str, _PERF_OPTIMIZED_VCPUS[:-1])) + f" or {_PERF_OPTIMIZED_VCPUS[-1]}" in tier_row
+
+
+def test_references_in_stack_files_point_at_sections_that_exist():
+    # "(docs/x.md, "Section")" or "(see README, "Section")" in a stack file's comments names a real heading.
+    for stack_file in sorted(ROOT.glob("Pulumi*.yaml")):
+        text = re.sub(r"\n\s*#\s*", " ", stack_file.read_text())  # a comment continued on the next line
+        for doc, section in re.findall(r'\((?:see )?([\w/.-]+\.md|README), "([^"]+)"\)', text):
+            path = ROOT / ("README.md" if doc == "README" else doc)
+            assert path.is_file(), f"{stack_file.name}: {doc} does not exist"
+            headings = [line.lstrip("#").strip() for line in path.read_text().splitlines() if line.startswith("#")]
+            assert any(h.startswith(section) for h in headings), f"{stack_file.name}: no section {section!r} in {doc}"

@@ -329,6 +329,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("stacks", nargs="*", help="stacks to estimate (default: every GCP stack)")
     parser.add_argument("--base-root", help="another checkout (the base branch) to compare with")
     options = parser.parse_args(argv)
+    if options.base_root and not (Path(options.base_root) / "__main__.py").is_file():
+        parser.error(f"--base-root {options.base_root}: not a checkout of this program (no __main__.py there)")
     stacks = options.stacks or gcp_stacks(ROOT)
     prices = load_prices()
     head: dict[str, Estimate] = {}
