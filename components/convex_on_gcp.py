@@ -176,8 +176,9 @@ class ConvexOnGcp(pulumi.ComponentResource):
                 opts=child(depends_on=apis.services),
             )
 
+        monitoring = None
         if settings.monitoring_enabled:
-            Monitoring(
+            monitoring = Monitoring(
                 "monitoring",
                 MonitoringArgs(
                     project=settings.project,
@@ -189,6 +190,7 @@ class ConvexOnGcp(pulumi.ComponentResource):
                     vm_instance_id=vm.instance.instance_id,
                     vm_name=vm.instance.name,
                     max_connections=settings.max_connections,
+                    url_map_name=front_door.url_map.name if front_door is not None else None,
                 ),
                 opts=child(depends_on=apis.services),
             )
@@ -219,5 +221,7 @@ class ConvexOnGcp(pulumi.ComponentResource):
         if front_door is not None:
             # Point the hosts' A records here when no managed zone holds them (docs/front-door.md).
             outputs["front_door_ip"] = front_door.ip
+        if monitoring is not None:
+            outputs["monitoring_dashboard_url"] = monitoring.dashboard_url
         self.outputs = outputs
         self.register_outputs(outputs)

@@ -5,9 +5,12 @@ down, and the Auth Proxy or the backend restarting in a loop. Thresholds come fr
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 import pulumi
@@ -48,6 +51,66 @@ START_LINES = {
     "convex-backend": "Starting a Convex backend",
 }
 RESTART_WINDOW = "600s"
+
+# The VM's own metrics come from COS's node-problem-detector, on with metadata
+# google-monitoring-enabled=true (convex_gcp/runtime.py; COS docs "Monitoring system health with the
+# node problem detector", milestone 88+). Its stackdriver exporter (kubernetes/node-problem-detector
+# pkg/exporters/stackdriver/stackdriver_exporter.go NPDMetricToSDMetric) writes these built-in types
+# on resource gce_instance with the metric label instance_name; predefined types, so the alert
+# policies never 404 on a fresh project:
+GUEST = "compute.googleapis.com/guest/"
+# memory/percent_used{state="used"}: (MemTotal-MemFree-Buffers-Cached-Slab)/MemTotal*100
+# (pkg/systemstatsmonitor/memory_collector_unix.go): page cache does not count.
+MEMORY_PERCENT = GUEST + "memory/percent_used"
+# disk/percent_used{device_name,fs_type,mount_option,state="used"}: per mounted device, gopsutil's
+# UsedPercent, 0..100 (disk_collector.go); device_name is the device in /proc/mounts without /dev/.
+DISK_PERCENT = GUEST + "disk/percent_used"
+# system/problem_count{reason}: counts kernel-monitor events; "OOMKilling" is the kernel's "Killed
+# process ... total-vm" line (config/kernel-monitor.json), i.e. the OOM killer ended a process.
+PROBLEM_COUNT = GUEST + "system/problem_count"
+# Which block device is which disk: the boot disk is the first attached, the data disk the second
+# (components/convex_vm.py); COS mounts the boot disk's partition 1 (STATE: /var with Docker's
+# images and json-file logs) read-write. SCSI names on most machine types, NVMe on the rest.
+BOOT_DISK_DEVICES = ("sda1", "nvme0n1p1")
+DATA_DISK_DEVICES = ("sdb", "nvme0n2")
+
+
+DASHBOARD_LAYOUT = Path(__file__).resolve().parent / "dashboard.json"
+_PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
+
+
+def render_dashboard(layout_text: str, values: dict[str, str], features: set[str]) -> dict[str, Any]:
+    """The stack's dashboard from components/dashboard.json: placeholders filled, tiles whose `when`
+    feature the stack lacks dropped, the layout's own keys (`_comment`, `when`) removed."""
+    missing = sorted(set(_PLACEHOLDER.findall(layout_text)) - set(values))
+    if missing:
+        raise ValueError(f"dashboard.json: no value for {missing}")
+    # Values go into JSON strings and numbers: escape them as JSON string content.
+    text = _PLACEHOLDER.sub(lambda m: json.dumps(str(values[m.group(1)]))[1:-1], layout_text)
+    layout = json.loads(text)
+    layout.pop("_comment", None)
+    tiles = []
+    for tile in layout["mosaicLayout"]["tiles"]:
+        when = tile.pop("when", None)
+        if when is None or when in features:
+            tiles.append(tile)
+    layout["mosaicLayout"]["tiles"] = tiles
+    return layout
+
+
+def dashboard_url(dashboard_id: str, project: str) -> str:
+    """Console URL of a dashboard from its resource id (projects/N/dashboards/ID)."""
+    return f"https://console.cloud.google.com/monitoring/dashboards/custom/{dashboard_id.rsplit('/', 1)[-1]}?project={project}"
+
+
+def guest_filter(metric: str, vm_name: str, extra: str = "") -> str:
+    # The VM by name prefix: a recreated VM keeps its name (or, in a group, its base name).
+    return (f'resource.type = "gce_instance" AND metric.type = "{metric}" '
+            f'AND metric.label.instance_name = starts_with("{vm_name}")' + (f" AND {extra}" if extra else ""))
+
+
+def one_of(values: tuple[str, ...]) -> str:
+    return "one_of(" + ", ".join(f'"{v}"' for v in values) + ")"
 
 
 def uptime_target(convex_url: str) -> dict[str, Any]:
@@ -94,6 +157,8 @@ class MonitoringArgs:
     vm_instance_id: pulumi.Input[str]
     vm_name: pulumi.Input[str]
     max_connections: int
+    # The front door's URL map (with a domain): the dashboard's request and error tiles.
+    url_map_name: Optional[pulumi.Input[str]] = None
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -268,8 +333,78 @@ class Monitoring(pulumi.ComponentResource):
                 ),
             )
 
+        def guest_threshold(key: str, title: str, metric: str, extra: str, value: float, fix: str, severity: str = "WARNING") -> gcp.monitoring.AlertPolicy:
+            return policy(key, title, gcp.monitoring.AlertPolicyConditionArgs(
+                display_name=title,
+                condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                    filter=pulumi.Output.from_input(args.vm_name).apply(lambda vm: guest_filter(metric, vm, extra)),
+                    comparison="COMPARISON_GT",
+                    threshold_value=value,
+                    duration=duration,
+                    aggregations=mean(),
+                ),
+            ), fix, severity)
+
+        self.policies["vm-memory"] = guest_threshold(
+            "vm-memory", f"VM memory above {m.vm_memory_utilization:.0%}", MEMORY_PERCENT, 'metric.label.state = "used"',
+            round(m.vm_memory_utilization * 100, 2),
+            "Memory in use (page cache excluded) is close to the machine's. Convex grows with open sync sessions, "
+            "function concurrency and isolate heaps; the kernel will kill the largest process next (usually "
+            "convex-backend). See which container grows: `sudo docker stats --no-stream` on the VM. Fix: a larger "
+            "machine type (`pulumi config set --path convex-gcp:vm.machineType e2-standard-4 && pulumi up`, "
+            "replaces the VM, data disk kept).",
+        )
+        oom_title = "A process on the VM was OOM-killed"
+        self.policies["vm-oom"] = policy("vm-oom", oom_title, gcp.monitoring.AlertPolicyConditionArgs(
+            display_name=oom_title,
+            condition_threshold=gcp.monitoring.AlertPolicyConditionConditionThresholdArgs(
+                filter=pulumi.Output.from_input(args.vm_name).apply(lambda vm: guest_filter(PROBLEM_COUNT, vm, 'metric.label.reason = "OOMKilling"')),
+                comparison="COMPARISON_GT",
+                threshold_value=0,
+                duration="0s",
+                aggregations=[gcp.monitoring.AlertPolicyConditionConditionThresholdAggregationArgs(
+                    alignment_period="300s", per_series_aligner="ALIGN_DELTA")],
+            ),
+        ), "The kernel's OOM killer ended a process (kernel log: 'Killed process N (name)'). If it was convex-backend, "
+           "systemd restarted it (the restart alert fires too) and in-flight requests failed. Find it: `sudo dmesg | grep -i "
+           "'killed process'` and `systemctl status convex-backend` on the VM. Fix: a larger machine type "
+           "(convex-gcp:vm.machineType), or find the function that allocates (Convex dashboard, Logs).", severity="CRITICAL")
+        self.policies["vm-data-disk"] = guest_threshold(
+            "vm-data-disk", f"Data disk above {m.vm_disk_utilization:.0%}", DISK_PERCENT,
+            f"metric.label.device_name = {one_of(DATA_DISK_DEVICES)}", round(m.vm_disk_utilization * 100, 2),
+            "The data disk (/mnt/disks/convex-data, Convex's /convex/data: file storage, pushed modules, search "
+            "indexes, exports) is filling. When it is full the backend's writes fail: file uploads, deploys and "
+            "exports error until space is freed. Check `sudo du -sh /mnt/disks/convex-data/convex/*` on the VM. "
+            "Fix: grow it online (`pulumi config set --path convex-gcp:vm.dataDiskSizeGb <GB> && pulumi up`; the VM "
+            "runs resize2fs at its next boot or config change), or delete old exports/files.",
+            severity="CRITICAL",
+        )
+        self.policies["vm-boot-disk"] = guest_threshold(
+            "vm-boot-disk", f"Boot disk above {m.vm_disk_utilization:.0%}", DISK_PERCENT,
+            f"metric.label.device_name = {one_of(BOOT_DISK_DEVICES)}", round(m.vm_disk_utilization * 100, 2),
+            "The boot disk's writable partition (/var: Docker images and container logs) is filling. A full one "
+            "stops image pulls (upgrades) and container starts. Check `sudo docker system df` on the VM. Fix: "
+            "`sudo docker image prune -a` for images no unit uses, or a larger boot disk "
+            "(convex-gcp:vm.bootDiskSizeGb; replaces the VM, data disk kept).",
+        )
+
+        features = {"front_door"} if args.url_map_name is not None else set()
+        values = pulumi.Output.all(
+            uptime=self.uptime_check.uptime_check_id, vm=args.vm_name, db=args.sql_database_id,
+            url_map=args.url_map_name if args.url_map_name is not None else "",
+        ).apply(lambda v: json.dumps(render_dashboard(DASHBOARD_LAYOUT.read_text(), {
+            "PREFIX": args.prefix, "UPTIME_CHECK_ID": v["uptime"], "VM_NAME": v["vm"], "DATABASE_ID": v["db"],
+            "URL_MAP": v["url_map"], "MAX_CONNECTIONS": str(args.max_connections),
+            "MEMORY_THRESHOLD": str(round(m.vm_memory_utilization * 100, 2)),
+            "DISK_THRESHOLD": str(round(m.vm_disk_utilization * 100, 2)),
+            "CONNECTIONS_THRESHOLD": str(connections_threshold(args.max_connections, m.sql_connections_ratio)),
+        }, features), sort_keys=True))
+        self.dashboard = gcp.monitoring.Dashboard(f"{name}-dashboard", dashboard_json=values, opts=child)
+        self.dashboard_url = self.dashboard.id.apply(lambda i: dashboard_url(i, args.project))
+
         self.register_outputs(
             {
+                "dashboard_url": self.dashboard_url,
                 "uptime_check": self.uptime_check.uptime_check_id,
                 "channels": channel_ids,
                 "policies": [p.name for p in self.policies.values()],

@@ -340,6 +340,9 @@ class MonitoringSettings(_Model):
     # More container starts than this within 10 minutes means a crash loop.
     restarts_per_10_minutes: int = Field(2, ge=1, le=100)
     alert_after_seconds: int = Field(300, ge=0, le=86400)
+    # The VM (COS node-problem-detector's guest metrics): memory in use, and each disk's share used.
+    vm_memory_utilization: float = Field(0.9, gt=0, le=1)
+    vm_disk_utilization: float = Field(0.85, gt=0, le=1)
 
     @field_validator("notification_emails")
     @classmethod

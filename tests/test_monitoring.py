@@ -8,7 +8,8 @@ import pytest
 
 import re
 
-from components.monitoring import CONTAINER_LOGS, START_LINES, connections_threshold, uptime_target
+from components.monitoring import (BOOT_DISK_DEVICES, CONTAINER_LOGS, DATA_DISK_DEVICES, DISK_PERCENT, MEMORY_PERCENT, PROBLEM_COUNT,
+                                   START_LINES, connections_threshold, uptime_target)
 from tests.conftest import run_plan_with
 from convex_gcp.settings import ConfigError, load_settings
 from tools.plan import stack_config
@@ -39,7 +40,7 @@ def test_prod_has_monitoring_by_default_with_its_email_channel():
     # A prod plan that fails must fail this test, not skip it.
     assert not plan.error, plan.error
     assert [c.inputs["labels"] for c in plan.of_type(CHANNEL)] == [{"email_address": "oncall@acmecorp.dev"}]  # tools/offline_values.py
-    assert len(plan.of_type(ALERT)) == 8
+    assert len(plan.of_type(ALERT)) == 12
     # Labelled like every other component: the stack name, not the resource prefix.
     labelled = plan.of_type(CHANNEL) + plan.of_type(ALERT) + plan.of_type(UPTIME)
     assert labelled and all(r.inputs["userLabels"] == {"app": "convex", "environment": "prod", "stack": "prod"}
@@ -68,7 +69,8 @@ def test_bad_email_and_threshold_are_problems():
 def monitored():
     # The uptime check needs a URL Google's checkers reach: without a domain, the public HTTP opt-in.
     public = {"convex-gcp:network": json.dumps({"apiSourceRanges": ["0.0.0.0/0"], "publicHttpWithoutTls": True})}
-    plan = run_plan_with("dev", {**monitoring(enabled=True, notificationEmails=["a@example.com", "b@example.com"], sqlCpuUtilization=0.7, sqlConnectionsRatio=0.5), **public})
+    plan = run_plan_with("dev", {**monitoring(enabled=True, notificationEmails=["a@example.com", "b@example.com"], sqlCpuUtilization=0.7,
+                                              sqlConnectionsRatio=0.5, vmMemoryUtilization=0.8), **public})
     assert not plan.error, plan.error
     return plan
 
@@ -223,3 +225,82 @@ def test_snapshot_settings_from_config_and_off_switch():
     assert schedule["schedule"]["dailySchedule"]["startTime"] == "03:00"
     off = run_plan_with("dev", {"convex-gcp:vm": json.dumps({**vm, "dataDiskSnapshots": {"enabled": False}})})
     assert off.of_type(POLICY) == [] and off.of_type(ATTACH) == []
+
+
+def threshold(plan, key: str) -> dict:
+    return plan.by_name(f"monitoring-{key}").inputs["conditions"][0]["conditionThreshold"]
+
+
+def test_vm_memory_oom_and_disks_from_node_problem_detector_metrics(monitored):
+    # COS's node-problem-detector sends these only with google-monitoring-enabled.
+    metadata = unit_metadata(monitored)  # the same resource carries the instance metadata
+    vm = next(r for r in monitored.resources if isinstance(r.inputs.get("metadata"), dict) and "google-monitoring-enabled" in r.inputs["metadata"])
+    assert vm.inputs["metadata"]["google-monitoring-enabled"] == "true" and metadata
+    by_vm = 'metric.label.instance_name = starts_with("convex-dev-vm")'
+    memory = threshold(monitored, "vm-memory")
+    assert f'metric.type = "{MEMORY_PERCENT}"' in memory["filter"] and 'metric.label.state = "used"' in memory["filter"]
+    assert by_vm in memory["filter"] and memory["thresholdValue"] == 80  # percent, from vmMemoryUtilization 0.8
+    oom = threshold(monitored, "vm-oom")
+    assert f'metric.type = "{PROBLEM_COUNT}"' in oom["filter"] and 'metric.label.reason = "OOMKilling"' in oom["filter"]
+    assert oom["thresholdValue"] == 0 and oom["aggregations"][0]["perSeriesAligner"] == "ALIGN_DELTA"
+    for key, devices in (("vm-data-disk", DATA_DISK_DEVICES), ("vm-boot-disk", BOOT_DISK_DEVICES)):
+        disk = threshold(monitored, key)
+        assert f'metric.type = "{DISK_PERCENT}"' in disk["filter"] and by_vm in disk["filter"]
+        assert all(f'"{d}"' in disk["filter"] for d in devices) and disk["thresholdValue"] == 85
+    assert not set(DATA_DISK_DEVICES) & set(BOOT_DISK_DEVICES)
+
+
+def test_every_policy_tells_on_call_what_it_means_and_what_to_run(monitored):
+    for policy in monitored.of_type(ALERT):
+        doc = policy.inputs["documentation"]
+        assert doc["mimeType"] == "text/markdown", policy.name
+        assert len(doc["content"]) > 120 and "tools.doctor" in doc["content"], policy.name
+        # Something to run or set: a command, a config key or a runbook.
+        assert "`" in doc["content"] or "docs/runbooks.md" in doc["content"], policy.name
+
+
+DASHBOARD = "gcp:monitoring/dashboard:Dashboard"
+
+
+def dashboard_tiles(plan) -> dict[str, str]:
+    layout = json.loads(plan.one(DASHBOARD).inputs["dashboardJson"])
+    return {t["widget"]["title"]: " ".join(d["timeSeriesQuery"]["timeSeriesFilter"]["filter"] for d in t["widget"]["xyChart"]["dataSets"])
+            for t in layout["mosaicLayout"]["tiles"]}
+
+
+def test_one_dashboard_from_the_layout_file_with_the_alerts_signals(prod_plan, monitored):
+    from components.monitoring import DASHBOARD_LAYOUT, render_dashboard
+
+    tiles = dashboard_tiles(prod_plan)
+    text = " ".join(tiles.values())
+    assert "${" not in prod_plan.one(DASHBOARD).inputs["dashboardJson"]
+    for metric in (MEMORY_PERCENT, DISK_PERCENT, PROBLEM_COUNT, "cloudsql.googleapis.com/database/cpu/utilization",
+                   "cloudsql.googleapis.com/database/postgresql/num_backends", "monitoring.googleapis.com/uptime_check/check_passed",
+                   "loadbalancing.googleapis.com/https/request_count"):
+        assert f'metric.type = "{metric}"' in text, metric
+    # Same scoping as the alerts: the check, the VM by name, the instance, the front door's URL map.
+    assert 'metric.label.instance_name = starts_with("convex-prod-vm")' in text
+    assert 'resource.label.database_id = "example-convex-prod:' in text
+    url_map = next(r for r in prod_plan.of_type("gcp:compute/uRLMap:URLMap") if r.inputs.get("hostRules"))
+    assert f'resource.label.url_map_name = "{url_map.inputs["name"]}"' in text
+    # Without a front door there is no load balancer to count requests at: those tiles are left out.
+    assert not any("loadbalancing" in f for f in dashboard_tiles(monitored).values())
+    assert len(dashboard_tiles(monitored)) == len(tiles) - 3
+    layout = render_dashboard(DASHBOARD_LAYOUT.read_text(), {k: "1" for k in re.findall(r"\$\{([A-Z_]+)\}", DASHBOARD_LAYOUT.read_text())}, set())
+    assert "_comment" not in layout and all("when" not in t for t in layout["mosaicLayout"]["tiles"])
+
+
+def test_dashboard_url_is_a_stack_output():
+    from components.monitoring import dashboard_url
+
+    assert dashboard_url("projects/123/dashboards/abc-1", "p1") == "https://console.cloud.google.com/monitoring/dashboards/custom/abc-1?project=p1"
+
+
+def test_plan_renders_alerts_and_dashboard_layout_as_text(prod_plan):
+    from tools.plan import render_markdown
+
+    text = render_markdown(prod_plan).split("## Monitoring", 1)[1].split("## Outputs", 1)[0]
+    for policy in prod_plan.of_type(ALERT):
+        assert policy.inputs["displayName"] in text
+    assert "cos_containers" in text and "Dashboard `convex-prod: Convex`" in text
+    assert "**VM memory in use, % (page cache excluded)**" in text

@@ -397,6 +397,7 @@ def render_markdown(plan: Plan) -> str:
         for r in containers:
             envs = [e.split("=", 1)[0] + "=[secret]" if e.startswith(_SECRET_ENV) else e for e in r.inputs.get("envs") or []]
             lines += [f"- `{r.inputs.get('name')}`:", "", "```", *sorted(envs), "```", ""]
+    lines += render_monitoring(plan)
     lines += ["", "## Outputs", "", "| name | value |", "|---|---|"]
     for key, out in sorted(plan.outputs.items()):
         lines.append(f"| {key} | {'[secret]' if out['secret'] else '`' + str(out['value']) + '`'} |")
@@ -411,6 +412,42 @@ def render_markdown(plan: Plan) -> str:
     if plan.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in plan.warnings]
     return "\n".join(lines) + "\n"
+
+
+def render_monitoring(plan: Plan) -> list[str]:
+    """Alert policies (what fires, on which filter) and the dashboard's layout, as a reviewer reads them."""
+    policies = sorted(plan.of_type("gcp:monitoring/alertPolicy:AlertPolicy"), key=lambda r: r.name)
+    dashboards = plan.of_type("gcp:monitoring/dashboard:Dashboard")
+    if not policies and not dashboards:
+        return []
+    lines = ["", "## Monitoring", ""]
+    if policies:
+        lines += ["| alert | severity | condition |", "|---|---|---|"]
+        for r in policies:
+            for c in r.inputs.get("conditions") or []:
+                kind = next((k for k in ("conditionThreshold", "conditionAbsent", "conditionMatchedLog") if k in c), "")
+                body = c.get(kind, {})
+                what = body.get("filter", "")
+                if kind == "conditionThreshold":
+                    what += f" {'>' if body.get('comparison') == 'COMPARISON_GT' else body.get('comparison')} {body.get('thresholdValue')} for {body.get('duration')}"
+                elif kind == "conditionAbsent":
+                    what = f"no data for {body.get('duration')}: {what}"
+                elif kind == "conditionMatchedLog":
+                    what = f"log entry matching: {what}"
+                lines.append(f"| {r.inputs.get('displayName')} | {r.inputs.get('severity', '')} | `{what}` |".replace("\n", " "))
+    for r in dashboards:
+        raw = r.inputs.get("dashboardJson")
+        if not isinstance(raw, str):
+            lines += ["", "Dashboard: layout unknown until apply."]
+            continue
+        layout = json.loads(raw)
+        lines += ["", f"Dashboard `{layout.get('displayName')}` (components/dashboard.json):", ""]
+        for tile in sorted(layout["mosaicLayout"]["tiles"], key=lambda t: (t.get("yPos", 0), t.get("xPos", 0))):
+            widget = tile["widget"]
+            filters = [d["timeSeriesQuery"]["timeSeriesFilter"]["filter"] for d in widget.get("xyChart", {}).get("dataSets", [])]
+            metric = ", ".join(sorted({m for f in filters for m in re.findall(r'metric.type = "([^"]+)"', f)}))
+            lines.append(f"- ({tile.get('xPos', 0)},{tile.get('yPos', 0)} {tile['width']}x{tile['height']}) **{widget['title']}**: `{metric}`")
+    return lines
 
 
 def _override(item: str) -> tuple[str, str]:
