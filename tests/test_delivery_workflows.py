@@ -4,8 +4,10 @@ stack at a time, prod behind its environment)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -174,29 +176,173 @@ def test_merges_deploy_dev_preview_prod_then_deploy_prod_one_update_at_a_time():
     # The bootstrap binds identities to this file at main (job_workflow_ref) and to these environments.
     bootstrap = (ROOT / "bootstrap" / "bootstrap.sh").read_text()
     assert 'DEPLOY_WORKFLOW="${DEPLOY_WORKFLOW:-.github/workflows/deploy.yml}"' in bootstrap
-    expected = {"dev": ("dev", "GCP_DEPLOYER_DEV", "up"), "preview-prod": ("prod-preview", "GCP_PREVIEWER_PROD", "preview"),
-                "prod": ("prod", "GCP_DEPLOYER_PROD", "up")}
-    for name, (environment, account, command) in expected.items():
+    expected = {"dev": ("dev", "GCP_DEPLOYER_DEV"), "preview-prod": ("prod-preview", "GCP_PREVIEWER_PROD"),
+                "prod": ("prod", "GCP_DEPLOYER_PROD")}
+    for name, (environment, account) in expected.items():
         job = jobs[name]
-        stack = "dev" if name == "dev" else "prod"
         assert job["environment"] == environment
         assert job["if"] == "github.ref == 'refs/heads/main'"
         assert job["permissions"] == {"contents": "read", "id-token": "write"}
         assert steps(job, "google-github-actions/auth")[0]["with"]["service_account"] == "${{ vars.%s }}" % account
-        options = [step for step in steps(job, "pulumi/actions") if "command" in step["with"]][0]["with"]
-        assert options["command"] == command
-        if command == "up":
-            # The data tripwire runs on a preview of the same stack, before the update.
-            names = [step.get("name", "") for step in job["steps"]]
-            guard = next(i for i, n in enumerate(names) if "tools/guard_data.py" in n)
-            assert f"pulumi preview --stack organization/convex-gcp/{stack} --json" in job["steps"][guard]["run"]
-            assert "tools.guard_data" in job["steps"][guard]["run"]
-            assert guard < job["steps"].index(steps(job, "pulumi/actions")[-1])
-        assert options["stack-name"] == f"organization/convex-gcp/{stack}"
-        assert options["policyPacks"] == "policy"
-        assert options["policyPackConfigs"] == f"policy/config/{stack}.json"
-        if command == "up":
-            assert job["concurrency"] == {"group": f"pulumi-up-{stack}", "cancel-in-progress": False}
+        # The CLI is installed by the action and driven by the job's own commands (no `command:`).
+        assert [s["with"] for s in steps(job, "pulumi/actions")] == [{"pulumi-version": "${{ env.PULUMI_VERSION }}"}]
+    for stack in ("dev", "prod"):
+        assert jobs[stack]["concurrency"] == {"group": f"pulumi-up-{stack}", "cancel-in-progress": False}
+    assert plan_problems(workflow) == []
+
+
+# --------------------------------------------------------------------------- the approved plan
+
+
+def commands(run: str) -> list[list[str]]:
+    """The commands of a `run:` script, continuation lines joined, words split as the shell would
+    (variables left as written)."""
+    joined = re.sub(r"\\\n\s*", " ", run)
+    found = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            found.append(shlex.split(line, comments=True))
+    return found
+
+
+def pulumi_runs(job: dict, verb: str) -> list[tuple[int, list[str]]]:
+    """(step index, words) of each `pulumi <verb>` in a job, wherever it sits in a line."""
+    found = []
+    for index, step in enumerate(job["steps"]):
+        for words in commands(step.get("run", "")):
+            for at in [i for i, w in enumerate(words) if w == "pulumi" and words[i + 1:i + 2] == [verb]]:
+                found.append((index, words[at:]))
+    return found
+
+
+def _option(words: list[str], name: str) -> str | None:
+    return words[words.index(name) + 1] if name in words else None
+
+
+def _runs_module(job: dict, module: str, argument: str) -> list[int]:
+    return [i for i, s in enumerate(job["steps"]) for words in commands(s.get("run", ""))
+            if words[:3] == [".venv/bin/python", "-m", module] and argument in words[3:4]]
+
+
+COMMIT_CHECK = """approved="$RUNNER_TEMP/approved"
+if [ "$(cat "$approved/commit")" != "$GITHUB_SHA" ]; then
+  echo "::error::the approved plan is for $(cat "$approved/commit"), this run is $GITHUB_SHA"; exit 1
+fi
+"""
+
+
+def plan_problems(workflow: dict) -> list[str]:
+    """Why the deploy workflow might apply something other than the plan its checked preview saved."""
+    jobs = workflow["jobs"]
+    problems = []
+
+    def preview_saves(job_name: str, stack: str, folder: str) -> int | None:
+        job = jobs[job_name]
+        previews = pulumi_runs(job, "preview")
+        if len(previews) != 1:
+            return problems.append(f"{job_name}: {len(previews)} previews, want the one whose plan is applied") or None
+        index, words = previews[0]
+        plan, preview = f"$RUNNER_TEMP/{folder}/plan.json", f"$RUNNER_TEMP/{folder}/preview.json"
+        wanted = {"--stack": f"organization/convex-gcp/{stack}", "--save-plan": plan, ">": preview,
+                  "--policy-pack": "policy", "--policy-pack-config": f"policy/config/{stack}.json"}
+        for option, value in wanted.items():
+            if _option(words, option) != value:
+                problems.append(f"{job_name}: the preview's {option} is {_option(words, option)!r}, want {value!r}")
+        if "--json" not in words:
+            problems.append(f"{job_name}: the preview is not --json, so neither the guard nor the review can read it")
+        guards, reviews = _runs_module(job, "tools.guard_data", preview), _runs_module(job, "tools.review", preview)
+        if guards != [index]:
+            problems.append(f"{job_name}: the guard does not check the saved preview in the preview's step")
+        if reviews != [index]:
+            problems.append(f"{job_name}: the review of the saved preview is missing")
+        return index
+
+    def up_applies(job_name: str, stack: str, folder: str, after: int) -> None:
+        job = jobs[job_name]
+        ups = pulumi_runs(job, "up")
+        if len(ups) != 1:
+            return problems.append(f"{job_name}: {len(ups)} `pulumi up`, want exactly one, with the plan")
+        index, words = ups[0]
+        # dev applies the plan its own preview step saved; prod the approved one, downloaded to $approved.
+        plan = "$RUNNER_TEMP/planned/plan.json" if folder == "planned" else "$approved/plan.json"
+        if _option(words, "--plan") != plan:
+            problems.append(f"{job_name}: `pulumi up` applies {_option(words, '--plan')!r}, want the saved {plan!r}")
+        for loose in ("--skip-preview", "--refresh", "-r", "--target", "--replace", "--target-replace", "--exclude"):
+            if loose in words:
+                problems.append(f"{job_name}: `pulumi up` with {loose} does more or other than the plan")
+        for option, value in {"--stack": f"organization/convex-gcp/{stack}", "--policy-pack": "policy",
+                              "--policy-pack-config": f"policy/config/{stack}.json"}.items():
+            if _option(words, option) != value:
+                problems.append(f"{job_name}: `pulumi up` {option} is {_option(words, option)!r}, want {value!r}")
+        if str(job["steps"][index].get("env", {}).get("PULUMI_EXPERIMENTAL")) != "true":
+            problems.append(f"{job_name}: `up --plan` needs PULUMI_EXPERIMENTAL=true in its step")
+        if index < after:
+            problems.append(f"{job_name}: `pulumi up` runs before the plan exists")
+
+    dev_preview = preview_saves("dev", "dev", "planned")
+    if dev_preview is not None:
+        up_applies("dev", "dev", "planned", dev_preview + 1)
+    preview_saves("preview-prod", "prod", "approved")
+    uploads = steps(jobs["preview-prod"], "actions/upload-artifact")
+    downloads = steps(jobs["prod"], "actions/download-artifact")
+    if [u["with"].get("name") for u in uploads] != ["prod-approved-plan"] or uploads[0]["with"].get("path") != "${{ runner.temp }}/approved/":
+        problems.append("preview-prod: the approved plan and preview are not uploaded as prod-approved-plan")
+    if [d["with"] for d in downloads] != [{"name": "prod-approved-plan", "path": "${{ runner.temp }}/approved"}]:
+        problems.append("prod: the approved plan is not downloaded from this run's prod-approved-plan")
+        return problems
+    fetched = jobs["prod"]["steps"].index(downloads[0])
+    if pulumi_runs(jobs["prod"], "preview"):
+        problems.append("prod: a fresh preview in the prod job is not what was approved")
+    up_applies("prod", "prod", "approved", fetched + 1)
+    ups = pulumi_runs(jobs["prod"], "up")
+    if ups:
+        run = jobs["prod"]["steps"][ups[0][0]]["run"]
+        guard = run.find('tools.guard_data "$approved/preview.json"')
+        if guard < 0 or guard > run.find("pulumi up"):
+            problems.append("prod: the guard does not re-check the approved preview before `pulumi up`")
+        if COMMIT_CHECK not in run or run.find(COMMIT_CHECK) > run.find("pulumi up"):
+            problems.append("prod: the approved plan's commit is not checked against this run's before `pulumi up`")
+    return problems
+
+
+def _mutated(change) -> dict:
+    workflow = copy.deepcopy(load("deploy.yml"))
+    change(workflow["jobs"])
+    return workflow
+
+
+def _edit_run(jobs: dict, job: str, old: str, new: str) -> None:
+    for step in jobs[job]["steps"]:
+        if old in step.get("run", ""):
+            step["run"] = step["run"].replace(old, new)
+            return
+    raise AssertionError(f"{old!r} not in {job}")
+
+
+HOSTILE = {
+    "up without the plan": lambda j: _edit_run(j, "prod", '--plan "$approved/plan.json"', ""),
+    "up with another plan": lambda j: _edit_run(j, "prod", '--plan "$approved/plan.json"', '--plan plan.json'),
+    "up skipping the preview": lambda j: _edit_run(j, "prod", "--yes", "--yes --skip-preview"),
+    "up with a refresh": lambda j: _edit_run(j, "prod", "--yes", "--yes --refresh"),
+    "no experimental flag": lambda j: j["prod"]["steps"][-1]["env"].pop("PULUMI_EXPERIMENTAL"),
+    "a second up": lambda j: _edit_run(j, "prod", "pulumi login", "pulumi up --stack organization/convex-gcp/prod --yes\n          pulumi login"),
+    "a fresh preview in prod": lambda j: _edit_run(j, "prod", "pulumi login \"$PULUMI_BACKEND_URL\"", "pulumi login \"$PULUMI_BACKEND_URL\"; pulumi preview --stack organization/convex-gcp/prod"),
+    "preview without saving": lambda j: _edit_run(j, "preview-prod", '--save-plan "$RUNNER_TEMP/approved/plan.json"', ""),
+    "preview without the policy pack": lambda j: _edit_run(j, "preview-prod", "--policy-pack-config policy/config/prod.json", ""),
+    "guard on another file": lambda j: _edit_run(j, "preview-prod", 'tools.guard_data "$RUNNER_TEMP/approved/preview.json"', "tools.guard_data /dev/null"),
+    "no review": lambda j: _edit_run(j, "preview-prod", 'tools.review "$RUNNER_TEMP/approved/preview.json" prod', "true"),
+    "guard dropped in prod": lambda j: _edit_run(j, "prod", '.venv/bin/python -m tools.guard_data "$approved/preview.json"', "true"),
+    "no commit check": lambda j: _edit_run(j, "prod", '!= "$GITHUB_SHA"', '!= "$GITHUB_SHA" ] || [ 1'),
+    "artifact renamed": lambda j: steps(j["prod"], "actions/download-artifact")[0]["with"].update(name="other"),
+    "dev up without its plan": lambda j: _edit_run(j, "dev", '--plan "$RUNNER_TEMP/planned/plan.json"', ""),
+    "dev stack in prod's up": lambda j: _edit_run(j, "prod", "--stack organization/convex-gcp/prod", "--stack organization/convex-gcp/dev"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_a_deploy_that_could_apply_something_unapproved_is_caught(name):
+    assert plan_problems(_mutated(HOSTILE[name])), name
 
 
 def jobs_without_a_timeout(workflow: dict) -> list[str]:
@@ -222,3 +368,19 @@ def test_the_timeout_check_catches_a_missing_an_expression_and_a_6_hour_timeout(
         else:
             broken["jobs"]["prod"]["timeout-minutes"] = value
         assert jobs_without_a_timeout(broken) == ["prod"], value
+
+
+def test_pull_requests_get_the_downtime_review_in_a_comment_of_their_own():
+    from tools.review import render
+
+    job = load("pull-request.yml")["jobs"]["preview-dev"]
+    (index, words), = pulumi_runs(job, "preview")
+    step = job["steps"][index]
+    assert _option(words, "--stack") == "organization/convex-gcp/dev" and "--json" in words
+    assert _option(words, "--policy-pack") == "base/policy" and _option(words, "--policy-pack-config") == "base/policy/config/dev.json"
+    assert _runs_module(job, "tools.review", _option(words, ">")) == [index]
+    # The comment is found again by the marker line tools.review writes first.
+    marker = render({"steps": []}, "dev").splitlines()[0]
+    assert f"marker='{marker}'" in step["run"]
+    assert 'gh api -X PATCH "repos/$REPO/issues/comments/$id"' in step["run"]
+    assert step["env"]["GH_TOKEN"] == "${{ github.token }}" and job["permissions"]["pull-requests"] == "write"
