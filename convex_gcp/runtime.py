@@ -25,7 +25,9 @@ SQL_CA_FILE = "/convex-gcp/sql-ca.pem"
 DB_SUBNET, PROXY_IP, WEB_SUBNET = "172.30.250.0/28", "172.30.250.2", "172.30.250.16/28"
 # systemd unit templates (real files): one per container, rendered here, installed by the VM.
 UNIT_DIR = Path(__file__).resolve().parent.parent / "vm" / "units"
-UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard")
+UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-export", "convex-export-timer")
+# The export script the export unit runs (metadata key convex-gcp-export-script).
+EXPORT_SCRIPT = UNIT_DIR.parent / "convex-export.sh"
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 
 
@@ -45,6 +47,8 @@ class RuntimeInputs:
     sql_private_ip: str = ""
     # BACKEND_IMAGE/DASHBOARD_IMAGE/PROXY_IMAGE -> `repo@sha256:...`, resolved at preview (components/convex_vm.py).
     pinned_images: Optional[dict[str, str]] = None
+    # The exports bucket (components/exports.py); empty: no scheduled exports.
+    export_bucket: str = ""
 
 
 def proxy_args(settings: Settings, connection_name: str) -> list[str]:
@@ -170,6 +174,10 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
     if mode == "ssl":
         # The VM reads the server CA bundle (current + upcoming CAs) from the SQL Admin API itself.
         config["SQL_INSTANCE"] = inputs.connection_name
+    if settings.exports.enabled and inputs.export_bucket:
+        config["EXPORT_BUCKET"] = inputs.export_bucket
+        config["EXPORT_INTERVAL_S"] = str(settings.export_interval_hours * 3600)
+        config["EXPORT_INCLUDE_STORAGE"] = "true" if settings.exports.include_storage else "false"
     config.update({key: ref for key, ref in (inputs.pinned_images or {}).items() if key in config})
     return config
 
@@ -188,16 +196,22 @@ def render_env(values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def unit_file(name: str) -> str:
+    """The file a unit name stands for: `convex-export-timer` is convex-export.timer (metadata keys
+    allow no dots), every other name a .service."""
+    return name[: -len("-timer")] + ".timer" if name.endswith("-timer") else f"{name}.service"
+
+
 def render_unit(name: str, values: dict[str, str]) -> str:
     """Fill a unit template's @KEY@ placeholders; {{KEY}} ones (VM paths) are left for the VM."""
-    text = (UNIT_DIR / f"{name}.service").read_text()
+    text = (UNIT_DIR / unit_file(name)).read_text()
     for key, value in values.items():
         if "\n" in value and key != "PROXY_DEPENDENCY":
             raise ValueError(f"unit value {key} spans lines")
         text = text.replace(f"@{key}@", value)
     left = _PLACEHOLDER.findall(text)
     if left:
-        raise ValueError(f"{name}.service: no value for {sorted(set(left))}")
+        raise ValueError(f"{unit_file(name)}: no value for {sorted(set(left))}")
     return text
 
 
@@ -231,6 +245,11 @@ def units_for_config(config: dict[str, str]) -> dict[str, str]:
             "DASHBOARD_PORT": str(DASHBOARD_PORT),
             "DASHBOARD_IMAGE": config["DASHBOARD_IMAGE"],
         })
+    if config.get("EXPORT_BUCKET"):
+        export = {"EXPORT_BUCKET": config["EXPORT_BUCKET"], "EXPORT_INTERVAL_S": config["EXPORT_INTERVAL_S"],
+                  "EXPORT_INCLUDE_STORAGE": config["EXPORT_INCLUDE_STORAGE"], "ADMIN_KEY_SECRET_ID": config["ADMIN_KEY_SECRET_ID"]}
+        units["convex-export"] = render_unit("convex-export", export)
+        units["convex-export-timer"] = render_unit("convex-export-timer", export)
     return units
 
 
@@ -246,6 +265,8 @@ def instance_metadata(settings: Settings, inputs: RuntimeInputs, startup_script:
     }
     for name, text in unit_files(settings, inputs).items():
         metadata[f"convex-gcp-unit-{name}"] = text
+    if "convex-gcp-unit-convex-export" in metadata:
+        metadata["convex-gcp-export-script"] = EXPORT_SCRIPT.read_text()
     dashboard = dashboard_env(settings, inputs)
     if dashboard:
         metadata["convex-dashboard-env"] = render_env(dashboard)

@@ -353,6 +353,18 @@ class MonitoringSettings(_Model):
         return values
 
 
+class ExportSettings(_Model):
+    """`convex-gcp:exports`: scheduled Convex snapshot exports (tables and file storage) to a Cloud
+    Storage bucket the stack creates (components/exports.py, vm/convex-export.sh)."""
+
+    enabled: bool = True
+    interval_hours: Optional[int] = Field(None, ge=1, le=168)  # unset: 24 in dev, 6 in prod
+    retention_days: Optional[int] = Field(None, ge=1, le=3650)  # unset: 7 in dev, 30 in prod
+    # Bucket Lock: the retention policy can then never be shortened or removed. Unset: locked in prod.
+    locked: Optional[bool] = None
+    include_storage: bool = True
+
+
 class AdoptSettings(_Model):
     """`convex-gcp:adopt`: existing resources (for example the seed guide's) that the stack
     imports instead of creating. Declared inputs must match them: see docs/adoption.md."""
@@ -386,6 +398,7 @@ class Settings(_ConvexDerived, _Model):
     convex: ConvexSettings = ConvexSettings()
     domain: Optional[DomainSettings] = None
     monitoring: MonitoringSettings = MonitoringSettings()
+    exports: ExportSettings = ExportSettings()
     adopt: AdoptSettings = AdoptSettings()
     # Data resources whose Pulumi `protect` is lifted for a deliberate replacement or teardown
     # (docs/runbooks.md, "Replacing a protected resource on purpose"); empty: all protected, every stack.
@@ -396,6 +409,18 @@ class Settings(_ConvexDerived, _Model):
         unless listed in `unprotect`. The engine then refuses to delete or replace it."""
         assert resource in PROTECTED_RESOURCES, resource
         return resource not in self.unprotect
+
+    @property
+    def export_interval_hours(self) -> int:
+        return self.exports.interval_hours or (6 if self.is_prod else 24)
+
+    @property
+    def export_retention_days(self) -> int:
+        return self.exports.retention_days or (30 if self.is_prod else 7)
+
+    @property
+    def export_locked(self) -> bool:
+        return self.exports.locked if self.exports.locked is not None else self.is_prod
 
     @property
     def monitoring_enabled(self) -> bool:
@@ -456,6 +481,7 @@ _TOP_LEVEL = {
     "convex": "convex",
     "domain": "domain",
     "monitoring": "monitoring",
+    "exports": "exports",
     "adopt": "adopt",
     "unprotect": "unprotect",
 }
@@ -544,6 +570,7 @@ def check_rules(settings: Settings) -> list[Problem]:
     problems += [p for p in _check_domain(settings) if p.path not in {q.path for q in prod}]
     problems += prod
     problems += _check_monitoring(settings)
+    problems += _check_exports(settings)
     problems += _check_adopt(settings)
     problems += _check_public_http(settings)
     problems += check_placeholders(settings)
@@ -580,6 +607,17 @@ def _check_monitoring(s: Settings) -> list[Problem]:
         return []
     path = f"{PROJECT}:monitoring.notificationEmails"
     return [Problem(path, "prod alerts would reach nobody: no notification channel", "one or more email addresses", set_line(path + "[0]", "oncall@example.com"))]
+
+
+def _check_exports(s: Settings) -> list[Problem]:
+    """The lifecycle deletes an export once retention has passed: it must outlive the next two, or a
+    failed export could leave no copy at all."""
+    if not s.exports.enabled or s.export_retention_days * 24 >= 2 * s.export_interval_hours:
+        return []
+    path = f"{PROJECT}:exports.retentionDays"
+    days = -(-2 * s.export_interval_hours // 24)
+    return [Problem(path, f"{s.export_retention_days} day(s) keep fewer than two exports {s.export_interval_hours} hours apart",
+                    f"at least {days} day(s) (two intervals)", set_line(path, days))]
 
 
 def _check_adopt(s: Settings) -> list[Problem]:

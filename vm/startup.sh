@@ -530,7 +530,8 @@ fetch_metadata() {
   local -a reads=("$attributes" /dev/null
     instance/attributes/convex-gcp-config "${RUN_DIR}/convex-gcp-config"
     instance/attributes/convex-backend-env "${RUN_DIR}/backend.env.meta"
-    instance/attributes/convex-dashboard-env "${RUN_DIR}/dashboard.env.meta")
+    instance/attributes/convex-dashboard-env "${RUN_DIR}/dashboard.env.meta"
+    instance/attributes/convex-gcp-export-script "${RUN_DIR}/convex-export.sh")
   mkdir_p "${RUN_DIR}/units"
   for unit in "${ALL_UNITS[@]}"; do
     reads+=("instance/attributes/convex-gcp-unit-${unit}" "${RUN_DIR}/units/${unit}.meta")
@@ -558,8 +559,10 @@ fetch_metadata() {
 
 # ---------------------------------------------------------------- config --
 
-readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET "
-readonly ALL_UNITS=(cloudsql-proxy convex-backend convex-dashboard)
+readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET EXPORT_BUCKET EXPORT_INTERVAL_S EXPORT_INCLUDE_STORAGE "
+readonly ALL_UNITS=(cloudsql-proxy convex-backend convex-dashboard convex-export convex-export-timer)
+# Unit name -> its file (metadata keys allow no dots: convex_gcp/runtime.py unit_file).
+declare -rA UNIT_FILE=([cloudsql-proxy]=cloudsql-proxy.service [convex-backend]=convex-backend.service [convex-dashboard]=convex-dashboard.service [convex-export]=convex-export.service [convex-export-timer]=convex-export.timer)
 
 # Parse KEY=VALUE lines; never sourced or evaluated.
 parse_config() {
@@ -585,11 +588,7 @@ parse_config() {
     [[ -n ${CFG[$k]:-} ]] || die "convex-gcp-config: ${k} is missing or empty" "the Pulumi settings that render it"
   done
   CFG[DASHBOARD_ENABLED]=${CFG[DASHBOARD_ENABLED]:-false}
-  CFG[DB_PASSWORD_SECRET_ID]=${CFG[DB_PASSWORD_SECRET_ID]:-}
-  CFG[SQL_INSTANCE]=${CFG[SQL_INSTANCE]:-}
-  CFG[PROXY_ARGS]=${CFG[PROXY_ARGS]:-}
-  CFG[PROXY_IMAGE]=${CFG[PROXY_IMAGE]:-}
-  CFG[DASHBOARD_IMAGE]=${CFG[DASHBOARD_IMAGE]:-}
+  for k in DB_PASSWORD_SECRET_ID SQL_INSTANCE PROXY_ARGS PROXY_IMAGE DASHBOARD_IMAGE EXPORT_BUCKET; do CFG[$k]=${CFG[$k]:-}; done
 
   case "${CFG[CONNECTION_MODE]}" in
     proxy)
@@ -626,7 +625,7 @@ parse_config() {
   for unit in "${WANTED_UNITS[@]}"; do
     [[ -s ${RUN_DIR}/units/${unit}.meta ]] ||
       die "metadata key convex-gcp-unit-${unit} is missing for CONNECTION_MODE=${CFG[CONNECTION_MODE]}, DASHBOARD_ENABLED=${CFG[DASHBOARD_ENABLED]}" \
-        "the Pulumi program renders it from vm/units/${unit}.service (pulumi up)"
+        "the Pulumi program renders it from vm/units/${UNIT_FILE[$unit]} (pulumi up)"
   done
   [[ ${CFG[DATA_DEVICE_NAME]} =~ ^[a-z0-9][a-z0-9_-]*$ ]] || die "convex-gcp-config: invalid DATA_DEVICE_NAME" "settings"
   local sid
@@ -1339,6 +1338,7 @@ set_wanted_units() {
   if [[ ${CFG[DASHBOARD_ENABLED]} == true ]]; then
     WANTED_UNITS+=(convex-dashboard)
   fi
+  [[ -z ${CFG[EXPORT_BUCKET]} ]] || WANTED_UNITS+=(convex-export convex-export-timer)
 }
 
 # unit_inputs UNIT -> INPUTS: the files its container reads at start (env files, CA bundle).
@@ -1398,7 +1398,7 @@ render_unit() {
   text=${text//\{\{MOUNT_POINT\}\}/$MOUNT_POINT}
   text=${text//\{\{STATE_DIR\}\}/$STATE_DIR}
   local re='\{\{[A-Z_]+\}\}'
-  [[ ! $text =~ $re ]] || die "unit ${name} from metadata has an unknown {{...}} placeholder" "vm/units/${name}.service and this script's version"
+  [[ ! $text =~ $re ]] || die "unit ${name} from metadata has an unknown {{...}} placeholder" "vm/units/${UNIT_FILE[$name]} and this script's version"
   input_sums "$@"
   printf -v UNIT_TEXT '%s\n# convex-gcp inputs: %s\n' "$text" "$INPUT_SUMS"
 }
@@ -1424,14 +1424,14 @@ install_units() {
     # The installed bytes, trailing newlines included (read_into drops them), not a FIFO's. read
     # stops at a NUL with status 0, at the end of the file with 1; a NUL never belongs in a unit.
     installed="" nul=0
-    if [[ -f ${UNIT_DIR}/${unit}.service ]] && IFS= read -r -d '' installed <"${UNIT_DIR}/${unit}.service"; then
+    if [[ -f ${UNIT_DIR}/${UNIT_FILE[$unit]} ]] && IFS= read -r -d '' installed <"${UNIT_DIR}/${UNIT_FILE[$unit]}"; then
       nul=1
     fi
     if ((nul)) || [[ $installed != "$UNIT_TEXT" ]]; then
-      new="${UNIT_DIR}/${unit}.service.new"
+      new="${UNIT_DIR}/${UNIT_FILE[$unit]}.new"
       printf '%s' "$UNIT_TEXT" >"$new"
       chmod 0644 "$new"
-      mv -f "$new" "${UNIT_DIR}/${unit}.service"
+      mv -f "$new" "${UNIT_DIR}/${UNIT_FILE[$unit]}"
       UNITS_CHANGED+=("$unit")
     fi
   done
@@ -1449,10 +1449,10 @@ remove_unwanted_units() {
     if [[ " ${WANTED_UNITS[*]} " == *" ${unit} "* ]]; then
       continue
     fi
-    if [[ -f ${UNIT_DIR}/${unit}.service ]]; then
+    if [[ -f ${UNIT_DIR}/${UNIT_FILE[$unit]} ]]; then
       log "unit ${unit}: not wanted by the current config: stopping and removing it"
-      systemctl stop "${unit}.service" >/dev/null 2>&1 || true
-      rm_f "${UNIT_DIR}/${unit}.service"
+      systemctl stop "${UNIT_FILE[$unit]}" >/dev/null 2>&1 || true
+      rm_f "${UNIT_DIR}/${UNIT_FILE[$unit]}"
       UNITS_CHANGED+=("-${unit}")
       CHANGED+=("-${unit}")
     fi
@@ -1466,19 +1466,19 @@ start_unit() {
   local unit=$1 state
   if [[ " ${UNITS_CHANGED[*]} " == *" ${unit} "* ]]; then
     log "unit ${unit}: changed: restarting"
-    systemctl restart "${unit}.service" || die "systemctl restart ${unit} failed" "systemctl status ${unit}; journalctl -u ${unit}"
+    systemctl restart "${UNIT_FILE[$unit]}" || die "systemctl restart ${unit} failed" "systemctl status ${unit}; journalctl -u ${unit}"
     CHANGED+=("$unit")
     return 0
   fi
-  state=$(systemctl is-active "${unit}.service" 2>/dev/null) || true
+  state=$(systemctl is-active "${UNIT_FILE[$unit]}" 2>/dev/null) || true
   if [[ $state == active ]]; then
     log "unit ${unit}: unchanged, active"
     return 0
   fi
   # activating = waiting to be restarted by Restart=always; start it now instead.
   log "unit ${unit}: unchanged, ${state:-unknown}: starting it"
-  systemctl reset-failed "${unit}.service" >/dev/null 2>&1 || true
-  systemctl restart "${unit}.service" || die "systemctl restart ${unit} failed" "systemctl status ${unit}; journalctl -u ${unit}"
+  systemctl reset-failed "${UNIT_FILE[$unit]}" >/dev/null 2>&1 || true
+  systemctl restart "${UNIT_FILE[$unit]}" || die "systemctl restart ${unit} failed" "systemctl status ${unit}; journalctl -u ${unit}"
   CHANGED+=("$unit")
 }
 
@@ -1838,12 +1838,8 @@ apply() {
   pull_images
   install_units
   local backend_wait=$BACKEND_WAIT_MS
-  if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
-    start_unit cloudsql-proxy
-    sql_reachability "$PROXY_WAIT_MS"
-  else
-    sql_reachability "$PROXY_WAIT_MS"
-  fi
+  [[ ${CFG[CONNECTION_MODE]} != proxy ]] || start_unit cloudsql-proxy
+  sql_reachability "$PROXY_WAIT_MS"
   if ((!SQL_OK)); then
     # The backend cannot be healthy without the database: do not hold the boot for
     # long; systemd keeps restarting the proxy and the watcher finishes the rest.
@@ -1861,9 +1857,9 @@ apply() {
   fi
   preflight PASS backend-version "${BACKEND_VERSION_URL} answered 200"
   step_done
-  if [[ ${CFG[DASHBOARD_ENABLED]} == true ]]; then
-    start_unit convex-dashboard
-  fi
+  [[ ${CFG[DASHBOARD_ENABLED]} != true ]] || start_unit convex-dashboard
+  # The timer only: it starts the export service (which needs the admin key stored below).
+  [[ -z ${CFG[EXPORT_BUCKET]} ]] || start_unit convex-export-timer
   ensure_admin_key
   ACCESS_TOKEN=""
   rm_f "${RUN_DIR}/pending"

@@ -46,6 +46,7 @@ INSTANCE_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-instance-secret"
 ADMIN_KEY_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-admin-key"
 DB_PASSWORD_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-db-password"
 CONNECTION_NAME = "test-proj:europe-west1:convex-db"
+EXPORT_BUCKET = "convex-dev-exports-a1b2c3"
 # The program's own settings for the dev stack (Pulumi.dev.yaml), as `pulumi up` would load them.
 SETTINGS: Settings = load_settings(stack_config("dev"), "dev")
 SHA = SETTINGS.convex.version
@@ -64,7 +65,8 @@ def inputs(**changes) -> runtime.RuntimeInputs:
     values = dict(project=PROJECT, connection_name=CONNECTION_NAME, public_host="34.1.2.3",
                   database_user="convex", instance_secret_id=INSTANCE_SECRET_ID,
                   admin_key_secret_id=ADMIN_KEY_SECRET_ID, db_password_secret_id=DB_PASSWORD_SECRET_ID,
-                  sql_dns_name="abc123.def456.europe-west1.sql-psa.goog", sql_private_ip="10.30.0.5")
+                  sql_dns_name="abc123.def456.europe-west1.sql-psa.goog", sql_private_ip="10.30.0.5",
+                  export_bucket=EXPORT_BUCKET)
     values.update(changes)
     return runtime.RuntimeInputs(**values)
 

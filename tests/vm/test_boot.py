@@ -6,6 +6,7 @@ import hashlib
 import os
 import stat
 import subprocess
+from pathlib import Path
 
 import diskutil
 from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE, SCRIPT, SETTINGS
@@ -263,11 +264,12 @@ def test_units_pass_systemd_analyze_verify(sandbox, booted, tmp_path):
     stub.chmod(0o755)
     (d / "docker.service").write_text("[Unit]\nDescription=stub\n[Service]\nExecStart=/bin/true\n")
     names = []
-    for unit in sorted(sandbox.unit_dir.glob("*.service")):
+    for unit in sorted(sandbox.unit_dir.glob("*.*")):
         text = unit.read_text().replace("/usr/bin/docker", str(stub))
         (d / unit.name).write_text(text)
         names.append(str(d / unit.name))
-    assert len(names) == 3
+    assert [Path(n).name for n in names] == ["cloudsql-proxy.service", "convex-backend.service", "convex-dashboard.service",
+                                             "convex-export.service", "convex-export.timer"]
     p = subprocess.run([shutil.which("systemd-analyze") or "systemd-analyze", "verify", *names], capture_output=True, text=True,
                        env={**os.environ, "SYSTEMD_UNIT_PATH": f"{d}:"})
     # verify exits 0 on parse warnings too: any output is a finding.

@@ -465,6 +465,9 @@ def sd_start(sd: dict, unit: str) -> int:
         return 5
     u = sd["units"].setdefault(unit, {"n_restarts": 0})
     u["wanted"] = True
+    if unit.endswith(".timer"):
+        u["state"] = "active"  # a started timer waits for its next elapse (systemd.timer(5)); it runs nothing itself
+        return 0
     for k, v in unit_lines(text):
         if k == "ExecStartPre" and exec_line(v) != 0:
             u["state"] = "activating"
@@ -489,7 +492,7 @@ def sd_stop(sd: dict, unit: str) -> None:
 def sd_tick(sd: dict, unit: str) -> None:
     """Restart=always, played when someone looks: a unit whose container is gone is restarted."""
     u = sd["units"].get(unit)
-    if not u or not u.get("wanted"):
+    if not u or not u.get("wanted") or unit.endswith(".timer"):
         return
     if u.get("state") == "active" and container_running(unit_container(sd["loaded"].get(unit, ""))):
         return
@@ -498,7 +501,7 @@ def sd_tick(sd: dict, unit: str) -> None:
 
 
 def unit_name(a: str) -> str:
-    return a if a.endswith((".service", ".target")) else a + ".service"
+    return a if a.endswith((".service", ".target", ".timer")) else a + ".service"
 
 
 def systemctl(argv: list[str]) -> int:
@@ -517,7 +520,7 @@ def systemctl(argv: list[str]) -> int:
 
 def _systemctl(sd: dict, cmd: str, names: list[str], argv: list[str]) -> int:
     if cmd == "daemon-reload":
-        sd["loaded"] = {p.name: p.read_text() for p in _call.unit_dir.glob("*.service")} if _call.unit_dir.is_dir() else {}
+        sd["loaded"] = {p.name: p.read_text() for p in _call.unit_dir.glob("*.*") if p.suffix in (".service", ".timer")} if _call.unit_dir.is_dir() else {}
         return 0
     if cmd == "is-active":
         unit = names[0]
