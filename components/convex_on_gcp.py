@@ -14,6 +14,7 @@ from components.apis import ProjectApis, ProjectApisArgs, required_apis
 from components.backups import DataDiskBackups, DataDiskBackupsArgs
 from components.convex_vm import ConvexVm, ConvexVmArgs
 from components.database import Database, DatabaseArgs
+from components.exports import Exports, ExportsArgs
 from components.front_door import FrontDoor, FrontDoorArgs
 from components.identity import Identity, IdentityArgs
 from components.monitoring import Monitoring, MonitoringArgs
@@ -121,6 +122,22 @@ class ConvexOnGcp(pulumi.ComponentResource):
                 opts=child(),
             )
 
+        exports = None
+        if settings.exports.enabled:
+            exports = Exports(
+                "exports",
+                ExportsArgs(
+                    project=settings.project,
+                    prefix=prefix,
+                    region=settings.region,
+                    retention_days=settings.export_retention_days,
+                    locked=settings.export_locked,
+                    writer_email=identity.service_account.email,
+                    labels=settings.labels,
+                ),
+                opts=child(depends_on=apis.services),
+            )
+
         vm = ConvexVm(
             "convex",
             ConvexVmArgs(
@@ -138,6 +155,7 @@ class ConvexOnGcp(pulumi.ComponentResource):
                 db_password_secret_id=identity.db_password_secret.id if identity.db_password_secret else "",
                 sql_dns_name=database.private_dns_name if settings.connection_mode == "ssl" else "",
                 sql_private_ip=database.instance.private_ip_address if settings.connection_mode == "plaintext" else "",
+                export_bucket=exports.bucket.name if exports else "",
                 # Boot once the VM's roles exist; ssl and plaintext modes also need the instance's address (and the
                 # DNS record), so they still wait for the database and its user.
                 depends_on=[*identity.vm_prerequisites]
@@ -191,6 +209,7 @@ class ConvexOnGcp(pulumi.ComponentResource):
                     vm_name=vm.instance.name,
                     max_connections=settings.max_connections,
                     url_map_name=front_door.url_map.name if front_door is not None else None,
+                    export_age=(exports.metric_type, settings.export_interval_hours * 3600, exports.age_metric) if exports else None,
                 ),
                 opts=child(depends_on=apis.services),
             )
@@ -218,6 +237,8 @@ class ConvexOnGcp(pulumi.ComponentResource):
             peering_range=network.peering_range.name,
             connection_mode=settings.connection_mode,
         )
+        if exports is not None:
+            outputs["exports_bucket"] = exports.bucket.name
         if front_door is not None:
             # Point the hosts' A records here when no managed zone holds them (docs/front-door.md).
             outputs["front_door_ip"] = front_door.ip

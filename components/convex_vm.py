@@ -62,6 +62,7 @@ class ConvexVmArgs:
     # Where Convex connects in ssl mode (the instance's DNS name) and plaintext mode (its private IP).
     sql_dns_name: pulumi.Input[str] = ""
     sql_private_ip: pulumi.Input[str] = ""
+    export_bucket: pulumi.Input[str] = ""  # components/exports.py; empty: no scheduled exports
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -124,6 +125,7 @@ class ConvexVm(pulumi.ComponentResource):
             args.db_password_secret_id,
             args.sql_dns_name,
             args.sql_private_ip,
+            args.export_bucket,
         ).apply(
             lambda v: instance_metadata(
                 s,
@@ -138,6 +140,7 @@ class ConvexVm(pulumi.ComponentResource):
                     sql_dns_name=v[7] or "",
                     sql_private_ip=v[8] or "",
                     pinned_images=dict(v[0]),
+                    export_bucket=v[9] or "",
                 ),
                 STARTUP_SCRIPT.read_text(),
             )

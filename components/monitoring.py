@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_gcp as gcp
 
+from components.exports import export_age_conditions
 from convex_gcp.settings import MonitoringSettings
 
 # Where a container's output lands in Cloud Logging, by the Docker log driver its unit runs it with.
@@ -159,6 +160,9 @@ class MonitoringArgs:
     max_connections: int
     # The front door's URL map (with a domain): the dashboard's request and error tiles.
     url_map_name: Optional[pulumi.Input[str]] = None
+    # Scheduled exports (components/exports.py): the age metric's type, the export interval in seconds and
+    # its descriptor (the policy is created after it).
+    export_age: Optional[tuple[str, int, pulumi.Resource]] = None
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -401,6 +405,25 @@ class Monitoring(pulumi.ComponentResource):
         }, features), sort_keys=True))
         self.dashboard = gcp.monitoring.Dashboard(f"{name}-dashboard", dashboard_json=values, opts=child)
         self.dashboard_url = self.dashboard.id.apply(lambda i: dashboard_url(i, args.project))
+        if args.export_age is not None:
+            metric, interval, descriptor = args.export_age
+            self.policies["export-age"] = gcp.monitoring.AlertPolicy(
+                f"{name}-export-age",
+                display_name=f"{args.prefix}: Convex exports late",
+                combiner="OR",
+                conditions=export_age_conditions(metric, interval),
+                notification_channels=channel_ids,
+                severity="ERROR",
+                documentation=gcp.monitoring.AlertPolicyDocumentationArgs(
+                    mime_type="text/markdown",
+                    content="No good Convex export for two intervals. Read the VM's `convex-export:` lines "
+                            "(journalctl -u convex-export; Logs Explorer, log cos_system): the `result=failed reason=` line says why. "
+                            "docs/runbooks.md, 'Exports are late'.",
+                ),
+                alert_strategy=gcp.monitoring.AlertPolicyAlertStrategyArgs(auto_close="86400s"),
+                user_labels=labels,
+                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[descriptor])),
+            )
 
         self.register_outputs(
             {

@@ -13,7 +13,7 @@ from typing import Optional
 from urllib.parse import quote
 
 from .images import BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE
-from .settings import Settings
+from .settings import Settings, resource_prefix
 
 API_PORT, SITE_PORT, DASHBOARD_PORT = 3210, 3211, 6791
 PROXY_HOST, PROXY_PORT, PROXY_HEALTH_PORT = "cloudsql-proxy", 5432, 9090
@@ -28,6 +28,12 @@ UNIT_DIR = Path(__file__).resolve().parent.parent / "vm" / "units"
 UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-export", "convex-export-timer")
 # The export script the export unit runs (metadata key convex-gcp-export-script).
 EXPORT_SCRIPT = UNIT_DIR.parent / "convex-export.sh"
+
+
+def export_metric_type(prefix: str) -> str:
+    """The age-of-the-newest-export gauge, one per stack: two stacks in one project never share (or
+    delete) a descriptor (components/exports.py declares it, vm/convex-export.sh writes it)."""
+    return f"custom.googleapis.com/convex_gcp/{prefix}/export_age_seconds"
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 
 
@@ -178,6 +184,7 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
         config["EXPORT_BUCKET"] = inputs.export_bucket
         config["EXPORT_INTERVAL_S"] = str(settings.export_interval_hours * 3600)
         config["EXPORT_INCLUDE_STORAGE"] = "true" if settings.exports.include_storage else "false"
+        config["EXPORT_METRIC"] = export_metric_type(resource_prefix(settings.stack))
     config.update({key: ref for key, ref in (inputs.pinned_images or {}).items() if key in config})
     return config
 
@@ -247,7 +254,8 @@ def units_for_config(config: dict[str, str]) -> dict[str, str]:
         })
     if config.get("EXPORT_BUCKET"):
         export = {"EXPORT_BUCKET": config["EXPORT_BUCKET"], "EXPORT_INTERVAL_S": config["EXPORT_INTERVAL_S"],
-                  "EXPORT_INCLUDE_STORAGE": config["EXPORT_INCLUDE_STORAGE"], "ADMIN_KEY_SECRET_ID": config["ADMIN_KEY_SECRET_ID"]}
+                  "EXPORT_INCLUDE_STORAGE": config["EXPORT_INCLUDE_STORAGE"], "EXPORT_METRIC": config["EXPORT_METRIC"],
+                  "ADMIN_KEY_SECRET_ID": config["ADMIN_KEY_SECRET_ID"]}
         units["convex-export"] = render_unit("convex-export", export)
         units["convex-export-timer"] = render_unit("convex-export-timer", export)
     return units

@@ -268,8 +268,9 @@ def test_no_image_is_unpinned(plan):
 
 
 def test_outputs_contract(plan):
-    # front_door_ip exists only with convex-gcp:domain (always in prod); the dashboard with monitoring (prod's default).
-    assert set(plan.outputs) == set(CONTRACT) | ({"front_door_ip", "monitoring_dashboard_url"} if plan.stack == "prod" else set())
+    # front_door_ip exists only with convex-gcp:domain (always in prod); the dashboard with monitoring (prod's default);
+    # exports_bucket with exports (both).
+    assert set(plan.outputs) == set(CONTRACT) | {"exports_bucket"} | ({"front_door_ip", "monitoring_dashboard_url"} if plan.stack == "prod" else set())
     assert plan.outputs["connection_mode"]["value"] == "proxy"
     assert plan.outputs["admin_key_secret"]["value"] == f"projects/example-convex-{plan.stack}/secrets/convex-{plan.stack}-admin-key"
     assert plan.outputs["vm_zone"]["value"] == plan.one(VM).inputs["zone"]

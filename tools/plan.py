@@ -342,6 +342,11 @@ _KEY_SETTINGS = {
     "gcp:sql/user:User": ["name", "type", "databaseRoles"],
     "gcp:projects/iAMMember:IAMMember": ["role"],
     "gcp:secretmanager/secretIamMember:SecretIamMember": ["role"],
+    "gcp:storage/bucket:Bucket": ["location", "uniformBucketLevelAccess", "publicAccessPrevention", "retentionPolicy",
+        "softDeletePolicy", "versioning", "lifecycleRules", "forceDestroy"],
+    "gcp:projects/iAMCustomRole:IAMCustomRole": ["permissions"],
+    "gcp:storage/bucketIAMMember:BucketIAMMember": ["role", "member"],
+    "gcp:monitoring/metricDescriptor:MetricDescriptor": ["type", "metricKind"],
     "docker:index/remoteImage:RemoteImage": ["name"],
     "docker:index/container:Container": ["name", "ports", "volumes", "healthcheck.tests", "stopSignal", "wait"],
 }

@@ -21,7 +21,7 @@
 # Exit: 0 nothing due or exported and uploaded; 1 the export failed (the log says why).
 #
 # Settings (the unit's Environment=, rendered by convex_gcp/runtime.py): CONVEX_EXPORT_BUCKET,
-# CONVEX_EXPORT_INTERVAL_S, CONVEX_EXPORT_INCLUDE_STORAGE, CONVEX_EXPORT_ADMIN_KEY_SECRET_ID,
+# CONVEX_EXPORT_INTERVAL_S, CONVEX_EXPORT_INCLUDE_STORAGE, CONVEX_EXPORT_METRIC, CONVEX_EXPORT_ADMIN_KEY_SECRET_ID,
 # CONVEX_EXPORT_DIR (on the data disk: state and the download).
 # Test seams: GCE_METADATA_HOST, SECRETMANAGER_ENDPOINT, STORAGE_ENDPOINT, MONITORING_ENDPOINT,
 # CONVEX_EXPORT_BACKEND_URL, CONVEX_EXPORT_RUN_DIR, CONVEX_EXPORT_POLL_S, CONVEX_EXPORT_TIMEOUT_S,
@@ -45,7 +45,7 @@ RUN=${CONVEX_EXPORT_RUN_DIR:-${RUNTIME_DIRECTORY:-/run/convex-export}}
 POLL_S=${CONVEX_EXPORT_POLL_S:-10}
 TIMEOUT_S=${CONVEX_EXPORT_TIMEOUT_S:-10800}
 TICK_S=${CONVEX_EXPORT_TICK_S:-900}
-readonly METRIC=custom.googleapis.com/convex_gcp/export_age_seconds
+METRIC=${CONVEX_EXPORT_METRIC:?}
 
 log() { printf 'convex-export: %s\n' "$*" >&2; }
 now() { printf '%s' "${CONVEX_EXPORT_NOW:-$EPOCHSECONDS}"; }
