@@ -416,9 +416,10 @@ class Monitoring(pulumi.ComponentResource):
                 severity="ERROR",
                 documentation=gcp.monitoring.AlertPolicyDocumentationArgs(
                     mime_type="text/markdown",
-                    content="No good Convex export for two intervals. Read the VM's `convex-export:` lines "
-                            "(journalctl -u convex-export; Logs Explorer, log cos_system): the `result=failed reason=` line says why. "
-                            "docs/runbooks.md, 'Exports are late'.",
+                    content="The newest good Convex export is older than two export intervals, or the VM stopped reporting its age: "
+                            "a restore now would lose more than the schedule promises. On the VM, `journalctl -u convex-export` "
+                            "(Logs Explorer: log cos_system) shows a `convex-export: result=failed reason=...` line saying why; "
+                            "docs/runbooks.md, 'Exports are late'. Diagnose the backend with `python -m tools.doctor <stack>`.",
                 ),
                 alert_strategy=gcp.monitoring.AlertPolicyAlertStrategyArgs(auto_close="86400s"),
                 user_labels=labels,
