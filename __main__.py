@@ -3,17 +3,16 @@ or, on a `convex-gcp:target: local` stack, the same backend on Docker (docs/loca
 
 import pulumi
 
-from components.convex_on_gcp import ConvexOnGcp, ConvexOnGcpArgs
-from convex_gcp.placement import PulumiLookup
-from convex_gcp.settings import (
-    ConfigError,
-    config_from_pulumi,
-    load_local_settings,
-    load_settings,
-    resource_prefix,
-    settings_warnings,
-    stack_target,
-)
+from convex_gcp import provider_host
+
+if not provider_host.is_program_run():
+    # Run as the component package's plugin (PulumiPlugin.yaml): serve ConvexOnGcp, declare nothing.
+    provider_host.serve()
+    raise SystemExit(0)
+
+from components.convex_on_gcp import ConvexOnGcp
+from convex_gcp.package_args import from_config
+from convex_gcp.settings import ConfigError, config_from_pulumi, load_local_settings, resource_prefix, stack_target
 
 config = config_from_pulumi()
 if stack_target(config) == "local":
@@ -35,13 +34,7 @@ if stack_target(config) == "local":
     pulumi.export("admin_key_command", local.admin_key_command)
     pulumi.export("postgres_url", pulumi.Output.secret(local.password.apply(lambda pw: local_postgres_url(local_settings, pw))))
 else:
-    try:
-        settings = load_settings(config, pulumi.get_stack(), lookup=PulumiLookup())
-    except ConfigError as error:
-        raise pulumi.RunError(str(error)) from None
-    for warning in settings_warnings(settings):
-        pulumi.log.warn(warning)
-    deployment = ConvexOnGcp("convex-gcp", ConvexOnGcpArgs(settings=settings))
+    deployment = ConvexOnGcp("convex-gcp", from_config(config))
     # The outputs contract (docs/outputs.md), exported under the names other teams' StackReferences read.
     for name, value in deployment.outputs.items():
         pulumi.export(name, value)

@@ -371,6 +371,7 @@ for stack in $STACKS; do
     echo "  ${stack} (required reviewers, prevent self-review), ${stack}-preview"
   fi
 done
+echo "  release (required reviewers, prevent self-review): tags and draft releases of the component package"
 echo "Protect main: require pull requests with review from code owners (.github/CODEOWNERS)."
 echo "Secrets provider of each stack: gcpkms://${KEY_BASE}-<stack>"
 echo "  (INIT_STACKS=1 records it; then commit Pulumi.<stack>.yaml: secretsprovider + encryptedkey)"

@@ -1,12 +1,11 @@
 """The whole Google Cloud deployment as one component: owns the APIs, the network, the identity and
 secrets, the database, the VM, and (when configured) the private DNS record, the front door, the data
-disk's snapshot schedule and the monitoring. Other teams' programs instantiate this; `__main__.py` only
-loads the stack's settings and does the same."""
+disk's snapshot schedule and the monitoring. Other teams' programs instantiate this, from Python or,
+through the component package (PulumiPlugin.yaml, convex_gcp/provider_host.py), from any Pulumi
+language; `__main__.py` only reads the stack's config and does the same."""
 
-from __future__ import annotations
-
-from dataclasses import dataclass
-from typing import Optional
+# No `from __future__ import annotations`: the SDK's schema analyzer reads these annotations as types.
+from typing import Any, Optional
 
 import pulumi
 
@@ -21,21 +20,78 @@ from components.monitoring import Monitoring, MonitoringArgs
 from components.network import VM_TAG, Network, NetworkArgs
 from components.private_dns import PrivateDns, PrivateDnsArgs
 from convex_gcp.adoption import import_ids
+from convex_gcp.package_args import ConvexOnGcpArgs, to_config
+from convex_gcp.placement import PulumiLookup
 from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, SITE_PORT
-from convex_gcp.settings import GOOGLE_LB_RANGES, IAP_RANGE, Settings, resource_prefix
+from convex_gcp.settings import (
+    GOOGLE_LB_RANGES,
+    IAP_RANGE,
+    ConfigError,
+    Settings,
+    load_settings,
+    resource_prefix,
+    settings_warnings,
+)
 
 
-@dataclass
-class ConvexOnGcpArgs:
-    settings: Settings  # validated already (convex_gcp.settings.load_settings)
+def settings_of(args: Any) -> Settings:
+    """Validate the args as `pulumi up` validates a stack's config (same rules, same messages); raise
+    pulumi.RunError naming every problem. The stack name defaults to the running stack's."""
+    config, stack = to_config(args)
+    try:
+        return load_settings(config, stack or pulumi.get_stack(), lookup=PulumiLookup())
+    except ConfigError as error:
+        raise pulumi.RunError(str(error)) from None
 
 
 class ConvexOnGcp(pulumi.ComponentResource):
-    """Owns every Google Cloud resource of one Convex deployment (see the module docstring)."""
+    """A Convex self-hosted backend on Google Cloud: owns the APIs, network, identity and secrets,
+    Cloud SQL for PostgreSQL, the VM and, as configured, the private DNS record, the HTTPS front door,
+    the data disk's snapshots and the monitoring. Its outputs are the outputs contract (docs/outputs.md)."""
+
+    convex_url: pulumi.Output[str]
+    """Convex API and sync URL (CONVEX_SELF_HOSTED_URL; dev without a domain: the IAP tunnel's local end)."""
+    convex_site_url: pulumi.Output[str]
+    """URL of HTTP actions (the site origin)."""
+    dashboard_url: Optional[pulumi.Output[str]]
+    """Dashboard URL, when convex.dashboard is true."""
+    admin_key_secret: pulumi.Output[str]
+    """Secret Manager id of the admin key (the id, never the value)."""
+    sql_instance_name: pulumi.Output[str]
+    """Cloud SQL instance name."""
+    sql_connection_name: pulumi.Output[str]
+    """Cloud SQL connection name, project:region:instance."""
+    sql_private_ip: pulumi.Output[str]
+    """Private IP of the Cloud SQL instance."""
+    database_name: pulumi.Output[str]
+    """The Convex database (INSTANCE_NAME with - replaced by _)."""
+    database_user: pulumi.Output[str]
+    """The database user Convex logs in as."""
+    vm_name: pulumi.Output[str]
+    """The VM's name."""
+    vm_zone: pulumi.Output[str]
+    """The VM's zone."""
+    vm_internal_ip: pulumi.Output[str]
+    """The VM's internal IP."""
+    vm_service_account: pulumi.Output[str]
+    """The VM's service account email."""
+    network: pulumi.Output[str]
+    """The VPC network's name."""
+    subnetwork: pulumi.Output[str]
+    """The subnetwork's name."""
+    peering_range: pulumi.Output[str]
+    """The private services access range's name."""
+    connection_mode: pulumi.Output[str]
+    """proxy, ssl or plaintext."""
+    front_door_ip: Optional[pulumi.Output[str]]
+    """The HTTPS load balancer's IP, when a domain is set."""
 
     def __init__(self, name: str, args: ConvexOnGcpArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        # Validated before the component registers: a bad setting declares nothing at all.
+        settings = settings_of(args)
         super().__init__("convex-gcp:index:ConvexOnGcp", name, None, opts)
-        settings = args.settings
+        for warning in settings_warnings(settings):
+            pulumi.log.warn(warning, resource=self)
         prefix = resource_prefix(settings.stack)
         domain = settings.domain
 
@@ -245,4 +301,7 @@ class ConvexOnGcp(pulumi.ComponentResource):
         if monitoring is not None:
             outputs["monitoring_dashboard_url"] = monitoring.dashboard_url
         self.outputs = outputs
+        for key in type(self).__annotations__:
+            # Also as properties of the component, for the package's SDKs (unset optional ones stay None).
+            setattr(self, key, pulumi.Output.from_input(outputs[key]) if key in outputs else None)
         self.register_outputs(outputs)

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pulumi
 import pulumi_docker as docker
 import pulumi_gcp as gcp
 
 from convex_gcp import images
-from convex_gcp.runtime import DATA_DEVICE_NAME, RuntimeInputs, instance_metadata, origins
+from convex_gcp.runtime import DATA_DEVICE_NAME, RuntimeInputs, instance_metadata, origins, vm_dir
 from convex_gcp.adoption import import_ids
 from convex_gcp.settings import Settings
 
-STARTUP_SCRIPT = Path(__file__).resolve().parent.parent / "vm" / "startup.sh"
+STARTUP_SCRIPT = vm_dir() / "startup.sh"
 
 # cloud-platform is the only scope Secret Manager accepts; sqlservice.admin is named too so the
 # proxy's need is explicit (the seed's bare "sqlservice" scope is deprecated). IAM roles gate access.

@@ -24,7 +24,13 @@ SQL_CA_FILE = "/convex-gcp/sql-ca.pem"
 # the dashboard. The VM's DOCKER-USER rules block the metadata server for every address but PROXY_IP.
 DB_SUBNET, PROXY_IP, WEB_SUBNET = "172.30.250.0/28", "172.30.250.2", "172.30.250.16/28"
 # systemd unit templates (real files): one per container, rendered here, installed by the VM.
-UNIT_DIR = Path(__file__).resolve().parent.parent / "vm" / "units"
+def vm_dir() -> Path:
+    """vm/ of a checkout; in an installed package the same files are convex_gcp/vm (pyproject.toml maps them)."""
+    checkout = Path(__file__).resolve().parent.parent / "vm"
+    return checkout if (checkout / "startup.sh").is_file() else Path(__file__).resolve().parent / "vm"
+
+
+UNIT_DIR = vm_dir() / "units"
 UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-export", "convex-export-timer")
 # The export script the export unit runs (metadata key convex-gcp-export-script).
 EXPORT_SCRIPT = UNIT_DIR.parent / "convex-export.sh"
