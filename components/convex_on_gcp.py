@@ -85,6 +85,10 @@ class ConvexOnGcp(pulumi.ComponentResource):
     """proxy, ssl or plaintext."""
     front_door_ip: Optional[pulumi.Output[str]]
     """The HTTPS load balancer's IP, when a domain is set."""
+    monitoring_dashboard_url: Optional[pulumi.Output[str]]
+    """The stack's Cloud Monitoring dashboard, when monitoring is enabled."""
+    exports_bucket: Optional[pulumi.Output[str]]
+    """The Cloud Storage bucket of the scheduled Convex exports, when exports are enabled."""
 
     def __init__(self, name: str, args: ConvexOnGcpArgs, opts: Optional[pulumi.ResourceOptions] = None):
         # Validated before the component registers: a bad setting declares nothing at all.
