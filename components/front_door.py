@@ -13,7 +13,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, SITE_PORT
-from convex_gcp.settings import DomainSettings
+from convex_gcp.settings import ArmorSettings, DomainSettings
 
 # Named ports on the instance group; each backend service picks its port by name.
 PORTS = {"api": API_PORT, "site": SITE_PORT, "dashboard": DASHBOARD_PORT}
@@ -49,25 +49,82 @@ def backend_timeouts(domain: DomainSettings) -> dict[str, int]:
     return {"api": domain.websocket_timeout_sec, "site": SITE_TIMEOUT_SEC, "dashboard": DASHBOARD_TIMEOUT_SEC}
 
 
-def armor_rules(domain: DomainSettings) -> list[gcp.compute.SecurityPolicyRuleArgs]:
-    """Allowed (or all) sources, rate limited per client IP when configured; everything else is
-    denied when an allow-list is given."""
-    armor = domain.armor
-    assert armor is not None
-    sources = armor.allow_ranges or ["*"]
-    match = gcp.compute.SecurityPolicyRuleMatchArgs(
-        versioned_expr="SRC_IPS_V1", config=gcp.compute.SecurityPolicyRuleMatchConfigArgs(src_ip_ranges=sources)
-    )
+# HSTS on every HTTPS answer (backend services' custom response headers; the port-80 map only redirects, so
+# plain HTTP never carries it, as RFC 6797 section 7.2 wants). One year; no includeSubDomains or preload: the
+# hosts' parent domain is the user's, and other names under it may not serve HTTPS.
+HSTS_HEADER = "Strict-Transport-Security: max-age=31536000"
+
+# Convex serves its meta routes on every HTTP server it runs, the API port and the site proxy alike
+# (get-convex/convex-backend at the pinned commit, crates/common/src/http/mod.rs `meta_routes`: /version and
+# /metrics, merged unless set_meta_routes_enabled(false), which nothing calls). /metrics is Prometheus data
+# for operators, not clients: the URL map answers it 404 on every host. /version stays: clients, the uptime
+# check and the health check read it.
+BLOCKED_PATHS = ("/metrics",)
+BLOCKED_STATUS = 404
+
+# The API host's client routes under /api (crates/local_backend/src/router.rs `router`, migrated_api_routes
+# and public_api.rs `public_api_router` at the pinned commit): the sync websocket, the HTTP API for functions,
+# file storage, and the callbacks of Node actions. Every other /api path is the CLI's, the dashboard's, or
+# the platform API (push_config, deploy2/*, import, export/*, update_environment_variables, v1/*, ...).
+CLIENT_API_PATHS = (
+    r"^/api/(([^/]+/)?sync|query|query_ts|query_at_ts|query_batch|mutation|action|function|public_openapi\\.json"
+    # Nested client routes, segment by segment; a segment never starts with a dot, so `..` cannot climb out.
+    r"|(run|storage|actions)(/[A-Za-z0-9_:-][A-Za-z0-9_.:-]*)+)$"
+)
+ADMIN_PATH_EXPRESSION = f"request.path.startsWith('/api/') && !request.path.matches('{CLIENT_API_PATHS}')"
+# Cloud Armor: at most five subexpressions per expression, so an allow rule takes the path test (two) and
+# at most three ranges.
+ADMIN_RANGES_PER_RULE = 3
+ADMIN_PRIORITY, RATE_PRIORITY = 900, 1000
+
+
+def _src_match(ranges: list[str]) -> gcp.compute.SecurityPolicyRuleMatchArgs:
+    return gcp.compute.SecurityPolicyRuleMatchArgs(versioned_expr="SRC_IPS_V1", config=gcp.compute.SecurityPolicyRuleMatchConfigArgs(src_ip_ranges=ranges))
+
+
+def _expr_match(expression: str) -> gcp.compute.SecurityPolicyRuleMatchArgs:
+    return gcp.compute.SecurityPolicyRuleMatchArgs(expr=gcp.compute.SecurityPolicyRuleMatchExprArgs(expression=expression))
+
+
+def admin_rules(armor: ArmorSettings) -> list[gcp.compute.SecurityPolicyRuleArgs]:
+    """Admin routes from armor.adminRanges only: allow rules by chunks of ranges, then deny the rest."""
+    if not armor.admin_ranges:
+        return []
     rules = []
+    chunks = [armor.admin_ranges[i:i + ADMIN_RANGES_PER_RULE] for i in range(0, len(armor.admin_ranges), ADMIN_RANGES_PER_RULE)]
+    for n, chunk in enumerate(chunks):
+        sources = " || ".join(f"inIpRange(origin.ip, '{r}')" for r in chunk)
+        rules.append(gcp.compute.SecurityPolicyRuleArgs(
+            priority=ADMIN_PRIORITY + n, description="Admin routes from the admin ranges", action="allow",
+            match=_expr_match(f"{ADMIN_PATH_EXPRESSION} && ({sources})")))
+    rules.append(gcp.compute.SecurityPolicyRuleArgs(
+        priority=ADMIN_PRIORITY + len(chunks), description="Admin routes from anywhere else", action="deny(403)",
+        match=_expr_match(ADMIN_PATH_EXPRESSION)))
+    return rules
+
+
+def armor_rules(armor: ArmorSettings, admin: bool) -> list[gcp.compute.SecurityPolicyRuleArgs]:
+    """The user's rules (1-899), the admin-route rules (900s, API host only), allowed (or all) sources rate
+    limited per client IP (1000), and the default: deny what an allow-list does not name, else allow."""
+    rules = [
+        gcp.compute.SecurityPolicyRuleArgs(
+            priority=rule.priority, action=rule.action, description=rule.description or f"User rule {rule.priority}",
+            preview=rule.preview,
+            match=_expr_match(rule.expression) if rule.expression is not None else _src_match(rule.src_ip_ranges))
+        for rule in sorted(armor.rules, key=lambda r: r.priority)
+    ]
+    if admin:
+        rules += admin_rules(armor)
+    sources = armor.allow_ranges or ["*"]
     limit = armor.rate_limit
     if limit is not None:
         ban = limit.ban_duration_sec is not None
         rules.append(
             gcp.compute.SecurityPolicyRuleArgs(
-                priority=1000,
+                priority=RATE_PRIORITY,
                 description="Rate limit per client IP" + (" with a ban" if ban else ""),
                 action="rate_based_ban" if ban else "throttle",
-                match=match,
+                match=_src_match(sources),
                 rate_limit_options=gcp.compute.SecurityPolicyRuleRateLimitOptionsArgs(
                     conform_action="allow",
                     exceed_action="deny(429)",
@@ -80,18 +137,36 @@ def armor_rules(domain: DomainSettings) -> list[gcp.compute.SecurityPolicyRuleAr
             )
         )
     elif armor.allow_ranges:
-        rules.append(gcp.compute.SecurityPolicyRuleArgs(priority=1000, description="Allow-list", action="allow", match=match))
+        rules.append(gcp.compute.SecurityPolicyRuleArgs(priority=RATE_PRIORITY, description="Allow-list", action="allow", match=_src_match(sources)))
     rules.append(
         gcp.compute.SecurityPolicyRuleArgs(
             priority=DEFAULT_RULE_PRIORITY,
             description="Default: deny what the allow-list does not name" if armor.allow_ranges else "Default: allow",
             action="deny(403)" if armor.allow_ranges else "allow",
-            match=gcp.compute.SecurityPolicyRuleMatchArgs(
-                versioned_expr="SRC_IPS_V1", config=gcp.compute.SecurityPolicyRuleMatchConfigArgs(src_ip_ranges=["*"])
-            ),
+            match=_src_match(["*"]),
         )
     )
     return rules
+
+
+def blocked_path_rules(service: pulumi.Input[str]) -> list[gcp.compute.URLMapPathMatcherRouteRuleArgs]:
+    """Route rules answering BLOCKED_PATHS with BLOCKED_STATUS before any backend sees them (any case, with
+    or without a trailing path; a query string does not change the path the map matches)."""
+    return [
+        gcp.compute.URLMapPathMatcherRouteRuleArgs(
+            priority=1,
+            match_rules=[m for path in BLOCKED_PATHS for m in (
+                gcp.compute.URLMapPathMatcherRouteRuleMatchRuleArgs(full_path_match=path, ignore_case=True),
+                gcp.compute.URLMapPathMatcherRouteRuleMatchRuleArgs(prefix_match=f"{path}/", ignore_case=True),
+            )],
+            service=service,
+            route_action=gcp.compute.URLMapPathMatcherRouteRuleRouteActionArgs(
+                fault_injection_policy=gcp.compute.URLMapPathMatcherRouteRuleRouteActionFaultInjectionPolicyArgs(
+                    abort=gcp.compute.URLMapPathMatcherRouteRuleRouteActionFaultInjectionPolicyAbortArgs(http_status=BLOCKED_STATUS, percentage=100)
+                )
+            ),
+        )
+    ]
 
 
 class FrontDoor(pulumi.ComponentResource):
@@ -186,16 +261,29 @@ class FrontDoor(pulumi.ComponentResource):
                 opts=child,
             )
 
-        self.security_policy = None
-        if d.armor is not None:
-            self.security_policy = gcp.compute.SecurityPolicy(
+        # prod always has one, with a per-client throttle (DomainSettings.armor_policy). The API host gets a policy
+        # of its own when admin routes are limited to ranges; the site and the dashboard share the other.
+        armor = d.armor_policy(args.is_prod)
+        self.security_policies: dict[str, gcp.compute.SecurityPolicy] = {}
+        if armor is not None:
+            self.security_policies["edge"] = gcp.compute.SecurityPolicy(
                 f"{name}-armor",
                 name=f"{prefix}-armor",
-                description="Convex front door: allow-list and per-IP rate limit",
+                description="Convex front door: your rules, allow-list and per-IP rate limit",
                 type="CLOUD_ARMOR",
-                rules=armor_rules(d),
+                rules=armor_rules(armor, admin=False),
                 opts=child,
             )
+            if armor.admin_ranges:
+                self.security_policies["api"] = gcp.compute.SecurityPolicy(
+                    f"{name}-armor-api",
+                    name=f"{prefix}-armor-api",
+                    description="Convex API host: your rules, admin routes from the admin ranges, per-IP rate limit",
+                    type="CLOUD_ARMOR",
+                    rules=armor_rules(armor, admin=True),
+                    opts=child,
+                )
+        self.security_policy = self.security_policies.get("edge")
 
         timeouts = backend_timeouts(d)
         self.backends: dict[str, gcp.compute.BackendService] = {}
@@ -209,7 +297,8 @@ class FrontDoor(pulumi.ComponentResource):
                 timeout_sec=timeouts[role],
                 health_checks=checks[role].id,
                 backends=[gcp.compute.BackendServiceBackendArgs(group=self.instance_group.id, balancing_mode="UTILIZATION", capacity_scaler=1.0)],
-                security_policy=self.security_policy.id if self.security_policy else None,
+                security_policy=(self.security_policies.get(role) or self.security_policies.get("edge")).id if self.security_policies else None,
+                custom_response_headers=[HSTS_HEADER],
                 # IAP asks for a Google identity before the dashboard's own admin-key login.
                 iap=gcp.compute.BackendServiceIapArgs(enabled=True) if role == "dashboard" else None,
                 log_config=gcp.compute.BackendServiceLogConfigArgs(enable=True, sample_rate=1.0),
@@ -239,7 +328,10 @@ class FrontDoor(pulumi.ComponentResource):
                 host_redirect=d.api_host, https_redirect=True, strip_query=False, redirect_response_code="MOVED_PERMANENTLY_DEFAULT"
             ),
             host_rules=[gcp.compute.URLMapHostRuleArgs(hosts=[host], path_matcher=role) for role, host in hosts.items()],
-            path_matchers=[gcp.compute.URLMapPathMatcherArgs(name=role, default_service=self.backends[role].id) for role in hosts],
+            path_matchers=[
+                gcp.compute.URLMapPathMatcherArgs(name=role, default_service=self.backends[role].id, route_rules=blocked_path_rules(self.backends[role].id))
+                for role in hosts
+            ],
             opts=child,
         )
         https_proxy = gcp.compute.TargetHttpsProxy(

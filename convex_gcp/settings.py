@@ -258,6 +258,10 @@ _MEMBER = re.compile(
 )
 
 
+# Cloud Armor priorities: the user's rules first (1-899), then the program's (900 and up, front_door.py).
+ARMOR_USER_PRIORITY_MAX = 899
+
+
 class RateLimitSettings(_Model):
     """`convex-gcp:domain.armor.rateLimit`: per client IP; throttles, or bans when banDurationSec is set."""
 
@@ -266,17 +270,48 @@ class RateLimitSettings(_Model):
     ban_duration_sec: Optional[int] = Field(None, ge=60, le=86400)
 
 
-class ArmorSettings(_Model):
-    """`convex-gcp:domain.armor`: a Cloud Armor policy on every backend of the front door."""
+class ArmorRuleSettings(_Model):
+    """`convex-gcp:domain.armor.rules[i]`: a rule of your own, evaluated before the program's (priority 1-899)."""
 
-    # One basic-match rule takes at most 10 ranges.
-    allow_ranges: list[str] = Field([], max_length=10)
-    rate_limit: Optional[RateLimitSettings] = None
+    priority: int = Field(ge=1, le=ARMOR_USER_PRIORITY_MAX)
+    action: Literal["allow", "deny(403)", "deny(404)", "deny(429)", "deny(502)"]
+    # Exactly one: an advanced match (Cloud Armor custom rules language, at most five subexpressions, e.g.
+    # "evaluatePreconfiguredWaf('sqli-v33-stable')") or source ranges (a basic match, at most 10).
+    expression: Optional[str] = Field(None, min_length=1, max_length=2048)
+    src_ip_ranges: list[str] = Field([], max_length=10)
+    description: str = ""
+    # Log what the rule would do without doing it (Cloud Armor preview mode).
+    preview: bool = False
 
-    @field_validator("allow_ranges")
+    @field_validator("src_ip_ranges")
     @classmethod
     def _cidrs(cls, values: list[str]) -> list[str]:
         return _check_cidrs(values)
+
+
+class ArmorSettings(_Model):
+    """`convex-gcp:domain.armor`: Cloud Armor on the front door's backends. On by default in prod, where it
+    also always has a per-client throttle (DEFAULT_RATE_LIMIT unless rateLimit says otherwise)."""
+
+    enabled: bool = True
+    # One basic-match rule takes at most 10 ranges.
+    allow_ranges: list[str] = Field([], max_length=10)
+    rate_limit: Optional[RateLimitSettings] = None
+    # When set, the API host's admin routes (every /api/ path but the client ones, front_door.py) answer only
+    # these sources; the CLI (`npx convex deploy`) and the dashboard's browser must come from them.
+    admin_ranges: list[str] = Field([], max_length=9)
+    rules: list[ArmorRuleSettings] = Field([], max_length=50)
+
+    @field_validator("allow_ranges", "admin_ranges")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        return _check_cidrs(values)
+
+
+# Prod's per-client throttle when domain.armor.rateLimit is unset: 20 requests a second per IP on average.
+# A Convex client holds one websocket for its queries and mutations, so this bounds HTTP API calls, HTTP
+# actions and reconnect storms; raise it for many users behind one NAT (docs/front-door.md).
+DEFAULT_RATE_LIMIT = RateLimitSettings(count=1200, interval_sec=60)
 
 
 class DomainSettings(_Model):
@@ -318,6 +353,15 @@ class DomainSettings(_Model):
             if not _MEMBER.fullmatch(value):
                 raise _custom(f"{value!r} is not an IAM member", "user:, group:, domain: or serviceAccount: followed by an id", "group:convex-admins@example.com")
         return values
+
+    def armor_policy(self, is_prod: bool) -> Optional[ArmorSettings]:
+        """The Cloud Armor settings in force: prod always has a policy with a per-client throttle."""
+        armor = self.armor if self.armor is not None else (ArmorSettings() if is_prod else None)
+        if armor is None or not armor.enabled:
+            return None
+        if is_prod and armor.rate_limit is None:
+            armor = armor.model_copy(update={"rate_limit": DEFAULT_RATE_LIMIT})
+        return armor
 
     @property
     def hosts(self) -> dict[str, str]:
@@ -873,6 +917,18 @@ def _check_domain(s: Settings) -> list[Problem]:
     if d.dashboard_members and not d.dashboard_host:
         path = f"{PROJECT}:domain.dashboardMembers"
         problems.append(Problem(path, "there is no dashboard on the front door to grant access to", "unset without a dashboard host", f"pulumi config rm --path '{path}'"))
+    armor = d.armor
+    seen_priorities: dict[int, int] = {}
+    for i, rule in enumerate(armor.rules if armor else []):
+        path = f"{PROJECT}:domain.armor.rules[{i}]"
+        if (rule.expression is None) == (not rule.src_ip_ranges):
+            problems.append(Problem(path, "a rule needs exactly one match: expression or srcIpRanges", "expression (custom rules language) or srcIpRanges (CIDRs), not both",
+                                    set_line(f"{path}.expression", "evaluatePreconfiguredWaf('sqli-v33-stable')")))
+        if rule.priority in seen_priorities:
+            free = next(p for p in range(1, ARMOR_USER_PRIORITY_MAX + 1) if p not in seen_priorities and p not in {r.priority for r in armor.rules})
+            problems.append(Problem(f"{path}.priority", f"priority {rule.priority} is also rules[{seen_priorities[rule.priority]}]'s; Cloud Armor needs one rule per priority",
+                                    f"a free priority from 1 to {ARMOR_USER_PRIORITY_MAX}", set_line(f"{path}.priority", free)))
+        seen_priorities.setdefault(rule.priority, i)
     # Behind the front door the VM has no external IP: only private (VPC, peered, VPN) sources reach it.
     for key, ranges in (("apiSourceRanges", s.network.api_source_ranges), ("dashboardSourceRanges", s.network.dashboard_source_ranges)):
         public = [r for r in ranges if not ipaddress.ip_network(r).is_private]
@@ -912,6 +968,8 @@ def _check_prod(s: Settings) -> list[Problem]:
         need("database.tier", False, f"{s.database.tier} is shared-core, without an SLA", "db-custom-* or db-perf-optimized-N-*", "db-custom-2-7680")
     if "0.0.0.0/0" in s.network.dashboard_source_ranges:
         need("network.dashboardSourceRanges", False, "the dashboard would be open to the internet", "trusted ranges; the dashboard is also reachable through IAP", [])
+    if s.domain is not None and s.domain.armor is not None and not s.domain.armor.enabled:
+        need("domain.armor.enabled", False, "Cloud Armor (the per-client throttle, the admin ranges, your rules) would be off", "true", "true")
     if s.domain is None:
         # Browsers refuse plain HTTP to an IP for a production app; the front door gives HTTPS names.
         fix = " && ".join(set_line(f"{PROJECT}:domain.{key}", f"{role}.convex.example.com") for key, role in (("apiHost", "api"), ("siteHost", "site"), ("dashboardHost", "dashboard")))
