@@ -57,7 +57,8 @@ def _schema_keys(schema: dict, properties: dict, required: list, prefix: str = "
     for name, prop in properties.items():
         path = f"{prefix}{name}"
         keys[path] = name in required
-        nested = _resolve(schema, prop)
+        # An object, or a list of objects (domain.armor.rules): the keys inside either.
+        nested = _resolve(schema, prop) or _resolve(schema, prop.get("items", {}))
         if nested:
             keys.update(_schema_keys(schema, nested.get("properties", {}), nested.get("required", []), f"{path}."))
     return keys
