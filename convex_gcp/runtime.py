@@ -16,13 +16,15 @@ from .images import BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE
 from .settings import Settings, resource_prefix
 
 API_PORT, SITE_PORT, DASHBOARD_PORT = 3210, 3211, 6791
-PROXY_HOST, PROXY_PORT, PROXY_HEALTH_PORT = "cloudsql-proxy", 5432, 9090
+PROXY_PORT, PROXY_HEALTH_PORT = 5432, 9090
 DATA_DEVICE_NAME = "convex-data"
 # Where the VM mounts the instance's server CA bundle in the backend container (ssl mode).
 SQL_CA_FILE = "/convex-gcp/sql-ca.pem"
-# Docker networks on the VM: convex-db holds the proxy (fixed address) and the backend; convex-web
-# the dashboard. The VM's DOCKER-USER rules block the metadata server for every address but PROXY_IP.
-DB_SUBNET, PROXY_IP, WEB_SUBNET = "172.30.250.0/28", "172.30.250.2", "172.30.250.16/28"
+# Docker networks on the VM: convex-db holds the backend, convex-web the dashboard, convex-proxy the proxy
+# alone (fixed address, which the backend connects to). vm/isolate.sh lets only convex-proxy's bridge reach
+# the metadata server, and only convex-db's reach the proxy's port.
+DB_SUBNET, WEB_SUBNET = "172.30.250.0/28", "172.30.250.16/28"
+PROXY_SUBNET, PROXY_IP = "172.30.250.32/28", "172.30.250.34"
 # systemd unit templates (real files): one per container, rendered here, installed by the VM.
 def vm_dir() -> Path:
     """vm/ of a checkout; in an installed package the same files are convex_gcp/vm (pyproject.toml maps them)."""
@@ -34,6 +36,8 @@ UNIT_DIR = vm_dir() / "units"
 UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-export", "convex-export-timer")
 # The export script the export unit runs (metadata key convex-gcp-export-script).
 EXPORT_SCRIPT = UNIT_DIR.parent / "convex-export.sh"
+# Host and container isolation, asserted by the startup script and before every container start.
+ISOLATE_SCRIPT = UNIT_DIR.parent / "isolate.sh"
 
 
 def export_metric_type(prefix: str) -> str:
@@ -152,7 +156,7 @@ def database_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
         }
     # The proxy's local listener speaks plaintext; the proxy itself encrypts to Cloud SQL.
     return {
-        "POSTGRES_URL": postgres_url(inputs.database_user, PROXY_HOST, PROXY_PORT, {"sslmode": "disable", "connect_timeout": "30"}),
+        "POSTGRES_URL": postgres_url(inputs.database_user, PROXY_IP, PROXY_PORT, {"sslmode": "disable", "connect_timeout": "30"}),
         "DO_NOT_REQUIRE_SSL": "1",
     }
 
@@ -180,7 +184,7 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
     }
     config["DB_SUBNET"], config["WEB_SUBNET"] = DB_SUBNET, WEB_SUBNET
     if mode == "proxy":
-        config["PROXY_IP"] = PROXY_IP
+        config["PROXY_SUBNET"], config["PROXY_IP"] = PROXY_SUBNET, PROXY_IP
         config["PROXY_IMAGE"] = PROXY_IMAGE.format(tag=settings.convex.proxy_version)
         config["PROXY_ARGS"] = " ".join(proxy_args(settings, inputs.connection_name))
     if mode == "ssl":
@@ -276,6 +280,7 @@ def instance_metadata(settings: Settings, inputs: RuntimeInputs, startup_script:
         "google-monitoring-enabled": "true",
         "convex-gcp-config": render_env(vm_config(settings, inputs)),
         "convex-backend-env": render_env(backend_env(settings, inputs)),
+        "convex-gcp-isolate": ISOLATE_SCRIPT.read_text(),
     }
     for name, text in unit_files(settings, inputs).items():
         metadata[f"convex-gcp-unit-{name}"] = text

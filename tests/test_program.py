@@ -243,7 +243,7 @@ def test_convex_settings_rendered(plan):
     assert env["CONVEX_CLOUD_ORIGIN"] == plan.outputs["convex_url"]["value"]
     assert env["CONVEX_SITE_ORIGIN"] == plan.outputs["convex_site_url"]["value"]
     url = env["POSTGRES_URL"]
-    assert url.startswith("postgresql://") and "@cloudsql-proxy:5432?" in url
+    assert url.startswith("postgresql://") and "@172.30.250.34:5432?" in url
     assert "sslmode=disable" in url
     assert url.split("?")[0].count("/") == 2, "no database path in POSTGRES_URL"
     assert ":" not in url.split("//")[1].split("@")[0], "no password in metadata"

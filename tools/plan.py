@@ -390,8 +390,9 @@ def render_markdown(plan: Plan) -> str:
     if vm:
         lines += ["", "## VM runtime settings (instance metadata)", ""]
         for key, value in sorted((vm[0].inputs.get("metadata") or {}).items()):
-            if key == "startup-script":
-                lines.append(f"- `startup-script`: vm/startup.sh ({len(value.splitlines())} lines)")
+            if key in ("startup-script", "convex-gcp-isolate"):
+                source = {"startup-script": "vm/startup.sh", "convex-gcp-isolate": "vm/isolate.sh"}[key]
+                lines.append(f"- `{key}`: {source} ({len(value.splitlines())} lines)")
             elif "\n" in value:
                 lines += [f"- `{key}`:", "", "```", value.rstrip("\n"), "```", ""]
             else:

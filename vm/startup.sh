@@ -92,8 +92,6 @@ SQL_CA_SHA=""
 readonly WATCH_UNIT=convex-config-watch
 readonly NET_DB=convex-db NET_WEB=convex-web
 readonly BRIDGE_DB=cvx-db BRIDGE_WEB=cvx-web
-# GCE's metadata server; metadata.google.internal resolves to it.
-readonly METADATA_IP=169.254.169.254
 readonly SCOPE_CP=https://www.googleapis.com/auth/cloud-platform
 readonly SCOPE_SQL=https://www.googleapis.com/auth/sqlservice.admin
 readonly SCOPES_PATH=instance/service-accounts/default/scopes
@@ -531,7 +529,8 @@ fetch_metadata() {
     instance/attributes/convex-gcp-config "${RUN_DIR}/convex-gcp-config"
     instance/attributes/convex-backend-env "${RUN_DIR}/backend.env.meta"
     instance/attributes/convex-dashboard-env "${RUN_DIR}/dashboard.env.meta"
-    instance/attributes/convex-gcp-export-script "${RUN_DIR}/convex-export.sh")
+    instance/attributes/convex-gcp-export-script "${RUN_DIR}/convex-export.sh"
+    instance/attributes/convex-gcp-isolate "${RUN_DIR}/isolate.sh.meta")
   mkdir_p "${RUN_DIR}/units"
   for unit in "${ALL_UNITS[@]}"; do
     reads+=("instance/attributes/convex-gcp-unit-${unit}" "${RUN_DIR}/units/${unit}.meta")
@@ -547,7 +546,7 @@ fetch_metadata() {
   if [[ ${MD_STATUS[$TOKEN_PATH]} == 200 ]]; then
     take_token "${SECRETS_DIR}/token.json" optional
   fi # else (404: no service account) fetch_token says so when a step needs the token
-  for key in convex-gcp-config convex-backend-env; do
+  for key in convex-gcp-config convex-backend-env convex-gcp-isolate; do
     [[ ${MD_STATUS[instance/attributes/${key}]} == 200 ]] ||
       die "metadata key ${key} is missing" "the Pulumi program renders instance metadata '${key}' (pulumi up)"
   done
@@ -559,7 +558,7 @@ fetch_metadata() {
 
 # ---------------------------------------------------------------- config --
 
-readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET EXPORT_BUCKET EXPORT_INTERVAL_S EXPORT_INCLUDE_STORAGE EXPORT_METRIC "
+readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP PROXY_SUBNET BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET EXPORT_BUCKET EXPORT_INTERVAL_S EXPORT_INCLUDE_STORAGE EXPORT_METRIC "
 readonly ALL_UNITS=(cloudsql-proxy convex-backend convex-dashboard convex-export convex-export-timer)
 # Unit name -> its file (metadata keys allow no dots: convex_gcp/runtime.py unit_file).
 declare -rA UNIT_FILE=([cloudsql-proxy]=cloudsql-proxy.service [convex-backend]=convex-backend.service [convex-dashboard]=convex-dashboard.service [convex-export]=convex-export.service [convex-export-timer]=convex-export.timer)
@@ -594,6 +593,7 @@ parse_config() {
     proxy)
       [[ -n ${CFG[PROXY_IMAGE]} ]] || die "convex-gcp-config: PROXY_IMAGE is required in proxy mode" "settings"
       [[ ${CFG[PROXY_IP]:-} =~ ^[0-9]+(\.[0-9]+){3}$ ]] || die "convex-gcp-config: PROXY_IP must be an IPv4 address in proxy mode" "settings"
+      [[ ${CFG[PROXY_SUBNET]:-} =~ ^[0-9]+(\.[0-9]+){3}/[0-9]+$ ]] || die "convex-gcp-config: PROXY_SUBNET must be an IPv4 CIDR in proxy mode" "settings"
       [[ -n ${CFG[PROXY_ARGS]} ]] || die "convex-gcp-config: PROXY_ARGS is required in proxy mode" "settings"
       ;;
     ssl)
@@ -1201,11 +1201,12 @@ wait_docker() {
   die "the docker daemon is not answering" "systemctl status docker; journalctl -u docker"
 }
 
-# Two bridge networks: convex-db (the proxy at PROXY_IP and the backend) and convex-web
-# (the dashboard), so the dashboard never reaches the proxy, which logs in without a password.
+# Bridge networks: convex-db (the backend), convex-web (the dashboard), convex-proxy (the proxy alone,
+# at PROXY_IP); vm/isolate.sh decides what crosses between them and what reaches the metadata server.
 ensure_networks() {
   ensure_network "$NET_DB" "${CFG[DB_SUBNET]}" "$BRIDGE_DB"
   ensure_network "$NET_WEB" "${CFG[WEB_SUBNET]}" "$BRIDGE_WEB"
+  [[ ${CFG[CONNECTION_MODE]} != proxy ]] || ensure_network convex-proxy "${CFG[PROXY_SUBNET]}" cvx-proxy
 }
 
 ensure_network() {
@@ -1223,49 +1224,15 @@ ensure_network() {
   log "created docker network ${name} (${subnet}, bridge ${bridge})"
 }
 
-# Block the metadata server (and so the VM account's token) from every container but
-# the proxy. Docker processes DOCKER-USER before its own forwarding rules and never
-# flushes it (docs.docker.com/engine/network/firewall-iptables, "Docker and iptables
-# chains"); rules are not persistent, so they are (re)checked on every run.
+# Host and container isolation (vm/isolate.sh, from metadata): every unit runs it again before its
+# container starts. Here `setup` also makes the group /proc's hidepid exempts, for systemd-logind.
 ensure_isolation() {
   step isolation
-  local -a rules=()
-  if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
-    rules+=("-i ${BRIDGE_DB} -s ${CFG[PROXY_IP]}/32 -d ${METADATA_IP}/32 -j RETURN")
-  fi
-  rules+=("-i ${BRIDGE_DB} -d ${METADATA_IP}/32 -j REJECT"
-    "-i ${BRIDGE_WEB} -d ${METADATA_IP}/32 -j REJECT")
-  # dockerd creates DOCKER-USER and the FORWARD jump to it (moby libnetwork firewall_linux.go
-  # setupUserChain). Creating the chain here would leave it unreferenced: rules that look added
-  # but are never evaluated (e.g. dockerd on the other iptables backend, legacy vs nft). Fail closed.
-  if ! iptables -w -nL DOCKER-USER >/dev/null 2>&1 || ! iptables -w -C FORWARD -j DOCKER-USER >/dev/null 2>&1; then
-    die "iptables: no FORWARD jump to DOCKER-USER in this iptables ($(iptables -V 2>/dev/null || true)); refusing to start containers that could reach the metadata server" \
-      "sudo iptables -S FORWARD; sudo iptables-legacy -S FORWARD / iptables-nft -S FORWARD (dockerd and this script must use the same backend)" \
-      "dockerd runs with iptables enabled: journalctl -u docker"
-  fi
-  local stale
-  if [[ ${CFG[CONNECTION_MODE]} != proxy ]]; then
-    # A proxy exemption left from proxy mode would open the address to whatever gets it next.
-    while read -r stale; do
-      [[ -n $stale ]] || continue
-      local -a del
-      read -r -a del <<<"${stale/-A DOCKER-USER/}"
-      iptables -w -D DOCKER-USER "${del[@]}" || die "cannot delete stale DOCKER-USER rule: ${stale}" "sudo iptables -S DOCKER-USER"
-    done < <(iptables -w -S DOCKER-USER 2>/dev/null | grep -- "-i ${BRIDGE_DB} .*-j RETURN" || true)
-  fi
-  # Insert in reverse at the top so the final order is rules[0], rules[1], ...
-  local i added=0
-  for ((i = ${#rules[@]} - 1; i >= 0; i--)); do
-    local -a r
-    read -r -a r <<<"${rules[$i]}"
-    if ! iptables -w -C DOCKER-USER "${r[@]}" >/dev/null 2>&1; then
-      iptables -w -I DOCKER-USER 1 "${r[@]}" ||
-        die "cannot add DOCKER-USER rule '${rules[$i]}'; refusing to start containers that could reach the metadata server" \
-          "sudo iptables -S DOCKER-USER; journalctl -u docker"
-      added=$((added + 1))
-    fi
-  done
-  step_done "${added} rule(s) added"
+  same_bytes "${RUN_DIR}/isolate.sh.meta" "${RUN_DIR}/isolate.sh" || cp -f "${RUN_DIR}/isolate.sh.meta" "${RUN_DIR}/isolate.sh"
+  run_logged bash "${RUN_DIR}/isolate.sh" setup ||
+    die "vm/isolate.sh failed: refusing to start containers that could reach the metadata server or be seen by other users" \
+      "its lines above; sudo iptables -S; grep ' /proc ' /proc/self/mountinfo"
+  step_done
 }
 
 pull_one() {
@@ -1613,7 +1580,7 @@ watcher_env() {
     CONVEX_GCP_RETRY_ATTEMPTS CONVEX_GCP_PROXY_READY_URL CONVEX_GCP_BACKEND_VERSION_URL \
     CONVEX_GCP_PROXY_WAIT_MS CONVEX_GCP_BACKEND_WAIT_MS CONVEX_GCP_POLL_MS CONVEX_GCP_WATCH_TIMEOUT \
     CONVEX_GCP_PENDING_RETRY_MS CONVEX_GCP_STATE_DIR CONVEX_GCP_CA_REFRESH_MS CONVEX_GCP_UNIT_DIR \
-    CONVEX_GCP_TOKEN_MARGIN CONVEX_GCP_SQL_PROBE_ADDR; do
+    CONVEX_GCP_TOKEN_MARGIN CONVEX_GCP_SQL_PROBE_ADDR CONVEX_GCP_MOUNTINFO CONVEX_GCP_ETC CONVEX_GCP_PROC; do
     if [[ -n ${!v:-} ]]; then
       printf -- '--setenv=%s=%s\n' "$v" "${!v}"
     fi

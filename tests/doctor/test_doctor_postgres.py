@@ -37,7 +37,8 @@ def test_user_without_create_on_public_fails_with_the_grant(clusters):
     assert checks["postgres_login"].status == "pass"
     assert checks["create_table"].status == "fail"
     assert "schema public" in checks["create_table"].detail
-    assert 'GRANT cloudsqlsuperuser TO "outsider"' in checks["create_table"].fix
+    assert 'GRANT USAGE, CREATE ON SCHEMA public TO "outsider"' in checks["create_table"].fix
+    assert "cloudsqlsuperuser" not in checks["create_table"].fix
 
 
 def test_wrong_password_points_at_the_rotation_runbook(clusters):

@@ -60,6 +60,31 @@ METADATA_SECOND = 0.05
 
 tool_server = fakebin.server
 
+# vm/isolate.sh's chains, whole and in order, as `iptables -S` spells them (tests/vm/test_isolation.py
+# checks the spelling against the real iptables).
+_MD, _REJECT = "169.254.169.254/32", "-j REJECT --reject-with icmp-port-unreachable"
+HOST_RULES = [
+    "-m owner --uid-owner 0 -j RETURN",
+    f"-d {_MD} -p udp -m udp --dport 53 -j RETURN",
+    f"-d {_MD} -p tcp -m tcp --dport 53 -j RETURN",
+    f"-d {_MD} {_REJECT}",
+    f"-o cvx-+ {_REJECT}",
+]
+FORWARD_RULES = [
+    f"-d {_MD} -i cvx-proxy -j RETURN",
+    f"-d {_MD} -p udp -m udp --dport 53 -j RETURN",
+    f"-d {_MD} -p tcp -m tcp --dport 53 -j RETURN",
+    f"-d {_MD} {_REJECT}",
+    "-i cvx-db -o cvx-proxy -p tcp -m tcp --dport 5432 -j ACCEPT",
+    "-i cvx-proxy -o cvx-db -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    f"-o cvx-proxy {_REJECT}",
+]
+
+
+def data_mounts(sb: "Sandbox") -> list[dict]:
+    """The data disk's mount calls (not the /proc remount vm/isolate.sh makes)."""
+    return [c for c in sb.calls("mount") if not any(a.startswith("remount,") for a in c["argv"])]
+
 
 def inputs(**changes) -> runtime.RuntimeInputs:
     values = dict(project=PROJECT, connection_name=CONNECTION_NAME, public_host="34.1.2.3",
@@ -103,9 +128,11 @@ class Sandbox:
         self.state_dir = tmp / "var" / "lib" / "convex-gcp"  # persistent: survives reboot()
         self.disk = tmp / "disk.img"
         self.unit_dir = tmp / "etc" / "systemd" / "system"  # /etc is a tmpfs on COS: reset by reboot()
+        self.etc = tmp / "etc"  # its group file: vm/isolate.sh adds the group /proc's hidepid exempts
         for d in (self.bin, self.fake_root, self.run_dir.parent):
             d.mkdir(parents=True, exist_ok=True)
         tool_server().install(self.bin, list(fakebin.TOOLS))
+        self.fresh_etc_and_proc()
         if make_disk:
             with open(self.disk, "xb") as image:  # a sparse image, as `truncate -s` makes (ftruncate(2))
                 image.truncate(disk_mb << 20)
@@ -135,6 +162,22 @@ class Sandbox:
         self.config = runtime.vm_config(self.settings, self.inputs)
         self.backend_env = runtime.backend_env(self.settings, self.inputs)
         self.dashboard_env = runtime.dashboard_env(self.settings, self.inputs)
+
+    def fresh_etc_and_proc(self) -> None:
+        """What a COS boot starts with: /etc/group without convex-proc, /proc mounted without hidepid
+        (the sandbox's /proc/self/mountinfo, which the fake `mount -o remount` edits)."""
+        self.etc.mkdir(parents=True, exist_ok=True)
+        (self.etc / "group").write_text("root:x:0:\ndocker:x:412:\nsystemd-journal:x:999:\n")
+        (self.fake_root / "mountinfo").write_text(
+            "22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc rw\n"
+            "23 1 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw\n")
+        # The environment the fake systemd runs a unit's `bash FILE` lines in (fakebin.run_script).
+        (self.fake_root / "unit-env.json").write_text(json.dumps({k: v for k, v in self.isolation_env().items()}))
+
+    def isolation_env(self) -> dict[str, str]:
+        return {"PATH": f"{self.bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "FAKE_ROOT": str(self.fake_root), "CONVEX_GCP_UNIT_DIR": str(self.unit_dir),
+                "CONVEX_GCP_MOUNTINFO": str(self.fake_root / "mountinfo"), "CONVEX_GCP_ETC": str(self.etc)}
 
     def _attributes(self) -> dict[str, str]:
         attrs = runtime.instance_metadata(self.settings, self.inputs,
@@ -211,6 +254,8 @@ class Sandbox:
             "CONVEX_GCP_UNIT_DIR": str(self.unit_dir),
             "CONVEX_GCP_TOKEN_MARGIN": "0",
             "CONVEX_GCP_SQL_PROBE_ADDR": f"127.0.0.1:{self.health.port}",
+            "CONVEX_GCP_MOUNTINFO": str(self.fake_root / "mountinfo"),
+            "CONVEX_GCP_ETC": str(self.etc),
         }
         env.update(self.extra_env)
         return env
@@ -248,6 +293,7 @@ class Sandbox:
         shutil.rmtree(self.mount_point.parent, ignore_errors=True)
         for f in ("mounts.json", "systemd.json", "iptables.json"):
             (self.fake_root / f).unlink(missing_ok=True)
+        self.fresh_etc_and_proc()
         shutil.rmtree(self.fake_root / "units", ignore_errors=True)
         with fakebin.context(self.fake_root, self.unit_dir):
             fakebin.daemon_restart()
@@ -271,9 +317,9 @@ class Sandbox:
         f = self.fake_root / "systemd.json"
         return json.loads(f.read_text())["units"] if f.exists() else {}
 
-    def iptables_rules(self) -> list[str]:
+    def iptables_rules(self, chain: str = "DOCKER-USER") -> list[str]:
         f = self.fake_root / "iptables.json"
-        return json.loads(f.read_text())["DOCKER-USER"] if f.exists() else []
+        return json.loads(f.read_text()).get(chain, []) if f.exists() else []
 
     def runs(self) -> list[str]:
         """Names of containers created by `docker run`, in order."""

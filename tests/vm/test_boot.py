@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import diskutil
-from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE, SCRIPT, SETTINGS
+from sandbox import (ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, DASHBOARD_IMAGE, FORWARD_RULES, HOST_RULES, PROXY_IMAGE, SCRIPT,
+                     SETTINGS, data_mounts)
 
 
 def _argv_of_run(sb, name):
@@ -25,7 +26,7 @@ def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox, boote
 
     # Data disk: formatted ext4, fsck'd, mounted at the stable path, resized.
     assert diskutil.blkid(sandbox.disk)["TYPE"] == "ext4"
-    mounts = sandbox.calls("mount")
+    mounts = data_mounts(sandbox)
     assert len(mounts) == 1 and mounts[0]["argv"][-2:] == [str(sandbox.disk), str(sandbox.mount_point)]
     assert "formatting ext4" in r.stderr and "resize2fs" in r.stderr
 
@@ -33,14 +34,14 @@ def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox, boote
     calls = sandbox.calls()
     idx = lambda pred: [i for i, c in enumerate(calls) if pred(c)]  # noqa: E731
     creates = idx(lambda c: c["tool"] == "docker" and c["argv"][:2] == ["network", "create"])
-    rules = idx(lambda c: c["tool"] == "iptables" and c["argv"][1] == "-I")
+    rules = idx(lambda c: c["tool"] == "iptables" and c["argv"][1] == "-A")
     pulls = idx(lambda c: c["tool"] == "docker" and c["argv"][0] == "pull")
     reload_ = idx(lambda c: c["tool"] == "systemctl" and c["argv"][0] == "daemon-reload")
     run_idx = idx(lambda c: c["tool"] == "docker" and c["argv"][0] == "run")
     assert {calls[i]["argv"][-1] for i in pulls} == {PROXY_IMAGE, BACKEND_IMAGE, DASHBOARD_IMAGE}
     assert sandbox.runs() == ["cloudsql-proxy", "convex-backend", "convex-dashboard"]
-    assert len(creates) == 2 and len(rules) == 3 and len(reload_) == 1
-    assert max(creates) < min(rules) and max(rules) < min(pulls) and max(pulls) < reload_[0] < min(run_idx)
+    assert len(creates) == 3 and len(rules) == len(HOST_RULES) + len(FORWARD_RULES) and len(reload_) == 2  # units; logind drop-in
+    assert max(creates) < min(rules) and max(rules) < min(pulls) and max(pulls) < reload_[-1] < min(run_idx)
     exec_idx = idx(lambda c: c["tool"] == "docker" and c["argv"][0] == "exec")
     assert len(exec_idx) == 1 and exec_idx[0] > max(run_idx)
 
@@ -69,7 +70,7 @@ def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox, boote
     proxy = _argv_of_run(sandbox, "cloudsql-proxy")
     assert "127.0.0.1:9090:9090" in proxy and not any("5432:" in a for a in proxy)
     assert proxy[-1] == "test-proj:europe-west1:convex-db" and "--private-ip" in proxy and "--run-connection-test" in proxy
-    assert proxy[proxy.index("--network") + 1] == "convex-db" and proxy[proxy.index("--ip") + 1] == "172.30.250.2"
+    assert proxy[proxy.index("--network") + 1] == "convex-proxy" and proxy[proxy.index("--ip") + 1] == "172.30.250.34"
     assert int(proxy[proxy.index("--stop-timeout") + 1]) > 30  # outlasts --max-sigterm-delay=30s
     backend = _argv_of_run(sandbox, "convex-backend")
     assert backend[backend.index("--stop-signal") + 1] == "SIGINT"
@@ -79,11 +80,15 @@ def test_first_boot_formats_creates_in_order_and_stores_admin_key(sandbox, boote
     assert backend[backend.index("--health-cmd") + 1] == "curl -sf http://localhost:3210/version"
     dash = _argv_of_run(sandbox, "convex-dashboard")
     assert "6791:6791" in dash and dash[dash.index("--network") + 1] == "convex-web"
+    # No container keeps a capability or can gain one; root filesystems are read-only.
+    for argv in (proxy, backend, dash):
+        assert argv[argv.index("--cap-drop") + 1] == "ALL" and "--cap-add" not in argv
+        assert argv[argv.index("--security-opt") + 1] == "no-new-privileges" and "--read-only" in argv
 
     # Backend env = the program's rendered env + INSTANCE_SECRET from Secret Manager.
     env = dict(e.split("=", 1) for e in sandbox.docker_state()["containers"]["convex-backend"]["env"])
     assert env["INSTANCE_SECRET"] == sandbox.instance_secret
-    assert env["RUST_LOG"] == "info" and "@cloudsql-proxy:5432" in env["POSTGRES_URL"]
+    assert env["RUST_LOG"] == "info" and "@172.30.250.34:5432" in env["POSTGRES_URL"]
     # dev stack: db-g1-small allows 50 connections; the derived pool leaves room for the rest.
     assert SETTINGS.max_connections == 50
     assert env["POSTGRES_MAX_CONNECTIONS"] == "42" == str(SETTINGS.pool_size)
@@ -120,22 +125,22 @@ def test_second_boot_and_manual_rerun_change_nothing(sandbox, booted, tmp_path):
         assert sandbox.runs() == ["cloudsql-proxy", "convex-backend", "convex-dashboard"]
         assert sandbox.docker("pull") == [] and sandbox.docker("exec") == []
         assert not [c for c in sandbox.docker("network") if c["argv"][1] == "create"]
-        assert len(sandbox.iptables_rules()) == 3  # rules are not persistent: added again
+        assert sandbox.iptables_rules("CVX-FWD") == FORWARD_RULES  # rules are not persistent: added again
         assert "formatting" not in r.stderr
-        assert len(sandbox.calls("mount")) == 1  # /run and mounts were reset by the reboot
+        assert len(data_mounts(sandbox)) == 1  # /run and mounts were reset by the reboot
         assert len(sandbox.calls("systemd-run")) == 1  # transient unit is gone after reboot
 
     # Re-running by hand on the running VM: no mount, no watcher restart, nothing recreated.
     sandbox.clear_calls()
     r = sandbox.run()
     assert r.rc == 0, r.stderr
-    assert sandbox.calls("mount") == [] and sandbox.calls("systemd-run") == []
+    assert sandbox.calls("mount") == [] and sandbox.calls("systemd-run") == []  # /proc already hidepid
     assert sandbox.docker("run") == []
     assert "already mounted" in r.stderr and "already running" in r.stderr
 
     assert diskutil.blkid(sandbox.disk)["UUID"] == uuid
     assert diskutil.read_file(sandbox.disk, "precious.txt") == b"user data\n"
-    assert "changed: nothing" in r.stderr and sandbox.calls("iptables")[-1]["argv"][1] == "-C"
+    assert "changed: nothing" in r.stderr and not [c for c in sandbox.calls("iptables") if c["argv"][1] in ("-A", "-I", "-D", "-N")]
     assert not [c for c in sandbox.calls("systemctl") if c["argv"][0] in ("restart", "start", "daemon-reload")]
     assert len(sandbox.apis.secrets[ADMIN_KEY_SECRET_ID]) == 1
 
@@ -264,7 +269,7 @@ def test_units_pass_systemd_analyze_verify(sandbox, booted, tmp_path):
     stub.chmod(0o755)
     (d / "docker.service").write_text("[Unit]\nDescription=stub\n[Service]\nExecStart=/bin/true\n")
     names = []
-    for unit in sorted(sandbox.unit_dir.glob("*.*")):
+    for unit in sorted(u for u in sandbox.unit_dir.glob("*.*") if u.is_file()):  # not the logind drop-in directory
         text = unit.read_text().replace("/usr/bin/docker", str(stub))
         (d / unit.name).write_text(text)
         names.append(str(d / unit.name))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, INSTANCE_SECRET_ID, wait_for
+from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, FORWARD_RULES, HOST_RULES, INSTANCE_SECRET_ID, wait_for
 
 
 def test_token_expiring_mid_run_is_refreshed(sandbox):
@@ -73,34 +73,47 @@ def test_watcher_does_not_queue_a_reconcile_while_a_run_holds_the_lock(sandbox, 
 
 
 def test_metadata_server_blocked_for_backend_and_dashboard_not_proxy(sandbox, booted):
-    rules = sandbox.iptables_rules()
-    assert rules == [
-        "-i cvx-db -s 172.30.250.2/32 -d 169.254.169.254/32 -j RETURN",
-        "-i cvx-db -d 169.254.169.254/32 -j REJECT",
-        "-i cvx-web -d 169.254.169.254/32 -j REJECT",
-    ]
+    """Whole chains (sandbox.HOST_RULES / FORWARD_RULES), each jumped to first: the proxy's exemption is
+    its bridge, and only the backend's bridge reaches the proxy's port."""
+    assert sandbox.iptables_rules("DOCKER-USER") == ["-j CVX-FWD"]
+    assert sandbox.iptables_rules("OUTPUT") == ["-j CVX-HOST"]
+    assert sandbox.iptables_rules("CVX-FWD") == FORWARD_RULES
+    assert sandbox.iptables_rules("CVX-HOST") == HOST_RULES
     nets = sandbox.docker_state()["networks"]
-    assert "com.docker.network.bridge.name=cvx-db" in nets["convex-db"]["Options"]
-    assert "com.docker.network.bridge.name=cvx-web" in nets["convex-web"]["Options"]
+    for net, bridge in (("convex-db", "cvx-db"), ("convex-web", "cvx-web"), ("convex-proxy", "cvx-proxy")):
+        assert f"com.docker.network.bridge.name={bridge}" in nets[net]["Options"]
     containers = sandbox.docker_state()["containers"]
-    assert containers["cloudsql-proxy"]["opts"]["--ip"] == ["172.30.250.2"]
+    assert containers["cloudsql-proxy"]["opts"]["--ip"] == ["172.30.250.34"]
     assert "--ip" not in containers["convex-backend"]["opts"]
-    # Only the backend shares a network with the proxy.
+    # The proxy is alone on its bridge: the exemption is never shared.
+    assert [n for n, c in containers.items() if "convex-proxy" in c["opts"]["--network"]] == ["cloudsql-proxy"]
     assert containers["convex-dashboard"]["opts"]["--network"] == ["convex-web"]
     assert containers["convex-backend"]["opts"]["--network"] == ["convex-db"]
-    # Rules come before any container starts, and a rerun adds none twice.
+    # A rerun changes no rule.
     sandbox.clear_calls()
     assert sandbox.run("reconcile").rc == 0
-    assert sandbox.iptables_rules() == rules
+    assert sandbox.iptables_rules("CVX-FWD") == FORWARD_RULES
+    assert not [c for c in sandbox.calls("iptables") if c["argv"][1] in ("-A", "-I", "-D", "-N", "-F", "-X", "-E")]
 
 
-def test_no_proxy_no_metadata_exemption(sandbox, booted):
+def test_the_address_keyed_exemption_of_earlier_versions_is_removed(sandbox, booted):
+    """Earlier versions let 172.30.250.2 on cvx-db through: any container there that could claim the
+    address reached the metadata server. An upgrade deletes those rules."""
+    state = json.loads((sandbox.fake_root / "iptables.json").read_text())
+    state["DOCKER-USER"] += ["-i cvx-db -s 172.30.250.2/32 -d 169.254.169.254/32 -j RETURN",
+                             "-i cvx-db -d 169.254.169.254/32 -j REJECT"]
+    (sandbox.fake_root / "iptables.json").write_text(json.dumps(state))
+    assert sandbox.run("reconcile").rc == 0
+    assert sandbox.iptables_rules("DOCKER-USER") == ["-j CVX-FWD"]
+
+
+def test_no_proxy_no_container_on_the_exempt_bridge(sandbox, booted):
     sandbox.render(sandbox.settings.model_copy(update={"connection_mode": "plaintext"}))
     sandbox.publish()
     r = sandbox.run("reconcile")
     assert r.rc == 0, r.stderr
-    assert sandbox.iptables_rules() == ["-i cvx-db -d 169.254.169.254/32 -j REJECT",
-                                        "-i cvx-web -d 169.254.169.254/32 -j REJECT"]
+    assert sandbox.iptables_rules("CVX-FWD") == FORWARD_RULES
+    assert not [n for n, c in sandbox.docker_state()["containers"].items() if "convex-proxy" in c["opts"]["--network"]]
     assert not (sandbox.unit_dir / "cloudsql-proxy.service").exists()
 
 
@@ -116,11 +129,12 @@ def test_iptables_failure_refuses_to_start_containers(sandbox):
 def test_docker_user_chain_not_reached_from_forward_refuses_to_start_containers(sandbox):
     """A DOCKER-USER chain that FORWARD does not jump to (dockerd on the other iptables backend,
     or dockerd without iptables) is never evaluated: rules added there would block nothing."""
-    (sandbox.fake_root / "iptables.json").write_text(json.dumps({"DOCKER-USER": []}))
+    (sandbox.fake_root / "iptables.json").write_text(json.dumps({"OUTPUT": [], "DOCKER-USER": []}))
     r = sandbox.run()
     assert r.rc == 1 and "no FORWARD jump to DOCKER-USER" in r.stderr
     assert "refusing to start containers that could reach the metadata server" in r.stderr
     assert sandbox.docker("run") == [] and sandbox.iptables_rules() == []
+    assert sandbox.iptables_rules("OUTPUT") == ["-j CVX-HOST"]  # the host's chain does not depend on dockerd
 
 
 def test_restored_legacy_container_with_missing_bind_source(sandbox, booted):

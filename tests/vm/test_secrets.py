@@ -23,7 +23,7 @@ def test_secrets_never_in_argv_or_output(sandbox, booted):
     # Password inserted into POSTGRES_URL in the SECRET env file only.
     secret_env = (sandbox.run_dir / "secrets" / "backend.env").read_text()
     plain_env = (sandbox.run_dir / "backend.env").read_text()
-    assert f"POSTGRES_URL=postgresql://convex:{sandbox.db_password}@cloudsql-proxy:5432?sslmode=disable&connect_timeout=30" in secret_env
+    assert f"POSTGRES_URL=postgresql://convex:{sandbox.db_password}@172.30.250.34:5432?sslmode=disable&connect_timeout=30" in secret_env
     assert "POSTGRES_URL" not in plain_env and sandbox.db_password not in plain_env
     assert sandbox.instance_secret not in plain_env
     env = dict(e.split("=", 1) for e in sandbox.docker_state()["containers"]["convex-backend"]["env"])

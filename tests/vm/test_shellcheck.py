@@ -7,12 +7,15 @@ import subprocess
 import pytest
 from sandbox import SCRIPT
 
+ISOLATE = SCRIPT.parent / "isolate.sh"
 
-def test_shellcheck_clean():
+
+@pytest.mark.parametrize("script", [SCRIPT, ISOLATE], ids=["startup.sh", "isolate.sh"])
+def test_shellcheck_clean(script):
     if shutil.which("shellcheck") is None:
         if os.environ.get("CI"):
             pytest.fail("shellcheck is required in CI (apt-get install shellcheck)")
         pytest.skip("shellcheck not installed")
-    p = subprocess.run(["shellcheck", "--severity=style", str(SCRIPT)], capture_output=True, text=True)
+    p = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "shellcheck disable" not in SCRIPT.read_text()
+    assert "shellcheck disable" not in script.read_text()

@@ -10,7 +10,7 @@ from typing import Optional
 import psycopg
 from psycopg import errors
 
-from convex_gcp import cloudsql
+from convex_gcp import cloudsql, db_grants
 
 from .result import Check, failed, passed, skipped, warned
 
@@ -134,8 +134,9 @@ def _create_table(conn: psycopg.Connection, target: PgTarget) -> Check:
             "create_table",
             f"{target.user} cannot create tables in schema {schema}: {str(error).strip()}",
             "Convex creates its tables on every start; on PostgreSQL 15+ that needs CREATE on schema public.\n"
-            f"As a Cloud SQL admin user (psql as postgres): GRANT cloudsqlsuperuser TO \"{target.user}\";\n"
-            "or declaratively: the IAM user's database_roles include cloudsqlsuperuser (components/database.py).",
+            f"As a Cloud SQL admin user, in database {target.dbname}: "
+            + "; ".join(db_grants.grant_statements(target.user, target.dbname))
+            + ";\n(the VM applies exactly these at every boot through the Cloud SQL Data API: docs/security.md, \"Database\").",
         )
     return passed("create_table", f"{target.user} can create tables in schema {schema} (probe rolled back)")
 

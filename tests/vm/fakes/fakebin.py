@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shlex
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -117,6 +118,7 @@ RUN_VALUE_FLAGS = {
     "--log-opt", "-p", "--publish", "--mount", "--env-file", "-e", "--env", "-v", "--volume",
     "--stop-signal", "--stop-timeout", "--health-cmd", "--health-interval", "--health-timeout",
     "--health-retries", "--health-start-period", "--user", "-u", "--entrypoint", "--ip",
+    "--cap-drop", "--cap-add", "--security-opt", "--tmpfs",
 }
 
 
@@ -273,7 +275,7 @@ def docker(argv: list[str]) -> int:
         i = 0
         while i < len(rest):
             a = rest[i]
-            if a in ("-d", "--detach", "--rm"):
+            if a in ("-d", "--detach", "--rm", "--read-only"):
                 opts.setdefault(a, []).append("")
                 i += 1
                 continue
@@ -429,12 +431,26 @@ def unit_lines(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def exec_line(cmdline: str) -> int:
+def exec_line(cmdline: str, scripts: bool = False) -> int:
+    """One Exec line through the stand-ins; with `scripts` (ExecStartPre=), a `bash FILE` runs for real."""
     ignore = cmdline.startswith("-")
     argv = shlex.split(cmdline.lstrip("-"))
     tool = os.path.basename(argv[0])
-    rc = call(tool, argv[1:]) if tool in TOOLS else 0
+    if tool == "bash" and scripts:
+        rc = run_script(argv)
+    else:
+        rc = call(tool, argv[1:]) if tool in TOOLS else 0
     return 0 if ignore else rc
+
+
+def run_script(argv: list[str]) -> int:
+    """A unit's `bash FILE` line (vm/isolate.sh), run for real, as systemd would, in the environment the
+    sandbox gives its units ($FAKE_ROOT/unit-env.json: PATH with these stand-ins first, the test seams),
+    its output kept like the journal's ($FAKE_ROOT/journal.log)."""
+    env_file = root() / "unit-env.json"
+    env = json.loads(env_file.read_text()) if env_file.exists() else {"PATH": os.environ.get("PATH", "")}
+    with open(root() / "journal.log", "a") as journal:
+        return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=journal, stderr=journal, timeout=60).returncode
 
 
 def container_running(name: str) -> bool:
@@ -469,7 +485,7 @@ def sd_start(sd: dict, unit: str) -> int:
         u["state"] = "active"  # a started timer waits for its next elapse (systemd.timer(5)); it runs nothing itself
         return 0
     for k, v in unit_lines(text):
-        if k == "ExecStartPre" and exec_line(v) != 0:
+        if k == "ExecStartPre" and exec_line(v, scripts=True) != 0:
             u["state"] = "activating"
             err(f"Job for {unit} failed because the control process exited with error code.")
             return 1
@@ -588,6 +604,9 @@ def mount(argv: list[str]) -> int:
             continue
         pos.append(argv[i])
         i += 1
+    opts = argv[argv.index("-o") + 1] if "-o" in argv else ""
+    if opts.startswith("remount,") and len(pos) == 1:
+        return remount(pos[0], opts.split(",", 1)[1])
     if len(pos) != 2:
         err("fake mount: need SOURCE TARGET")
         return 1
@@ -605,6 +624,22 @@ def mount(argv: list[str]) -> int:
     return 0
 
 
+def remount(target: str, opts: str) -> int:
+    """`mount -o remount,OPTS TARGET` of a filesystem listed in $CONVEX_GCP_MOUNTINFO's file (the
+    sandbox's /proc/self/mountinfo): its super options become rw,OPTS, as the kernel shows them."""
+    info = root() / "mountinfo"
+    with locked():
+        lines = info.read_text().splitlines() if info.exists() else []
+        for i, line in enumerate(lines):
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == target:
+                lines[i] = line.rsplit(" ", 1)[0] + " rw," + opts
+                info.write_text("\n".join(lines) + "\n")
+                return 0
+    err(f"mount: {target}: not mounted.")
+    return 32
+
+
 def mountpoint(argv: list[str]) -> int:
     target = [a for a in argv if not a.startswith("-")][-1]
     with locked():
@@ -613,12 +648,14 @@ def mountpoint(argv: list[str]) -> int:
 
 
 def iptables(argv: list[str]) -> int:
-    """The filter table only: -N, -nL/-L, -S, -C, -I [pos], -A, -D (what vm/startup.sh uses)."""
+    """The filter table only: -N, -nL/-L, -S, -C, -I [pos], -A, -D, -F, -X, -E (what vm/isolate.sh uses).
+    -S prints a chain as `-N CHAIN` then its rules, builtin chains too (the real one prints `-P CHAIN
+    POLICY` there: either way the first rule is the second line)."""
     f = root() / "iptables.json"
     args = [a for a in argv if a not in ("-w", "-n")]
     with locked():
         # What dockerd sets up at start (moby libnetwork setupUserChain): the chain and the FORWARD jump.
-        t = json.loads(f.read_text()) if f.exists() else {"FORWARD": ["-j DOCKER-USER"], "DOCKER-USER": []}
+        t = json.loads(f.read_text()) if f.exists() else {"OUTPUT": [], "FORWARD": ["-j DOCKER-USER"], "DOCKER-USER": []}
         op, chain, rule = args[0], args[1] if len(args) > 1 else "", args[2:]
         if op in ("-L", "-nL", "-S"):
             if chain not in t:
@@ -637,6 +674,18 @@ def iptables(argv: list[str]) -> int:
         elif chain not in t:
             err("iptables: No chain/target/match by that name.")
             return 1
+        elif op == "-F":
+            t[chain] = []
+        elif op == "-X":
+            if t[chain] or any(r.endswith(f"-j {chain}") for rules in t.values() for r in rules):
+                err(f"iptables v1.8.9: CHAIN_DEL failed (Device or resource busy): chain {chain}")
+                return 1
+            del t[chain]
+        elif op == "-E":
+            new = rule[0]
+            t[new] = t.pop(chain)
+            for name, rules in t.items():
+                t[name] = [r[:-len(chain)] + new if r.endswith(f"-j {chain}") else r for r in rules]
         elif op == "-I":
             pos = 1
             if rule and rule[0].isdigit():
