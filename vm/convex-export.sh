@@ -79,7 +79,6 @@ field() {
 # google_auth: a metadata-server access token as a curl header config (RUN/google.auth).
 google_auth() {
   local json re='"access_token" *: *"([^"]*)"'
-  printf 'header = "Metadata-Flavor: Google"\n' >"${RUN}/md.auth"
   http GET "${METADATA_URL}/instance/service-accounts/default/token" "${RUN}/token.json" "${RUN}/md.auth" --max-time 30
   [[ $STATUS == 200 ]] || return 1
   json=$(<"${RUN}/token.json")
@@ -184,7 +183,7 @@ export_now() {
   local started requested_at state start_ts size got zip md5 sha name
   rm -f "${WORK_DIR}/requested"
   admin_auth
-  requested_at=$(now)
+  requested_at=$EPOCHSECONDS # the backend stamps the export with the real clock
   started=$SECONDS
   http POST "${BACKEND_URL}/api/export/request/zip?includeStorage=${INCLUDE_STORAGE}" "${RUN}/request.out" "${RUN}/admin.auth" \
     --max-time 60 -H 'Content-Type: application/json' -H 'Convex-Client: convex-gcp-export'
@@ -254,6 +253,9 @@ export_now() {
 
 mkdir -p "$RUN" "$WORK_DIR"
 chmod 0700 "$RUN"
+# The token and the admin key never outlive the run (systemd also removes RuntimeDirectory= at stop).
+trap 'rm -f -- "${RUN:?}"/*' EXIT
+printf 'header = "Metadata-Flavor: Google"\n' >"${RUN}/md.auth"
 [[ -s ${WORK_DIR}/first-run ]] || now >"${WORK_DIR}/first-run"
 if due; then
   export_now

@@ -38,6 +38,8 @@ from tests.fakes.serving import PooledHTTPServer
 
 TOKEN = "ya29.fake-access-token-0123456789"  # prefix of every token the fake hands out
 SCOPE_CP = "https://www.googleapis.com/auth/cloud-platform"
+INSTANCE_IDENTITY = {"instance/id": "4520031799277581759", "instance/zone": "projects/123456789012/zones/europe-west1-b",
+                     "project/project-id": "test-proj"}
 
 
 class _Server:
@@ -241,6 +243,9 @@ class MetadataServer(_Server):
             return h._send(200, json.dumps({"access_token": token, "expires_in": left, "token_type": "Bearer"}))
         if rel == "instance/service-accounts/default/scopes":
             return h._send(200, "".join(s + "\n" for s in self.scopes), "application/text")
+        if rel in INSTANCE_IDENTITY:
+            # querying-metadata: instance/id (a number), instance/zone as projects/<number>/zones/<zone>, project/project-id.
+            return h._send(200, INSTANCE_IDENTITY[rel], "application/text")
         return h._send(404, "not found", "text/html")
 
 

@@ -1,0 +1,135 @@
+"""Fake Cloud Storage upload and Cloud Monitoring timeSeries endpoints for the VM sandbox (vm/convex-export.sh).
+
+Copied from Google's documentation:
+- Resumable upload (https://cloud.google.com/storage/docs/performing-resumable-uploads, JSON API):
+  POST /upload/storage/v1/b/<bucket>/o?uploadType=resumable with the object's JSON metadata answers 200 and
+  a `Location` (the session URI); PUT of the bytes to it answers 200/201 with the object resource.
+- Preconditions (https://cloud.google.com/storage/docs/request-preconditions): ifGenerationMatch=0 fails with
+  412 when a live object of that name exists.
+- Overwrite needs delete (https://cloud.google.com/storage/docs/access-control/iam-permissions: "to replace
+  existing objects, both storage.objects.create and storage.objects.delete permissions are required"): the
+  writer here holds storage.objects.create only (components/exports.py), so a replacement answers 403.
+- Hashes (https://cloud.google.com/storage/docs/data-validation): an md5Hash given in the metadata that does
+  not match the bytes fails the upload with 400 and no object is created.
+- timeSeries.create (https://cloud.google.com/monitoring/api/ref_v3/rest/v3/projects.timeSeries/create):
+  POST /v3/projects/<project>/timeSeries {"timeSeries": [...]} answers 200 with an empty body.
+Every call needs a bearer token the metadata server issued (Tokens, shared with fakes/google.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler
+from urllib.parse import parse_qs, urlsplit
+
+from tests.fakes.serving import PooledHTTPServer
+
+
+class GoogleStorageServer:
+    def __init__(self, tokens) -> None:
+        self.tokens = tokens
+        self.objects: dict[tuple[str, str], dict] = {}  # (bucket, name) -> {"data", "resource"}
+        self.sessions: dict[str, dict] = {}
+        self.series: list[dict] = []  # timeSeries written
+        self.requests: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.httpd = PooledHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = self.httpd.server_address[1]
+        self.httpd.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.httpd.stop()
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, status: int, body) -> None:
+                data = (json.dumps(body) if not isinstance(body, (bytes, str)) else body)
+                data = data.encode() if isinstance(data, str) else data
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in getattr(self, "_extra", {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _error(self, status: int, message: str) -> None:
+                self._send(status, {"error": {"code": status, "message": message}})
+
+            def _body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _token_ok(self) -> bool:
+                auth = self.headers.get("Authorization", "")
+                if auth.startswith("Bearer ") and fake.tokens.valid(auth[len("Bearer "):]):
+                    return True
+                self._error(401, "Invalid Credentials")
+                return False
+
+            def do_POST(self):  # noqa: N802
+                url = urlsplit(self.path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                body = self._body()
+                fake.requests.append(("POST", url.path))
+                if not self._token_ok():
+                    return None
+                parts = url.path.split("/")
+                if url.path.startswith("/v3/projects/") and url.path.endswith("/timeSeries"):
+                    payload = json.loads(body)
+                    with fake.lock:
+                        fake.series.extend(payload["timeSeries"])
+                    return self._send(200, "{}")
+                if url.path.startswith("/upload/storage/v1/b/") and q.get("uploadType") == "resumable":
+                    bucket = parts[5]
+                    meta = json.loads(body)
+                    with fake.lock:
+                        exists = (bucket, meta["name"]) in fake.objects
+                    if exists and q.get("ifGenerationMatch") == "0":
+                        return self._error(412, "At least one of the pre-conditions you specified did not hold.")
+                    if exists:
+                        return self._error(403, "does not have storage.objects.delete access to the Google Cloud Storage object.")
+                    sid = uuid.uuid4().hex
+                    with fake.lock:
+                        fake.sessions[sid] = {"bucket": bucket, "meta": meta, "length": self.headers.get("X-Upload-Content-Length")}
+                    self._extra = {"Location": f"{fake.url}/upload/storage/v1/b/{bucket}/o?uploadType=resumable&upload_id={sid}"}
+                    return self._send(200, b"")
+                return self._error(404, "Not Found")
+
+            def do_PUT(self):  # noqa: N802
+                url = urlsplit(self.path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                data = self._body()
+                fake.requests.append(("PUT", url.path))
+                if not self._token_ok():
+                    return None
+                with fake.lock:
+                    session = fake.sessions.pop(q.get("upload_id", ""), None)
+                if session is None:
+                    return self._error(404, "No such upload session")
+                meta = session["meta"]
+                md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+                if meta.get("md5Hash") and meta["md5Hash"] != md5:
+                    return self._error(400, f"Provided MD5 hash \"{meta['md5Hash']}\" doesn't match calculated MD5 hash \"{md5}\".")
+                if session["length"] is not None and int(session["length"]) != len(data):
+                    return self._error(400, "Upload size does not match X-Upload-Content-Length")
+                resource = {**meta, "bucket": session["bucket"], "size": str(len(data)), "md5Hash": md5, "generation": "1"}
+                with fake.lock:
+                    fake.objects[(session["bucket"], meta["name"])] = {"data": data, "resource": resource}
+                return self._send(200, resource)
+
+        return Handler
