@@ -28,8 +28,11 @@ Copied from get-convex/convex-backend @ 652b828 (the pinned release):
   replaces every user table and the files, deleting tables not in the import (snapshot_import/mod.rs).
 - Data checks tools.restore makes: _system/cli/tables (user tables, paginated shape), _system/cli/tableSize
   {tableName}, _system/frontend/fileStorageV2:numFiles (npm-packages/system-udfs/convex/_system/...).
-- Rows and files for tests: /api/mutation "messages:send" and file upload are the app's (examples/app), not
-  part of this fake; tests put rows and files in `tables` and `files` directly.
+- The app (examples/app, deployed by tools/e2e.py) for the restore drill: messages:send/byMarker and
+  files:generateUploadUrl/save/byMarker over POST /api/mutation|/api/query; the upload URL is Convex's
+  POST /api/storage/upload?token= -> {"storageId"} and a file is served at GET /api/storage/<id>
+  (crates/local_backend/src/storage.rs, router.rs storage_api_routes). Tests may also fill `tables` and
+  `files` directly.
 
 Faults: `export_fails` (the export ends `failed`), `export_damaged` (the stored zip is cut short: the
 download is complete, the archive is not), `download_cut` (the download stops half-way with the full
@@ -47,6 +50,7 @@ import time
 import uuid
 import zipfile
 from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.serving import PooledHTTPServer
@@ -103,6 +107,7 @@ class FakeConvexDeployment:
         self.stored: dict[int, bytes] = {}  # start_ts -> the export's zip
         self.imports: dict[str, dict] = {}
         self.uploads: dict[str, list[bytes]] = {}
+        self.upload_tokens: set[str] = set()
         self.requests: list[tuple[str, str]] = []
         self.export_fails = False
         self.export_damaged = False
@@ -212,6 +217,12 @@ class FakeConvexDeployment:
                 fake.requests.append(("GET", url.path))
                 if url.path == "/version":
                     return self._send(200, "unknown", "text/plain")
+                if url.path.startswith("/api/storage/"):
+                    with fake.lock:
+                        found = fake.files.get(url.path.rsplit("/", 1)[1])
+                    if found is None:
+                        return self._send(404, "File not found", "text/plain")
+                    return self._send(200, found[0], found[1] or "application/octet-stream")
                 if not url.path.startswith("/api/export/zip/"):
                     return self._send(404, "No matching routes found", "text/plain")
                 if not self._authorized():
@@ -242,6 +253,18 @@ class FakeConvexDeployment:
                 fake.requests.append(("POST", url.path))
                 if not url.path.startswith("/api/"):
                     return self._send(404, "No matching routes found", "text/plain")
+                if url.path == "/api/storage/upload":
+                    # The token in the URL authorizes the upload (no admin key).
+                    with fake.lock:
+                        if query.get("token") not in fake.upload_tokens:
+                            return self._error(400, "InvalidUploadToken", "invalid upload token")
+                        fake.upload_tokens.discard(query["token"])
+                        fid = "kg" + uuid.uuid4().hex[:30]
+                        fake.files[fid] = (raw, self.headers.get("Content-Type", ""))
+                    return self._send(200, {"storageId": fid})
+                if url.path in ("/api/mutation", "/api/query") and json.loads(raw or b"{}").get("path", "").split(":")[0] in ("messages", "files"):
+                    with fake.lock:
+                        return self._app(url.path, json.loads(raw))
                 if not self._authorized():
                     return None
                 with fake.lock:
@@ -293,6 +316,26 @@ class FakeConvexDeployment:
                 if path == "/api/query":
                     return self._query(json.loads(raw))
                 return self._send(404, "No matching routes found", "text/plain")
+
+            def _app(self, path: str, body: dict):
+                fn, args = body["path"], body.get("args", {})
+                rows = fake.tables.setdefault(fn.split(":")[0], [])
+                if fn in ("messages:send", "files:save"):
+                    doc = {"_id": uuid.uuid4().hex, "_creationTime": time.time() * 1000, **args}
+                    rows.append(doc)
+                    value: Any = doc["_id"]
+                elif fn == "files:generateUploadUrl":
+                    token = uuid.uuid4().hex
+                    fake.upload_tokens.add(token)
+                    value = f"{fake.url}/api/storage/upload?token={token}"
+                elif fn in ("messages:byMarker", "files:byMarker") and path == "/api/query":
+                    value = [dict(r) for r in rows if r.get("marker") == args.get("marker")]
+                    if fn == "files:byMarker":
+                        for r in value:
+                            r["url"] = f"{fake.url}/api/storage/{r['storageId']}" if r["storageId"] in fake.files else None
+                else:
+                    return self._send(200, {"status": "error", "errorMessage": f"Could not find public function for '{fn}'", "logLines": []})
+                return self._send(200, {"status": "success", "value": value, "logLines": []})
 
             def _query(self, body: dict):
                 if body.get("format") != "json":

@@ -178,3 +178,20 @@ def test_a_wrong_admin_key_fails_in_one_line(world):
     assert p.returncode == 1
     assert 'result=failed reason="export request answered HTTP 401 {"code": "BadAdminKey"' in p.stderr
     assert json.loads(json.dumps(storage.objects)) == {}
+
+
+def test_an_export_the_vm_uploaded_restores_into_a_fresh_deployment(world, tmp_path):
+    """tools.restore brings the object the sandbox's timer service uploaded back into an empty deployment."""
+    from tools import restore as restore_tool
+
+    sandbox, convex, storage = world
+    assert run_service(sandbox, convex, storage).returncode == 0
+    ((_, name), obj), = storage.objects.items()
+    path = tmp_path / name.rsplit("/", 1)[1]
+    path.write_bytes(obj["data"])
+    fresh = FakeConvexDeployment(convex.admin_key)
+    try:
+        restore_tool.restore(restore_tool.Deployment(fresh.url, fresh.admin_key), path, say=lambda _: None, poll=0)
+        assert (fresh.tables, fresh.files) == (convex.tables, convex.files)
+    finally:
+        fresh.close()
