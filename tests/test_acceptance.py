@@ -47,7 +47,18 @@ def local_outputs(tmp_path, fake, database_url) -> None:  # noqa: F811
     (tmp_path / "outputs.json").write_text(json.dumps({**outputs(fake), "postgres_url": database_url, "connection_mode": "plaintext"}))
 
 
+def stub_drill(stack, outputs, deployment, exporter):
+    """Stands in for tools/restore_drill.run where the e2e fake serves no snapshot routes (the real drill
+    runs against tests/fakes/convex_snapshots.py in test_the_restore_drill_step_records_rpo_and_rto)."""
+    from tools.restore_drill import DrillReport
+
+    assert deployment.url == outputs["convex_url"] and deployment.admin_key == ADMIN_KEY
+    return DrillReport(stack, marker="drill-x", export="local", rows_written=3, rows_restored=3, file_restored=True,
+                       late_row_lost=True, refused_with_data=True, rpo_seconds=2.5, rto_seconds=1.25)
+
+
 def run_local(tmp_path, project, **kwargs):
+    kwargs.setdefault("drill", stub_drill)
     return acceptance.run("local", tmp_path / "out", run_id="abcdef12", timeout=30, project_dir=project, **kwargs)
 
 
@@ -60,7 +71,8 @@ def test_local_run_deploys_checks_records_and_tears_down(tmp_path, pulumi, fake,
     up = calls(tmp_path)[1]
     assert up[up.index("--event-log") + 1] == str(tmp_path / "out" / "events.jsonl")
     assert {"--yes", "--skip-preview", "--non-interactive"} <= set(up) and up[up.index("--stack") + 1] == report.stack
-    assert [s.name for s in report.steps] == ["stack-init", "up", "outputs", "version", "e2e", "destroy", "stack-rm"]
+    assert [s.name for s in report.steps] == ["stack-init", "up", "outputs", "version", "e2e", "restore-drill", "destroy", "stack-rm"]
+    assert (report.rpo_seconds, report.rto_seconds) == (2.5, 1.25)
     assert report.time_to_healthy_seconds is not None
     assert [(r["type"], r["seconds"]) for r in report.resources] == [
         ("docker:index/container:Container", 30), ("docker:index/network:Network", 20), ("pulumi:pulumi:Stack", 10)]
@@ -140,9 +152,9 @@ def test_gcp_run_runs_the_doctor_and_e2e_through_the_tunnel(tmp_path, pulumi, fa
         yield
 
     report = acceptance.run("gcp", tmp_path / "out", project="sandbox-proj-1", region="asia-northeast1", run_id="1234567890",
-                            timeout=30, database_url_for_gcp=tunnel, project_dir=pulumi, tunnels_for_gcp=iap)
+                            timeout=30, database_url_for_gcp=tunnel, project_dir=pulumi, tunnels_for_gcp=iap, drill=stub_drill)
     names = [s.name for s in report.steps]
-    assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "restart-backend", "destroy", "stack-rm"]
+    assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "restart-backend", "restore-drill", "destroy", "stack-rm"]
     assert opened == ["iap sandbox-proj-1", "proxy"]
     # No gcloud here: the doctor and the backend restart fail, the run is red, and teardown still ran.
     assert not report.ok and [s.name for s in report.steps if not s.ok] == ["doctor", "restart-backend"]
@@ -236,3 +248,46 @@ def test_the_restart_alert_filter_is_read_from_the_deployed_policy():
     # The name the step looks for is the one the program gives the policy.
     from components import monitoring
     assert "(re)started" in acceptance.RESTART_POLICY and "convex-backend" in monitoring.START_LINES
+
+
+def test_the_restore_drill_step_records_rpo_and_rto(tmp_path, monkeypatch):
+    """The real drill (tools/restore_drill.py) through the acceptance step, against a fake serving the pinned
+    backend's export and import routes and the app's functions."""
+    from tests.fakes.convex_snapshots import FakeConvexDeployment
+
+    monkeypatch.setenv("CONVEX_SELF_HOSTED_ADMIN_KEY", ADMIN_KEY)
+    convex = FakeConvexDeployment(ADMIN_KEY)
+    try:
+        runner = acceptance.Runner("local", "acc-loc-x", tmp_path, dict(os.environ), 30, tmp_path)
+        acceptance.restore_drill_step(runner, "local", "acc-loc-x", {"convex_url": convex.url}, "")
+        (step,) = runner.report.steps
+        assert step.name == "restore-drill" and step.ok, step.detail
+        assert runner.report.rpo_seconds is not None and runner.report.rto_seconds is not None
+        assert runner.report.drill["late_row_lost"] and runner.report.drill["file_restored"]
+        convex.export_fails = True
+        acceptance.restore_drill_step(runner, "local", "acc-loc-x", {"convex_url": convex.url}, "")
+        assert not runner.report.steps[-1].ok and "export ended failed" in runner.report.steps[-1].detail
+    finally:
+        convex.close()
+
+
+def test_a_failed_drill_fails_the_run_and_teardown_still_runs(tmp_path, pulumi, fake, database_url):  # noqa: F811
+    local_outputs(tmp_path, fake, database_url)
+
+    def failing(stack, outputs, deployment, exporter):
+        from tools.restore_drill import DrillReport
+        return DrillReport(stack, error="read back 0/3 rows")
+
+    report = run_local(tmp_path, pulumi, drill=failing)
+    assert not report.ok and [s.name for s in report.steps if not s.ok] == ["restore-drill"]
+    assert commands(tmp_path)[-2:] == ["destroy", "stack rm"]
+
+
+def test_the_job_summary_shows_rpo_and_rto(tmp_path, pulumi, fake, database_url, capsys):  # noqa: F811
+    local_outputs(tmp_path, fake, database_url)
+    run_local(tmp_path, pulumi)
+    assert acceptance.main(["local", "--summary", "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "| Restore drill RPO (newest export's age at the loss) | 2.5 s |" in text
+    assert f"| Restore drill RTO (restore until the rows and the file read back) | {1.25:.1f} s |" in text
+    assert "| restore-drill | yes |" in text

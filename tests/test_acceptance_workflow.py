@@ -68,3 +68,15 @@ def test_local_job_uses_the_runners_docker_and_a_masked_throwaway_passphrase():
     assert "::add-mask::" in runs and "PULUMI_CONFIG_PASSPHRASE" in runs
     assert 'pulumi login "file://' in runs
     assert any(s.get("if") == "always()" and "--cleanup" in s.get("run", "") for s in job["steps"])
+
+
+def test_every_job_summary_shows_the_drill_s_rpo_and_rto():
+    """Each job writes tools.acceptance --summary (report.json: RPO and RTO of the restore drill) to the
+    job summary, whatever happened before (test_acceptance.py::test_the_job_summary_shows_rpo_and_rto)."""
+    for target in ("gcp", "local"):
+        steps = workflow()["jobs"][target]["steps"]
+        (summary,) = [s for s in steps if "--summary" in s.get("run", "")]
+        assert summary["if"] == "always()"
+        assert summary["run"] == f'.venv/bin/python -m tools.acceptance {target} --summary --out acceptance-out >> "$GITHUB_STEP_SUMMARY"'
+        names = [s.get("name") for s in steps]
+        assert names.index(summary["name"]) > names.index("Deploy, check, destroy")

@@ -52,6 +52,10 @@ class Report:
     time_to_healthy_seconds: Optional[float] = None
     resources: list[dict[str, Any]] = field(default_factory=list)
     e2e: dict[str, Any] = field(default_factory=dict)
+    # The restore drill (tools/restore_drill.py): RPO and RTO of a real export, loss and restore.
+    drill: dict[str, Any] = field(default_factory=dict)
+    rpo_seconds: Optional[float] = None
+    rto_seconds: Optional[float] = None
 
     @property
     def ok(self) -> bool:
@@ -82,6 +86,9 @@ def stack_config(target: str, project: str = "", region: str = "", zone: str = "
         vm["dataDiskSnapshots"] = {"enabled": False}
         config[f"{PROJECT}:vm"] = vm
         config[f"{PROJECT}:environment"] = "dev"  # no deletion protection: the run must be able to destroy
+        # The exports bucket outlives the stack (retain_on_delete, components/exports.py): unlocked, and
+        # emptied by its lifecycle a day after the drill's export.
+        config[f"{PROJECT}:exports"] = {"intervalHours": 12, "retentionDays": 1, "locked": False}
         # The alerts are what the run checks against real logs (restart_alert_step).
         config[f"{PROJECT}:monitoring"] = {**(config.get(f"{PROJECT}:monitoring") or {}), "enabled": True}
     return config
@@ -147,7 +154,7 @@ def write_stack_file(project_dir: Path, stack: str, config: dict[str, Any]) -> P
 
 def run(target: str, out: Path, project: str = "", region: str = "", zone: str = "", run_id: str = "",
         timeout: float = 1800, database_url_for_gcp=None, project_dir: Path = ROOT, secrets_provider: str = "",
-        tunnels_for_gcp=None) -> Report:
+        tunnels_for_gcp=None, drill=None) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     stack = stack_name(target, run_id)
     # `--event-log` is registered only with PULUMI_DEBUG_COMMANDS set (pkg/cmd/pulumi up.go: env.DebugCommands).
@@ -174,7 +181,10 @@ def run(target: str, out: Path, project: str = "", region: str = "", zone: str =
         # A dev stack serves Convex only through IAP (docs/delivery.md): its convex_url is localhost.
         try:
             with (tunnels_for_gcp or iap_tunnels)(outputs, project) if target == "gcp" else contextlib.nullcontext():
-                return _check(runner, target, stack, out, outputs, start, timeout, database_url_for_gcp)
+                _check(runner, target, stack, out, outputs, start, timeout, database_url_for_gcp)
+                if any(step.name == "e2e" and step.ok for step in report.steps):
+                    restore_drill_step(runner, target, stack, outputs, project, drill)
+                return report
         except Exception as error:  # the IAP tunnel did not open: recorded, then teardown runs
             runner.record("iap-tunnel", False, 0, f"{type(error).__name__}: {error}")
             return report
@@ -217,6 +227,44 @@ def _check(runner: Runner, target: str, stack: str, out: Path, outputs: dict[str
     if target == "gcp":
         restart_alert_step(runner, outputs, stack)
     return report
+
+
+def restore_drill_step(runner: Runner, target: str, stack: str, outputs: dict[str, Any], project: str, drill=None) -> None:
+    """Write rows and a file, export (on GCP: the VM's own export service and the object in the exports
+    bucket), lose everything, restore with tools.restore, read back; RPO and RTO go to the report."""
+    from tools import restore as restore_tool
+    from tools import restore_drill
+
+    begin = time.monotonic()
+    try:
+        deployment = restore_tool.Deployment(outputs["convex_url"], e2e.admin_key(outputs))
+        result = (drill or restore_drill.run)(stack, outputs, deployment, restore_drill.for_stack(target, outputs, project))
+    except Exception as error:  # a gcloud or tunnel failure: recorded, then teardown runs
+        runner.record("restore-drill", False, time.monotonic() - begin, f"{type(error).__name__}: {error}")
+        return
+    runner.report.drill = asdict(result)
+    runner.report.rpo_seconds, runner.report.rto_seconds = result.rpo_seconds, result.rto_seconds
+    runner.record("restore-drill", not result.error, time.monotonic() - begin, result.error)
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    """The workflow's job summary ($GITHUB_STEP_SUMMARY) from report.json: outcome, time to healthy, the
+    restore drill's RPO and RTO, and each step."""
+    def secs(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.1f} s"
+
+    drill = report.get("drill") or {}
+    lines = [f"## Acceptance `{report.get('stack', '?')}`: {'passed' if report.get('ok') else 'FAILED'}", "",
+             "| Measure | Value |", "|---|---|",
+             f"| Time to healthy | {secs(report.get('time_to_healthy_seconds'))} |",
+             f"| Restore drill RPO (newest export's age at the loss) | {secs(report.get('rpo_seconds'))} |",
+             f"| Restore drill RTO (restore until the rows and the file read back) | {secs(report.get('rto_seconds'))} |",
+             f"| Drill export | {drill.get('export') or 'n/a'} |", "",
+             "| Step | OK | Seconds | Detail |", "|---|---|---|---|"]
+    for step in report.get("steps", []):
+        detail = str(step.get("detail", "")).replace("|", "\\|").replace("\n", " ")[:200]
+        lines.append(f"| {step['name']} | {'yes' if step['ok'] else 'NO'} | {step['seconds']} | {detail} |")
+    return "\n".join(lines) + "\n"
 
 
 RESTART_POLICY = "convex-backend (re)started"  # components/monitoring.py: f"{prefix}: {container} (re)started"
@@ -360,7 +408,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--zone", default=os.environ.get("ACCEPTANCE_ZONE", ""))
     parser.add_argument("--run-id", default=os.environ.get("GITHUB_RUN_ID", ""))
     parser.add_argument("--timeout", type=float, default=1800, help="seconds for each pulumi command and for /version")
+    parser.add_argument("--summary", action="store_true", help="print --out's report.json as the job summary (markdown) and exit")
     options = parser.parse_args(argv)
+    if options.summary:
+        report_file = Path(options.out) / "report.json"
+        print(summary_markdown(json.loads(report_file.read_text())) if report_file.exists() else f"## Acceptance: no {report_file} (the run did not start)\n")
+        return 0
     clis.require("tools.acceptance", needed_clis(options.target, options.cleanup))
     if options.cleanup:
         if not options.run_id:
@@ -369,6 +422,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = run(options.target, Path(options.out), options.project, options.region, options.zone, options.run_id, options.timeout,
                  secrets_provider=options.secrets_provider)
     print(json.dumps({"stack": report.stack, "ok": report.ok, "time_to_healthy_seconds": report.time_to_healthy_seconds,
+                      "rpo_seconds": report.rpo_seconds, "rto_seconds": report.rto_seconds,
                       "failed": [s.name for s in report.steps if not s.ok]}, indent=1))
     return 0 if report.ok else 1
 
