@@ -155,3 +155,12 @@ def test_the_drill_fails_when_the_restore_loses_the_file(convex, monkeypatch):
     monkeypatch.setattr(restore_drill, "restore", restore_without_files)
     report = restore_drill.run("dev", {"convex_url": convex.url}, deployment(convex), poll=0)
     assert "file restored: False" in report.error
+
+
+def test_cli_drill_on_a_local_stack_prints_rpo_and_rto(convex, tmp_path):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps({"convex_url": convex.url}))
+    p = run_cli(["local", "--drill", "--no-deploy", "--outputs", str(outputs)], {"CONVEX_SELF_HOSTED_ADMIN_KEY": KEY})
+    assert p.returncode == 0, p.stderr + p.stdout
+    report = json.loads(p.stdout[p.stdout.index("{\n"):])
+    assert report["error"] == "" and report["rpo_seconds"] >= 0 and report["rto_seconds"] > 0

@@ -3,7 +3,8 @@
     python -m tools.restore <stack> --from gs://<exports bucket>/convex-exports/2026/12/07/snapshot_<ts>.zip
     python -m tools.restore <stack> --from latest            # the newest export in the stack's exports_bucket
     python -m tools.restore <stack> --from ./snapshot.zip [--force] [--yes]
-    python -m tools.restore <stack> --drill                  # write, export, wipe, restore, read back: RPO, RTO
+    python -m tools.restore <stack> --drill                  # deploy examples/app, write, export, wipe, restore,
+                                                             # read back: RPO and RTO (local: one command)
 
 The same HTTP calls the pinned CLI makes (get-convex/convex-backend 652b828,
 npm-packages/convex/src/cli/lib/convexImport.ts uploadForImport / confirmImport / waitForStableImportState;
@@ -302,6 +303,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--yes", action="store_true", help="do not ask before importing")
     parser.add_argument("--outputs", default="", help="`pulumi stack output --json --show-secrets` saved earlier")
     parser.add_argument("--url", default="", help="the deployment's URL instead of the stack's convex_url (e.g. an IAP tunnel)")
+    parser.add_argument("--no-deploy", action="store_true", help="--drill: examples/app is deployed already (tools.e2e did it)")
     options = parser.parse_args(argv)
     clis.require("tools.restore", needed_clis(bool(options.outputs), options.source or ""))
     from tools import e2e
@@ -314,6 +316,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if options.drill:
             from tools import restore_drill
 
+            if not options.no_deploy:
+                clis.require("tools.restore", ["npm", "npx"])
+                e2e.deploy(e2e.APP, deployment.url, deployment.admin_key, 600)
             # A GCP stack exports through its VM's timer service (gcloud, IAP SSH); a local one through the API.
             target = "gcp" if outputs.get("vm_name") else "local"
             if target == "gcp":
