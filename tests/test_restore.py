@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.fakes.convex_snapshots import FakeConvexDeployment, build_zip
-from tools import restore as restore_tool
+from tools import snapshots as restore_tool
 from tools import restore_drill
 
 KEY = "convex-dev|0123abcd"
@@ -78,7 +78,7 @@ def test_a_damaged_export_is_refused_before_anything_is_sent(convex, snapshot):
 
 
 def test_a_large_export_is_uploaded_in_parts(convex, tmp_path, monkeypatch):
-    monkeypatch.setattr(restore_tool, "CHUNK", 4096)
+    monkeypatch.setattr(restore_tool, "CHUNK", 4096)  # tools/snapshots.py
     big = {"blob": (os.urandom(10000), "application/octet-stream")}
     path = tmp_path / "big.zip"
     path.write_bytes(build_zip(TABLES, big, include_storage=True))

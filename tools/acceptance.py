@@ -232,12 +232,11 @@ def _check(runner: Runner, target: str, stack: str, out: Path, outputs: dict[str
 def restore_drill_step(runner: Runner, target: str, stack: str, outputs: dict[str, Any], project: str, drill=None) -> None:
     """Write rows and a file, export (on GCP: the VM's own export service and the object in the exports
     bucket), lose everything, restore with tools.restore, read back; RPO and RTO go to the report."""
-    from tools import restore as restore_tool
-    from tools import restore_drill
+    from tools import restore_drill, snapshots
 
     begin = time.monotonic()
     try:
-        deployment = restore_tool.Deployment(outputs["convex_url"], e2e.admin_key(outputs))
+        deployment = snapshots.Deployment(outputs["convex_url"], e2e.admin_key(outputs))
         result = (drill or restore_drill.run)(stack, outputs, deployment, restore_drill.for_stack(target, outputs, project))
     except Exception as error:  # a gcloud or tunnel failure: recorded, then teardown runs
         runner.record("restore-drill", False, time.monotonic() - begin, f"{type(error).__name__}: {error}")

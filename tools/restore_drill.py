@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tools.restore import Deployment, RestoreError, deployment_contents, empty_export, export, import_zip, restore
+from tools.snapshots import Deployment, RestoreError, deployment_contents, empty_export, export, import_zip, restore
 
 # Where the VM keeps its export state and takes requests (vm/units/convex-export.service CONVEX_EXPORT_DIR).
 VM_EXPORT_DIR = "/mnt/disks/convex-data/exports"

@@ -182,7 +182,7 @@ def test_a_wrong_admin_key_fails_in_one_line(world):
 
 def test_an_export_the_vm_uploaded_restores_into_a_fresh_deployment(world, tmp_path):
     """tools.restore brings the object the sandbox's timer service uploaded back into an empty deployment."""
-    from tools import restore as restore_tool
+    from tools import snapshots as restore_tool
 
     sandbox, convex, storage = world
     assert run_service(sandbox, convex, storage).returncode == 0

@@ -8,9 +8,10 @@ import pytest
 from sandbox import SCRIPT
 
 ISOLATE = SCRIPT.parent / "isolate.sh"
+EXPORT = SCRIPT.parent / "convex-export.sh"
 
 
-@pytest.mark.parametrize("script", [SCRIPT, ISOLATE], ids=["startup.sh", "isolate.sh"])
+@pytest.mark.parametrize("script", [SCRIPT, ISOLATE, EXPORT], ids=["startup.sh", "isolate.sh", "convex-export.sh"])
 def test_shellcheck_clean(script):
     if shutil.which("shellcheck") is None:
         if os.environ.get("CI"):
