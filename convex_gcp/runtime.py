@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
+from . import convex_env
 from .images import BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE
 from .settings import Settings, resource_prefix
 
@@ -134,7 +135,11 @@ def backend_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
         env["DISABLE_BEACON"] = "1"
     if settings.convex.redact_logs_to_client:
         env["REDACT_LOGS_TO_CLIENT"] = "1"
-    return env
+    added = convex_env.variables(settings.convex)
+    clash = sorted(set(added) & set(env))
+    if clash:  # convex_env.OWNED refuses these at load; a new variable of the program's must join it
+        raise ValueError(f"convex.env would override the program's {', '.join(clash)}")
+    return {**env, **added}
 
 
 def database_env(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:

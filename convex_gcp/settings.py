@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
-from . import cloudsql, gce_catalog, suggest
+from . import cloudsql, convex_env, gce_catalog, suggest
 from .errors import ConfigError, Problem, problem_from_pydantic, rm_line, segment, set_line
 from .flags import FLAGS, FlagError, FlagValue, convert_flag, flag_bytes
 from .placement import Lookup
@@ -216,6 +216,23 @@ class ConvexSettings(_Model):
     log_level: str = "info"
     disable_beacon: bool = False
     redact_logs_to_client: bool = False
+    # Convex's own settings (convex_gcp/convex_env.py; reasons and defaults in docs/configuration.md).
+    document_retention_delay_seconds: int = Field(convex_env.DEFAULT_DOCUMENT_RETENTION_SECONDS, ge=60, le=366 * 24 * 3600)
+    max_concurrent_queries: Optional[int] = Field(None, ge=1, le=1024)
+    max_concurrent_mutations: Optional[int] = Field(None, ge=1, le=1024)
+    max_concurrent_v8_actions: Optional[int] = Field(None, ge=1, le=1024)
+    max_concurrent_node_actions: Optional[int] = Field(None, ge=1, le=1024)
+    v8_action_timeout_seconds: Optional[int] = Field(None, ge=1, le=24 * 3600)
+    node_action_timeout_seconds: Optional[int] = Field(None, ge=1, le=24 * 3600)
+    env: dict[str, str] = {}
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values(cls, value: Any) -> Any:
+        # `pulumi config set --path 'convex-gcp:convex.env.X' 5` stores 5 (digits become integers): Convex reads text.
+        if isinstance(value, dict):
+            return {k: (json.dumps(v) if isinstance(v, bool) else str(v)) if isinstance(v, (int, float, bool)) else v for k, v in value.items()}
+        return value
 
     @field_validator("instance_name")
     @classmethod
@@ -572,6 +589,7 @@ def load_settings(config: dict[str, Any], stack: str, lookup: Optional[Lookup] =
         problems += [_problem_from_pydantic(e) for e in error.errors(include_url=False)]
         raise ConfigError(problems, stack) from None
     problems += check_rules(settings)
+    problems += convex_env.problems(settings.convex.env)
     problems += _check_placement(settings, lookup)
     if problems:
         raise ConfigError(problems, stack)
@@ -1164,6 +1182,7 @@ def load_local_settings(config: dict[str, Any], stack: str) -> LocalStackSetting
     except ValidationError as error:
         problems += [_local_problem(e) for e in error.errors(include_url=False)]
         raise ConfigError(problems, stack) from None
+    problems += convex_env.problems(settings.convex.env)
     limit = cloudsql.max_pool(settings.max_connections)
     if settings.convex.pool_size is not None and settings.convex.pool_size > limit:
         path = f"{PROJECT}:convex.poolSize"

@@ -214,7 +214,8 @@ import json, sys
 import components.convex_on_gcp as component
 from convex_gcp import provider_host
 from convex_gcp.runtime import UNIT_DIR, vm_dir
-print(json.dumps({"file": component.__file__, "startup": (vm_dir() / "startup.sh").stat().st_size,
+from convex_gcp import convex_env
+print(json.dumps({"env_table": convex_env.table()["commit"], "file": component.__file__, "startup": (vm_dir() / "startup.sh").stat().st_size,
                   "units": sorted(p.name for p in UNIT_DIR.iterdir()), "scripts": sorted(p.name for p in vm_dir().glob("*.sh")),
                   "schema": provider_host.schema()}))
 """
@@ -229,6 +230,7 @@ print(json.dumps({"file": component.__file__, "startup": (vm_dir() / "startup.sh
     assert found["scripts"] == sorted(p.name for p in (ROOT / "vm").glob("*.sh"))
     assert {p.name for p in (ROOT / "vm").iterdir()} == {*found["scripts"], "units"}
     assert found["schema"] == provider_host.schema()
+    assert found["env_table"] == json.loads((ROOT / "convex_gcp" / "convex_env.json").read_text())["commit"]
     names = subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True, check=True).stdout
     # Product code only: no tools, no tests.
     assert "tools/" not in names and "tests/" not in names and "convex_gcp/vm/startup.sh" in names
