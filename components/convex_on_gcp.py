@@ -22,7 +22,7 @@ from components.private_dns import PrivateDns, PrivateDnsArgs
 from convex_gcp.adoption import import_ids
 from convex_gcp.package_args import ConvexOnGcpArgs, to_config
 from convex_gcp.placement import PulumiLookup
-from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, SITE_PORT
+from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, HEALTH_PORT, SITE_PORT
 from convex_gcp.settings import (
     GOOGLE_LB_RANGES,
     IAP_RANGE,
@@ -72,7 +72,9 @@ class ConvexOnGcp(pulumi.ComponentResource):
     vm_zone: pulumi.Output[str]
     """The VM's zone."""
     vm_internal_ip: pulumi.Output[str]
-    """The VM's internal IP."""
+    """The VM's internal IP (reserved: kept through every recreation)."""
+    vm_group: pulumi.Output[str]
+    """The zonal managed instance group (of one) that owns the VM."""
     vm_service_account: pulumi.Output[str]
     """The VM's service account email."""
     network: pulumi.Output[str]
@@ -131,6 +133,8 @@ class ConvexOnGcp(pulumi.ComponentResource):
                 connection_import_id=import_ids(settings)["peering_connection"],
                 load_balancer_ranges=list(GOOGLE_LB_RANGES) if domain else [],
                 load_balancer_ports=([API_PORT, SITE_PORT] + ([DASHBOARD_PORT] if domain.dashboard_host else [])) if domain else [],
+                health_check_ranges=list(GOOGLE_LB_RANGES),
+                health_check_port=HEALTH_PORT,
                 depends_on=apis.services,
             ),
             opts=child(),
@@ -234,7 +238,7 @@ class ConvexOnGcp(pulumi.ComponentResource):
                     domain=domain,
                     is_prod=settings.is_prod,
                     zone=settings.zone,
-                    instance_self_link=vm.self_link,
+                    instance_group=vm.instance_group,
                     depends_on=apis.services,
                 ),
                 opts=child(),
@@ -265,8 +269,7 @@ class ConvexOnGcp(pulumi.ComponentResource):
                     settings=settings.monitoring,
                     convex_url=vm.convex_url,
                     sql_database_id=database.instance.name.apply(lambda instance: f"{settings.project}:{instance}"),
-                    vm_instance_id=vm.instance.instance_id,
-                    vm_name=vm.instance.name,
+                    vm_name=vm.name,
                     max_connections=settings.max_connections,
                     url_map_name=front_door.url_map.name if front_door is not None else None,
                     export_age=(exports.metric_type, settings.export_interval_hours * 3600, exports.age_metric) if exports else None,
@@ -288,9 +291,10 @@ class ConvexOnGcp(pulumi.ComponentResource):
             sql_private_ip=database.instance.private_ip_address,
             database_name=database.database.name,
             database_user=database.user.name,
-            vm_name=vm.instance.name,
-            vm_zone=vm.instance.zone,
+            vm_name=vm.name,
+            vm_zone=vm.zone,
             vm_internal_ip=vm.internal_ip,
+            vm_group=vm.group.name,
             vm_service_account=identity.service_account.email,
             network=network.network_name,
             subnetwork=network.subnetwork_name,

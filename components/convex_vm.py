@@ -1,9 +1,10 @@
-"""ConvexVm: the Container-Optimized OS VM, its static IP (none behind the HTTPS front door) and its
-persistent data disk; the startup script (vm/startup.sh) runs the Auth Proxy, the Convex backend and the dashboard."""
+"""ConvexVm: the Container-Optimized OS VM as a stateful managed instance group of one: an instance
+template, a zonal group with autohealing, and a per-instance config that keeps the VM's name, its data
+disk and its internal IP (and external IP, when it has one) across every recreation. The startup script
+(vm/startup.sh) runs the Auth Proxy, the Convex backend and the dashboard. See docs/updates.md."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import pulumi
@@ -11,8 +12,7 @@ import pulumi_docker as docker
 import pulumi_gcp as gcp
 
 from convex_gcp import images
-from convex_gcp.runtime import DATA_DEVICE_NAME, RuntimeInputs, instance_metadata, origins, vm_dir
-from convex_gcp.adoption import import_ids
+from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, DATA_DEVICE_NAME, HEALTH_PATH, HEALTH_PORT, SITE_PORT, RuntimeInputs, instance_metadata, origins, vm_dir
 from convex_gcp.settings import Settings
 
 STARTUP_SCRIPT = vm_dir() / "startup.sh"
@@ -23,17 +23,6 @@ VM_SCOPES = [
     "https://www.googleapis.com/auth/cloud-platform",
     "https://www.googleapis.com/auth/sqlservice.admin",
 ]
-
-
-# Image families Google moves forward (COS: docs "Milestones and build numbers"); anything else is one image.
-_FAMILY = re.compile(r"cos-(stable|beta|dev|\d+-lts)")
-
-
-def boot_image_source(image: str) -> tuple[str, str, bool]:
-    """`project/name` -> (project, name, is_family). A family is resolved to its newest image at each
-    preview, so a new COS release shows up as a planned VM replacement."""
-    project, _, name = image.rpartition("/")
-    return project or "cos-cloud", name, bool(_FAMILY.fullmatch(name))
 
 
 def image_tags(s: Settings) -> dict[str, str]:
@@ -65,29 +54,99 @@ class ConvexVmArgs:
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
+# The group's named ports; the front door's backend services pick theirs by name.
+NAMED_PORTS = {"api": API_PORT, "site": SITE_PORT, "dashboard": DASHBOARD_PORT}
+NIC = "nic0"
+
+# Autohealing (docs/updates.md, "Autohealing"). The signal is vm/health/health.sh: it answers 200 while
+# Convex serves, while a convex-gcp run is in progress and while the backend container runs (Convex binds
+# /version only after its migrations), so neither a first boot nor a migration of any length reads as a
+# dead VM. The delay only has to cover COS booting and cloud-init starting the socket (tens of seconds);
+# 300 s leaves room. A VM is repaired after UNHEALTHY_THRESHOLD consecutive failed probes,
+# CHECK_INTERVAL_SEC apart: a minute of "down" (nothing running Convex, nothing on its way to it).
+AUTOHEAL_INITIAL_DELAY_SEC = 300
+CHECK_INTERVAL_SEC, CHECK_TIMEOUT_SEC = 10, 5
+HEALTHY_THRESHOLD, UNHEALTHY_THRESHOLD = 2, 6
+
+
+def update_policy() -> gcp.compute.InstanceGroupManagerUpdatePolicyArgs:
+    """How a new template reaches the one VM (terraform-provider-google
+    website/docs/r/compute_instance_group_manager.html.markdown, `update_policy`):
+    - PROACTIVE: the group applies it now, not at the next recreation.
+    - minimal_action REFRESH: a metadata-only change (config, Convex image digests) is applied without
+      stopping the VM ("Compute Engine does not need to restart a VM to change its metadata", API
+      reference InstanceGroupManagerUpdatePolicy.minimalAction); vm/startup.sh's watcher applies it.
+      Anything more (boot image, machine type) escalates up to most_disruptive_allowed_action REPLACE.
+    - replacement_method RECREATE keeps the instance name (and with it the per-instance config: disk, IP);
+      with max_surge 0 the old VM is deleted before the new one is created, so two VMs never hold the
+      data disk (a zonal pd-* disk attaches READ_WRITE to one instance only, a second safeguard);
+      max_unavailable 1 lets that one VM go."""
+    return gcp.compute.InstanceGroupManagerUpdatePolicyArgs(
+        type="PROACTIVE",
+        minimal_action="REFRESH",
+        most_disruptive_allowed_action="REPLACE",
+        replacement_method="RECREATE",
+        max_surge_fixed=0,
+        max_unavailable_fixed=1,
+    )
+
+
+@dataclass
+class ConvexVmArgs:
+    settings: Settings
+    prefix: str
+    subnetwork: pulumi.Input[str]
+    network_tag: str
+    service_account_email: pulumi.Input[str]
+    connection_name: pulumi.Input[str]
+    database_user: pulumi.Input[str]
+    instance_secret_id: pulumi.Input[str]
+    admin_key_secret_id: pulumi.Input[str]
+    db_password_secret_id: pulumi.Input[str] = ""
+    # Where Convex connects in ssl mode (the instance's DNS name) and plaintext mode (its private IP).
+    sql_dns_name: pulumi.Input[str] = ""
+    sql_private_ip: pulumi.Input[str] = ""
+    export_bucket: pulumi.Input[str] = ""  # components/exports.py; empty: no scheduled exports
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
 class ConvexVm(pulumi.ComponentResource):
-    """Owns the static IP, the data disk and the VM with its rendered runtime metadata."""
+    """Owns the data disk, the VM's addresses, its instance template, the autohealing health check, the
+    managed instance group and the per-instance config that names the one VM."""
 
     def __init__(self, name: str, args: ConvexVmArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("convex-gcp:index:ConvexVm", name, None, opts)
         s = args.settings
-        protect = s.is_prod
         labels = s.labels
+        outer = opts.depends_on if opts else None
+        self.vm_name = s.adopt.vm or f"{args.prefix}-vm"
 
-        # Behind the front door the VM has no external IP: clients come through the load balancer and
-        # image pulls go out through Cloud NAT.
+        # Only a stack that serves plain HTTP to the internet (network.publicHttpWithoutTls) has an external
+        # IP. Otherwise clients come through the front door or an IAP tunnel, and image pulls through Cloud NAT.
         self.address = None
-        if s.domain is None:
+        if s.domain is None and s.network.public_http_without_tls:
             self.address = gcp.compute.Address(
                 f"{name}-ip",
                 name=f"{args.prefix}-ip",
                 region=s.region,
                 address_type="EXTERNAL",
                 network_tier="PREMIUM",
-                opts=pulumi.ResourceOptions(parent=self, protect=protect, depends_on=opts.depends_on if opts else None),
+                opts=pulumi.ResourceOptions(parent=self, protect=s.is_prod, depends_on=outer),
             )
         public_host: pulumi.Input[str] = self.address.address if self.address else ""
-        # /convex/data holds files, modules and search snapshots that must match the database.
+        # The VM's internal IP, reserved so every recreation gets it back (preserved state below).
+        # vm.internalIp keeps the address a bare VM had when a stack moves to the group (docs/updates.md).
+        self.internal_address = gcp.compute.Address(
+            f"{name}-internal-ip",
+            name=f"{args.prefix}-vm-internal",
+            region=s.region,
+            address_type="INTERNAL",
+            subnetwork=args.subnetwork,
+            address=s.vm.internal_ip,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=outer),
+        )
+        # /convex/data holds files, modules and search snapshots that must match the database: protected in
+        # every stack (the engine refuses to delete or replace it; docs/runbooks.md, "Replace the data disk").
         self.data_disk = gcp.compute.Disk(
             f"{name}-data",
             name=f"{args.prefix}-data",
@@ -95,14 +154,11 @@ class ConvexVm(pulumi.ComponentResource):
             type=s.vm.data_disk_type,
             size=s.vm.data_disk_size_gb,
             labels=labels,
-            opts=pulumi.ResourceOptions(parent=self, protect=protect, depends_on=opts.depends_on if opts else None),
+            opts=pulumi.ResourceOptions(parent=self, protect=s.protects("dataDisk"), depends_on=outer),
         )
 
         # Each pinned tag resolved to its digest at preview: a tag that does not exist fails the preview
-        # (not the boot), and a tag moved later cannot change what runs. The registry lookup is HTTP only
-        # (kreuzwerker/terraform-provider-docker data_source_docker_registry_image.go: HEAD on the manifest,
-        # anonymous bearer token on a 401, as ghcr.io and gcr.io serve public images), so no Docker daemon
-        # (disable_docker_daemon_check, provider PR #703) and no credentials are needed.
+        # (not the boot). A tag moved later changes the digest at the next preview, and the diff shows it.
         registry = docker.Provider(f"{name}-registry", disable_docker_daemon_check=True, opts=pulumi.ResourceOptions(parent=self))
         pinned = pulumi.Output.all(
             **{
@@ -145,81 +201,138 @@ class ConvexVm(pulumi.ComponentResource):
             )
         )
 
-        image_project, image_name, follows = boot_image_source(s.vm.image)
-        if follows:
-            # Resolved at every preview/up: a newer COS in the family is a planned replacement of the VM
-            # (initialize_params.image forces a new instance). In-place COS updates are no alternative here:
-            # they are off by default since milestone 117 and unsupported with Secure Boot (COS docs, "Automatic updates").
-            boot_image: pulumi.Input[str] = gcp.compute.get_image_output(
-                family=image_name, project=image_project, opts=pulumi.InvokeOptions(parent=self)
-            ).self_link
-        else:
-            boot_image = f"projects/{image_project}/global/images/{image_name}"
-
-        self.instance = gcp.compute.Instance(
-            f"{name}-vm",
-            name=s.adopt.vm or f"{args.prefix}-vm",
-            zone=s.zone,
+        # Templates are immutable: every change is a new template. name_prefix lets the engine create the new
+        # one before the group moves to it and the old one is deleted (a fixed name would be delete-first, and
+        # Google refuses to delete a template a group uses).
+        self.template = gcp.compute.InstanceTemplate(
+            f"{name}-template",
+            name_prefix=f"{args.prefix}-vm-",
             machine_type=s.vm.machine_type,
             tags=[args.network_tag],
             labels=labels,
-            boot_disk=gcp.compute.InstanceBootDiskArgs(
-                auto_delete=True,
-                initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                    image=boot_image, size=s.vm.boot_disk_size_gb, type="pd-balanced", labels=labels
+            disks=[
+                gcp.compute.InstanceTemplateDiskArgs(
+                    boot=True,
+                    auto_delete=True,
+                    source_image=s.vm.image_link,
+                    disk_size_gb=s.vm.boot_disk_size_gb,
+                    disk_type="pd-balanced",
+                    labels=labels,
                 ),
-            ),
-            # An attached (non-boot) disk is sent without autoDelete (terraform-provider-google
-            # expandAttachedDisk sets only source, mode, deviceName), and Compute Engine's default is false:
-            # deleting the VM detaches the data disk and keeps it. The boot disk alone is auto-deleted.
-            attached_disks=[
-                gcp.compute.InstanceAttachedDiskArgs(source=self.data_disk.id, device_name=DATA_DEVICE_NAME, mode="READ_WRITE")
+                # The existing data disk by name, never auto-deleted; the per-instance config below keeps it.
+                gcp.compute.InstanceTemplateDiskArgs(
+                    source=self.data_disk.name, device_name=DATA_DEVICE_NAME, mode="READ_WRITE", auto_delete=False, boot=False
+                ),
             ],
             network_interfaces=[
-                gcp.compute.InstanceNetworkInterfaceArgs(
+                gcp.compute.InstanceTemplateNetworkInterfaceArgs(
                     subnetwork=args.subnetwork,
-                    access_configs=[gcp.compute.InstanceNetworkInterfaceAccessConfigArgs(nat_ip=self.address.address, network_tier="PREMIUM")]
-                    if self.address
-                    else [],
+                    access_configs=[gcp.compute.InstanceTemplateNetworkInterfaceAccessConfigArgs(network_tier="PREMIUM")] if self.address else [],
                 )
             ],
-            service_account=gcp.compute.InstanceServiceAccountArgs(email=args.service_account_email, scopes=VM_SCOPES),
-            shielded_instance_config=gcp.compute.InstanceShieldedInstanceConfigArgs(
+            service_account=gcp.compute.InstanceTemplateServiceAccountArgs(email=args.service_account_email, scopes=VM_SCOPES),
+            shielded_instance_config=gcp.compute.InstanceTemplateShieldedInstanceConfigArgs(
                 enable_secure_boot=True, enable_vtpm=True, enable_integrity_monitoring=True
             ),
-            # The "startup-script" key updates in place; the VM's watcher re-applies changes.
+            # The "startup-script" key is read at boot; the VM's watcher applies later changes in place.
             metadata=metadata,
-            allow_stopping_for_update=True,
-            deletion_protection=s.vm_deletion_protection,
-            scheduling=gcp.compute.InstanceSchedulingArgs(automatic_restart=True, on_host_maintenance="MIGRATE"),
-            opts=pulumi.ResourceOptions(
-                parent=self,
-                depends_on=args.depends_on,
-                import_=import_ids(s)["vm"],
-                # The name is fixed, so a create-first replacement gets 409 alreadyExists while the old VM
-                # still holds the data disk read-write. The engine honours an explicit option over the
-                # provider's choice (pulumi/pulumi pkg/resource/deploy/step_generator.go) and deletes
-                # first the dependents a replacement would replace (the front door's group membership).
-                delete_before_replace=True,
-                # With Compute Engine deletion protection on, any replacement fails at the delete: hold the
-                # boot image instead (docs/runbooks.md, "Replace the VM"). An adopted VM keeps the image it was
-                # built from, so its import matches (docs/adoption.md).
-                ignore_changes=["bootDisk.initializeParams.image"] if s.vm_deletion_protection or s.adopt.vm else None,
+            scheduling=gcp.compute.InstanceTemplateSchedulingArgs(automatic_restart=True, on_host_maintenance="MIGRATE"),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on),
+        )
+
+        # Autohealing's probe: vm/health/health.sh on HEALTH_PORT (never /version, which is silent during a
+        # migration). The front door keeps its own /version check for traffic.
+        self.health_check = gcp.compute.HealthCheck(
+            f"{name}-autoheal",
+            name=f"{args.prefix}-autoheal",
+            check_interval_sec=CHECK_INTERVAL_SEC,
+            timeout_sec=CHECK_TIMEOUT_SEC,
+            healthy_threshold=HEALTHY_THRESHOLD,
+            unhealthy_threshold=UNHEALTHY_THRESHOLD,
+            http_health_check=gcp.compute.HealthCheckHttpHealthCheckArgs(port=HEALTH_PORT, request_path=HEALTH_PATH),
+            log_config=gcp.compute.HealthCheckLogConfigArgs(enable=True),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=outer),
+        )
+
+        # A group of one. No target_size: the per-instance config's createInstances sets it to 1, and the
+        # field is Optional+Computed in the provider, so no later update sizes the group back to 0
+        # (resource_compute_instance_group_manager.go "target_size"; cloud-foundation-fabric
+        # modules/compute-mig, "Stateful MIGs - Instance Config"). A creation that fails (stockout, quota)
+        # stays a managed instance the group keeps trying to create, as it does for autohealing.
+        self.group = gcp.compute.InstanceGroupManager(
+            f"{name}-group",
+            name=f"{args.prefix}-vm-group",
+            zone=s.zone,
+            base_instance_name=f"{args.prefix}-vm",
+            description="The Convex VM: a stateful group of one (docs/updates.md)",
+            versions=[gcp.compute.InstanceGroupManagerVersionArgs(name="convex", instance_template=self.template.self_link_unique)],
+            named_ports=[gcp.compute.InstanceGroupManagerNamedPortArgs(name=role, port=port) for role, port in NAMED_PORTS.items()],
+            auto_healing_policies=gcp.compute.InstanceGroupManagerAutoHealingPoliciesArgs(
+                health_check=self.health_check.id, initial_delay_sec=AUTOHEAL_INITIAL_DELAY_SEC
             ),
+            # Stateful policy: whatever instance the group makes keeps the data disk and the internal IP.
+            stateful_disks=[gcp.compute.InstanceGroupManagerStatefulDiskArgs(device_name=DATA_DEVICE_NAME, delete_rule="NEVER")],
+            stateful_internal_ips=[gcp.compute.InstanceGroupManagerStatefulInternalIpArgs(interface_name=NIC, delete_rule="NEVER")],
+            stateful_external_ips=[gcp.compute.InstanceGroupManagerStatefulExternalIpArgs(interface_name=NIC, delete_rule="NEVER")]
+            if self.address
+            else None,
+            update_policy=update_policy(),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=outer),
+        )
+
+        # The one VM, by name, with the state it keeps: the data disk (delete_rule NEVER: detached, never
+        # deleted, when the VM goes) and the reserved IPs (auto_delete NEVER). Deleting this config neither
+        # deletes the VM nor its state (remove_instance_on_destroy / remove_instance_state_on_destroy false).
+        self.instance_config = gcp.compute.PerInstanceConfig(
+            f"{name}-vm",
+            name=self.vm_name,
+            zone=s.zone,
+            instance_group_manager=self.group.name,
+            minimal_action="REFRESH",
+            most_disruptive_allowed_action="REPLACE",
+            remove_instance_on_destroy=False,
+            remove_instance_state_on_destroy=False,
+            preserved_state=gcp.compute.PerInstanceConfigPreservedStateArgs(
+                disks=[
+                    gcp.compute.PerInstanceConfigPreservedStateDiskArgs(
+                        device_name=DATA_DEVICE_NAME, source=self.data_disk.id, mode="READ_WRITE", delete_rule="NEVER"
+                    )
+                ],
+                internal_ips=[
+                    gcp.compute.PerInstanceConfigPreservedStateInternalIpArgs(
+                        interface_name=NIC,
+                        auto_delete="NEVER",
+                        ip_address=gcp.compute.PerInstanceConfigPreservedStateInternalIpIpAddressArgs(address=self.internal_address.self_link),
+                    )
+                ],
+                external_ips=[
+                    gcp.compute.PerInstanceConfigPreservedStateExternalIpArgs(
+                        interface_name=NIC,
+                        auto_delete="NEVER",
+                        ip_address=gcp.compute.PerInstanceConfigPreservedStateExternalIpIpAddressArgs(address=self.address.self_link),
+                    )
+                ]
+                if self.address
+                else None,
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on),
         )
 
         urls = pulumi.Output.from_input(public_host).apply(lambda ip: origins(s, ip))
         self.convex_url = urls["convex_url"]
         self.convex_site_url = urls["convex_site_url"]
         self.dashboard_url = urls["dashboard_url"]
-        self.internal_ip = self.instance.network_interfaces[0].network_ip
-        # What the front door's unmanaged instance group needs.
-        self.self_link = self.instance.self_link
-        self.zone = self.instance.zone
+        self.name = self.instance_config.name
+        self.zone = self.group.zone
+        self.internal_ip = self.internal_address.address
+        # What the front door's backend services take.
+        self.instance_group = self.group.instance_group
 
         self.register_outputs(
             {
-                "name": self.instance.name,
+                "name": self.name,
+                "group": self.group.name,
+                "template": self.template.name,
                 "external_ip": self.address.address if self.address else None,
                 "internal_ip": self.internal_ip,
                 "data_disk": self.data_disk.name,

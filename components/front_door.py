@@ -1,6 +1,6 @@
 """FrontDoor: the HTTPS entry point. A global external Application Load Balancer (EXTERNAL_MANAGED)
 with Google-managed certificates for the API, site and dashboard hosts, host rules to the VM's
-ports 3210/3211/6791 through an unmanaged instance group, an HTTP→HTTPS redirect, IAP on the
+ports 3210/3211/6791 through the VM's managed instance group (its named ports), an HTTP→HTTPS redirect, IAP on the
 dashboard, an optional Cloud Armor policy and optional Cloud DNS records. See docs/front-door.md."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pulumi_gcp as gcp
 from convex_gcp.runtime import API_PORT, DASHBOARD_PORT, SITE_PORT
 from convex_gcp.settings import ArmorSettings, DomainSettings
 
-# Named ports on the instance group; each backend service picks its port by name.
+# Named ports on the VM's instance group (components/convex_vm.py); each backend service picks its port by name.
 PORTS = {"api": API_PORT, "site": SITE_PORT, "dashboard": DASHBOARD_PORT}
 
 # Convex functions stop long before these: actions (and HTTP actions) are limited to 10 minutes,
@@ -33,7 +33,8 @@ class FrontDoorArgs:
     domain: DomainSettings
     is_prod: bool
     zone: str
-    instance_self_link: pulumi.Input[str]
+    # The VM's managed instance group (its `instance_group` URL): the backend of every service.
+    instance_group: pulumi.Input[str]
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -170,7 +171,7 @@ def blocked_path_rules(service: pulumi.Input[str]) -> list[gcp.compute.URLMapPat
 
 
 class FrontDoor(pulumi.ComponentResource):
-    """Owns the global IP, certificates, SSL policy, instance group, health checks, backend services,
+    """Owns the global IP, certificates, SSL policy, health checks, backend services,
     URL maps, proxies, forwarding rules, the IAP grants on the dashboard, the optional Cloud Armor
     policy and the optional DNS records."""
 
@@ -213,27 +214,9 @@ class FrontDoor(pulumi.ComponentResource):
             opts=child,
         )
 
-        self.instance_group = gcp.compute.InstanceGroup(
-            f"{name}-group",
-            name=f"{prefix}-group",
-            zone=args.zone,
-            named_ports=[gcp.compute.InstanceGroupNamedPortArgs(name=role, port=PORTS[role]) for role in hosts],
-            description="The Convex VM, as a load balancer backend",
-            opts=child,
-        )
-
-        # Membership as its own resource: deleting the VM removes it from the group and a recreated VM
-        # keeps its self link, so a group's `instances` list would show no diff and never re-add it
-        # (terraform-provider-google #4705, #6127). Every field of the membership forces replacement, so
-        # the VM's delete-before-replace deletes it first and creates it again after the new VM
-        # (pulumi/pulumi step_generator.go, calculateDependentReplacements).
-        self.membership = gcp.compute.InstanceGroupMembership(
-            f"{name}-member",
-            zone=args.zone,
-            instance_group=self.instance_group.name,
-            instance=args.instance_self_link,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        # The group follows the VM through every recreation (same name, same IP), so nothing here changes when
+        # the VM is replaced.
+        self.instance_group = args.instance_group
 
         # 3211 proxies every path to the app's HTTP actions, so /version is only probed on 3210;
         # both ports are served by the same backend process.
@@ -296,7 +279,7 @@ class FrontDoor(pulumi.ComponentResource):
                 port_name=role,
                 timeout_sec=timeouts[role],
                 health_checks=checks[role].id,
-                backends=[gcp.compute.BackendServiceBackendArgs(group=self.instance_group.id, balancing_mode="UTILIZATION", capacity_scaler=1.0)],
+                backends=[gcp.compute.BackendServiceBackendArgs(group=self.instance_group, balancing_mode="UTILIZATION", capacity_scaler=1.0)],
                 security_policy=(self.security_policies.get(role) or self.security_policies.get("edge")).id if self.security_policies else None,
                 custom_response_headers=[HSTS_HEADER],
                 # IAP asks for a Google identity before the dashboard's own admin-key login.

@@ -155,7 +155,6 @@ class MonitoringArgs:
     settings: MonitoringSettings
     convex_url: pulumi.Input[str]
     sql_database_id: pulumi.Input[str]  # project:instance, Cloud SQL's monitored-resource label
-    vm_instance_id: pulumi.Input[str]
     vm_name: pulumi.Input[str]
     max_connections: int
     # The front door's URL map (with a domain): the dashboard's request and error tiles.
@@ -299,8 +298,9 @@ class Monitoring(pulumi.ComponentResource):
             "Run the doctor; check the VM (docs/runbooks.md, 'Recover the VM') and the firewall's apiSourceRanges (uptime checkers must be allowed).",
             severity="CRITICAL",
         )
-        vm_filter = pulumi.Output.from_input(args.vm_instance_id).apply(
-            lambda iid: f'resource.type = "gce_instance" AND resource.label.instance_id = "{iid}" AND metric.type = "compute.googleapis.com/instance/uptime"'
+        # The VM's name survives its recreation by the group (docs/updates.md); its instance id does not.
+        vm_filter = pulumi.Output.from_input(args.vm_name).apply(
+            lambda vm: f'resource.type = "gce_instance" AND metric.label.instance_name = "{vm}" AND metric.type = "compute.googleapis.com/instance/uptime"'
         )
         self.policies["vm-down"] = policy(
             "vm-down",

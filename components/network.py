@@ -35,6 +35,9 @@ class NetworkArgs:
     # The HTTPS front door: Google's proxy and health-check ranges, and the VM ports they reach.
     load_balancer_ranges: list[str] = field(default_factory=list)
     load_balancer_ports: list[int] = field(default_factory=list)
+    # Autohealing: Google's health checkers reach the VM's health endpoint (vm/health/) from these.
+    health_check_ranges: list[str] = field(default_factory=list)
+    health_check_port: int = 0
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
@@ -139,6 +142,9 @@ class Network(pulumi.ComponentResource):
         # (VPC, peered, VPN) sources, and public clients come only through the load balancer.
         if args.load_balancer_ports:
             allow("lb", args.load_balancer_ports, args.load_balancer_ranges, "Google front ends and health checks of the HTTPS front door")
+
+        if args.health_check_port:
+            allow("autoheal", [args.health_check_port], args.health_check_ranges, "Google health checkers: the VM group's autohealing probe")
 
         adopted_range = args.peering_range_import_id is not None
         self.peering_range = gcp.compute.GlobalAddress(

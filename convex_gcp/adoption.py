@@ -45,5 +45,4 @@ def import_ids(s: Settings) -> dict[str, Optional[str]]:
         "sql_database": sql_database_id(s.project, a.sql_instance, s.database_name) if a.sql_instance and a.database else None,
         "peering_range": global_address_id(s.project, a.peering_range) if adopting_range and a.peering_range else None,
         "peering_connection": service_networking_connection_id(s.project, s.network.existing_network or "") if adopting_range else None,
-        "vm": compute_instance_id(s.project, s.zone, a.vm) if a.vm else None,
     }

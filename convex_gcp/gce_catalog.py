@@ -105,7 +105,7 @@ _SHAPES: dict[str, dict[str, tuple[int, ...]]] = {
 SHARED_CORE = ("e2-micro", "e2-small", "e2-medium", "f1-micro", "g1-small")
 # Series with custom machine types (<series>-custom-<vCPUs>-<MB>; N1's are plain custom-<vCPUs>-<MB>).
 _CUSTOM_SERIES = ("e2", "n1", "n2", "n2d", "n4")
-# Arm series: the boot image (cos-cloud/cos-stable) is x86-64.
+# Arm series: the boot image (Container-Optimized OS, convex_gcp/images.py) is x86-64.
 ARM_SERIES = ("t2a", "c4a", "n4a")
 
 _CUSTOM = re.compile(r"(?:(?P<series>[a-z0-9]+)-)?custom-(?P<vcpus>\d+)-(?P<mb>\d+)(?P<ext>-ext)?")
@@ -125,7 +125,7 @@ def machine_type_problem(name: str) -> tuple[str, list[str]] | None:
         return None
     series = name.split("-", 1)[0]
     if series in ARM_SERIES:
-        return f"{name} is an Arm machine type; the boot image cos-cloud/cos-stable is x86-64", ["e2-medium"]
+        return f"{name} is an Arm machine type; the boot image (Container-Optimized OS) is x86-64", ["e2-medium"]
     custom = _CUSTOM.fullmatch(name)
     if custom:
         return _custom_problem(name, custom)

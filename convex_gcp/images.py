@@ -15,6 +15,15 @@ from __future__ import annotations
 import hashlib
 import re
 
+# The boot image: one exact Container-Optimized OS build, never a family, so a preview never looks an image
+# up and a new COS build changes the VM only through a reviewed commit (the weekly bump workflow,
+# .github/workflows/bump.yml, proposes it). COS 125 LTS (image family cos-125-lts, supported until
+# February 2028): cos-125-19216-700-7 is its LTS Refresh release of 2026-09-28 (Google Cloud release notes
+# of that day, as summarized by takech9203/google-cloud-news-summary; checked 2026-12-07 with the search tool).
+COS_PROJECT = "cos-cloud"
+COS_IMAGE = "cos-125-19216-700-7"
+COS_FAMILY = "cos-125-lts"
+
 CONVEX_VERSION = "652b828b5129e6cdbcaa3c20efa8d116d09ff3bf"  # precompiled-2026-08-22-652b828
 PROXY_VERSION = "2.25.3"  # release v2.25.3
 

@@ -19,6 +19,9 @@ from .settings import Settings, resource_prefix
 API_PORT, SITE_PORT, DASHBOARD_PORT = 3210, 3211, 6791
 PROXY_PORT, PROXY_HEALTH_PORT = 5432, 9090
 DATA_DEVICE_NAME = "convex-data"
+# The autohealing health endpoint (vm/health/): a systemd socket on the host, outside Docker.
+HEALTH_PORT, HEALTH_PATH = 3290, "/health"
+HEALTH_SCRIPT = "/etc/convex-gcp/health.sh"
 # Where the VM mounts the instance's server CA bundle in the backend container (ssl mode).
 SQL_CA_FILE = "/convex-gcp/sql-ca.pem"
 # Docker networks on the VM: convex-db holds the backend, convex-web the dashboard, convex-proxy the proxy
@@ -34,6 +37,7 @@ def vm_dir() -> Path:
 
 
 UNIT_DIR = vm_dir() / "units"
+HEALTH_DIR = vm_dir() / "health"
 UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-export", "convex-export-timer")
 # The export script the export unit runs (metadata key convex-gcp-export-script).
 EXPORT_SCRIPT = UNIT_DIR.parent / "convex-export.sh"
@@ -276,9 +280,44 @@ def units_for_config(config: dict[str, str]) -> dict[str, str]:
     return units
 
 
+def health_cloud_config() -> str:
+    """cloud-init user-data that installs the health endpoint (vm/health/) on every boot: COS applies
+    cloud-init at creation and at each restart, and /etc is a tmpfs (COS docs, "Disks and file system
+    overview"). COS's host firewall admits only SSH (COS docs, "Configuring the host firewall"), so the
+    port is opened here; the VPC firewall admits only Google's health checkers to it."""
+    import yaml
+
+    def unit(name: str) -> str:
+        text = (HEALTH_DIR / name).read_text()
+        return text.replace("@HEALTH_PORT@", str(HEALTH_PORT)).replace("@HEALTH_SCRIPT@", HEALTH_SCRIPT)
+
+    rule = f"INPUT -p tcp --dport {HEALTH_PORT} -j ACCEPT"
+    config = {
+        "write_files": [
+            {"path": "/etc/systemd/system/convex-health.socket", "permissions": "0644", "owner": "root", "content": unit("convex-health.socket")},
+            {"path": "/etc/systemd/system/convex-health@.service", "permissions": "0644", "owner": "root", "content": unit("convex-health@.service")},
+            {"path": HEALTH_SCRIPT, "permissions": "0755", "owner": "root", "content": (HEALTH_DIR / "health.sh").read_text()},
+        ],
+        "runcmd": [
+            f"iptables -w -C {rule} 2>/dev/null || iptables -w -A {rule}",
+            "systemctl daemon-reload",
+            "systemctl start convex-health.socket",
+        ],
+    }
+    class Literal(yaml.SafeDumper):
+        pass
+
+    # Files as literal blocks, so a preview diff of user-data reads like the files themselves.
+    Literal.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|" if "\n" in v else None))
+    return "#cloud-config\n" + yaml.dump(config, Dumper=Literal, sort_keys=False, width=1000)
+
+
 def instance_metadata(settings: Settings, inputs: RuntimeInputs, startup_script: str) -> dict[str, str]:
     metadata = {
         "startup-script": startup_script,
+        "user-data": health_cloud_config(),
+        # Explicit, not the project's default: the interactive serial console bypasses OS Login's IAM.
+        "serial-port-enable": "FALSE",
         "enable-oslogin": "TRUE",
         "block-project-ssh-keys": "TRUE",
         "google-logging-enabled": "true",

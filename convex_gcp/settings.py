@@ -24,7 +24,7 @@ __all__ = ["ConfigError", "Problem", "Settings", "load_settings", "set_line"]
 PROJECT = "convex-gcp"
 
 # Pinned images, verified upstream (convex_gcp/images.py); bump deliberately (docs/runbooks.md).
-from .images import CONVEX_VERSION, PROXY_VERSION  # noqa: E402
+from .images import COS_IMAGE, COS_PROJECT, CONVEX_VERSION, PROXY_VERSION  # noqa: E402
 
 IAP_RANGE = "35.235.240.0/20"
 
@@ -188,12 +188,54 @@ class VmSettings(_Model):
 
     machine_type: str = "e2-medium"
     zone: Optional[str] = None
-    image: str = "cos-cloud/cos-stable"
+    image: str = f"{COS_PROJECT}/{COS_IMAGE}"
+    # The internal IP the VM keeps (reserved); unset: one the subnet assigns. Set it to a bare VM's current
+    # address when moving an existing stack to the group (docs/updates.md).
+    internal_ip: Optional[str] = None
     boot_disk_size_gb: int = Field(20, ge=10, le=2048)
     data_disk_size_gb: int = Field(20, ge=10, le=65536)
     data_disk_type: Literal["pd-balanced", "pd-ssd", "pd-standard"] = "pd-balanced"
     data_disk_snapshots: SnapshotSettings = SnapshotSettings()
     deletion_protection: Optional[bool] = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        # An exact build: a family (cos-stable, cos-125-lts) would be looked up at every preview and move the VM
+        # to whatever Google published last.
+        project, _, name = value.rpartition("/")
+        if not re.fullmatch(r"[a-z][-a-z0-9]{4,28}[a-z0-9]", project or "") or not re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", name):
+            raise _custom(f"{value!r} is not <project>/<image>", "an exact image such as " + f"{COS_PROJECT}/{COS_IMAGE}", f"{COS_PROJECT}/{COS_IMAGE}")
+        if re.fullmatch(r"cos-(arm64-)?(stable|beta|dev|\d+-lts)", name):
+            raise _custom(f"{value!r} is an image family, which moves with every COS release",
+                          f"an exact build, e.g. {COS_PROJECT}/{COS_IMAGE} (the bump workflow proposes new ones)", f"{COS_PROJECT}/{COS_IMAGE}")
+        return value
+
+    @field_validator("internal_ip")
+    @classmethod
+    def _internal_ip(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                ip = ipaddress.IPv4Address(value)
+            except ValueError:
+                ip = None
+            if ip is None or not ip.is_private:
+                raise _custom(f"{value!r} is not a private IPv4 address", "an address inside the subnet", "10.20.0.2")
+        return value
+
+    @field_validator("deletion_protection")
+    @classmethod
+    def _deletion_protection(cls, value: Optional[bool]) -> Optional[bool]:
+        # Compute Engine refuses deletion protection on a VM of a managed instance group.
+        if value:
+            raise _custom("Compute Engine deletion protection is not available for a VM in a managed instance group",
+                          "false or unset: the data disk is protected instead (protect in every stack)", "false")
+        return value
+
+    @property
+    def image_link(self) -> str:
+        project, _, name = self.image.rpartition("/")
+        return f"projects/{project}/global/images/{name}"
 
     @field_validator("machine_type")
     @classmethod

@@ -81,9 +81,11 @@ def test_seed_resources_are_imported_not_created(seed_plan):
     # The declared network must equal the network part of the import id, or the peering is replaced.
     assert conn.inputs["network"] == conn.import_id.split(":")[0]
     assert conn.inputs["deletionPolicy"] == "ABANDON"  # a shared network keeps its peering
-    vm = seed_plan.one("gcp:compute/instance:Instance")
-    assert vm.import_id == f"projects/{project}/zones/asia-northeast1-a/instances/convex-backend-instance"
-    assert vm.inputs["name"] == "convex-backend-instance"
+    # A VM cannot be imported into a managed instance group: the group's VM takes the seed VM's name
+    # (docs/adoption.md: delete the seed VM, keeping its disks, before the first `pulumi up`).
+    vm = seed_plan.one("gcp:compute/perInstanceConfig:PerInstanceConfig")
+    assert not vm.import_id and vm.inputs["name"] == "convex-backend-instance"
+    assert not seed_plan.of_type("gcp:compute/instance:Instance")
     assert seed_plan.of_type("random:index/randomId:RandomId") == []  # no generated instance name
 
 

@@ -12,7 +12,7 @@ from tests.test_program import paths_holding
 from tools.mocks import SECRET_SENTINELS, SQL_DNS_UID, SQL_PRIVATE_IP
 
 SQL = "gcp:sql/databaseInstance:DatabaseInstance"
-VM = "gcp:compute/instance:Instance"
+VM = "gcp:compute/instanceTemplate:InstanceTemplate"  # the VM's metadata and boot dependencies
 ZONE = "gcp:dns/managedZone:ManagedZone"
 RECORD = "gcp:dns/recordSet:RecordSet"
 PASSWORD = SECRET_SENTINELS["random:index/randomPassword:RandomPassword"]

@@ -1,5 +1,5 @@
-"""Exact values the program promises: the Convex pool per tier, a VM that may be stopped for
-an update (scopes, machine type), and prod's Convex database that no path deletes."""
+"""Exact values the program promises: the Convex pool per tier, a VM group that may restart or recreate
+its VM for an update (scopes, machine type), and prod's Convex database that no path deletes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from convex_gcp.settings import load_settings
 from tests.test_program import env_lines, metadata
 from tests.test_settings import config
 
-VM = "gcp:compute/instance:Instance"
+GROUP = "gcp:compute/instanceGroupManager:InstanceGroupManager"
 DB = "gcp:sql/database:Database"
 
 
@@ -40,9 +40,10 @@ def test_rendered_pool_is_exact(stack, pool, request):
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_vm_may_be_stopped_for_an_update(stack, request):
-    # Changing scopes or the machine type needs a stopped VM; without this, `pulumi up` fails
-    # instead (the README's scope fix relies on it).
-    assert request.getfixturevalue(f"{stack}_plan").one(VM).inputs["allowStoppingForUpdate"] is True
+    # Changing scopes or the machine type needs a stopped (or new) VM: the group may go as far as
+    # REPLACE, or such an update would never reach the VM (the README's scope fix relies on it).
+    policy = request.getfixturevalue(f"{stack}_plan").one(GROUP).inputs["updatePolicy"]
+    assert policy["mostDisruptiveAllowedAction"] == "REPLACE" and policy["type"] == "PROACTIVE"
 
 
 def test_prod_convex_database_is_never_dropped_without_adoption(prod_plan, dev_plan):

@@ -21,7 +21,7 @@ def test_dev_matches_the_hand_computed_estimate(dev_plan):
     #   db-g1-small: 0.0452 * 730                                      = 33.00
     #   SQL SSD 10 GB: 10 * 0.221                                      =  2.21
     #   3 backups: 10 GB * (1 + 0.05 * 2) * 0.104                      =  1.14
-    #   the VM's external IPv4: 0.005 * 730                            =  3.65
+    #   Cloud NAT for the VM (no external IP since the VM group): 0.0014 * 730 = 1.02, its IP 0.005 * 730 = 3.65
     #   3 secret versions: 3 * 0.06                                    =  0.18
     estimate = cost.estimate(dev_plan, PRICES)
     by_item = {line.item: line.monthly for line in estimate.lines}
@@ -30,8 +30,9 @@ def test_dev_matches_the_hand_computed_estimate(dev_plan):
     assert by_item["snapshots, daily, kept 14 days (multi-regional)"] == 2.15
     assert by_item["db-g1-small shared core"] == 33.00
     assert by_item["storage SSD"] == 2.21 and by_item["backups, 3 kept"] == 1.14
-    assert by_item["external IPv4 address on the VM"] == 3.65 and by_item["active secret versions"] == 0.18
-    assert estimate.total == 79.03 and estimate.complete
+    assert by_item["Cloud NAT gateway"] == 1.02 and by_item["Cloud NAT IP address"] == 3.65
+    assert "external IPv4 address on the VM" not in by_item and by_item["active secret versions"] == 0.18
+    assert estimate.total == 80.05 and estimate.complete
     assert not estimate.confirmed  # Tokyo's figures are scaled, and the rendering says so
 
 

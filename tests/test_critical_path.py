@@ -5,10 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import run_plan
-from tools.critical_path import BOOT_AND_PULL, CONVERGE, TYPICAL, estimate
+from tools.critical_path import BOOT_AND_PULL, CONVERGE, TYPICAL, VM, estimate
 from tools.plan import Declared, Plan
-
-VM = "gcp:compute/instance:Instance"
 
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])

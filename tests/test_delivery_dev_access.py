@@ -25,7 +25,10 @@ def dev(**network) -> dict[str, str]:
 
 def test_the_dev_stack_opens_nothing_to_the_internet_and_tunnels_through_iap(dev_plan):
     rules_ = {r.inputs["name"]: r.inputs for r in dev_plan.of_type(FIREWALL)}
-    assert set(rules_) == {"convex-dev-allow-iap"}
+    assert set(rules_) == {"convex-dev-allow-iap", "convex-dev-allow-autoheal"}
+    # Google's health checkers reach only the autohealing probe, never Convex (vm/health/).
+    assert rules_["convex-dev-allow-autoheal"]["allows"] == [{"ports": ["3290"], "protocol": "tcp"}]
+    assert set(rules_["convex-dev-allow-autoheal"]["sourceRanges"]) == {"130.211.0.0/22", "35.191.0.0/16"}
     iap = rules_["convex-dev-allow-iap"]
     assert iap["sourceRanges"] == ["35.235.240.0/20"]
     assert iap["allows"] == [{"ports": ["22", "3210", "3211", "6791"], "protocol": "tcp"}]

@@ -66,7 +66,7 @@ def test_every_conditional_output_is_exported_by_some_stack():
 
 # The minor version that introduced each name added after 1.0.0 ("adding an output is a minor version
 # bump"), local-only names included: a name added without a bump fails here.
-INTRODUCED = {"admin_key_command": (1, 1), "postgres_url": (1, 1), "monitoring_dashboard_url": (1, 2), "exports_bucket": (1, 3)}
+INTRODUCED = {"admin_key_command": (1, 1), "postgres_url": (1, 1), "monitoring_dashboard_url": (1, 2), "exports_bucket": (1, 3), "vm_group": (1, 4)}
 
 
 def test_added_outputs_bumped_the_minor_version_and_are_recorded():

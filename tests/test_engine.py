@@ -8,13 +8,16 @@ import json
 import pytest
 
 from components.apis import ApiPropagationWait, _PropagationWait
-from components.convex_vm import boot_image_source
+from components.convex_vm import update_policy
+from convex_gcp import images
 from components.database import connection_name, suffix_keepers
 from convex_gcp.settings import ConfigError, check_placeholders, is_placeholder_domain, load_settings
 from tests.conftest import run_plan, run_plan_with, stack_object
 from tools.plan import stack_config
 
-VM = "gcp:compute/instance:Instance"
+TEMPLATE = "gcp:compute/instanceTemplate:InstanceTemplate"
+GROUP = "gcp:compute/instanceGroupManager:InstanceGroupManager"
+VM = "gcp:compute/perInstanceConfig:PerInstanceConfig"
 CERT = "gcp:compute/managedSslCertificate:ManagedSslCertificate"
 SQL = "gcp:sql/databaseInstance:DatabaseInstance"
 SUFFIX = "random:index/randomId:RandomId"
@@ -25,23 +28,46 @@ def plan(request):
     return run_plan(request.param)
 
 
-def test_vm_is_deleted_before_it_is_replaced(plan):
-    # Fixed name: create-first would get 409 alreadyExists with the data disk still attached.
-    vm = plan.one(VM)
-    assert vm.delete_before_replace is True
-    assert vm.inputs["name"] == f"convex-{plan.stack}-vm"
+def test_template_is_created_before_the_old_one_goes(plan):
+    # Auto-named from a prefix: the bridge replaces it create-first (only an explicit `name` makes it
+    # delete-first), and the group moves to the new template before the old one is deleted.
+    template = plan.one(TEMPLATE)
+    assert "name" not in template.inputs and template.inputs["namePrefix"] == f"convex-{plan.stack}-vm-"
+    assert template.delete_before_replace is not True
+    group = plan.one(GROUP)
+    assert template.urn in group.dependencies
+    assert group.inputs["versions"][0]["instanceTemplate"].endswith("?uniqueId=4242424242")  # selfLinkUnique
 
 
-def test_data_disk_survives_a_vm_replacement(plan):
-    vm, disk = plan.one(VM), plan.by_name("convex-data")
-    # Separate resource the VM depends on (never a dependent the engine would delete first), attached
-    # without autoDelete (Compute Engine's default for attached disks is false), protected in prod.
-    assert disk.urn in vm.dependencies and vm.urn not in disk.dependencies
-    assert [d.get("autoDelete") for d in vm.inputs["attachedDisks"]] == [None]
-    assert vm.inputs["bootDisk"]["autoDelete"] is True
-    assert disk.protect is (plan.stack == "prod")
-    # Nothing the VM's replacement changes feeds the disk's inputs.
-    assert set(disk.inputs) == {"name", "zone", "type", "size", "labels"}
+def test_the_vm_keeps_its_name_disk_and_ip_through_every_recreation(plan):
+    vm, group, disk = plan.one(VM), plan.one(GROUP), plan.by_name("convex-data")
+    assert vm.inputs["name"] == f"convex-{plan.stack}-vm" and vm.inputs["instanceGroupManager"] == group.inputs["name"]
+    state = vm.inputs["preservedState"]
+    assert state["disks"] == [{"deviceName": "convex-data", "source": f"projects/example-convex-{plan.stack}/zones/asia-northeast1-a/disks/convex-{plan.stack}-data",
+                               "mode": "READ_WRITE", "deleteRule": "NEVER"}]
+    (ip,) = state["internalIps"]
+    assert ip["autoDelete"] == "NEVER" and ip["ipAddress"]["address"].endswith(f"/addresses/convex-{plan.stack}-vm-internal")
+    assert group.inputs["statefulDisks"] == [{"deviceName": "convex-data", "deleteRule": "NEVER"}]
+    assert group.inputs["statefulInternalIps"] == [{"interfaceName": "nic0", "deleteRule": "NEVER"}]
+    # Deleting the config leaves the VM and its state alone.
+    assert vm.inputs["removeInstanceOnDestroy"] is False and vm.inputs["removeInstanceStateOnDestroy"] is False
+    # The template attaches the same disk, never auto-deleted; the boot disk alone goes with the VM.
+    boot, data = plan.one(TEMPLATE).inputs["disks"]
+    assert boot["boot"] is True and boot["autoDelete"] is True
+    assert data == {"source": f"convex-{plan.stack}-data", "deviceName": "convex-data", "mode": "READ_WRITE", "autoDelete": False, "boot": False}
+    # The disk is protected in every stack and nothing of the group feeds its inputs.
+    assert disk.protect is True and set(disk.inputs) == {"name", "zone", "type", "size", "labels"}
+    assert vm.urn not in disk.dependencies and group.urn not in disk.dependencies
+
+
+def test_updates_replace_the_one_vm_in_place(plan):
+    policy = plan.one(GROUP).inputs["updatePolicy"]
+    assert policy == {"type": "PROACTIVE", "minimalAction": "REFRESH", "mostDisruptiveAllowedAction": "REPLACE",
+                      "replacementMethod": "RECREATE", "maxSurgeFixed": 0, "maxUnavailableFixed": 1}
+    # Never a second VM on the same disk: no surge, and the name (with its disk) is reused.
+    assert update_policy().max_surge_fixed == 0
+    # A group of one made by its per-instance config: no target size the program could fight over.
+    assert "targetSize" not in plan.one(GROUP).inputs
 
 
 def test_certificates_are_created_before_the_old_ones_go():
@@ -56,13 +82,16 @@ def test_certificates_are_created_before_the_old_ones_go():
     assert names(other)["front-door-cert-site"] == names(plan)["front-door-cert-site"]
 
 
-def test_group_membership_is_replaced_with_the_vm():
+def test_front_door_serves_the_group():
     plan = run_plan("prod")
-    member = plan.one("gcp:compute/instanceGroupMembership:InstanceGroupMembership")
-    # Its instance input comes from the VM, so the VM's delete-before-replace deletes it first and it is
-    # created again for the new VM; the group itself lists no instances.
-    assert plan.one(VM).urn in member.dependencies
-    assert "instances" not in plan.one("gcp:compute/instanceGroup:InstanceGroup").inputs
+    group = plan.one(GROUP)
+    backends = plan.of_type("gcp:compute/backendService:BackendService")
+    assert backends and all(b.inputs["backends"][0]["group"].endswith("/instanceGroups/convex-prod-vm-group") for b in backends)
+    assert all(group.urn in b.dependencies for b in backends)
+    # The VM's recreation changes nothing there: no unmanaged group, no membership to re-add.
+    assert not plan.of_type("gcp:compute/instanceGroup:InstanceGroup")
+    assert not plan.of_type("gcp:compute/instanceGroupMembership:InstanceGroupMembership")
+    assert {p["name"]: p["port"] for p in group.inputs["namedPorts"]} == {"api": 3210, "site": 3211, "dashboard": 6791}
 
 
 def test_sql_name_suffix_follows_every_force_new_input(plan):
@@ -135,32 +164,30 @@ def test_propagation_provider_unpickles_without_this_project(tmp_path):
     assert out.stdout.split() == ["['services']", "apis-1"]
 
 
-def test_vm_follows_the_cos_family(plan):
-    vm = plan.one(VM)
-    image = vm.inputs["bootDisk"]["initializeParams"]["image"]
-    # Resolved by gcp.compute.get_image(family="cos-stable", project="cos-cloud") at preview.
-    assert image.endswith("/projects/cos-cloud/global/images/cos-offline-stand-in-cos-stable")
-    assert "bootDisk.initializeParams.image" not in vm.ignore_changes
+def test_boot_image_is_the_pinned_build(plan):
+    (boot, _) = plan.one(TEMPLATE).inputs["disks"]
+    assert boot["sourceImage"] == f"projects/cos-cloud/global/images/{images.COS_IMAGE}"
 
 
-def test_image_names_and_families():
-    assert boot_image_source("cos-cloud/cos-stable") == ("cos-cloud", "cos-stable", True)
-    assert boot_image_source("cos-cloud/cos-121-lts") == ("cos-cloud", "cos-121-lts", True)
-    assert boot_image_source("cos-cloud/cos-121-18867-199-88") == ("cos-cloud", "cos-121-18867-199-88", False)
+@pytest.mark.parametrize("family", ["cos-cloud/cos-stable", "cos-cloud/cos-125-lts", "cos-cloud/cos-arm64-dev"])
+def test_an_image_family_is_refused_with_the_fix(family):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**stack_config("dev"), "convex-gcp:vm": json.dumps({**stack_object("dev", "vm"), "image": family})}, "dev")
+    (problem,) = caught.value.problems
+    assert problem.path == "convex-gcp:vm.image" and "image family" in problem.reason
+    assert f"cos-cloud/{images.COS_IMAGE}" in problem.fix
 
 
-def test_exact_image_is_pinned_and_deletion_protection_holds_it():
-    vm_config = {**stack_object("dev", "vm"), "image": "cos-cloud/cos-121-18867-199-88", "deletionProtection": True}
-    held = run_plan_with("dev", {"convex-gcp:vm": json.dumps(vm_config)}).one(VM)
-    assert held.inputs["bootDisk"]["initializeParams"]["image"] == "projects/cos-cloud/global/images/cos-121-18867-199-88"
-    # Compute Engine refuses to delete a protected VM: the image is held rather than failing every deploy.
-    assert held.ignore_changes == ["bootDisk.initializeParams.image"] and held.inputs["deletionProtection"] is True
+def test_an_exact_image_is_taken_as_it_is():
+    plan = run_plan_with("dev", {"convex-gcp:vm": json.dumps({**stack_object("dev", "vm"), "image": "cos-cloud/cos-121-18867-624-2"})})
+    assert plan.one(TEMPLATE).inputs["disks"][0]["sourceImage"] == "projects/cos-cloud/global/images/cos-121-18867-624-2"
 
 
-def test_unknown_image_family_fails_the_plan():
-    vm_config = {**stack_object("dev", "vm"), "image": "cos-cloud/cos-99-lts"}
-    error = run_plan_with("dev", {"convex-gcp:vm": json.dumps(vm_config)}).error
-    assert error.startswith("preview would fail: ") and "cos-99-lts" in error
+def test_vm_deletion_protection_is_refused():
+    # Compute Engine does not offer it for a VM of a managed instance group; the disk is protected instead.
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**stack_config("dev"), "convex-gcp:vm": json.dumps({**stack_object("dev", "vm"), "deletionProtection": True})}, "dev")
+    assert [p.path for p in caught.value.problems] == ["convex-gcp:vm.deletionProtection"]
 
 
 def test_connection_name_from_inputs():

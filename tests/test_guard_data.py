@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tests.conftest import run_plan
-from tools.guard_data import DESTRUCTIVE_OPS, GUARDED, allowed_kinds, destructive_steps, kind_of, main
+from tools.guard_data import DESTRUCTIVE_OPS, GUARDED, allowed_kinds, destructive_steps, kind_of, main, unsafe_moves
 
 SQL = "urn:pulumi:dev::convex-gcp::convex-gcp:index:Database$gcp:sql/databaseInstance:DatabaseInstance::database-instance"
 DISK = "urn:pulumi:dev::convex-gcp::convex-gcp:index:ConvexVm$gcp:compute/disk:Disk::convex-data"
@@ -116,3 +116,21 @@ def test_every_guarded_kind_matches_what_the_program_declares(op):
     assert seen["lb-address"] == {"front-door-ip"}
     assert seen["data-disk"] and seen["docker-volume"]
     assert set(seen) <= set(GUARDED)
+
+
+GROUP_VM = "urn:pulumi:dev::convex-gcp::convex-gcp:index:ConvexOnGcp$convex-gcp:index:ConvexVm$gcp:compute/perInstanceConfig:PerInstanceConfig::convex-vm"
+
+
+def test_moving_from_the_bare_vm_in_one_update_is_refused_even_when_allowed(tmp_path, monkeypatch, capsys):
+    # The engine creates first and deletes removed resources last: the group's VM would start while the bare
+    # VM still holds the name and the data disk (docs/updates.md, the two-step move).
+    data = preview(("create", GROUP_VM, {}), ("delete", VM, {}), ("same", DISK, {}))
+    assert run(tmp_path, monkeypatch, data, allow="all") == 1
+    assert "two VMs on the data disk" in capsys.readouterr().out
+
+
+def test_the_two_step_move_passes(tmp_path, monkeypatch):
+    # Step 1 (pulumi destroy --target the bare VM) deletes it alone; step 2 creates the group's VM alone.
+    first, second = preview(("delete", VM, {}), ("same", DISK, {})), preview(("create", GROUP_VM, {}), ("same", DISK, {}))
+    assert unsafe_moves(first) == unsafe_moves(second) == []
+    assert run(tmp_path, monkeypatch, first) == 0 and run(tmp_path, monkeypatch, second) == 0

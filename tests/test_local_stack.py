@@ -92,7 +92,7 @@ def test_backend_health_stop_signal_and_data_volume(plan):
 
 
 def test_images_are_the_vms_pins(plan, dev_plan):
-    meta = dict(line.split("=", 1) for line in dev_plan.one("gcp:compute/instance:Instance").inputs["metadata"]["convex-gcp-config"].splitlines())
+    meta = dict(line.split("=", 1) for line in dev_plan.one("gcp:compute/instanceTemplate:InstanceTemplate").inputs["metadata"]["convex-gcp-config"].splitlines())
     names = {r.name: r.inputs["name"] for r in plan.of_type("docker:index/remoteImage:RemoteImage")}
     assert names["local-backend-image"] == meta["BACKEND_IMAGE"]
     assert names["local-dashboard-image"] == meta["DASHBOARD_IMAGE"]

@@ -111,7 +111,7 @@ def test_cloud_sql_thresholds_come_from_config(monitored):
 def test_vm_down_and_uptime_failure_policies(monitored):
     vm = monitored.by_name("monitoring-vm-down")
     assert "conditionAbsent" in vm.inputs["conditions"][0]
-    assert 'resource.label.instance_id = "1234567890"' in filters(vm)
+    assert 'metric.label.instance_name = "convex-dev-vm"' in filters(vm)  # the name survives a recreation
     down = monitored.by_name("monitoring-convex-down")
     assert 'metric.label.check_id = "monitoring-uptime-check-id"' in filters(down)
     assert down.inputs["severity"] == "CRITICAL"

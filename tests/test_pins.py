@@ -21,7 +21,7 @@ def test_pins_are_the_verified_releases():
 
 
 def config_of(plan) -> dict[str, str]:
-    vm = plan.one("gcp:compute/instance:Instance")
+    vm = plan.one("gcp:compute/instanceTemplate:InstanceTemplate")
     return dict(line.split("=", 1) for line in vm.inputs["metadata"]["convex-gcp-config"].splitlines() if "=" in line)
 
 

@@ -12,10 +12,12 @@ from tests.conftest import run_plan, run_plan_with, stack_object
 from tools.mocks import EXTERNAL_IP, SECRET_SENTINELS
 
 SQL = "gcp:sql/databaseInstance:DatabaseInstance"
-VM = "gcp:compute/instance:Instance"
+# The VM's settings live in its instance template; the group's per-instance config names the VM.
+VM = "gcp:compute/instanceTemplate:InstanceTemplate"
+VM_CONFIG = "gcp:compute/perInstanceConfig:PerInstanceConfig"
 CONTRACT = [
     "convex_url", "convex_site_url", "dashboard_url", "admin_key_secret", "sql_instance_name", "sql_connection_name",
-    "sql_private_ip", "database_name", "database_user", "vm_name", "vm_zone", "vm_internal_ip", "vm_service_account",
+    "sql_private_ip", "database_name", "database_user", "vm_name", "vm_zone", "vm_internal_ip", "vm_group", "vm_service_account",
     "network", "subnetwork", "peering_range", "connection_mode",
 ]
 
@@ -66,7 +68,7 @@ def test_peering_deletion_policy_per_environment(dev_plan, prod_plan):
 
 def test_sql_zone_edition_and_explicit_settings(plan):
     inputs = plan.one(SQL).inputs
-    vm = plan.one(VM).inputs
+    vm = plan.one(VM_CONFIG).inputs
     assert inputs["settings"]["locationPreference"]["zone"] == vm["zone"]
     assert inputs["settings"]["edition"] == "ENTERPRISE"
     assert inputs["databaseVersion"] == "POSTGRES_17"
@@ -107,14 +109,19 @@ def test_instance_secret_cannot_be_deleted_in_any_stack(prod_plan, dev_plan):
 
 
 def test_vm_boots_after_its_secret_grants(plan):
-    vm = plan.one(VM)
     grants = plan.of_type("gcp:secretmanager/secretIamMember:SecretIamMember")
-    assert grants and all(g.urn in vm.dependencies for g in grants)
+    for vm in (plan.one(VM), plan.one(VM_CONFIG)):
+        assert grants and all(g.urn in vm.dependencies for g in grants)
 
 
-def test_prod_data_disk_protected(prod_plan, dev_plan):
+def test_data_disk_protected_in_every_stack(prod_plan, dev_plan):
+    # The engine refuses to delete or replace it; docs/runbooks.md, "Replace the data disk", is the way out.
     assert prod_plan.by_name("convex-data").protect is True
-    assert dev_plan.by_name("convex-data").protect is False
+    assert dev_plan.by_name("convex-data").protect is True
+    # The deliberate way out lifts exactly the disk's protect (docs/runbooks.md).
+    lifted = run_plan("dev", **{"convex-gcp:unprotect": json.dumps(["dataDisk"])})
+    assert lifted.by_name("convex-data").protect is False
+    assert lifted.one("gcp:sql/databaseInstance:DatabaseInstance").protect is True
 
 
 def test_database_named_from_instance_name(plan):
@@ -190,30 +197,40 @@ def test_vm_scopes_shielded_oslogin(plan):
     assert "https://www.googleapis.com/auth/sqlservice" not in scopes
     assert vm["shieldedInstanceConfig"] == {"enableIntegrityMonitoring": True, "enableSecureBoot": True, "enableVtpm": True}
     assert metadata(plan)["enable-oslogin"] == "TRUE"
-    # The cos-stable family, resolved to its newest image at preview (tests/test_engine.py).
-    assert "/projects/cos-cloud/global/images/" in vm["bootDisk"]["initializeParams"]["image"]
-    assert vm["zone"] == plan.one(SQL).inputs["settings"]["locationPreference"]["zone"]
+    # One exact COS build, pinned in the repo (tests/test_engine.py).
+    assert vm["disks"][0]["sourceImage"].startswith("projects/cos-cloud/global/images/cos-")
+    assert metadata(plan)["serial-port-enable"] == "FALSE"
+    assert plan.one(VM_CONFIG).inputs["zone"] == plan.one(SQL).inputs["settings"]["locationPreference"]["zone"]
 
 
-def test_vm_has_static_ip_and_separate_data_disk(plan):
+def test_vm_has_no_external_ip_and_a_separate_data_disk(plan):
     vm = plan.one(VM).inputs
-    if "front_door_ip" in plan.outputs:
-        # Behind the HTTPS front door (prod) the VM has no external IP (tests/test_front_door.py).
-        assert not vm["networkInterfaces"][0].get("accessConfigs")
-    else:
-        # Without a domain the VM keeps its IP; clients use it only with network.publicHttpWithoutTls,
-        # otherwise convex_url is the IAP tunnel's local end (docs/delivery.md).
-        assert vm["networkInterfaces"][0]["accessConfigs"][0]["natIp"] == EXTERNAL_IP
+    # Neither behind the front door (prod) nor in dev without a domain: clients come through the load
+    # balancer or an IAP tunnel (convex_url is the tunnel's local end, docs/delivery.md), pulls through NAT.
+    assert not vm["networkInterfaces"][0].get("accessConfigs")
+    assert not [a for a in plan.of_type("gcp:compute/address:Address") if a.inputs["addressType"] == "EXTERNAL"]
+    if "front_door_ip" not in plan.outputs:
         assert plan.outputs["convex_url"]["value"] == "http://localhost:3210"
-    disk = plan.by_name("convex-data").inputs
-    assert vm["attachedDisks"] == [{"deviceName": "convex-data", "mode": "READ_WRITE", "source": f"{disk['name']}-id"}]
+    disk = plan.by_name("convex-data")
+    assert vm["disks"][1]["source"] == disk.inputs["name"]
+    assert plan.one(VM_CONFIG).inputs["preservedState"]["disks"][0]["source"].endswith(f"/disks/{disk.inputs['name']}")
+
+
+def test_public_http_keeps_a_static_external_ip():
+    network = {**stack_object("dev", "network"), "publicHttpWithoutTls": True, "apiSourceRanges": ["203.0.113.0/24"]}
+    plan = run_plan("dev", **{"convex-gcp:network": json.dumps(network)})
+    (address,) = [a for a in plan.of_type("gcp:compute/address:Address") if a.inputs["addressType"] == "EXTERNAL"]
+    assert plan.one(VM).inputs["networkInterfaces"][0]["accessConfigs"] == [{"networkTier": "PREMIUM"}]
+    (external,) = plan.one(VM_CONFIG).inputs["preservedState"]["externalIps"]
+    assert external["autoDelete"] == "NEVER" and external["ipAddress"]["address"].endswith(f"/addresses/{address.inputs['name']}")
+    assert plan.outputs["convex_url"]["value"] == f"http://{EXTERNAL_IP}:3210"
 
 
 def test_vm_boots_after_its_roles(plan):
     # In proxy mode not after the database: tests/test_critical_path.py.
-    vm = plan.one(VM)
     needed = plan.of_type("gcp:projects/iAMMember:IAMMember")
-    assert needed and all(r.urn in vm.dependencies for r in needed)
+    for vm in (plan.one(VM), plan.one(VM_CONFIG)):
+        assert needed and all(r.urn in vm.dependencies for r in needed)
 
 
 def test_startup_script_is_the_static_file(plan):
@@ -273,7 +290,9 @@ def test_outputs_contract(plan):
     assert set(plan.outputs) == set(CONTRACT) | {"exports_bucket"} | ({"front_door_ip", "monitoring_dashboard_url"} if plan.stack == "prod" else set())
     assert plan.outputs["connection_mode"]["value"] == "proxy"
     assert plan.outputs["admin_key_secret"]["value"] == f"projects/example-convex-{plan.stack}/secrets/convex-{plan.stack}-admin-key"
-    assert plan.outputs["vm_zone"]["value"] == plan.one(VM).inputs["zone"]
+    assert plan.outputs["vm_zone"]["value"] == plan.one(VM_CONFIG).inputs["zone"]
+    assert plan.outputs["vm_name"]["value"] == plan.one(VM_CONFIG).inputs["name"] == f"convex-{plan.stack}-vm"
+    assert plan.outputs["vm_group"]["value"] == f"convex-{plan.stack}-vm-group"
 
 
 def test_dashboard_output_only_when_enabled():

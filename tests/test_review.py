@@ -74,9 +74,11 @@ def test_an_unknown_value_is_shown_as_known_after_apply(sql):
 
 
 def test_vm_changes_that_stop_it_and_metadata_that_restarts_containers(dev_plan):
-    vm = dev_plan.one(INSTANCE)
+    vm = dev_plan.one("gcp:compute/instanceTemplate:InstanceTemplate")
     (stop,) = downtime({"steps": [update(vm, lambda i: i.update(machineType="e2-standard-4"))]})
     assert stop.change == "machine type: e2-medium → e2-standard-4" and "stops and starts" in stop.effect
+    (cos,) = downtime({"steps": [update(vm, lambda i: i["disks"][0].update(sourceImage="projects/cos-cloud/global/images/cos-125-1"))]})
+    assert cos.change.startswith("boot image: projects/cos-cloud/global/images/cos-") and "recreates the VM" in cos.effect
     (scopes,) = downtime({"steps": [update(vm, lambda i: i["serviceAccount"].update(scopes=["x"]))]})
     assert scopes.change.startswith("service account or scopes")
     key = next(iter(vm.inputs["metadata"]))

@@ -38,6 +38,9 @@ TYPICAL: dict[str, tuple[int, str]] = {
     "gcp:secretmanager/secretIamMember:SecretIamMember": (5, "IAM policy round trip"),
     "gcp:compute/disk:Disk": (10, "zonal operation"),
     "gcp:compute/instance:Instance": (40, "zonal insert operation until RUNNING"),
+    "gcp:compute/instanceTemplate:InstanceTemplate": (5, "global operation"),
+    "gcp:compute/instanceGroupManager:InstanceGroupManager": (15, "zonal operation; empty until its per-instance config"),
+    "gcp:compute/perInstanceConfig:PerInstanceConfig": (45, "createInstances: the group creates the VM until RUNNING"),
     "gcp:compute/resourcePolicy:ResourcePolicy": (10, "regional operation"),
     "gcp:compute/diskResourcePolicyAttachment:DiskResourcePolicyAttachment": (10, "zonal operation"),
     "gcp:compute/managedSslCertificate:ManagedSslCertificate": (10, "insert only; provisioning continues in the background"),
@@ -63,7 +66,8 @@ DEFAULT_SECONDS = 5
 BOOT_AND_PULL = 120
 # The backend connects (the proxy is up already) and answers /version.
 CONVERGE = 20
-VM = "gcp:compute/instance:Instance"
+# The resource whose creation starts the VM: the group's per-instance config (createInstances).
+VM = "gcp:compute/perInstanceConfig:PerInstanceConfig"
 DATABASE = "gcp:sql/database:Database"
 USER = "gcp:sql/user:User"
 

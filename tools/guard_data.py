@@ -77,6 +77,8 @@ GUARDED: dict[str, Guarded] = {
     "lb-address": Guarded("load balancer address", frozenset({"gcp:compute/globalAddress:GlobalAddress"}), _is_external_address,
                           "undo the change to the address (DNS records point at it); a new address is a DNS change"),
 }
+BARE_VM = "gcp:compute/instance:Instance"
+GROUP_VM = "gcp:compute/perInstanceConfig:PerInstanceConfig"
 # pulumi pkg/resource/deploy/step.go StepOp values that remove the resource as it exists now.
 DESTRUCTIVE_OPS = {"delete", "replace", "create-replacement", "delete-replaced", "import-replacement"}
 
@@ -118,6 +120,19 @@ def allowed_kinds(value: str) -> set[str]:
     return names
 
 
+def unsafe_moves(preview: dict) -> list[str]:
+    """A bare VM deleted while the group's VM is created in the same update: the engine creates first and
+    deletes removed resources last, so the group would create its VM (same name, same data disk) while the
+    old one still runs and holds the disk. docs/updates.md has the two-step move."""
+    steps = preview.get("steps") or []
+    deleted = [s["urn"] for s in steps if s.get("op") == "delete" and resource_type(s.get("urn", "")) == BARE_VM]
+    created = any(s.get("op") == "create" and resource_type(s.get("urn", "")) == GROUP_VM for s in steps)
+    if not (deleted and created):
+        return []
+    return [f"delete bare VM {urn} while creating the VM group in the same update: delete the bare VM first "
+            "(docs/updates.md, \"Moving a stack built with the bare VM to the group\")" for urn in deleted]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -134,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"guard_data: cannot read the preview {args[0]}: {error}", file=sys.stderr)
         return 2
+    moves = unsafe_moves(preview)
+    if moves:
+        # Not overridable: the path is never right, and the two-step move costs nothing more.
+        print("guard_data: REFUSED, this deploy would run two VMs on the data disk:")
+        for line in moves:
+            print(f"  {line}")
+        return 1
     found = destructive_steps(preview)
     if not found:
         print("guard_data: nothing guarded is deleted or replaced")

@@ -16,6 +16,7 @@ SECRET_SENTINELS = {
 EXTERNAL_IP = "34.84.10.20"
 SQL_PRIVATE_IP = "10.123.0.3"
 VM_INTERNAL_IP = "10.20.0.2"
+TEMPLATE_SUFFIX = "20261207000000000000000001"
 FRONT_DOOR_IP = "34.117.20.30"
 # Shape of a private-services-access instance's DNS name: <uid>.<project label>.<region>.sql-psa.goog.
 SQL_DNS_UID = "0f1e2d3c4b5a"
@@ -41,7 +42,26 @@ class GcpMocks(pulumi.runtime.Mocks):
             rid = f"projects/{p}/regions/{r}/subnetworks/{name}"
             out = {"self_link": f"https://www.googleapis.com/compute/v1/{rid}"}
         elif t == "gcp:compute/address:Address":
-            out = {"address": EXTERNAL_IP}
+            rid = f"projects/{p}/regions/{inputs.get('region', r)}/addresses/{name}"
+            internal = inputs.get("addressType") == "INTERNAL"
+            out = {"address": inputs.get("address") or (VM_INTERNAL_IP if internal else EXTERNAL_IP), "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}
+        elif t == "gcp:compute/disk:Disk":
+            rid = f"projects/{p}/zones/{inputs.get('zone')}/disks/{name}"
+            out = {"selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}
+        elif t == "gcp:compute/instanceTemplate:InstanceTemplate":
+            # name_prefix + a unique suffix, as the provider generates it (resource_compute_instance_template.go).
+            name = inputs.get("name") or f"{inputs.get('namePrefix', '')}{TEMPLATE_SUFFIX}"
+            rid = f"projects/{p}/global/instanceTemplates/{name}"
+            link = f"https://www.googleapis.com/compute/v1/{rid}"
+            out = {"name": name, "selfLink": link, "selfLinkUnique": f"{link}?uniqueId=4242424242"}
+        elif t == "gcp:compute/instanceGroupManager:InstanceGroupManager":
+            rid = f"projects/{p}/zones/{inputs.get('zone')}/instanceGroupManagers/{name}"
+            out = {
+                "selfLink": f"https://www.googleapis.com/compute/v1/{rid}",
+                "instanceGroup": f"https://www.googleapis.com/compute/v1/projects/{p}/zones/{inputs.get('zone')}/instanceGroups/{name}",
+            }
+        elif t == "gcp:compute/perInstanceConfig:PerInstanceConfig":
+            rid = f"{p}/{inputs.get('zone')}/{inputs.get('instanceGroupManager')}/{name}"
         elif t == "gcp:compute/globalAddress:GlobalAddress":
             # The PSA range is internal; the front door's address is a global anycast IP.
             out = {"address": "10.123.0.0" if inputs.get("purpose") == "VPC_PEERING" else FRONT_DOOR_IP}

@@ -336,6 +336,12 @@ _KEY_SETTINGS = {
         "settings.deletionProtectionEnabled"],
     "gcp:compute/instance:Instance": ["machineType", "zone", "bootDisk.initializeParams.image", "serviceAccount.scopes",
         "shieldedInstanceConfig", "deletionProtection"],
+    "gcp:compute/instanceTemplate:InstanceTemplate": ["namePrefix", "machineType", "disks", "serviceAccount.scopes", "shieldedInstanceConfig"],
+    "gcp:compute/instanceGroupManager:InstanceGroupManager": ["name", "zone", "autoHealingPolicies", "statefulDisks", "statefulInternalIps",
+        "updatePolicy"],
+    "gcp:compute/perInstanceConfig:PerInstanceConfig": ["name", "preservedState", "minimalAction", "mostDisruptiveAllowedAction"],
+    "gcp:compute/healthCheck:HealthCheck": ["httpHealthCheck", "checkIntervalSec", "unhealthyThreshold"],
+    "gcp:compute/disk:Disk": ["name", "type", "size"],
     "gcp:compute/firewall:Firewall": ["allows", "sourceRanges"],
     "gcp:servicenetworking/connection:Connection": ["deletionPolicy"],
     "gcp:compute/globalAddress:GlobalAddress": ["purpose", "prefixLength"],
@@ -386,13 +392,15 @@ def render_markdown(plan: Plan) -> str:
                 shown = "[secret]" if key in r.secret_inputs else json.dumps(value, sort_keys=True)
                 settings.append(f"`{key}`={shown}")
         lines.append(f"| {r.type.split(':')[-1]} | {r.name} | {'yes' if r.protect else ''} | {'<br>'.join(settings).replace('|', '¦')} |")
-    vm = [r for r in plan.resources if r.type == "gcp:compute/instance:Instance"]
+    vm = [r for r in plan.resources if r.type in ("gcp:compute/instanceTemplate:InstanceTemplate", "gcp:compute/instance:Instance")]
     if vm:
         lines += ["", "## VM runtime settings (instance metadata)", ""]
         for key, value in sorted((vm[0].inputs.get("metadata") or {}).items()):
             if key in ("startup-script", "convex-gcp-isolate"):
                 source = {"startup-script": "vm/startup.sh", "convex-gcp-isolate": "vm/isolate.sh"}[key]
                 lines.append(f"- `{key}`: {source} ({len(value.splitlines())} lines)")
+            elif key == "user-data":
+                lines.append(f"- `user-data`: cloud-init installing the health endpoint, vm/health/ ({len(value.splitlines())} lines)")
             elif "\n" in value:
                 lines += [f"- `{key}`:", "", "```", value.rstrip("\n"), "```", ""]
             else:

@@ -17,8 +17,9 @@ or the VM, which the engine shows as a plain `update`:
 - A VM stops and starts on a change of machine type, service account or scopes, minimum CPU platform,
   accelerators, Shielded VM or confidential settings, or network interfaces (Compute Engine needs the VM
   stopped for these; the provider stops it because `allowStoppingForUpdate` is set: terraform-provider-google
-  resource_compute_instance.go). A changed instance template makes a managed group recreate its VM per its
-  update policy. A metadata change restarts only the containers whose rendered unit changed
+  resource_compute_instance.go). A changed instance template reaches the group's VM by its update policy
+  (components/convex_vm.py): a new boot image recreates it, a machine type restarts it, metadata alone is
+  refreshed on the running VM. A metadata change restarts only the containers whose rendered unit changed
   (docs/vm-runtime.md, "watcher").
 
 The downtime figures are Google's where it gives one, otherwise estimates named as such.
@@ -135,8 +136,7 @@ def vm_costs(step: dict) -> list[Cost]:
     old, new = _states(step)
     urn, typ = step["urn"], resource_type(step["urn"])
     if typ in TEMPLATES:
-        return [Cost(urn, "a new instance template", "the group recreates its VM on the kept disk and IP (update policy): "
-                     "a boot plus Convex's start, about 1 to 3 minutes without the API (estimate)", "https://cloud.google.com/compute/docs/instance-groups/updating-migs")]
+        return template_costs(urn, old, new)
     if typ in GROUPS:
         if _get(old, "versions") != _get(new, "versions"):
             return [Cost(urn, "the group's template version", "the group recreates its VM (update policy): about 1 to 3 "
@@ -147,6 +147,29 @@ def vm_costs(step: dict) -> list[Cost]:
     if old.get("metadata") != new.get("metadata"):
         costs.append(Cost(urn, "metadata (runtime configuration)", "no VM restart: the watcher restarts only the containers whose "
                           "unit changed, seconds (plus an image pull on an image bump)", "docs/vm-runtime.md"))
+    return costs
+
+
+MIGS = "https://cloud.google.com/compute/docs/instance-groups/updating-migs"
+VM_RECREATE = ("the group recreates the VM under its name on the kept data disk and IP (RECREATE, max surge 0: the old VM "
+               "goes first): COS boot, image pulls, Convex's start; benchmarks/update_downtime.py prints the sandbox's "
+               "figures, docs/updates.md the expected minutes")
+
+
+def template_costs(urn: str, old: dict, new: dict) -> list[Cost]:
+    """A new template reaches the one VM by the group's update policy (components/convex_vm.py): minimal action
+    REFRESH, so a metadata-only change is applied to the running VM, and only what the VM cannot take running
+    (a boot image, a machine type) escalates to a restart or a recreation."""
+    image = lambda inputs: _get((inputs.get("disks") or [{}])[0], "sourceImage")  # noqa: E731
+    costs = []
+    if image(old) != image(new):
+        costs.append(Cost(urn, f"boot image: {_shown(image(old))} → {_shown(image(new))}", VM_RECREATE, MIGS))
+    costs += [Cost(urn, f"{what}: {_shown(old.get(key))} → {_shown(new.get(key))}", VM_RESTART, MIGS)
+              for key, what in VM_STOPPING.items() if old.get(key) != new.get(key)]
+    if old.get("metadata") != new.get("metadata"):
+        costs.append(Cost(urn, "metadata (runtime configuration)", "no VM restart: the group refreshes the VM's metadata "
+                          "(minimal action REFRESH) and the watcher restarts only the containers whose unit changed, seconds "
+                          "(plus an image pull on an image bump)", "docs/vm-runtime.md"))
     return costs
 
 

@@ -7,11 +7,13 @@ import subprocess
 import pytest
 from sandbox import SCRIPT
 
+from convex_gcp.runtime import HEALTH_DIR  # noqa: E402
+
 ISOLATE = SCRIPT.parent / "isolate.sh"
 EXPORT = SCRIPT.parent / "convex-export.sh"
 
 
-@pytest.mark.parametrize("script", [SCRIPT, ISOLATE, EXPORT], ids=["startup.sh", "isolate.sh", "convex-export.sh"])
+@pytest.mark.parametrize("script", [SCRIPT, ISOLATE, EXPORT, HEALTH_DIR / "health.sh"], ids=["startup.sh", "isolate.sh", "convex-export.sh", "health.sh"])
 def test_shellcheck_clean(script):
     if shutil.which("shellcheck") is None:
         if os.environ.get("CI"):
