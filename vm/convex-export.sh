@@ -5,7 +5,8 @@
 # run reports the age of the newest good export as a Cloud Monitoring metric and, when an export is
 # due (the newest good one is about an interval old, or a request file exists), takes one:
 #   1. POST /api/export/request/zip?includeStorage=true        (request_zip_export)
-#   2. POST /api/query _system/cli/exports:getLatest, polled   (the state the CLI subscribes to)
+#   2. POST /api/query _system/cli/exports:getLatest, polled   (the state the CLI subscribes to; the CLI
+#      itself queries _system functions over /api/query with the admin key: convexImport.ts queryImport:list)
 #   3. GET  /api/export/zip/<start_ts>                         (get_zip_export, Content-Length set)
 # with "Authorization: Convex <admin key>", as `npx convex export` does at the pinned backend
 # (get-convex/convex-backend 652b828: npm-packages/convex/src/cli/lib/convexExport.ts,
@@ -29,6 +30,8 @@
 
 set -Eeuo pipefail
 umask 077
+# printf %(...)T formats in local time: the metric's endTime and the object's date path are UTC.
+export TZ=UTC
 
 BUCKET=${CONVEX_EXPORT_BUCKET:?}
 INTERVAL_S=${CONVEX_EXPORT_INTERVAL_S:?}
