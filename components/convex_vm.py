@@ -32,6 +32,8 @@ def image_tags(s: Settings) -> dict[str, str]:
         refs["DASHBOARD_IMAGE"] = images.DASHBOARD_IMAGE.format(tag=s.convex.version)
     if s.connection_mode == "proxy":
         refs["PROXY_IMAGE"] = images.PROXY_IMAGE.format(tag=s.convex.proxy_version)
+    if s.monitoring_enabled:
+        refs["COLLECTOR_IMAGE"] = images.COLLECTOR_IMAGE
     return refs
 
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_gcp as gcp
 
-from components.exports import export_age_conditions
+from components.exports import age_filter, export_age_conditions
 from convex_gcp.settings import MonitoringSettings
 
 # Where a container's output lands in Cloud Logging, by the Docker log driver its unit runs it with.
@@ -74,6 +74,34 @@ PROBLEM_COUNT = GUEST + "system/problem_count"
 # images and json-file logs) read-write. SCSI names on most machine types, NVMe on the rest.
 BOOT_DISK_DEVICES = ("sda1", "nvme0n1p1")
 DATA_DISK_DEVICES = ("sdb", "nvme0n2")
+
+
+# Convex's own metrics, as the collector on the VM writes them (vm/units/convex-collector.service:
+# Managed Service for Prometheus, resource label namespace = the stack's prefix, job convex-backend;
+# names after vm/convex-metrics.sh's rewrite, families from the pinned backend: tests/fakes/convex_metrics.py).
+# PromQL conditions check at creation that the metric exists, which it cannot on a first deploy:
+# disable_metric_validation ("allows alerting policies to be defined on metrics that do not yet
+# exist", pulumi-gcp 10.2.0 AlertPolicyConditionConditionPrometheusQueryLanguage) turns that off.
+def convex_queries(namespace: str, error_ratio: float) -> dict[str, str]:
+    sel = f'namespace="{namespace}",job="convex-backend"'
+    return {
+        # crates/common/src/http/mod.rs HTTP_HANDLE_DURATION_SECONDS, label status = the HTTP code.
+        "convex-errors": (f'sum(rate(http_handle_duration_seconds_count_total{{{sel},status=~"5.."}}[5m])) '
+                          f'/ sum(rate(http_handle_duration_seconds_count_total{{{sel}}}[5m])) > {error_ratio}'),
+        # crates/postgres/src/metrics.rs POSTGRES_GET_CONNECTION_SECONDS: waiting for a pooled connection.
+        "convex-db-wait": (f'sum(rate(postgres_get_connection_seconds_sum_total{{{sel}}}[5m])) '
+                           f'/ sum(rate(postgres_get_connection_seconds_count_total{{{sel}}}[5m])) > 1'),
+        # crates/isolate/src/metrics.rs ISOLATE_OUT_OF_MEMORY_TOTAL: a function hit V8's heap limit.
+        "convex-function-oom": f"increase(isolate_out_of_memory_total{{{sel}}}[10m]) > 0",
+        # The prometheus receiver's own `up` per scrape: 0 when the rewrite or the backend failed.
+        "convex-metrics-missing": (f"absent_over_time(up{{{sel}}}[15m]) or avg_over_time(up{{{sel}}}[10m]) < 0.5"),
+    }
+
+
+def convex_metric_names() -> set[str]:
+    """The Convex metric names the alerts read (the collector must keep, the rewrite must produce)."""
+    return {name for query in convex_queries("n", 0.05).values()
+            for name in re.findall(r"\b([a-z][a-z0-9_]*_total)\{", query)}
 
 
 DASHBOARD_LAYOUT = Path(__file__).resolve().parent / "dashboard.json"
@@ -392,13 +420,50 @@ class Monitoring(pulumi.ComponentResource):
             "(convex-gcp:vm.bootDiskSizeGb; replaces the VM, data disk kept).",
         )
 
-        features = {"front_door"} if args.url_map_name is not None else set()
+        namespace = f"{args.prefix}"
+        queries = convex_queries(namespace, m.convex_error_ratio)
+        convex_alerts = {
+            "convex-errors": ("CRITICAL", f"Convex answering 5xx to more than {m.convex_error_ratio:.0%} of requests",
+                              "Users' requests are failing (HTTP 5xx from the backend itself, before any load balancer). Look at "
+                              "the backend's errors: Logs Explorer, log cos_containers, container convex-backend, severity>=ERROR. "
+                              "Usual causes: the database (Cloud SQL alerts, `python -m tools.doctor <stack>` 'pool fits'), "
+                              "a full data disk, a bad deploy of functions (roll back with `npx convex deploy` of the previous version)."),
+            "convex-db-wait": ("WARNING", "Convex waits more than 1 s for a database connection",
+                               "Requests queue for a pooled Postgres connection: the pool (convex.poolSize = "
+                               "POSTGRES_MAX_CONNECTIONS) is exhausted or Cloud SQL is slow. Check Cloud SQL CPU and "
+                               "connections on the dashboard; raise `convex.poolSize` within max_connections or the tier "
+                               "(docs/runbooks.md, 'Resize the database tier')."),
+            "convex-function-oom": ("WARNING", "A Convex function ran out of memory",
+                                    "A query, mutation or action hit the isolate's heap limit and failed for its caller. Find it in "
+                                    "the Convex dashboard's logs; fix the function (smaller batches, pagination). The VM itself "
+                                    "is not out of memory (that is the 'VM memory' alert)."),
+            "convex-metrics-missing": ("WARNING", "Convex metrics are not arriving",
+                                       "The collector on the VM has not scraped Convex for 10 minutes, so the Convex alerts above "
+                                       "cannot fire. On the VM: `systemctl status convex-metrics convex-collector`, "
+                                       "`curl -s localhost:9464/metrics | head` (the rewrite; a 502 means the backend's /metrics "
+                                       "did not answer), `sudo docker logs convex-collector` (permission errors: the VM's service "
+                                       "account needs roles/monitoring.metricWriter)."),
+        }
+        for key, (severity, title, fix) in convex_alerts.items():
+            self.policies[key] = policy(key, title, gcp.monitoring.AlertPolicyConditionArgs(
+                display_name=title,
+                condition_prometheus_query_language=gcp.monitoring.AlertPolicyConditionConditionPrometheusQueryLanguageArgs(
+                    query=queries[key],
+                    duration="0s" if key == "convex-function-oom" else duration,
+                    evaluation_interval="60s",
+                    disable_metric_validation=True,
+                ),
+            ), fix, severity)
+
+        features = ({"front_door"} if args.url_map_name is not None else set()) | ({"exports"} if args.export_age is not None else set())
+        export_filter, export_threshold = (age_filter(args.export_age[0]), str(2 * args.export_age[1])) if args.export_age else ("", "0")
         values = pulumi.Output.all(
             uptime=self.uptime_check.uptime_check_id, vm=args.vm_name, db=args.sql_database_id,
             url_map=args.url_map_name if args.url_map_name is not None else "",
         ).apply(lambda v: json.dumps(render_dashboard(DASHBOARD_LAYOUT.read_text(), {
             "PREFIX": args.prefix, "UPTIME_CHECK_ID": v["uptime"], "VM_NAME": v["vm"], "DATABASE_ID": v["db"],
-            "URL_MAP": v["url_map"], "MAX_CONNECTIONS": str(args.max_connections),
+            "URL_MAP": v["url_map"], "MAX_CONNECTIONS": str(args.max_connections), "NAMESPACE": namespace,
+            "EXPORT_AGE_FILTER": export_filter, "EXPORT_AGE_THRESHOLD": export_threshold,
             "MEMORY_THRESHOLD": str(round(m.vm_memory_utilization * 100, 2)),
             "DISK_THRESHOLD": str(round(m.vm_disk_utilization * 100, 2)),
             "CONNECTIONS_THRESHOLD": str(connections_threshold(args.max_connections, m.sql_connections_ratio)),

@@ -26,11 +26,18 @@ COS_FAMILY = "cos-125-lts"
 
 CONVEX_VERSION = "652b828b5129e6cdbcaa3c20efa8d116d09ff3bf"  # precompiled-2026-08-22-652b828
 PROXY_VERSION = "2.25.3"  # release v2.25.3
+# OpenTelemetry Collector contrib (has the googlemanagedprometheus exporter and the gcp resource
+# detector): open-telemetry/opentelemetry-collector-releases CHANGELOG.md lists v0.138.0, and
+# distributions/otelcol-contrib/.goreleaser.yaml publishes the multi-arch manifest
+# ghcr.io/open-telemetry/opentelemetry-collector-releases/opentelemetry-collector-contrib:{{ .Version }}
+# (the version without the v; ghcr.io, not Docker Hub and its pull limits). Resolved to its digest at preview.
+COLLECTOR_VERSION = "0.138.0"
 
 # Image references always carry a pinned tag: the templates cannot be used without one.
 PROXY_IMAGE = "gcr.io/cloud-sql-connectors/cloud-sql-proxy:{tag}"
 BACKEND_IMAGE = "ghcr.io/get-convex/convex-backend:{tag}"
 DASHBOARD_IMAGE = "ghcr.io/get-convex/convex-dashboard:{tag}"
+COLLECTOR_IMAGE = f"ghcr.io/open-telemetry/opentelemetry-collector-releases/opentelemetry-collector-contrib:{COLLECTOR_VERSION}"
 
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 

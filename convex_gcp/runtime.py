@@ -6,6 +6,7 @@ travel only as Secret Manager ids. See docs/vm-runtime.md for the contract.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Optional
 from urllib.parse import quote
 
 from . import convex_env
-from .images import BACKEND_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE
+from .images import BACKEND_IMAGE, COLLECTOR_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE
 from .settings import Settings, resource_prefix
 
 API_PORT, SITE_PORT, DASHBOARD_PORT = 3210, 3211, 6791
@@ -38,7 +39,8 @@ def vm_dir() -> Path:
 
 UNIT_DIR = vm_dir() / "units"
 HEALTH_DIR = vm_dir() / "health"
-UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-export", "convex-export-timer")
+UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-export", "convex-export-timer", "convex-metrics",
+         "convex-collector")
 # The export script the export unit runs (metadata key convex-gcp-export-script).
 EXPORT_SCRIPT = UNIT_DIR.parent / "convex-export.sh"
 # Host and container isolation, asserted by the startup script and before every container start.
@@ -49,6 +51,20 @@ def export_metric_type(prefix: str) -> str:
     """The age-of-the-newest-export gauge, one per stack: two stacks in one project never share (or
     delete) a descriptor (components/exports.py declares it, vm/convex-export.sh writes it)."""
     return f"custom.googleapis.com/convex_gcp/{prefix}/export_age_seconds"
+
+
+# Convex's own metrics (with monitoring): vm/convex-metrics.sh serves them rewritten on this loopback
+# port; the collector (vm/collector.json) scrapes it and keeps only these families, the ones the
+# alerts and the dashboard read (components/monitoring.py CONVEX_METRICS).
+METRICS_PORT = 9464
+METRICS_SCRIPT = UNIT_DIR.parent / "convex-metrics.sh"
+COLLECTOR_CONFIG = UNIT_DIR.parent / "collector.json"
+KEEP_METRICS = (
+    "http_handle_duration_seconds_count_total", "http_handle_duration_seconds_sum_total",
+    "udf_execute_seconds_count_total", "udf_execute_seconds_sum_total",
+    "postgres_get_connection_seconds_count_total", "postgres_get_connection_seconds_sum_total",
+    "isolate_out_of_memory_total", "sync_connect_total",
+)
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 
 
@@ -192,6 +208,11 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
         "DB_PASSWORD_SECRET_ID": inputs.db_password_secret_id,
     }
     config["DB_SUBNET"], config["WEB_SUBNET"] = DB_SUBNET, WEB_SUBNET
+    if settings.monitoring_enabled:
+        config["METRICS_ENABLED"] = "true"
+        config["COLLECTOR_IMAGE"] = COLLECTOR_IMAGE
+        # The Prometheus namespace label of its metrics: the alerts select on it (components/monitoring.py).
+        config["METRICS_NAMESPACE"] = resource_prefix(settings.stack)
     if mode == "proxy":
         config["PROXY_SUBNET"], config["PROXY_IP"] = PROXY_SUBNET, PROXY_IP
         config["PROXY_IMAGE"] = PROXY_IMAGE.format(tag=settings.convex.proxy_version)
@@ -232,13 +253,39 @@ def render_unit(name: str, values: dict[str, str]) -> str:
     """Fill a unit template's @KEY@ placeholders; {{KEY}} ones (VM paths) are left for the VM."""
     text = (UNIT_DIR / unit_file(name)).read_text()
     for key, value in values.items():
-        if "\n" in value and key != "PROXY_DEPENDENCY":
+        if "\n" in value and key not in ("PROXY_DEPENDENCY", "SCRIPT", "CONFIG"):
             raise ValueError(f"unit value {key} spans lines")
         text = text.replace(f"@{key}@", value)
     left = _PLACEHOLDER.findall(text)
     if left:
         raise ValueError(f"{unit_file(name)}: no value for {sorted(set(left))}")
     return text
+
+
+def standard_input_text(text: str) -> str:
+    """`text` as systemd StandardInputText= lines (systemd.exec(5): "C-style escapes for special
+    characters as well as the usual %-specifiers are resolved", so \\ and % are doubled; "leading and
+    trailing whitespace ... is removed" and an empty line clears the buffer, so empty lines are left
+    out and the files that travel this way have no outer blanks)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if line != line.strip() or line.endswith("\\"):
+            # systemd strips both ends, and a unit line ending in \ continues on the next one.
+            raise ValueError(f"a line with outer blanks or a final backslash cannot travel as StandardInputText: {line!r}")
+        lines.append("StandardInputText=" + line.replace("\\", "\\\\").replace("%", "%%"))
+    return "\n".join(lines)
+
+
+def collector_config(namespace: str) -> str:
+    """vm/collector.json for this stack, as one JSON line (JSON is YAML; one line keeps it whole
+    through StandardInputText=, which strips leading blanks)."""
+    text = COLLECTOR_CONFIG.read_text()
+    keep = "|".join(KEEP_METRICS)
+    for key, value in {"METRICS_PORT": str(METRICS_PORT), "KEEP": keep, "NAMESPACE": namespace}.items():
+        text = text.replace(f"@{key}@", value)
+    return json.dumps(json.loads(text), separators=(",", ":"))
 
 
 def unit_files(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
@@ -277,6 +324,16 @@ def units_for_config(config: dict[str, str]) -> dict[str, str]:
                   "ADMIN_KEY_SECRET_ID": config["ADMIN_KEY_SECRET_ID"]}
         units["convex-export"] = render_unit("convex-export", export)
         units["convex-export-timer"] = render_unit("convex-export-timer", export)
+    if config.get("METRICS_ENABLED") == "true":
+        script = METRICS_SCRIPT.read_text().replace("http://127.0.0.1:3210/metrics", f"http://127.0.0.1:{API_PORT}/metrics")
+        units["convex-metrics"] = render_unit("convex-metrics", {
+            "METRICS_PORT": str(METRICS_PORT),
+            "SCRIPT": standard_input_text(script),
+        })
+        units["convex-collector"] = render_unit("convex-collector", {
+            "COLLECTOR_IMAGE": config["COLLECTOR_IMAGE"],
+            "CONFIG": standard_input_text(collector_config(config["METRICS_NAMESPACE"])),
+        })
     return units
 
 

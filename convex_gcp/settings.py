@@ -446,6 +446,8 @@ class MonitoringSettings(_Model):
     # The VM (COS node-problem-detector's guest metrics): memory in use, and each disk's share used.
     vm_memory_utilization: float = Field(0.9, gt=0, le=1)
     vm_disk_utilization: float = Field(0.85, gt=0, le=1)
+    # Convex's own metrics (the collector on the VM): share of HTTP requests answered 5xx.
+    convex_error_ratio: float = Field(0.05, gt=0, le=1)
 
     @field_validator("notification_emails")
     @classmethod

@@ -40,7 +40,7 @@ def test_prod_has_monitoring_by_default_with_its_email_channel():
     # A prod plan that fails must fail this test, not skip it.
     assert not plan.error, plan.error
     assert [c.inputs["labels"] for c in plan.of_type(CHANNEL)] == [{"email_address": "oncall@acmecorp.dev"}]  # tools/offline_values.py
-    assert len(plan.of_type(ALERT)) == 13  # the export-age policy included (components/exports.py)
+    assert len(plan.of_type(ALERT)) == 17  # the export-age policy included (components/exports.py)
     # Labelled like every other component: the stack name, not the resource prefix.
     labelled = plan.of_type(CHANNEL) + plan.of_type(ALERT) + plan.of_type(UPTIME)
     assert labelled and all(r.inputs["userLabels"] == {"app": "convex", "environment": "prod", "stack": "prod"}
@@ -146,10 +146,10 @@ def log_source_mismatches(unit: str, log_filter: str, project: str) -> list[str]
         problems.append(f"{driver.group(1)} output lands in log {log.log_id}, the alert matches another")
     if not name or f'{log.name_field}="{name.group(1)}"' not in log_filter:
         problems.append(f"container {name and name.group(1)!r}: the alert matches another name")
-    # A foreground `docker run` copies the output into the journal, which COS ships too: twice.
-    for stream in ("StandardOutput", "StandardError"):
-        if f"\n{stream}=null\n" not in unit:
-            problems.append(f"{stream} is not null: the output would be shipped twice")
+    # A foreground `docker run` copies stdout (all of Convex's logging) into the journal, which COS
+    # ships too: twice. stderr stays in the journal on purpose (the unit says why).
+    if "\nStandardOutput=null\n" not in unit:
+        problems.append("StandardOutput is not null: the output would be shipped twice")
     return problems
 
 
@@ -173,7 +173,7 @@ def test_restart_alerts_match_what_each_unit_writes(stack, monitored, prod_plan)
     ("--log-driver json-file", "--log-driver gcplogs"),
     ("--name convex-backend", "--name convex-api"),
     ("StandardOutput=null\n", ""),
-    ("StandardError=null\n", ""),
+    ("StandardOutput=null\n", "StandardOutput=journal\n"),
 ])
 def test_a_unit_changed_without_its_alert_is_caught(edit, monitored):
     units = unit_metadata(monitored)
@@ -264,7 +264,8 @@ DASHBOARD = "gcp:monitoring/dashboard:Dashboard"
 
 def dashboard_tiles(plan) -> dict[str, str]:
     layout = json.loads(plan.one(DASHBOARD).inputs["dashboardJson"])
-    return {t["widget"]["title"]: " ".join(d["timeSeriesQuery"]["timeSeriesFilter"]["filter"] for d in t["widget"]["xyChart"]["dataSets"])
+    return {t["widget"]["title"]: " ".join(d["timeSeriesQuery"].get("timeSeriesFilter", {}).get("filter", "") or d["timeSeriesQuery"]["prometheusQuery"]
+                                           for d in t["widget"]["xyChart"]["dataSets"])
             for t in layout["mosaicLayout"]["tiles"]}
 
 
@@ -278,6 +279,9 @@ def test_one_dashboard_from_the_layout_file_with_the_alerts_signals(prod_plan, m
                    "cloudsql.googleapis.com/database/postgresql/num_backends", "monitoring.googleapis.com/uptime_check/check_passed",
                    "loadbalancing.googleapis.com/https/request_count"):
         assert f'metric.type = "{metric}"' in text, metric
+    # The newest export's age where exports exist: the export-age alert's own filter.
+    export_alert = prod_plan.by_name("monitoring-export-age").inputs["conditions"][0]["conditionThreshold"]["filter"]
+    assert export_alert in tiles["Newest good Convex export: age in seconds (the alert fires above the line)"]
     # Same scoping as the alerts: the check, the VM by name, the instance, the front door's URL map.
     assert 'metric.label.instance_name = starts_with("convex-prod-vm")' in text
     assert 'resource.label.database_id = "example-convex-prod:' in text
@@ -304,3 +308,26 @@ def test_plan_renders_alerts_and_dashboard_layout_as_text(prod_plan):
         assert policy.inputs["displayName"] in text
     assert "cos_containers" in text and "Dashboard `convex-prod: Convex`" in text
     assert "**VM memory in use, % (page cache excluded)**" in text
+
+
+def test_convex_alerts_read_what_the_collector_writes_and_survive_a_first_deploy(prod_plan):
+    from convex_gcp import runtime
+    from components.monitoring import convex_metric_names
+
+    config = dict(line.split("=", 1) for line in next(
+        r for r in prod_plan.resources if isinstance(r.inputs.get("metadata"), dict) and "convex-gcp-config" in r.inputs["metadata"]
+    ).inputs["metadata"]["convex-gcp-config"].splitlines() if "=" in line)
+    namespace = config["METRICS_NAMESPACE"]
+    queries = {}
+    for key in ("convex-errors", "convex-db-wait", "convex-function-oom", "convex-metrics-missing"):
+        (condition,) = prod_plan.by_name(f"monitoring-{key}").inputs["conditions"]
+        promql = condition["conditionPrometheusQueryLanguage"]
+        # No metric exists before the collector's first write: creation must not check for one.
+        assert promql["disableMetricValidation"] is True, key
+        assert f'namespace="{namespace}",job="convex-backend"' in promql["query"], key
+        queries[key] = promql["query"]
+    assert 'status=~"5.."' in queries["convex-errors"] and "> 0.05" in queries["convex-errors"]
+    assert prod_plan.by_name("monitoring-convex-errors").inputs["severity"] == "CRITICAL"
+    # Every Convex metric an alert reads is one the collector keeps.
+    assert convex_metric_names() and convex_metric_names() <= set(runtime.KEEP_METRICS)
+    assert all(name in " ".join(queries.values()) for name in convex_metric_names())

@@ -213,9 +213,11 @@ def test_pip_install_gives_an_importable_component(tmp_path):
 import json, sys
 import components.convex_on_gcp as component
 from convex_gcp import provider_host
-from convex_gcp.runtime import HEALTH_DIR, UNIT_DIR, vm_dir
+from convex_gcp.runtime import COLLECTOR_CONFIG, HEALTH_DIR, UNIT_DIR, vm_dir
 from convex_gcp import convex_env
+from components.monitoring import DASHBOARD_LAYOUT
 print(json.dumps({"env_table": convex_env.table()["commit"], "file": component.__file__, "startup": (vm_dir() / "startup.sh").stat().st_size,
+                  "configs": sorted(p.name for p in vm_dir().glob("*.json")), "layout": DASHBOARD_LAYOUT.is_file() and COLLECTOR_CONFIG.is_file(),
                   "units": sorted(p.name for p in UNIT_DIR.iterdir()), "scripts": sorted(p.name for p in vm_dir().glob("*.sh")),
                   "health": sorted(p.name for p in HEALTH_DIR.iterdir()),
                   "schema": provider_host.schema()}))
@@ -230,7 +232,8 @@ print(json.dumps({"env_table": convex_env.table()["commit"], "file": component._
     assert found["units"] == sorted(p.name for p in (ROOT / "vm" / "units").iterdir())  # every file under vm/ ships
     assert found["scripts"] == sorted(p.name for p in (ROOT / "vm").glob("*.sh"))
     assert found["health"] == sorted(p.name for p in (ROOT / "vm" / "health").iterdir())
-    assert {p.name for p in (ROOT / "vm").iterdir()} == {*found["scripts"], "units", "health"}
+    assert found["configs"] == sorted(p.name for p in (ROOT / "vm").glob("*.json")) and found["layout"]
+    assert {p.name for p in (ROOT / "vm").iterdir()} == {*found["scripts"], *found["configs"], "units", "health"}
     assert found["schema"] == provider_host.schema()
     assert found["env_table"] == json.loads((ROOT / "convex_gcp" / "convex_env.json").read_text())["commit"]
     names = subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True, check=True).stdout

@@ -159,6 +159,7 @@ def registry_lookup(a: dict[str, Any]) -> Any:
         images.DASHBOARD_IMAGE.format(tag=images.CONVEX_VERSION),
         images.PROXY_IMAGE.format(tag=images.PROXY_VERSION),
         images.PROXY_IMAGE.format(tag=images.PROXY_VERSION + "-alpine"),
+        images.COLLECTOR_IMAGE,
     }
     if name not in known:
         path = repo.split("/", 1)[-1]

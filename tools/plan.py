@@ -439,15 +439,17 @@ def render_monitoring(plan: Plan) -> list[str]:
         lines += ["| alert | severity | condition |", "|---|---|---|"]
         for r in policies:
             for c in r.inputs.get("conditions") or []:
-                kind = next((k for k in ("conditionThreshold", "conditionAbsent", "conditionMatchedLog") if k in c), "")
+                kind = next((k for k in ("conditionThreshold", "conditionAbsent", "conditionMatchedLog", "conditionPrometheusQueryLanguage") if k in c), "")
                 body = c.get(kind, {})
-                what = body.get("filter", "")
+                what = body.get("filter", body.get("query", ""))
                 if kind == "conditionThreshold":
                     what += f" {'>' if body.get('comparison') == 'COMPARISON_GT' else body.get('comparison')} {body.get('thresholdValue')} for {body.get('duration')}"
                 elif kind == "conditionAbsent":
                     what = f"no data for {body.get('duration')}: {what}"
                 elif kind == "conditionMatchedLog":
                     what = f"log entry matching: {what}"
+                elif kind == "conditionPrometheusQueryLanguage":
+                    what = f"PromQL for {body.get('duration')}: {what}"
                 lines.append(f"| {r.inputs.get('displayName')} | {r.inputs.get('severity', '')} | `{what}` |".replace("\n", " "))
     for r in dashboards:
         raw = r.inputs.get("dashboardJson")
@@ -458,8 +460,9 @@ def render_monitoring(plan: Plan) -> list[str]:
         lines += ["", f"Dashboard `{layout.get('displayName')}` (components/dashboard.json):", ""]
         for tile in sorted(layout["mosaicLayout"]["tiles"], key=lambda t: (t.get("yPos", 0), t.get("xPos", 0))):
             widget = tile["widget"]
-            filters = [d["timeSeriesQuery"]["timeSeriesFilter"]["filter"] for d in widget.get("xyChart", {}).get("dataSets", [])]
-            metric = ", ".join(sorted({m for f in filters for m in re.findall(r'metric.type = "([^"]+)"', f)}))
+            queries = [d["timeSeriesQuery"] for d in widget.get("xyChart", {}).get("dataSets", [])]
+            metric = ", ".join(sorted({m for q in queries for m in re.findall(r'metric.type = "([^"]+)"', q.get("timeSeriesFilter", {}).get("filter", ""))}
+                                      | {"PromQL: " + q["prometheusQuery"] for q in queries if "prometheusQuery" in q}))
             lines.append(f"- ({tile.get('xPos', 0)},{tile.get('yPos', 0)} {tile['width']}x{tile['height']}) **{widget['title']}**: `{metric}`")
     return lines
 

@@ -558,10 +558,10 @@ fetch_metadata() {
 
 # ---------------------------------------------------------------- config --
 
-readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP PROXY_SUBNET BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET EXPORT_BUCKET EXPORT_INTERVAL_S EXPORT_INCLUDE_STORAGE EXPORT_METRIC "
-readonly ALL_UNITS=(cloudsql-proxy convex-backend convex-dashboard convex-export convex-export-timer)
+readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP PROXY_SUBNET BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET EXPORT_BUCKET EXPORT_INTERVAL_S EXPORT_INCLUDE_STORAGE EXPORT_METRIC METRICS_ENABLED COLLECTOR_IMAGE METRICS_NAMESPACE "
+readonly ALL_UNITS=(cloudsql-proxy convex-backend convex-dashboard convex-export convex-export-timer convex-metrics convex-collector)
 # Unit name -> its file (metadata keys allow no dots: convex_gcp/runtime.py unit_file).
-declare -rA UNIT_FILE=([cloudsql-proxy]=cloudsql-proxy.service [convex-backend]=convex-backend.service [convex-dashboard]=convex-dashboard.service [convex-export]=convex-export.service [convex-export-timer]=convex-export.timer)
+declare -rA UNIT_FILE=([cloudsql-proxy]=cloudsql-proxy.service [convex-backend]=convex-backend.service [convex-dashboard]=convex-dashboard.service [convex-export]=convex-export.service [convex-export-timer]=convex-export.timer [convex-metrics]=convex-metrics.service [convex-collector]=convex-collector.service)
 
 # Parse KEY=VALUE lines; never sourced or evaluated.
 parse_config() {
@@ -587,7 +587,7 @@ parse_config() {
     [[ -n ${CFG[$k]:-} ]] || die "convex-gcp-config: ${k} is missing or empty" "the Pulumi settings that render it"
   done
   CFG[DASHBOARD_ENABLED]=${CFG[DASHBOARD_ENABLED]:-false}
-  for k in DB_PASSWORD_SECRET_ID SQL_INSTANCE PROXY_ARGS PROXY_IMAGE DASHBOARD_IMAGE EXPORT_BUCKET; do CFG[$k]=${CFG[$k]:-}; done
+  for k in DB_PASSWORD_SECRET_ID SQL_INSTANCE PROXY_ARGS PROXY_IMAGE DASHBOARD_IMAGE EXPORT_BUCKET METRICS_ENABLED COLLECTOR_IMAGE; do CFG[$k]=${CFG[$k]:-}; done
 
   case "${CFG[CONNECTION_MODE]}" in
     proxy)
@@ -612,7 +612,7 @@ parse_config() {
   esac
   local img
   # name[:tag][@sha256:<64 hex>]: a digest-pinned reference is accepted with or without a tag.
-  for img in "${CFG[PROXY_IMAGE]}" "${CFG[BACKEND_IMAGE]}" "${CFG[DASHBOARD_IMAGE]}"; do
+  for img in "${CFG[PROXY_IMAGE]}" "${CFG[BACKEND_IMAGE]}" "${CFG[DASHBOARD_IMAGE]}" "${CFG[COLLECTOR_IMAGE]}"; do
     [[ -z $img || $img =~ ^[a-z0-9][a-z0-9./_-]*(:[A-Za-z0-9_][A-Za-z0-9._-]{0,127})?(@sha256:[0-9a-f]{64})?$ ]] ||
       die "convex-gcp-config: invalid image reference ${img}" "settings: registry/name:tag or registry/name[:tag]@sha256:<digest>"
   done
@@ -1259,6 +1259,7 @@ pull_images() {
   local -a images=("${CFG[BACKEND_IMAGE]}")
   [[ ${CFG[CONNECTION_MODE]} == proxy ]] && images+=("${CFG[PROXY_IMAGE]}")
   [[ ${CFG[DASHBOARD_ENABLED]} == true ]] && images+=("${CFG[DASHBOARD_IMAGE]}")
+  [[ ${CFG[METRICS_ENABLED]} == true ]] && images+=("${CFG[COLLECTOR_IMAGE]}")
   local -a pids=() pending=()
   local img i=0
   for img in "${images[@]}"; do
@@ -1298,14 +1299,11 @@ pull_images() {
 WANTED_UNITS=()
 set_wanted_units() {
   WANTED_UNITS=()
-  if [[ ${CFG[CONNECTION_MODE]} == proxy ]]; then
-    WANTED_UNITS+=(cloudsql-proxy)
-  fi
+  [[ ${CFG[CONNECTION_MODE]} != proxy ]] || WANTED_UNITS+=(cloudsql-proxy)
   WANTED_UNITS+=(convex-backend)
-  if [[ ${CFG[DASHBOARD_ENABLED]} == true ]]; then
-    WANTED_UNITS+=(convex-dashboard)
-  fi
+  [[ ${CFG[DASHBOARD_ENABLED]} != true ]] || WANTED_UNITS+=(convex-dashboard)
   [[ -z ${CFG[EXPORT_BUCKET]} ]] || WANTED_UNITS+=(convex-export convex-export-timer)
+  [[ ${CFG[METRICS_ENABLED]} != true ]] || WANTED_UNITS+=(convex-metrics convex-collector)
 }
 
 # unit_inputs UNIT -> INPUTS: the files its container reads at start (env files, CA bundle).
@@ -1813,6 +1811,8 @@ apply() {
     backend_wait=$((backend_wait < 30000 ? backend_wait : 30000))
   fi
   start_unit convex-backend
+  # Convex's metrics from its first start: an unhealthy backend shows as the collector's up == 0.
+  if [[ ${CFG[METRICS_ENABLED]} == true ]]; then start_unit convex-metrics; start_unit convex-collector; fi
   step backend-version
   if ! wait_http convex-backend "$BACKEND_VERSION_URL" "$backend_wait"; then
     preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering after $(secs "$backend_wait")" \

@@ -13,7 +13,11 @@ ISOLATE = SCRIPT.parent / "isolate.sh"
 EXPORT = SCRIPT.parent / "convex-export.sh"
 
 
-@pytest.mark.parametrize("script", [SCRIPT, ISOLATE, EXPORT, HEALTH_DIR / "health.sh"], ids=["startup.sh", "isolate.sh", "convex-export.sh", "health.sh"])
+METRICS = SCRIPT.parent / "convex-metrics.sh"
+
+
+@pytest.mark.parametrize("script", [SCRIPT, ISOLATE, EXPORT, HEALTH_DIR / "health.sh", METRICS],
+                         ids=["startup.sh", "isolate.sh", "convex-export.sh", "health.sh", "convex-metrics.sh"])
 def test_shellcheck_clean(script):
     if shutil.which("shellcheck") is None:
         if os.environ.get("CI"):
