@@ -159,15 +159,28 @@ class ConvexVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, protect=s.protects("dataDisk"), depends_on=outer),
         )
 
-        # Each pinned tag resolved to its digest at preview: a tag that does not exist fails the preview
-        # (not the boot). A tag moved later changes the digest at the next preview, and the diff shows it.
-        registry = docker.Provider(f"{name}-registry", disable_docker_daemon_check=True, opts=pulumi.ResourceOptions(parent=self))
+        # Each image by the digest convex_gcp/pins.json records for its tag: no registry is asked at preview, and
+        # a tag moved later changes nothing until a reviewed bump commit changes the pin (docs/updates.md). A tag
+        # without a recorded digest (not resolved yet, or a version set in the stack's config) is looked up at
+        # preview as a stopgap, with a warning: HTTP only (kreuzwerker/terraform-provider-docker
+        # data_source_docker_registry_image.go: HEAD on the manifest, anonymous bearer token on a 401), no Docker
+        # daemon (disable_docker_daemon_check, provider PR #703), and an HTTP client without a timeout.
+        refs = image_tags(s)
+        recorded = {key: images.pinned_digest(ref) for key, ref in refs.items()}
+        unresolved = sorted(ref for key, ref in refs.items() if recorded[key] is None)
+        registry = None
+        if unresolved:
+            pulumi.log.warn(f"convex_gcp/pins.json has no digest for {', '.join(unresolved)}: this preview asks the registry. "
+                            "Pin them: run the bump workflow (Actions, 'Bump pins') or python -m tools.bump --add <image:tag> --write.")
+            registry = docker.Provider(f"{name}-registry", disable_docker_daemon_check=True, opts=pulumi.ResourceOptions(parent=self))
         pinned = pulumi.Output.all(
             **{
-                key: docker.get_registry_image_output(name=ref, opts=pulumi.InvokeOptions(provider=registry, parent=self)).sha256_digest.apply(
+                key: images.by_digest(ref, recorded[key])
+                if recorded[key]
+                else docker.get_registry_image_output(name=ref, opts=pulumi.InvokeOptions(provider=registry, parent=self)).sha256_digest.apply(
                     lambda digest, ref=ref: images.by_digest(ref, digest)
                 )
-                for key, ref in image_tags(s).items()
+                for key, ref in refs.items()
             }
         )
         self.pinned_images = pinned

@@ -1,4 +1,6 @@
-"""Pinned container images and how the VM is handed them: resolved to a digest at preview/up.
+"""Pinned images: the boot image and the container tags with their digests, read from convex_gcp/pins.json
+(the one file a bump changes; tools/bump.py and .github/workflows/bump.yml keep it current), and how the VM
+is handed them: `repo@sha256:...`, so a preview makes no registry or image-family lookup.
 
 Verified 2026-11-29 (fetch of the upstream repositories):
 - Convex: get-convex/convex-backend tag `precompiled-2026-08-22-652b828` is commit
@@ -13,16 +15,28 @@ Verified 2026-11-29 (fetch of the upstream repositories):
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
+from pathlib import Path
+from typing import Any, Optional
 
+PINS_FILE = Path(__file__).with_name("pins.json")
+
+
+def load_pins(path: Optional[Path] = None) -> dict[str, Any]:
+    """pins.json; CONVEX_GCP_PINS names another file (tests, and the bump workflow's plan of its proposal).
+    Read at each call, never at import (tests/runner.py forks programs from preloaded modules)."""
+    return json.loads((path or Path(os.environ.get("CONVEX_GCP_PINS") or PINS_FILE)).read_text())
+
+
+_PINS = load_pins(PINS_FILE)
 # The boot image: one exact Container-Optimized OS build, never a family, so a preview never looks an image
-# up and a new COS build changes the VM only through a reviewed commit (the weekly bump workflow,
-# .github/workflows/bump.yml, proposes it). COS 125 LTS (image family cos-125-lts, supported until
-# February 2028): cos-125-19216-700-7 is its LTS Refresh release of 2026-09-28 (Google Cloud release notes
-# of that day, as summarized by takech9203/google-cloud-news-summary; checked 2026-12-07 with the search tool).
-COS_PROJECT = "cos-cloud"
-COS_IMAGE = "cos-125-19216-700-7"
-COS_FAMILY = "cos-125-lts"
+# up and a new COS build changes the VM only through a reviewed commit (the weekly bump workflow proposes it
+# from the pinned LTS family). Where and when it was checked: pins.json "cos".
+COS_PROJECT = _PINS["cos"]["project"]
+COS_IMAGE = _PINS["cos"]["image"]
+COS_FAMILY = _PINS["cos"]["family"]
 
 CONVEX_VERSION = "652b828b5129e6cdbcaa3c20efa8d116d09ff3bf"  # precompiled-2026-08-22-652b828
 PROXY_VERSION = "2.25.3"  # release v2.25.3
@@ -48,6 +62,15 @@ def by_digest(reference: str, digest: str) -> str:
         raise ValueError(f"registry returned no sha256 digest for {reference}: {digest!r}")
     repo = reference.rsplit(":", 1)[0] if "@" not in reference else reference.split("@", 1)[0]
     return f"{repo}@{digest}"
+
+
+def pinned_digest(reference: str) -> Optional[str]:
+    """The digest pins.json records for `repo:tag`; None when the tag is not there or not resolved yet."""
+    entry = load_pins()["images"].get(reference) or {}
+    digest = entry.get("digest")
+    if digest is not None and not _DIGEST.fullmatch(digest):
+        raise ValueError(f"convex_gcp/pins.json: {reference} has a malformed digest {digest!r}")
+    return digest
 
 
 def fake_digest(reference: str) -> str:

@@ -27,6 +27,8 @@ DOCKER_IMAGE_ID = "5" * 64
 class GcpMocks(pulumi.runtime.Mocks):
     def __init__(self, project: str, region: str):
         self.project, self.region = project, region
+        # Every provider function the program called: a preview makes these calls to Google or a registry.
+        self.invokes: list[dict[str, Any]] = []
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         inputs = dict(args.inputs)
@@ -109,6 +111,7 @@ class GcpMocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
         p, r = self.project, self.region
         a = args.args
+        self.invokes.append({"token": args.token, "args": {k: v for k, v in dict(a).items() if isinstance(v, (str, int, bool))}})
         if args.token == "gcp:compute/getNetwork:getNetwork":
             rid = f"projects/{p}/global/networks/{a['name']}"
             return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}
@@ -123,27 +126,9 @@ class GcpMocks(pulumi.runtime.Mocks):
         if args.token == "gcp:compute/getSubnetwork:getSubnetwork":
             rid = f"projects/{p}/regions/{a.get('region', r)}/subnetworks/{a['name']}"
             return {"id": rid, "name": a["name"], "selfLink": f"https://www.googleapis.com/compute/v1/{rid}"}
-        if args.token == "gcp:compute/getImage:getImage":
-            return image_lookup(a)
         if args.token == "docker:index/getRegistryImage:getRegistryImage":
             return registry_lookup(a)
         return {}
-
-
-# Image families that exist in cos-cloud; the newest image of each, as an offline stand-in name.
-COS_FAMILIES = {"cos-stable", "cos-beta", "cos-dev", "cos-125-lts", "cos-121-lts", "cos-117-lts"}
-COS_OFFLINE_IMAGE = "cos-offline-stand-in"
-
-
-def image_lookup(a: dict[str, Any]) -> Any:
-    """gcp.compute.get_image: the family's newest image; an unknown family fails the lookup, as the
-    Compute API's images.getFromFamily answers 404 (the provider then fails the preview)."""
-    project, family, name = a.get("project", ""), a.get("family"), a.get("name")
-    if family and not (project == "cos-cloud" and family in COS_FAMILIES):
-        return {}, [("family", f"error retrieving image from family {family!r} in project {project!r}: googleapi: Error 404: not found")]
-    image = name or f"{COS_OFFLINE_IMAGE}-{family}"
-    link = f"https://www.googleapis.com/compute/v1/projects/{project}/global/images/{image}"
-    return {"name": image, "family": family or "", "selfLink": link, "id": f"projects/{project}/global/images/{image}", "project": project}
 
 
 def registry_lookup(a: dict[str, Any]) -> Any:

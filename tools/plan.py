@@ -60,6 +60,8 @@ class Plan:
     error: str = ""
     # Config keys whose template placeholders (example.com) the plan replaced (tools/offline_values.py).
     placeholders: list[str] = field(default_factory=list)
+    # Provider functions the program called ({"token", "args"}): a preview would make these lookups.
+    invokes: list[dict[str, Any]] = field(default_factory=list)
 
     def of_type(self, typ: str) -> list[Declared]:
         return [r for r in self.resources if r.type == typ]
@@ -306,13 +308,13 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
                 "secret": bool(_sync_await(output.is_secret())),
             }
     # Registration order varies with the SDK's task scheduling; URNs are unique and stable.
-    return Plan(stack, sorted(resources, key=lambda r: r.urn), outputs, warnings, error, replaced)
+    return Plan(stack, sorted(resources, key=lambda r: r.urn), outputs, warnings, error, replaced, mocks.invokes)
 
 
 def plan_from_json(text: str) -> Plan:
     data = json.loads(text)
     return Plan(data["stack"], [Declared(**r) for r in data["resources"]], data["outputs"], data["warnings"], data["error"],
-                data.get("placeholders", []))
+                data.get("placeholders", []), data.get("invokes", []))
 
 
 def placeholder_notice(plan: Plan) -> str:
@@ -366,6 +368,25 @@ def _get(data: Any, dotted: str) -> Any:
     return data
 
 
+IMAGE_LOOKUPS = ("gcp:compute/getImage:getImage", "docker:index/getRegistryImage:getRegistryImage")
+
+
+def render_pins(plan: Plan) -> list[str]:
+    """The pinned boot image and container digests, and every lookup the preview would make (a GCP stack
+    makes no image-family or registry lookup once convex_gcp/pins.json has each tag's digest)."""
+    templates = plan.of_type("gcp:compute/instanceTemplate:InstanceTemplate")
+    if not templates:
+        return []
+    metadata = templates[0].inputs.get("metadata") or {}
+    config = dict(line.split("=", 1) for line in (metadata.get("convex-gcp-config") or "").splitlines() if "=" in line)
+    lines = ["", "## Pins and lookups at preview", "", f"- boot image: `{templates[0].inputs['disks'][0].get('sourceImage')}`"]
+    lines += [f"- `{key}`: `{config[key]}`" for key in ("BACKEND_IMAGE", "DASHBOARD_IMAGE", "PROXY_IMAGE") if key in config]
+    lookups = sorted({f"{i['token']}({i['args'].get('name') or i['args'].get('family') or ''})" for i in plan.invokes
+                      if i["token"] in IMAGE_LOOKUPS})
+    lines.append("- image-family and registry lookups: " + (", ".join(f"`{x}`" for x in lookups) if lookups else "none"))
+    return lines
+
+
 def render_markdown(plan: Plan) -> str:
     if plan.error:
         return f"# Stack `{plan.stack}`: configuration error\n\n```\n{plan.error}\n```\n"
@@ -412,6 +433,7 @@ def render_markdown(plan: Plan) -> str:
             envs = [e.split("=", 1)[0] + "=[secret]" if e.startswith(_SECRET_ENV) else e for e in r.inputs.get("envs") or []]
             lines += [f"- `{r.inputs.get('name')}`:", "", "```", *sorted(envs), "```", ""]
     lines += render_monitoring(plan)
+    lines += render_pins(plan)
     lines += ["", "## Outputs", "", "| name | value |", "|---|---|"]
     for key, out in sorted(plan.outputs.items()):
         lines.append(f"| {key} | {'[secret]' if out['secret'] else '`' + str(out['value']) + '`'} |")
