@@ -44,7 +44,7 @@ PROXY_VERSION = "2.25.3"  # release v2.25.3
 # detector): open-telemetry/opentelemetry-collector-releases CHANGELOG.md lists v0.138.0, and
 # distributions/otelcol-contrib/.goreleaser.yaml publishes the multi-arch manifest
 # ghcr.io/open-telemetry/opentelemetry-collector-releases/opentelemetry-collector-contrib:{{ .Version }}
-# (the version without the v; ghcr.io, not Docker Hub and its pull limits). Resolved to its digest at preview.
+# (the version without the v; ghcr.io, not Docker Hub and its pull limits). Its digest: pins.json.
 COLLECTOR_VERSION = "0.138.0"
 
 # Image references always carry a pinned tag: the templates cannot be used without one.

@@ -22,7 +22,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bump"
 BACKEND = images.BACKEND_IMAGE.format(tag=images.CONVEX_VERSION)
 DASHBOARD = images.DASHBOARD_IMAGE.format(tag=images.CONVEX_VERSION)
 PROXY = images.PROXY_IMAGE.format(tag=images.PROXY_VERSION)
-D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
+COLLECTOR = images.COLLECTOR_IMAGE
+D1, D2, D3, D4 = ("sha256:" + c * 64 for c in "1234")
 
 
 def family_answer(**changes) -> dict:
@@ -117,9 +118,9 @@ def test_registry_failures_are_errors_not_guesses():
 
 def test_first_digests_and_a_new_build_are_applied_a_moved_tag_only_reported():
     current = pins(**{BACKEND: D1, DASHBOARD: None, PROXY: D3})
-    changes = bump.changes_for(current, family_answer(), {BACKEND: "sha256:" + "9" * 64, DASHBOARD: D2, PROXY: D3})
+    changes = bump.changes_for(current, family_answer(), {BACKEND: "sha256:" + "9" * 64, DASHBOARD: D2, PROXY: D3, COLLECTOR: D4})
     kinds = {c.subject: c.kind for c in changes}
-    assert kinds == {"cos-cloud/cos-125-lts": "cos", BACKEND: "moved", DASHBOARD: "pinned", PROXY: "same"}
+    assert kinds == {"cos-cloud/cos-125-lts": "cos", BACKEND: "moved", DASHBOARD: "pinned", PROXY: "same", COLLECTOR: "pinned"}
     new = bump.apply(current, changes, "2026-12-07")
     assert new["cos"]["image"] == "cos-125-19216-764-12" and new["cos"]["checked"] == "2026-12-07"
     assert new["images"][DASHBOARD]["digest"] == D2
@@ -127,12 +128,12 @@ def test_first_digests_and_a_new_build_are_applied_a_moved_tag_only_reported():
     assert new["images"][BACKEND]["digest"] == D1 and new["images"][BACKEND]["moved"] == {"digest": "sha256:" + "9" * 64, "seen": "2026-12-07"}
     report = bump.render(changes)
     assert "no longer matches its recorded digest" in report and "**reported, NOT applied**" in report
-    assert "1 moved tag(s) reported" in report and "2 applied" in report
+    assert "1 moved tag(s) reported" in report and "3 applied" in report
 
 
 def test_a_failed_lookup_changes_nothing_for_that_tag():
     current = pins(**{BACKEND: D1})
-    changes = bump.changes_for(current, None, {BACKEND: ValueError("503"), DASHBOARD: D2, PROXY: D3})
+    changes = bump.changes_for(current, None, {BACKEND: ValueError("503"), DASHBOARD: D2, PROXY: D3, COLLECTOR: D4})
     assert [c.kind for c in changes if c.subject == BACKEND] == ["error"]
     assert bump.apply(current, changes, "2026-12-07")["images"][BACKEND]["digest"] == D1
 
@@ -141,11 +142,11 @@ def test_the_cli_writes_the_proposal_and_its_report(tmp_path, monkeypatch):
     path, body, answer = tmp_path / "pins.json", tmp_path / "body.md", tmp_path / "cos.json"
     path.write_text(json.dumps(pins(), indent=2) + "\n")
     answer.write_text(json.dumps(family_answer()))
-    monkeypatch.setattr(bump, "registry_digest", lambda ref, fetch=None: {BACKEND: D1, DASHBOARD: D2, PROXY: D3}[ref])
+    monkeypatch.setattr(bump, "registry_digest", lambda ref, fetch=None: {BACKEND: D1, DASHBOARD: D2, PROXY: D3, COLLECTOR: D4}[ref])
     assert bump.main(["--pins", str(path), "--cos-json", str(answer), "--write", "--body", str(body)]) == 0
     written = json.loads(path.read_text())
     assert written["cos"]["image"] == "cos-125-19216-764-12"
-    assert {ref: e["digest"] for ref, e in written["images"].items()} == {BACKEND: D1, DASHBOARD: D2, PROXY: D3}
+    assert {ref: e["digest"] for ref, e in written["images"].items()} == {BACKEND: D1, DASHBOARD: D2, PROXY: D3, COLLECTOR: D4}
     assert "| `cos-cloud/cos-125-lts` |" in body.read_text()
 
 
@@ -158,7 +159,7 @@ def test_the_committed_pins_are_well_formed():
     assert bump.cos_build(cos["image"])[0] == int(re.fullmatch(r"cos-(\d+)-lts", cos["family"]).group(1))
     assert cos["checked"] and cos["source"]
     # Every tag the program runs by default is pinned here, once.
-    assert {BACKEND, DASHBOARD, PROXY} <= set(data["images"])
+    assert {BACKEND, DASHBOARD, PROXY, COLLECTOR} <= set(data["images"])
     for ref, entry in data["images"].items():
         bump.split_reference(ref)
         assert entry["digest"] is None or re.fullmatch(r"sha256:[0-9a-f]{64}", entry["digest"]), ref
@@ -177,7 +178,7 @@ def plan_with_pins(tmp_path, stack: str, data: dict):
 
 @pytest.mark.parametrize("stack", ["dev", "prod"])
 def test_with_every_digest_pinned_a_preview_looks_nothing_up(tmp_path, stack):
-    plan = plan_with_pins(tmp_path, stack, pins(**{BACKEND: D1, DASHBOARD: D2, PROXY: D3}))
+    plan = plan_with_pins(tmp_path, stack, pins(**{BACKEND: D1, DASHBOARD: D2, PROXY: D3, COLLECTOR: D4}))
     assert [i for i in plan.invokes if i["token"] in IMAGE_LOOKUPS] == []
     assert not plan.of_type("pulumi:providers:docker")
     template = plan.one("gcp:compute/instanceTemplate:InstanceTemplate")
@@ -189,7 +190,7 @@ def test_with_every_digest_pinned_a_preview_looks_nothing_up(tmp_path, stack):
 
 
 def test_an_unpinned_tag_is_looked_up_with_a_warning(tmp_path):
-    plan = plan_with_pins(tmp_path, "dev", pins(**{BACKEND: D1, DASHBOARD: D2, PROXY: None}))
+    plan = plan_with_pins(tmp_path, "dev", pins(**{BACKEND: D1, DASHBOARD: D2, PROXY: None, COLLECTOR: D4}))
     looked_up = [i["args"]["name"] for i in plan.invokes if i["token"] in IMAGE_LOOKUPS]
     assert looked_up == [PROXY]
     assert any("pins.json has no digest for " + PROXY in w for w in plan.warnings)

@@ -380,7 +380,7 @@ def render_pins(plan: Plan) -> list[str]:
     metadata = templates[0].inputs.get("metadata") or {}
     config = dict(line.split("=", 1) for line in (metadata.get("convex-gcp-config") or "").splitlines() if "=" in line)
     lines = ["", "## Pins and lookups at preview", "", f"- boot image: `{templates[0].inputs['disks'][0].get('sourceImage')}`"]
-    lines += [f"- `{key}`: `{config[key]}`" for key in ("BACKEND_IMAGE", "DASHBOARD_IMAGE", "PROXY_IMAGE") if key in config]
+    lines += [f"- `{key}`: `{config[key]}`" for key in ("BACKEND_IMAGE", "DASHBOARD_IMAGE", "PROXY_IMAGE", "COLLECTOR_IMAGE") if key in config]
     lookups = sorted({f"{i['token']}({i['args'].get('name') or i['args'].get('family') or ''})" for i in plan.invokes
                       if i["token"] in IMAGE_LOOKUPS})
     lines.append("- image-family and registry lookups: " + (", ".join(f"`{x}`" for x in lookups) if lookups else "none"))
