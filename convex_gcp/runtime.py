@@ -40,11 +40,15 @@ def vm_dir() -> Path:
 UNIT_DIR = vm_dir() / "units"
 HEALTH_DIR = vm_dir() / "health"
 UNITS = ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-export", "convex-export-timer", "convex-metrics",
-         "convex-collector")
+         "convex-collector", "convex-upgrade")
 # The export script the export unit runs (metadata key convex-gcp-export-script).
 EXPORT_SCRIPT = UNIT_DIR.parent / "convex-export.sh"
 # Host and container isolation, asserted by the startup script and before every container start.
 ISOLATE_SCRIPT = UNIT_DIR.parent / "isolate.sh"
+# Scripts the units run (vm/<name>.sh), delivered verbatim as metadata convex-gcp-script-<name>;
+# the VM keeps them in its run directory and runs them with `bash FILE`.
+SCRIPT_DIR = UNIT_DIR.parent
+SCRIPTS = ("convex-upgrade",)
 
 
 def export_metric_type(prefix: str) -> str:
@@ -334,6 +338,8 @@ def units_for_config(config: dict[str, str]) -> dict[str, str]:
             "COLLECTOR_IMAGE": config["COLLECTOR_IMAGE"],
             "CONFIG": standard_input_text(collector_config(config["METRICS_NAMESPACE"])),
         })
+    # The upgrade guard (vm/convex-upgrade.sh): migration progress, rollback, unused images.
+    units["convex-upgrade"] = render_unit("convex-upgrade", {})
     return units
 
 
@@ -369,6 +375,11 @@ def health_cloud_config() -> str:
     return "#cloud-config\n" + yaml.dump(config, Dumper=Literal, sort_keys=False, width=1000)
 
 
+def script_files() -> dict[str, str]:
+    """The scripts the units run, by name (vm/<name>.sh)."""
+    return {name: (SCRIPT_DIR / f"{name}.sh").read_text() for name in SCRIPTS}
+
+
 def instance_metadata(settings: Settings, inputs: RuntimeInputs, startup_script: str) -> dict[str, str]:
     metadata = {
         "startup-script": startup_script,
@@ -387,6 +398,8 @@ def instance_metadata(settings: Settings, inputs: RuntimeInputs, startup_script:
         metadata[f"convex-gcp-unit-{name}"] = text
     if "convex-gcp-unit-convex-export" in metadata:
         metadata["convex-gcp-export-script"] = EXPORT_SCRIPT.read_text()
+    for name, text in script_files().items():
+        metadata[f"convex-gcp-script-{name}"] = text
     dashboard = dashboard_env(settings, inputs)
     if dashboard:
         metadata["convex-dashboard-env"] = render_env(dashboard)

@@ -422,6 +422,8 @@ def render_markdown(plan: Plan) -> str:
                 lines.append(f"- `{key}`: {source} ({len(value.splitlines())} lines)")
             elif key == "user-data":
                 lines.append(f"- `user-data`: cloud-init installing the health endpoint, vm/health/ ({len(value.splitlines())} lines)")
+            elif key.startswith("convex-gcp-script-"):  # the units' scripts, verbatim from vm/
+                lines.append(f"- `{key}`: vm/{key[len('convex-gcp-script-'):]}.sh ({len(value.splitlines())} lines)")
             elif "\n" in value:
                 lines += [f"- `{key}`:", "", "```", value.rstrip("\n"), "```", ""]
             else:

@@ -35,6 +35,7 @@
 #   CONVEX_GCP_POLL_MS           health poll interval (default 2000)
 #   CONVEX_GCP_WATCH_TIMEOUT     metadata long-poll timeout_sec, whole seconds (default 300)
 #   CONVEX_GCP_PENDING_RETRY_MS  first retry interval of an unfinished run (default 60000)
+#   CONVEX_GCP_OUTAGE_RETRY_MS   its cap while the backend does not answer (default 30000)
 #   CONVEX_GCP_STATE_DIR         persistent state, e.g. the SQL server CA bundle (default /var/lib/convex-gcp)
 #   CONVEX_GCP_CA_REFRESH_MS     ssl mode: time between server CA bundle checks (default 21600000)
 #   CONVEX_GCP_UNIT_DIR          where units are installed (default /etc/systemd/system, tmpfs on COS)
@@ -83,6 +84,7 @@ BACKEND_WAIT_MS=${CONVEX_GCP_BACKEND_WAIT_MS:-300000}
 POLL_MS=${CONVEX_GCP_POLL_MS:-2000}
 WATCH_TIMEOUT_S=${CONVEX_GCP_WATCH_TIMEOUT:-300}
 PENDING_RETRY_MS=${CONVEX_GCP_PENDING_RETRY_MS:-60000}
+OUTAGE_RETRY_MS=${CONVEX_GCP_OUTAGE_RETRY_MS:-30000}
 STATE_DIR=${CONVEX_GCP_STATE_DIR:-/var/lib/convex-gcp}
 CA_REFRESH_MS=${CONVEX_GCP_CA_REFRESH_MS:-21600000}
 UNIT_DIR=${CONVEX_GCP_UNIT_DIR:-/etc/systemd/system}
@@ -535,6 +537,9 @@ fetch_metadata() {
   for unit in "${ALL_UNITS[@]}"; do
     reads+=("instance/attributes/convex-gcp-unit-${unit}" "${RUN_DIR}/units/${unit}.meta")
   done
+  for key in "${SCRIPTS[@]}"; do
+    reads+=("instance/attributes/convex-gcp-script-${key}" "${RUN_DIR}/${key}.sh")
+  done
   # For check_scopes, and the access token: one connection for all of it. Optional here: when
   # they fail, their steps read them again, after the watcher has started (it retries the run).
   reads+=("$SCOPES_PATH" "${RUN_DIR}/scopes" "$TOKEN_PATH" "${SECRETS_DIR}/token.json")
@@ -559,9 +564,10 @@ fetch_metadata() {
 # ---------------------------------------------------------------- config --
 
 readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP PROXY_SUBNET BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET EXPORT_BUCKET EXPORT_INTERVAL_S EXPORT_INCLUDE_STORAGE EXPORT_METRIC METRICS_ENABLED COLLECTOR_IMAGE METRICS_NAMESPACE "
-readonly ALL_UNITS=(cloudsql-proxy convex-backend convex-dashboard convex-export convex-export-timer convex-metrics convex-collector)
+readonly ALL_UNITS=(cloudsql-proxy convex-backend convex-dashboard convex-export convex-export-timer convex-metrics convex-collector convex-upgrade)
 # Unit name -> its file (metadata keys allow no dots: convex_gcp/runtime.py unit_file).
-declare -rA UNIT_FILE=([cloudsql-proxy]=cloudsql-proxy.service [convex-backend]=convex-backend.service [convex-dashboard]=convex-dashboard.service [convex-export]=convex-export.service [convex-export-timer]=convex-export.timer [convex-metrics]=convex-metrics.service [convex-collector]=convex-collector.service)
+declare -rA UNIT_FILE=([cloudsql-proxy]=cloudsql-proxy.service [convex-backend]=convex-backend.service [convex-dashboard]=convex-dashboard.service [convex-export]=convex-export.service [convex-export-timer]=convex-export.timer [convex-metrics]=convex-metrics.service [convex-collector]=convex-collector.service [convex-upgrade]=convex-upgrade.service)
+readonly SCRIPTS=(convex-upgrade) # vm/<name>.sh, run by its unit as `bash ${RUN_DIR}/<name>.sh`
 
 # Parse KEY=VALUE lines; never sourced or evaluated.
 parse_config() {
@@ -1235,64 +1241,36 @@ ensure_isolation() {
   step_done
 }
 
-pull_one() {
-  local image=$1 status=$2 attempt
-  local err="${status}.err"
-  for ((attempt = 1; attempt <= RETRY_ATTEMPTS; attempt++)); do
-    if docker pull -q "$image" >/dev/null 2>"$err"; then
-      printf 'ok %s\n' "$attempt" >"$status"
-      return 0
-    fi
-    if ((attempt < RETRY_ATTEMPTS)); then
-      local d
-      d=$(backoff_ms "$attempt")
-      log "pull ${image}: attempt ${attempt}/${RETRY_ATTEMPTS} failed ($(head -c 200 "$err" | tr '\n' ' ')); retrying in ${d} ms"
-      sleep_ms "$d"
-    fi
+# apply_rollback: a backend image vm/convex-upgrade.sh rolled back (it never answered and no migration
+# began) is not run again while the config names it: its rollback file names the images to run.
+ROLLBACK_FROM=() ROLLBACK_TO=()
+apply_rollback() {
+  local f="${MOUNT_POINT}/convex-gcp/upgrade/rollback" key from
+  env_value "$f" REJECTED_BACKEND_IMAGE
+  [[ -n $ENV_VALUE && $ENV_VALUE == "${CFG[BACKEND_IMAGE]}" ]] || return 0
+  for key in BACKEND_IMAGE DASHBOARD_IMAGE; do
+    from=${CFG[$key]} && env_value "$f" "$key"
+    [[ -n $ENV_VALUE && -n $from ]] && ROLLBACK_FROM+=("$from") ROLLBACK_TO+=("$ENV_VALUE") CFG[$key]=$ENV_VALUE
   done
-  printf 'fail %s\n' "$attempt" >"$status"
-  return 1
+  log "WARNING: ${ROLLBACK_FROM[0]:-} was rolled back (${f}): running ${CFG[BACKEND_IMAGE]} until the config names another image"
 }
 
 pull_images() {
+  apply_rollback
   step pull-images
   local -a images=("${CFG[BACKEND_IMAGE]}")
   [[ ${CFG[CONNECTION_MODE]} == proxy ]] && images+=("${CFG[PROXY_IMAGE]}")
   [[ ${CFG[DASHBOARD_ENABLED]} == true ]] && images+=("${CFG[DASHBOARD_IMAGE]}")
   [[ ${CFG[METRICS_ENABLED]} == true ]] && images+=("${CFG[COLLECTOR_IMAGE]}")
-  local -a pids=() pending=()
-  local img i=0
-  for img in "${images[@]}"; do
-    i=$((i + 1))
-    if docker image inspect "$img" >/dev/null 2>&1; then
-      continue # tags are pinned (immutable): present locally = nothing to pull
-    fi
-    pull_one "$img" "${RUN_DIR}/pull.${i}" &
-    pids+=("$!")
-    pending+=("${i}:${img}")
-  done
-  local p failed=()
-  for p in "${pids[@]}"; do
-    wait "$p" || true
-  done
-  local entry result
-  local -a results=()
-  for entry in "${pending[@]}"; do
-    i=${entry%%:*}
-    img=${entry#*:}
-    read_into result "${RUN_DIR}/pull.${i}" # missing or unreadable: a failed pull
-    if [[ $result != ok* ]]; then
-      failed+=("$img: $(head -c 300 "${RUN_DIR}/pull.${i}.err" 2>/dev/null | tr '\n' ' ')")
-    fi
-    results+=("${RUN_DIR}/pull.${i}" "${RUN_DIR}/pull.${i}.err")
-  done
-  rm_f "${results[@]}" # all at once: one rm, not one per image
-  if ((${#failed[@]})); then
-    die "could not pull image(s) after ${RETRY_ATTEMPTS} attempts: ${failed[*]}" \
-      "outbound internet from the VM: Cloud NAT on the subnet (or an external IP) to reach ghcr.io and gcr.io" \
-      "the image tag exists (BACKEND_IMAGE/DASHBOARD_IMAGE pinned to a published commit SHA, PROXY_IMAGE version)"
-  fi
-  step_done "${#pending[@]} pulled, $((${#images[@]} - ${#pending[@]})) already present"
+  local out rc=0
+  # vm/convex-upgrade.sh pulls what is missing side by side, with this script's retry settings,
+  # before any unit changes: the running backend serves until its new image is on disk.
+  out=$(CONVEX_GCP_RUN_DIR=$RUN_DIR CONVEX_GCP_RETRY_BASE_MS=$RETRY_BASE_MS CONVEX_GCP_RETRY_MAX_MS=$RETRY_MAX_MS \
+    CONVEX_GCP_RETRY_ATTEMPTS=$RETRY_ATTEMPTS bash "${RUN_DIR}/convex-upgrade.sh" pull "${images[@]}" </dev/null) || rc=$?
+  ((rc == 0)) || die "could not pull image(s) after ${RETRY_ATTEMPTS} attempts: ${out//$'\n'/ }" \
+    "outbound internet from the VM: Cloud NAT on the subnet (or an external IP) to reach ghcr.io and gcr.io" \
+    "the image tag exists (BACKEND_IMAGE/DASHBOARD_IMAGE pinned to a published commit SHA, PROXY_IMAGE version)"
+  step_done "$out"
 }
 
 # set_wanted_units: WANTED_UNITS = the units the current config runs, in start order.
@@ -1304,6 +1282,7 @@ set_wanted_units() {
   [[ ${CFG[DASHBOARD_ENABLED]} != true ]] || WANTED_UNITS+=(convex-dashboard)
   [[ -z ${CFG[EXPORT_BUCKET]} ]] || WANTED_UNITS+=(convex-export convex-export-timer)
   [[ ${CFG[METRICS_ENABLED]} != true ]] || WANTED_UNITS+=(convex-metrics convex-collector)
+  WANTED_UNITS+=(convex-upgrade)
 }
 
 # unit_inputs UNIT -> INPUTS: the files its container reads at start (env files, CA bundle).
@@ -1362,6 +1341,10 @@ render_unit() {
   text=${text//\{\{RUN_DIR\}\}/$RUN_DIR}
   text=${text//\{\{MOUNT_POINT\}\}/$MOUNT_POINT}
   text=${text//\{\{STATE_DIR\}\}/$STATE_DIR}
+  local i
+  for i in "${!ROLLBACK_FROM[@]}"; do
+    text=${text//"${ROLLBACK_FROM[i]}"/"${ROLLBACK_TO[i]}"}
+  done
   local re='\{\{[A-Z_]+\}\}'
   [[ ! $text =~ $re ]] || die "unit ${name} from metadata has an unknown {{...}} placeholder" "vm/units/${UNIT_FILE[$name]} and this script's version"
   input_sums "$@"
@@ -1578,7 +1561,8 @@ watcher_env() {
     CONVEX_GCP_RETRY_ATTEMPTS CONVEX_GCP_PROXY_READY_URL CONVEX_GCP_BACKEND_VERSION_URL \
     CONVEX_GCP_PROXY_WAIT_MS CONVEX_GCP_BACKEND_WAIT_MS CONVEX_GCP_POLL_MS CONVEX_GCP_WATCH_TIMEOUT \
     CONVEX_GCP_PENDING_RETRY_MS CONVEX_GCP_STATE_DIR CONVEX_GCP_CA_REFRESH_MS CONVEX_GCP_UNIT_DIR \
-    CONVEX_GCP_TOKEN_MARGIN CONVEX_GCP_SQL_PROBE_ADDR CONVEX_GCP_MOUNTINFO CONVEX_GCP_ETC CONVEX_GCP_PROC; do
+    CONVEX_GCP_TOKEN_MARGIN CONVEX_GCP_SQL_PROBE_ADDR CONVEX_GCP_MOUNTINFO CONVEX_GCP_ETC CONVEX_GCP_PROC \
+    CONVEX_GCP_OUTAGE_RETRY_MS; do
     if [[ -n ${!v:-} ]]; then
       printf -- '--setenv=%s=%s\n' "$v" "${!v}"
     fi
@@ -1695,6 +1679,9 @@ watch_loop() {
       log "reconcile finished"
     else
       interval=$((interval * 2 > 900000 ? 900000 : interval * 2))
+      # While nothing serves, the next try is never more than OUTAGE_RETRY_MS away (an outage's end is
+      # noticed within it); a failing run beside a serving backend backs off to 15 min.
+      curl -sf -o /dev/null --max-time 5 "$BACKEND_VERSION_URL" 2>/dev/null </dev/null || ((interval <= OUTAGE_RETRY_MS)) || interval=$OUTAGE_RETRY_MS
       log "reconcile exited ${rc}; retrying in $(secs "$interval") unless metadata changes first"
     fi
     if ! same_bytes "$next" "$script" && bash -n "$next" 2>/dev/null; then
@@ -1811,6 +1798,8 @@ apply() {
     backend_wait=$((backend_wait < 30000 ? backend_wait : 30000))
   fi
   start_unit convex-backend
+  # The upgrade guard watches every backend start (vm/convex-upgrade.sh); it never holds up this run.
+  [[ " ${CHANGED[*]} " != *" convex-backend "* ]] || systemctl restart --no-block convex-upgrade.service || true
   # Convex's metrics from its first start: an unhealthy backend shows as the collector's up == 0.
   if [[ ${CFG[METRICS_ENABLED]} == true ]]; then start_unit convex-metrics; start_unit convex-collector; fi
   step backend-version

@@ -220,7 +220,7 @@ class Sandbox:
 
     def docker_state(self) -> dict:
         f = self.fake_root / "docker.json"
-        return json.loads(f.read_text()) if f.exists() else {}
+        return fakebin.settle(json.loads(f.read_text())) if f.exists() else {}  # timelines played up to now
 
     def set_docker(self, **knobs) -> None:
         st = self.docker_state()
@@ -256,20 +256,37 @@ class Sandbox:
             "CONVEX_GCP_SQL_PROBE_ADDR": f"127.0.0.1:{self.health.port}",
             "CONVEX_GCP_MOUNTINFO": str(self.fake_root / "mountinfo"),
             "CONVEX_GCP_ETC": str(self.etc),
+            "CONVEX_GCP_OUTAGE_RETRY_MS": "200",
+            "CONVEX_GCP_UPGRADE_DEADLINE_MS": "1000",  # vm/convex-upgrade.sh: rollback deadline
         }
         env.update(self.extra_env)
         return env
 
+    def run_env(self) -> dict[str, str]:
+        """The environment of a run; the fake systemd starts script units (the upgrade guard) in it."""
+        env = self.env()
+        (self.fake_root / "env.json").write_text(json.dumps(env))
+        return env
+
     def run(self, mode: str = "boot", timeout: float = 120, script: Path | None = None) -> Result:
-        p = subprocess.run(["bash", str(script or SCRIPT), mode], env=self.env(), capture_output=True,
+        p = subprocess.run(["bash", str(script or SCRIPT), mode], env=self.run_env(), capture_output=True,
                            text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         return Result(p.returncode, p.stdout, p.stderr)
 
     def popen(self, mode: str) -> subprocess.Popen:
         """Start the script in the background in its own process group (see stop())."""
-        return subprocess.Popen(["bash", str(SCRIPT), mode], env=self.env(), stdout=subprocess.PIPE,
+        return subprocess.Popen(["bash", str(SCRIPT), mode], env=self.run_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
+
+    def guard_log(self) -> str:
+        """What the upgrade guard unit (vm/convex-upgrade.sh, started by the fake systemd) printed."""
+        f = self.fake_root / "convex-upgrade.service.log"
+        return f.read_text() if f.exists() else ""
+
+    def wait_units(self, timeout: float = 60.0) -> bool:
+        """Wait until the script units the fake systemd started (the upgrade guard) have ended."""
+        return fakebin.wait_procs(str(self.fake_root), timeout)
 
     def stop(self, proc: subprocess.Popen) -> str:
         """Stop a popen()ed script and its children (a parked curl long-poll); return its output once
@@ -287,6 +304,7 @@ class Sandbox:
         point is empty again), systemd state, iptables rules. Docker state persists; dockerd drops
         --rm containers and restarts --restart always ones (fakebin.daemon_restart)."""
         assert tool_server().wait_idle(str(self.fake_root)), "a stand-in call is still running"
+        fakebin.kill(str(self.fake_root))
         shutil.rmtree(self.run_dir.parent, ignore_errors=True)
         self.run_dir.parent.mkdir(parents=True)
         shutil.rmtree(self.unit_dir, ignore_errors=True)
@@ -350,6 +368,7 @@ class Sandbox:
     def snapshot(self, result: Result) -> Snapshot:
         """What a finished run left behind: the sandbox's files and what the fake servers hold. Tests
         that start from the same first boot restore it instead of booting again (conftest `booted`)."""
+        assert self.wait_units(), "the upgrade guard did not end"
         assert tool_server().wait_idle(str(self.fake_root)), "a stand-in call is still running"
         servers = self._servers()
         state = {name: copy.deepcopy({k: v for k, v in vars(server).items() if k in _SERVER_STATE})
@@ -403,6 +422,7 @@ class Sandbox:
         return {"metadata": self.metadata, "apis": self.apis, "health": self.health}
 
     def close(self) -> None:
+        fakebin.kill(str(self.fake_root))
         for server in self._servers().values():
             server.close()
 

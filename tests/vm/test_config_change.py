@@ -30,8 +30,11 @@ def test_proxy_args_change_recreates_only_proxy(sandbox, booted):
     sandbox.config["PROXY_ARGS"] = sandbox.config["PROXY_ARGS"].replace("--structured-logs", "--debug-logs")
     sandbox.publish()
     assert sandbox.run("reconcile").rc == 0
-    # The backend Requires= the proxy: systemd restarts it with an explicitly restarted proxy.
-    assert sandbox.runs() == ["cloudsql-proxy", "convex-backend"]
+    # The backend Requires= the proxy: systemd restarts it with an explicitly restarted proxy. When
+    # that is before the new proxy listens, the backend exits (connection refused) and is started
+    # again once the script has waited for the proxy's readiness; the dashboard is left alone.
+    runs = sandbox.runs()
+    assert runs[0] == "cloudsql-proxy" and set(runs[1:]) == {"convex-backend"}, runs
 
 
 @pytest.mark.parametrize("damage", [b"\n\n", b"\0"], ids=["trailing-newlines", "nul"])
@@ -133,10 +136,11 @@ def test_watcher_retries_unfinished_run(sandbox):
 
 def test_watcher_backs_off_while_the_run_keeps_failing(sandbox):
     """Each failed retry doubles the wait, counted from the start of the last run, whatever the
-    long-poll's timeout_sec (1 s, 50 ms in the sandbox), and the log names the wait it will keep."""
+    long-poll's timeout_sec (1 s, 50 ms in the sandbox), and the log names the wait it will keep.
+    (Up to the outage cap while nothing serves, see test_faults.py: raised here to see the doubling.)"""
     sandbox.database_down()
     sandbox.extra_env.update(CONVEX_GCP_PENDING_RETRY_MS="200", CONVEX_GCP_PROXY_WAIT_MS="100",
-                             CONVEX_GCP_BACKEND_WAIT_MS="100")
+                             CONVEX_GCP_BACKEND_WAIT_MS="100", CONVEX_GCP_OUTAGE_RETRY_MS="100000")
     assert sandbox.run().rc == 75
     sandbox.clear_calls()
     watcher = sandbox.popen("watch")

@@ -154,7 +154,7 @@ def test_restored_legacy_container_with_missing_bind_source(sandbox, booted):
     assert r.rc == 0, r.stderr
     assert ["rm", "-f", "convex-backend"] in [c["argv"] for c in sandbox.docker("rm")]
     c = sandbox.docker_state()["containers"]["convex-backend"]
-    assert c["status"] == "running" and "--rm" in c["opts"] and "--restart" not in c["opts"]
+    assert c["status"] == "running" and "--restart" not in c["opts"]
 
 
 def test_gcplogs_outage_does_not_stop_starts(sandbox):

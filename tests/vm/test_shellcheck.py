@@ -5,20 +5,15 @@ import shutil
 import subprocess
 
 import pytest
-from sandbox import SCRIPT
+from sandbox import REPO, SCRIPT
 
 from convex_gcp.runtime import HEALTH_DIR  # noqa: E402
 
-ISOLATE = SCRIPT.parent / "isolate.sh"
-EXPORT = SCRIPT.parent / "convex-export.sh"
 
-
-METRICS = SCRIPT.parent / "convex-metrics.sh"
-
-
-@pytest.mark.parametrize("script", [SCRIPT, ISOLATE, EXPORT, HEALTH_DIR / "health.sh", METRICS],
-                         ids=["startup.sh", "isolate.sh", "convex-export.sh", "health.sh", "convex-metrics.sh"])
+@pytest.mark.parametrize("script", [*sorted((REPO / "vm").glob("*.sh")), HEALTH_DIR / "health.sh"], ids=lambda p: p.name)
 def test_shellcheck_clean(script):
+    """startup.sh and the small scripts its units run (vm/*.sh: isolate.sh, convex-export.sh, convex-upgrade.sh, ...)."""
+    assert {SCRIPT.name, "isolate.sh", "convex-export.sh", "convex-upgrade.sh"} <= {p.name for p in (REPO / "vm").glob("*.sh")}
     if shutil.which("shellcheck") is None:
         if os.environ.get("CI"):
             pytest.fail("shellcheck is required in CI (apt-get install shellcheck)")

@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import threading
 import time
@@ -45,6 +46,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from tests.fakes.standin import FAKE_BUG, StandInServer, shared
+
+from fakes import convex
 
 _call = threading.local()  # the sandbox (root, unit dir) and the output of the call this thread serves
 
@@ -82,8 +85,38 @@ def locked():
 def load() -> dict:
     state = root() / "docker.json"
     if state.exists():
-        return json.loads(state.read_text())
+        return settle(json.loads(state.read_text()))
     return {}
+
+
+def settle(st: dict, now: float | None = None) -> dict:
+    """Play the containers' timelines (fakes/convex.py) up to now: a migration step that finished
+    moves the database's version, a process that exited leaves its container exited (or, --rm, gone)."""
+    now = time.time() if now is None else now
+    effects = []
+    for c in st.get("containers", {}).values():
+        end = min(now, c.get("exit_at") or now)
+        for event in c.get("events", []):
+            if event[2] is not None and event[0] <= end:
+                effects.append((event[0], event[2]))
+                event[2] = None
+    for _, version in sorted(effects):
+        st.setdefault("convex", {})["db_version"] = version
+    for name in list(st.get("containers", {})):
+        c = st["containers"][name]
+        if c["status"] == "running" and c.get("exit_at") is not None and c["exit_at"] <= now:
+            if "--rm" in c["opts"]:
+                del st["containers"][name]
+            else:
+                c["status"] = "exited"
+    return st
+
+
+def ended(st: dict, cid: str, now: float) -> None:
+    """The container's process stops now: its printing stops too (the journal keeps what it printed)."""
+    for h in st.get("history", []):
+        if h["id"] == cid and h.get("end") is None:
+            h["end"] = now
 
 
 def save(state: dict) -> None:
@@ -164,6 +197,7 @@ def daemon_restart() -> None:
         st = defaults(load())
         for name in list(st["containers"]):
             c = st["containers"][name]
+            ended(st, c["id"], time.time())
             if "--rm" in c["opts"]:
                 del st["containers"][name]
             elif "always" in c["opts"].get("--restart", []):
@@ -171,6 +205,25 @@ def daemon_restart() -> None:
             else:
                 c["status"] = "exited"
         save(st)
+
+
+def life(st: dict, name: str, image: str, env: list[str]) -> dict | None:
+    """The timeline of what this container prints and when it answers (fakes/convex.py)."""
+    now = time.time()
+    if name == "cloudsql-proxy":
+        return convex.proxy_timeline(st, now)
+    if name != "convex-backend":
+        return None
+    url = next((e.split("=", 1)[1] for e in env if e.startswith("POSTGRES_URL=")), "")
+    reachable = bool(st.get("sql_reachable", True))
+    if "@cloudsql-proxy" in url and not convex.ready(st["containers"].get("cloudsql-proxy"), now):
+        # Through the proxy before it listens: connection refused, connect_persistence fails, the
+        # process exits (local_backend main.rs run_server_inner `.await?`); systemd starts it again.
+        t = now + convex.knobs(st)["backend_start_s"] / 3
+        return {"events": [[now, convex.line("INFO", "local_backend", "Starting a Convex backend", now), None],
+                           [t, convex.line("ERROR", "local_backend", "Error: Connection refused (os error 111)", t), None]],
+                "ready_at": None, "exit_at": t}
+    return convex.backend_timeline(st, image, now, reachable)
 
 
 def docker(argv: list[str]) -> int:
@@ -223,6 +276,33 @@ def docker(argv: list[str]) -> int:
                 return 0
         return 1
     if cmd == "image":
+        if rest and rest[0] in ("ls", "list") and "-q" in rest and "--no-trunc" in rest:
+            with locked():
+                st = defaults(load())
+            for image_id in sorted(set(st["images"].values())):
+                say(image_id)
+            return 0
+        if rest and rest[0] == "rm":
+            image_id = rest[-1]
+            with locked():
+                st = defaults(load())
+                refs = [ref for ref, i in st["images"].items() if i == image_id or ref == image_id]
+                if not refs:
+                    err(f"Error response from daemon: No such image: {image_id}")
+                    return 1
+                users = [c["name"] for c in st["containers"].values() if c["image"] in refs]
+                if users:
+                    # moby daemon/images/image_delete.go: an image a container uses is never removed without -f.
+                    err(f"Error response from daemon: conflict: unable to delete {image_id[7:19]} (cannot be forced) - image is being used by running container {users[0]}")
+                    return 1
+                deleted = st["images"][refs[0]]
+                for ref in refs:
+                    del st["images"][ref]
+                save(st)
+            for ref in refs:
+                say(f"Untagged: {ref}")
+            say(f"Deleted: {deleted}")
+            return 0
         if rest and rest[0] == "inspect":
             image = rest[-1]
             with locked():
@@ -336,6 +416,12 @@ def docker(argv: list[str]) -> int:
                 "name": name, "image": image, "image_id": st["images"][image], "args": args,
                 "opts": opts, "env": env, "labels": labels, "status": "running", "seq": st["seq"],
             }
+            timeline = life(st, name, image, env)
+            if timeline:
+                st["containers"][name].update(timeline)
+                st.setdefault("history", []).append({
+                    "name": name, "id": st["containers"][name]["id"], "exit_at": timeline["exit_at"], "end": None,
+                    "lines": [[t, text] for t, text, _ in timeline["events"] if text]})
             if "--run-connection-test" in args and not st.get("sql_reachable", True):
                 # cloud-sql-proxy internal/proxy/proxy.go Serve: with --run-connection-test a failed
                 # CheckConnections logs "Connection test failed" and the proxy exits non-zero.
@@ -360,6 +446,8 @@ def docker(argv: list[str]) -> int:
                 if name not in st["containers"]:
                     err(f"Error response from daemon: No such container: {name}")
                     return 1
+                if cmd in ("rm", "stop"):
+                    ended(st, st["containers"][name]["id"], time.time())
                 if cmd == "rm":
                     if st["containers"][name]["status"] == "running" and "-f" not in rest:
                         err("cannot remove a running container")
@@ -372,6 +460,18 @@ def docker(argv: list[str]) -> int:
             save(st)
         for name in names:
             say(name)
+        return 0
+    if cmd == "logs":
+        name = rest[-1]
+        with locked():
+            st = defaults(load())
+        c = st["containers"].get(name)
+        if c is None:
+            err(f"Error response from daemon: No such container: {name}")
+            return 1
+        now = time.time()
+        for text in convex.printed(c.get("events", []), 0, min(now, c.get("exit_at") or now)):
+            say(text)
         return 0
     if cmd == "exec":
         name, prog = rest[0], rest[1:]
@@ -472,6 +572,67 @@ def unit_container(text: str) -> str:
     return ""
 
 
+# Units whose ExecStart is a script (bash FILE), not a container: run for real, in the background,
+# with the environment of the sandbox's last run (FAKE_ROOT/env.json), as systemd would run them.
+_procs: dict[tuple[str, str], subprocess.Popen] = {}
+_procs_lock = threading.Lock()
+
+
+def script_argv(text: str) -> list[str] | None:
+    for k, v in unit_lines(text):
+        if k == "ExecStart":
+            argv = shlex.split(v.lstrip("-"))
+            return argv if os.path.basename(argv[0]) == "bash" else None
+    return None
+
+
+def proc_running(unit: str) -> bool:
+    with _procs_lock:
+        p = _procs.get((str(root()), unit))
+    return p is not None and p.poll() is None
+
+
+def spawn(unit: str, argv: list[str]) -> None:
+    env = json.loads((root() / "env.json").read_text())
+    log = open(root() / f"{unit}.log", "a")
+    p = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    log.close()
+    with _procs_lock:
+        _procs[(str(root()), unit)] = p
+
+
+def kill(fake_root: str, unit: str | None = None, wait: float = 10.0) -> None:
+    """Stop a script unit's process group (all of them with no unit), as systemd's stop does."""
+    with _procs_lock:
+        keys = [k for k in _procs if k[0] == str(fake_root) and (unit is None or k[1] == unit)]
+        procs = [_procs.pop(k) for k in keys]
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            p.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def wait_procs(fake_root: str, timeout: float = 60.0) -> bool:
+    """Wait until every script unit started for this sandbox has ended by itself."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _procs_lock:
+            live = [p for k, p in _procs.items() if k[0] == str(fake_root) and p.poll() is None]
+        if not live:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
 def sd_start(sd: dict, unit: str) -> int:
     """Run ExecStartPre then ExecStart of the loaded unit. A failed ExecStartPre fails the start job;
     a main process that exits leaves the unit activating (auto-restart) under Restart=always."""
@@ -489,6 +650,12 @@ def sd_start(sd: dict, unit: str) -> int:
             u["state"] = "activating"
             err(f"Job for {unit} failed because the control process exited with error code.")
             return 1
+    argv = script_argv(text)
+    if argv is not None:
+        if not proc_running(unit):
+            spawn(unit, argv)
+        u["state"] = "active"
+        return 0
     for k, v in unit_lines(text):
         if k == "ExecStart":
             u["state"] = "active" if exec_line(v) == 0 and container_running(unit_container(text)) else "activating"
@@ -498,6 +665,10 @@ def sd_start(sd: dict, unit: str) -> int:
 def sd_stop(sd: dict, unit: str) -> None:
     u = sd["units"].setdefault(unit, {"n_restarts": 0})
     text = sd["loaded"].get(unit, "")
+    if script_argv(text) is not None:
+        kill(str(root()), unit)
+        u["state"], u["wanted"] = "inactive", False
+        return
     if u.get("state") == "active":
         for k, v in unit_lines(text):
             if k == "ExecStop":
@@ -509,6 +680,10 @@ def sd_tick(sd: dict, unit: str) -> None:
     """Restart=always, played when someone looks: a unit whose container is gone is restarted."""
     u = sd["units"].get(unit)
     if not u or not u.get("wanted") or unit.endswith(".timer"):
+        return
+    if script_argv(sd["loaded"].get(unit, "")) is not None:
+        if u.get("state") == "active" and not proc_running(unit):
+            u["state"], u["wanted"] = "inactive", False  # a script unit without Restart= that ended
         return
     if u.get("state") == "active" and container_running(unit_container(sd["loaded"].get(unit, ""))):
         return
@@ -704,7 +879,37 @@ def iptables(argv: list[str]) -> int:
     return 0
 
 
-TOOLS = {"docker": docker, "systemctl": systemctl, "systemd-run": systemd_run, "mount": mount,
+def journalctl(argv: list[str]) -> int:
+    """`journalctl -u UNIT [--since @EPOCH] -o cat --no-pager`: what the unit's processes printed. A
+    container unit's ExecStart is a foreground `docker run`, whose client copies the container's output
+    to its own stdout, which systemd sends to the journal (systemd.exec(5) StandardOutput=journal, the
+    default): every run of the unit is there, also those of --rm containers that are gone."""
+    unit = argv[argv.index("-u") + 1] if "-u" in argv else ""
+    since = 0.0
+    for a in argv:
+        if a.startswith("--since=@"):
+            since = float(a[len("--since=@"):])
+    if "--since" in argv:
+        since = float(argv[argv.index("--since") + 1].lstrip("@"))  # systemd.time(7) "@" epoch seconds
+    name = unit[:-len(".service")] if unit.endswith(".service") else unit
+    text = sd_load()["loaded"].get(unit_name(unit), "")
+    if ("StandardOutput", "null") in unit_lines(text):
+        return 0  # the unit sends its processes' output nowhere: the journal has none of it
+    with locked():
+        st = defaults(load())
+    now = time.time()
+    out = []
+    for h in st.get("history", []):
+        if h["name"] != name:
+            continue
+        until = min(x for x in (now, h.get("end"), h.get("exit_at")) if x is not None)
+        out += [(t, text) for t, text in h["lines"] if since <= t <= until]
+    for _, text in sorted(out, key=lambda x: x[0]):
+        say(text)
+    return 0
+
+
+TOOLS = {"docker": docker, "journalctl": journalctl, "systemctl": systemctl, "systemd-run": systemd_run, "mount": mount,
          "mountpoint": mountpoint, "iptables": iptables}
 
 

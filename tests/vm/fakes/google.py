@@ -5,9 +5,9 @@
   `Metadata-Flavor: Google`; can fail the next N requests or be down.
 - ApisServer: Secret Manager (`versions/latest:access`, `:addVersion`, with
   403/404 modes) and the Cloud SQL Admin `instances.get`.
-- HealthServer: proxy `/readiness` (200 while the proxy container runs, whatever
-  the database: cloud-sql-proxy >= v2.11.1) and backend `/version` (200 only when
-  the backend runs and the database is reachable).
+- HealthServer: proxy `/readiness` (200 once the proxy container has started, whatever
+  the database: cloud-sql-proxy >= v2.11.1) and backend `/version` (200 only once
+  the backend has connected to the database and bound its port; fakes/convex.py).
 
 Upstream behaviour each fake copies (one-line comments at each place name the detail):
 - metadata server: https://cloud.google.com/compute/docs/metadata/querying-metadata (Metadata-Flavor,
@@ -35,6 +35,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.serving import PooledHTTPServer
+
+from fakes import convex
 
 TOKEN = "ya29.fake-access-token-0123456789"  # prefix of every token the fake hands out
 SCOPE_CP = "https://www.googleapis.com/auth/cloud-platform"
@@ -411,14 +413,17 @@ class HealthServer(_Server):
         with open(self.docker_state.parent / "state.lock", "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             st = self._state()
+            if value and not st.get("sql_reachable", True):
+                st["sql_up_at"] = time.time()  # a backend waiting for it connects from now on
             st["sql_reachable"] = bool(value)
             tmp = self.docker_state.with_suffix(".tmp")
             tmp.write_text(json.dumps(st))
             tmp.replace(self.docker_state)
 
     def _running(self, name: str) -> bool:
-        c = self._state().get("containers", {}).get(name)
-        return bool(c) and c["status"] == "running"
+        """Started, not exited, and past its start time (fakes/convex.py: neither answers at once)."""
+        st = self._state()
+        return convex.ready(st.get("containers", {}).get(name), time.time(), st)
 
     def handle(self, h, method, body):
         path = urlsplit(h.path).path
