@@ -152,12 +152,15 @@ def test_gcp_run_runs_the_doctor_and_e2e_through_the_tunnel(tmp_path, pulumi, fa
         yield
 
     report = acceptance.run("gcp", tmp_path / "out", project="sandbox-proj-1", region="asia-northeast1", run_id="1234567890",
-                            timeout=30, database_url_for_gcp=tunnel, project_dir=pulumi, tunnels_for_gcp=iap, drill=stub_drill)
+                            timeout=30, database_url_for_gcp=tunnel, project_dir=pulumi, tunnels_for_gcp=iap, drill=stub_drill, cos_from="")
     names = [s.name for s in report.steps]
-    assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "restart-backend", "restore-drill", "destroy", "stack-rm"]
+    assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "restart-backend", "restore-drill",
+                     "image-bump", "autoheal", "destroy", "stack-rm"]
     assert opened == ["iap sandbox-proj-1", "proxy"]
-    # No gcloud here: the doctor and the backend restart fail, the run is red, and teardown still ran.
-    assert not report.ok and [s.name for s in report.steps if not s.ok] == ["doctor", "restart-backend"]
+    # No gcloud here: the doctor, the backend restart and the VM group's recreations fail, the run is red, and
+    # teardown still ran.
+    assert not report.ok and [s.name for s in report.steps if not s.ok] == ["doctor", "restart-backend", "image-bump", "autoheal"]
+    assert "no older COS build" in next(s.detail for s in report.steps if s.name == "image-bump")
     assert json.loads((tmp_path / "out" / "outputs.json").read_text())["connection_mode"] == "proxy"
 
 
@@ -171,6 +174,9 @@ def test_ephemeral_gcp_config_is_valid_and_disposable():
     # The run checks the restart alert against real logs: monitoring on in this dev stack.
     assert settings.monitoring_enabled
     assert settings.zone == "asia-northeast1-a"
+    # Deployed from an older exact build when one is given, so the run can bump it to the pinned one.
+    older = acceptance.stack_config("gcp", "sandbox-proj-1", "asia-northeast1", cos_from="cos-cloud/cos-121-18867-624-2")
+    assert older["convex-gcp:vm"]["image"] == "cos-cloud/cos-121-18867-624-2"
 
 
 def test_gcp_needs_a_project_and_region():

@@ -7,7 +7,9 @@ workflow .github/workflows/acceptance.yml runs exactly this (docs/acceptance.md)
 
 Steps: `pulumi stack init` (a fresh stack named acc-<target>-<id>), its config, `pulumi up
 --event-log`, wait for `/version`, `tools.doctor` (gcp), `tools.e2e`, on gcp a backend restart whose
-start line the restart alert's deployed log filter must find in Cloud Logging, then ALWAYS `pulumi destroy`
+start line the restart alert's deployed log filter must find in Cloud Logging, the restore drill, and the VM
+group's recreations (tools/recreation_check.py: an image bump from an older COS build and an autoheal, each
+recreating the VM on the same name, IP and data disk, with the seconds /version went unanswered), then ALWAYS `pulumi destroy`
 and `pulumi stack rm`. Writes report.json (steps, exit codes, time to healthy, per-resource
 durations from the engine's event log) and the event log itself to --out. Exit 1 when any step,
 teardown included, failed.
@@ -25,12 +27,12 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import yaml
 
 from convex_gcp.settings import resource_prefix
-from tools import clis, e2e
+from tools import clis, e2e, recreation_check
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "convex-gcp"
@@ -72,7 +74,7 @@ def stack_name(target: str, run_id: str = "") -> str:
     return f"acc-{'gcp' if target == 'gcp' else 'loc'}-{suffix}"
 
 
-def stack_config(target: str, project: str = "", region: str = "", zone: str = "") -> dict[str, Any]:
+def stack_config(target: str, project: str = "", region: str = "", zone: str = "", cos_from: str = "") -> dict[str, Any]:
     """The ephemeral stack's config: the committed local or dev stack, made disposable."""
     base = yaml.safe_load((ROOT / f"Pulumi.{'local' if target == 'local' else 'dev'}.yaml").read_text())["config"]
     config = dict(base)
@@ -82,6 +84,9 @@ def stack_config(target: str, project: str = "", region: str = "", zone: str = "
         config["gcp:project"], config["gcp:region"] = project, region
         vm = dict(config.get(f"{PROJECT}:vm") or {})
         vm["zone"] = zone or f"{region}-a"
+        if cos_from:
+            # Deployed from an older COS build; recreation_steps bumps it to the pinned one (docs/updates.md).
+            vm["image"] = cos_from
         # Snapshots outlive the disk (keepOnDiskDelete) and would be billed after teardown.
         vm["dataDiskSnapshots"] = {"enabled": False}
         config[f"{PROJECT}:vm"] = vm
@@ -154,7 +159,7 @@ def write_stack_file(project_dir: Path, stack: str, config: dict[str, Any]) -> P
 
 def run(target: str, out: Path, project: str = "", region: str = "", zone: str = "", run_id: str = "",
         timeout: float = 1800, database_url_for_gcp=None, project_dir: Path = ROOT, secrets_provider: str = "",
-        tunnels_for_gcp=None, drill=None) -> Report:
+        tunnels_for_gcp=None, drill=None, cos_from: Optional[str] = None) -> Report:
     out.mkdir(parents=True, exist_ok=True)
     stack = stack_name(target, run_id)
     # `--event-log` is registered only with PULUMI_DEBUG_COMMANDS set (pkg/cmd/pulumi up.go: env.DebugCommands).
@@ -163,7 +168,9 @@ def run(target: str, out: Path, project: str = "", region: str = "", zone: str =
     created = False
     stack_file: Optional[Path] = None
     try:
-        stack_file = write_stack_file(project_dir, stack, stack_config(target, project, region, zone))
+        if target == "gcp" and cos_from is None:
+            cos_from = recreation_check.previous_cos_image()
+        stack_file = write_stack_file(project_dir, stack, stack_config(target, project, region, zone, cos_from or ""))
         created = runner.pulumi("stack-init", "stack", "init", stack, *([f"--secrets-provider={secrets_provider}"] if secrets_provider else []))
         if not created:
             return report
@@ -184,6 +191,8 @@ def run(target: str, out: Path, project: str = "", region: str = "", zone: str =
                 _check(runner, target, stack, out, outputs, start, timeout, database_url_for_gcp)
                 if any(step.name == "e2e" and step.ok for step in report.steps):
                     restore_drill_step(runner, target, stack, outputs, project, drill)
+                if target == "gcp":
+                    recreation_steps(runner, stack, outputs, project, bool(cos_from))
                 return report
         except Exception as error:  # the IAP tunnel did not open: recorded, then teardown runs
             runner.record("iap-tunnel", False, 0, f"{type(error).__name__}: {error}")
@@ -244,6 +253,52 @@ def restore_drill_step(runner: Runner, target: str, stack: str, outputs: dict[st
     runner.report.drill = asdict(result)
     runner.report.rpo_seconds, runner.report.rto_seconds = result.rpo_seconds, result.rto_seconds
     runner.record("restore-drill", not result.error, time.monotonic() - begin, result.error)
+
+
+def recreation_steps(runner: Runner, stack: str, outputs: dict[str, Any], project: str, from_older_image: bool,
+                     autoheal_timeout: float = 1500) -> None:
+    """An image bump, then an autoheal, of the VM group on the real project (tools/recreation_check.py)."""
+    vm, zone = outputs.get("vm_name", ""), outputs.get("vm_zone", "")
+    data_disk, internal_ip = f"{resource_prefix(stack)}-data", outputs.get("vm_internal_ip", "")
+
+    def recreation(name: str, change: Callable[[], Optional[str]], timeout: float, precondition: Optional[str] = None) -> None:
+        begin = time.monotonic()
+        if precondition:
+            runner.record(name, False, 0, precondition)
+            return
+        try:
+            before = recreation_check.describe(vm, zone, project)
+            with recreation_check.Sampler(outputs["convex_url"]) as sampler:
+                failed = change()
+                if failed:
+                    runner.record(name, False, time.monotonic() - begin, failed)
+                    return
+                done = recreation_check.wait_for(
+                    lambda: recreation_check.describe(vm, zone, project).get("creationTimestamp") != before.get("creationTimestamp"), timeout)
+                e2e.wait_for_version(outputs["convex_url"], timeout)
+            problems = ([] if done else ["the group did not recreate the VM in time"]) + recreation_check.recreated(
+                before, recreation_check.describe(vm, zone, project), data_disk, internal_ip)
+            span = recreation_check.unanswered_span(sampler.samples)
+            (runner.out / f"{name}.samples.json").write_text(json.dumps(sampler.samples))
+            runner.record(name, not problems, time.monotonic() - begin,
+                          "; ".join(problems) or f"/version unanswered for {span if span is not None else 0} s; same name, IP and data disk")
+        except Exception as error:  # gcloud, IAP or the tunnel: recorded, then teardown runs
+            runner.record(name, False, time.monotonic() - begin, f"{type(error).__name__}: {error}")
+
+    def bump() -> Optional[str]:
+        if not runner.pulumi("image-bump-config", "config", "rm", "--path", f"{PROJECT}:vm.image"):
+            return "pulumi config rm failed"
+        return None if runner.pulumi("image-bump-up", "up", "--yes", "--skip-preview") else "pulumi up failed"
+
+    def kill_backend() -> Optional[str]:
+        # Nothing runs Convex and no run is in progress: vm/health/health.sh answers 503 from now on.
+        result = runner.step("autoheal-stop-backend", ["gcloud", "compute", "ssh", vm, f"--zone={zone}", "--tunnel-through-iap", f"--project={project}",
+                                                       "--command", "sudo systemctl stop convex-backend.service"])
+        return None if result.returncode == 0 else "could not stop the backend over IAP SSH"
+
+    recreation("image-bump", bump, runner.timeout,
+               None if from_older_image else "no older COS build to start from (gcloud compute images describe-from-family cos-121-lts failed)")
+    recreation("autoheal", kill_backend, autoheal_timeout)
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
