@@ -228,3 +228,84 @@ def test_cli_exits_1_on_a_failure(monkeypatch, capsys):
     monkeypatch.setattr(doctor, "fetch_version", lambda url: (True, "ok"))
     assert doctor.main(["dev", "--outputs", str(FIXTURES / "outputs.json"), "--no-ssh", "--json"]) == 1
     assert any(c["name"] == "sql_instance" and c["status"] == "fail" for c in json.loads(capsys.readouterr().out))
+
+
+# --------------------------------------------------------------------------- what the alerts watch
+
+def test_healthy_vm_signals_pass():
+    checks = run(FakeGcloud())
+    for name in ("vm_memory", "vm_disks", "backend_metrics"):
+        assert checks[name].status == "pass", checks[name]
+    assert "42 requests, 0 answered 5xx" in checks["backend_metrics"].detail
+
+
+@pytest.mark.parametrize("lines, name, status, fix", [
+    ("memory_percent=93\noom_kills=0\n", "vm_memory", "warn", "vm.machineType"),
+    ("memory_percent=60\noom_kills=2\noom_last=[ 812.1] Out of memory: Killed process 4242 (convex-local-ba) total-vm:9000000kB, anon-rss:3900000kB, file-rss:0kB\n",
+     "vm_memory", "fail", "vm.machineType"),
+    ("disk.data=97\ndisk.boot=40\n", "vm_disks", "fail", "vm.dataDiskSizeGb"),
+    ("disk.data=20\ndisk.boot=88\n", "vm_disks", "warn", "docker image prune"),
+    ("metrics=fail\n", "backend_metrics", "fail", "convex-collector"),
+    ('metric http_handle_duration_seconds_count{endpoint="/api/query",status="200"} 90\n'
+     'metric http_handle_duration_seconds_count{endpoint="/api/query",status="503"} 10\n', "backend_metrics", "fail", "cos_containers"),
+    ('metric http_handle_duration_seconds_count{status="200"} 90\nmetric postgres_get_connection_seconds_sum{status="success"} 300\n'
+     'metric postgres_get_connection_seconds_count{status="success"} 100\n', "backend_metrics", "warn", "convex.poolSize"),
+])
+def test_vm_signals_name_their_fix(lines, name, status, fix):
+    base = "proxy_ready=200\nlocal_version=x\ncontainer.convex-backend=running 0\ncontainer.cloudsql-proxy=running 0\n"
+    checks = run(FakeGcloud(vm_probe=base + lines))
+    assert checks[name].status == status, checks[name]
+    assert fix in checks[name].fix
+
+
+def test_signals_script_runs_and_reads_what_the_alerts_read(tmp_path):
+    """The probe's signal part, run by bash for real: a meminfo, a mounted directory (df), a kernel
+    log with an OOM kill as the kernel prints it (node-problem-detector config/kernel-monitor.json
+    OOMKilling pattern) and a fake backend serving /metrics in the pinned format."""
+    import subprocess
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from threading import Thread
+
+    from tests.fakes.convex_metrics import exposition
+    from tools.doctor.gcloud_seam import signals_script
+
+    (tmp_path / "meminfo").write_text("MemTotal:        4000000 kB\nMemFree:          500000 kB\nMemAvailable:    1800000 kB\n"
+                                      "Buffers:          100000 kB\nCached:          1200000 kB\nSlab:             200000 kB\n")
+    (tmp_path / "kmsg").write_text("[  12.0] eth0: link up\n[ 812.1] Out of memory: Killed process 4242 (convex-local-ba) "
+                                   "total-vm:9000000kB, anon-rss:3900000kB, file-rss:0kB, shmem-rss:0kB\n")
+    body = exposition(requests_5xx=30).encode()
+
+    class Convex(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Convex)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        script = signals_script(meminfo=str(tmp_path / "meminfo"), mounts={"data": str(tmp_path)}, kernel_log=f"cat {tmp_path / 'kmsg'}",
+                                metrics_url=f"http://127.0.0.1:{server.server_address[1]}/metrics")
+        text = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60).stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+    probe = parse_probe(text)
+    # (4000000-500000-100000-1200000-200000)/4000000 = 50%
+    assert probe.memory_percent == 50
+    assert 0 <= probe.disks["data"] <= 100
+    assert probe.oom_kills == 1 and "Killed process 4242 (convex-local-ba)" in probe.oom_last
+    assert probe.metrics and all(line.split("{")[0].split(" ")[0] in (
+        "http_handle_duration_seconds_count", "isolate_out_of_memory_total", "postgres_get_connection_seconds_sum", "postgres_get_connection_seconds_count")
+        for line in probe.metrics)
+    from tools.doctor.checks import check_backend_metrics, check_memory
+
+    out = outputs()
+    assert check_memory(out, probe).status == "fail"
+    metrics = check_backend_metrics(out, probe)
+    # 42 answered 200, 30 answered 500 (tests/fakes/convex_metrics.py): above the 5% the alert pages on.
+    assert metrics.status == "fail" and "72 requests, 30 answered 5xx" in metrics.detail

@@ -3,6 +3,8 @@ error stops the boot and never formats (issue 10 item 1)."""
 
 from __future__ import annotations
 
+import subprocess
+
 import diskutil
 from sandbox import INSTANCE_SECRET_ID
 
@@ -177,3 +179,46 @@ def test_the_digest_sees_any_change_of_content_and_only_that(tmp_path):
     for where in (1024 + 7, last_data + 3, 40 << 20, (64 << 20) - 1):
         assert changed(offset=where) != original, where
     assert changed(size=65 << 20) != original
+
+
+def _df_percent(disk) -> float:
+    """What `df` (and node-problem-detector's disk/percent_used: gopsutil UsedPercent) would show
+    mounted: used / (used + available) in percent, from the superblock. statfs(2) on ext4 counts
+    f_blocks without the metadata overhead; with `-m 0` (the startup script's mkfs) available = free."""
+    out = subprocess.run(["dumpe2fs", "-h", str(disk)], check=True, capture_output=True, text=True, env=diskutil.SBIN).stdout
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    blocks, free = int(fields["Block count"]), int(fields["Free blocks"])
+    overhead = int(fields.get("Overhead clusters", "0") or 0)
+    used = blocks - overhead - free
+    return 100.0 * used / (used + free)
+
+
+def test_a_full_data_disk_boots_and_matches_the_data_disk_alert(sandbox, tmp_path):
+    """The data disk at 100%: the boot neither stops nor fills it further (e2fsck -p and resize2fs pass on a
+    full ext4; everything else it writes is on the boot disk or a tmpfs), the backend is started as
+    usual, and the disk stays above the alert's threshold: the data-disk alert (CRITICAL) is what
+    tells, not a failed boot. What Convex itself does then (uploads, pushes and exports failing with
+    ENOSPC while queries and mutations, in Postgres, go on) is not modelled here."""
+    from components.monitoring import DATA_DISK_DEVICES
+    from convex_gcp.settings import MonitoringSettings
+
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-m", "0", "-F", "-L", "convex-data", str(sandbox.disk)],
+                   check=True, env=diskutil.SBIN, stdin=subprocess.DEVNULL)
+    diskutil.write_file(sandbox.disk, "placeholder", b"x", tmp_path)
+    # Fill it: one file as large as the free space, then smaller ones until debugfs finds no block.
+    out = subprocess.run(["dumpe2fs", "-h", str(sandbox.disk)], check=True, capture_output=True, text=True, env=diskutil.SBIN).stdout
+    free = int(next(line for line in out.splitlines() if line.startswith("Free blocks:")).split(":")[1]) * 4096
+    for n, size in enumerate((free - (1 << 20), 512 << 10, 256 << 10, 64 << 10, 16 << 10, 4 << 10)):
+        (tmp_path / "fill").write_bytes(b"\1" * size)
+        subprocess.run(["debugfs", "-w", "-R", f"write {tmp_path / 'fill'} fill{n}", str(sandbox.disk)],
+                       capture_output=True, env=diskutil.SBIN)
+    full = _df_percent(sandbox.disk)
+    assert full >= 99.0, full
+    r = sandbox.run()
+    assert r.rc == 0, r.output
+    assert "refusing" not in r.stderr and "formatting" not in r.stderr
+    assert any("convex-backend" in " ".join(c.get("argv", [])) for c in sandbox.docker("run")), sandbox.docker("run")
+    # Still full, the data in place (e2fsck -p records its check in the superblock; nothing else moves).
+    assert _df_percent(sandbox.disk) == full and diskutil.read_file(sandbox.disk, "placeholder") == b"x"
+    # The alert: guest/disk/percent_used of the data disk's device above vmDiskUtilization.
+    assert full > MonitoringSettings().vm_disk_utilization * 100 and "sdb" in DATA_DISK_DEVICES

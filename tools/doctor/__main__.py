@@ -22,6 +22,9 @@ from typing import Callable, Optional
 from tools import clis
 
 from .checks import (
+    check_backend_metrics,
+    check_disks,
+    check_memory,
     StackOutputs,
     check_containers,
     check_peering,
@@ -81,7 +84,8 @@ def diagnose(out: StackOutputs, seam: GcloudSeam, ssh: bool = True, postgres: bo
         result = _guard("tcp", checks, lambda: seam.probe(out.vm_name, out.vm_zone, probe_targets(out), containers))
         if isinstance(result, VmProbe):
             probe = result
-            checks += [check_tcp(out, probe), check_proxy(out, probe), check_containers(out, probe, containers)]
+            checks += [check_tcp(out, probe), check_proxy(out, probe), check_containers(out, probe, containers),
+                       check_memory(out, probe), check_disks(out, probe), check_backend_metrics(out, probe)]
     else:
         checks.append(skipped("tcp", "--no-ssh" if not ssh else "the VM is not running"))
     checks.append(check_version(out, version_fetcher(out.convex_url), probe))

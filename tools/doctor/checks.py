@@ -160,10 +160,16 @@ def check_tcp(out: StackOutputs, probe: VmProbe) -> Check:
     return passed("tcp", f"the VM reaches {key}")
 
 
+def container_logs(out: StackOutputs, container: str) -> str:
+    """Every start's output, also of containers `--rm` removed: the log COS's agent ships (components/monitoring.py)."""
+    query = f'logName="projects/{out.project}/logs/cos_containers" AND jsonPayload."cos.googleapis.com/container_name"="{container}"'
+    return f"gcloud logging read '{query}' --freshness=1h --limit=50 --project={out.project}"
+
+
 def check_proxy(out: StackOutputs, probe: VmProbe) -> Check:
     if out.connection_mode != "proxy":
         return skipped("proxy_ready", f"connection mode {out.connection_mode} runs no proxy")
-    logs = f"gcloud compute ssh {out.vm_name} --zone={out.vm_zone} --project={out.project} --tunnel-through-iap --command='sudo journalctl -u cloudsql-proxy -n 50 --no-pager'"
+    logs = container_logs(out, "cloudsql-proxy")
     # /readiness does not depend on the instance (cloud-sql-proxy PR #2207, v2.11.1); the VM runs the
     # proxy with --run-connection-test, so it exits (and systemd restarts it) while Cloud SQL is unreachable.
     status, restarts = probe.containers.get("cloudsql-proxy", ("missing", 0))
@@ -188,9 +194,12 @@ def check_containers(out: StackOutputs, probe: VmProbe, expected: list[str]) -> 
     shown = ", ".join(f"{n} {probe.containers.get(n, ('missing', 0))[0]}" for n in expected)
     if any("is " in p for p in problems):
         return failed("containers", "; ".join(problems),
-                      f"sudo journalctl -u google-startup-scripts on the VM, then journalctl -u NAME (docs/runbooks.md, 'Recover the VM')")
+                      f"sudo journalctl -u google-startup-scripts on the VM, then systemctl status NAME (docs/runbooks.md, 'Recover the VM'); "
+                      f"the container's output: {container_logs(out, 'NAME')}")
     if problems:
-        return warned("containers", "; ".join(problems), "systemd restarted it since the unit started (NRestarts): read journalctl -u NAME for the cause.")
+        return warned("containers", "; ".join(problems),
+                      "systemd restarted it since the unit started (NRestarts; the restart alert fires on each start line): "
+                      f"the exit status in systemctl status NAME, the cause in its output: {container_logs(out, 'NAME')}")
     return passed("containers", shown)
 
 
@@ -216,3 +225,76 @@ def check_version(out: StackOutputs, reachable: tuple[bool, str], probe: Optiona
 
 def describe(checks: list[Check]) -> str:
     return json.dumps([c.as_dict() for c in checks], indent=1)
+
+
+# --------------------------------------------------------------------------- what the alerts watch
+# The same signals and thresholds as the alert policies (components/monitoring.py, defaults of
+# convex-gcp:monitoring), read on the VM by the probe (gcloud_seam.signals_script).
+MEMORY_WARN, DISK_WARN, DISK_FAIL, ERROR_RATIO, DB_WAIT_S = 90, 85, 95, 0.05, 1.0
+
+
+def _ssh(out: StackOutputs, command: str) -> str:
+    return f"gcloud compute ssh {out.vm_name} --zone={out.vm_zone} --project={out.project} --tunnel-through-iap --command='{command}'"
+
+
+def check_memory(out: StackOutputs, probe: VmProbe) -> Check:
+    if probe.memory_percent is None:
+        return skipped("vm_memory", "the probe read no /proc/meminfo")
+    oom = f"; {probe.oom_kills} OOM kill(s) since boot, last: {probe.oom_last}" if probe.oom_kills else ""
+    fix = ("A larger machine type: pulumi config set --path convex-gcp:vm.machineType e2-standard-4 && pulumi up "
+           "(replaces the VM; the data disk is kept). See what grows: " + _ssh(out, "sudo docker stats --no-stream"))
+    if probe.oom_kills:
+        return failed("vm_memory", f"memory {probe.memory_percent}% in use{oom}", fix)
+    if probe.memory_percent >= MEMORY_WARN:
+        return warned("vm_memory", f"memory {probe.memory_percent}% in use (page cache excluded): the kernel kills the largest process next", fix)
+    return passed("vm_memory", f"memory {probe.memory_percent}% in use, no OOM kill since boot" if probe.oom_kills == 0 else f"memory {probe.memory_percent}% in use")
+
+
+def check_disks(out: StackOutputs, probe: VmProbe) -> Check:
+    if not probe.disks:
+        return skipped("vm_disks", "the probe read no disk usage")
+    fixes = {
+        "data": "grow it: pulumi config set --path convex-gcp:vm.dataDiskSizeGb <GB> && pulumi up (online; the VM runs resize2fs on its next reconcile), "
+                "or delete old exports and files; what is big: " + _ssh(out, "sudo du -sh /mnt/disks/convex-data/convex/*"),
+        "boot": "remove images no unit uses: " + _ssh(out, "sudo docker image prune -a -f") + "; or a larger convex-gcp:vm.bootDiskSizeGb (replaces the VM)",
+    }
+    shown = ", ".join(f"{name} disk {used}%" for name, used in sorted(probe.disks.items()))
+    worst = max(probe.disks, key=lambda name: probe.disks[name])
+    if probe.disks[worst] >= DISK_FAIL:
+        return failed("vm_disks", f"{shown}: the {worst} disk is full or nearly", fixes[worst])
+    if probe.disks[worst] >= DISK_WARN:
+        return warned("vm_disks", f"{shown}: the {worst} disk is filling", fixes[worst])
+    return passed("vm_disks", shown)
+
+
+def _counter(lines: list[str], name: str, where: str = "") -> float:
+    total = 0.0
+    for line in lines:
+        series, _, value = line.rpartition(" ")
+        if (series == name or series.startswith(name + "{")) and where in series:
+            total += float(value)
+    return total
+
+
+def check_backend_metrics(out: StackOutputs, probe: VmProbe) -> Check:
+    """From the backend's own /metrics on the VM: counters since it started (the alerts use rates)."""
+    if probe.metrics is None:
+        return failed("backend_metrics", "the backend's /metrics did not answer on the VM",
+                      "The backend is down (convex_version), or DISABLE_METRICS_ENDPOINT is set; then the Convex alerts are blind too. "
+                      + _ssh(out, "sudo systemctl status convex-metrics convex-collector"))
+    requests = _counter(probe.metrics, "http_handle_duration_seconds_count")
+    errors = _counter(probe.metrics, "http_handle_duration_seconds_count", 'status="5')
+    waits = _counter(probe.metrics, "postgres_get_connection_seconds_count")
+    wait_mean = _counter(probe.metrics, "postgres_get_connection_seconds_sum") / waits if waits else 0.0
+    function_ooms = _counter(probe.metrics, "isolate_out_of_memory_total")
+    detail = (f"since the backend started: {int(requests)} requests, {int(errors)} answered 5xx, "
+              f"database connection wait {wait_mean:.3f} s on average, {int(function_ooms)} function OOMs")
+    if requests and errors / requests > ERROR_RATIO:
+        return failed("backend_metrics", detail,
+                      "Read the backend's errors (Logs Explorer: log cos_containers, container convex-backend, severity>=ERROR); the usual causes "
+                      "are the database (postgres_* and the Cloud SQL alerts), a full data disk (vm_disks) or a bad functions deploy.")
+    if wait_mean > DB_WAIT_S:
+        return warned("backend_metrics", detail, "The Convex pool (convex.poolSize) is exhausted or Cloud SQL is slow: the 'pool fits' check and Cloud SQL CPU.")
+    if function_ooms:
+        return warned("backend_metrics", detail, "A function hit the isolate heap limit: find it in the Convex dashboard's logs and make it allocate less.")
+    return passed("backend_metrics", detail)

@@ -93,6 +93,12 @@ class VmProbe:
     local_version: str = ""  # body of localhost:3210/version, or "fail"
     containers: dict[str, tuple[str, int]] = field(default_factory=dict)  # name -> (status, restarts)
     proxy_ip: str = ""
+    # The signals the alerts read (components/monitoring.py), seen on the VM itself:
+    memory_percent: Optional[int] = None  # node-problem-detector's formula, page cache excluded
+    disks: dict[str, int] = field(default_factory=dict)  # "data"/"boot" -> percent used (df)
+    oom_kills: Optional[int] = None  # kernel "Killed process" lines since boot
+    oom_last: str = ""
+    metrics: Optional[list[str]] = None  # the backend's /metrics lines the checks read; None: unreachable
 
 
 # --------------------------------------------------------------------------- parsing (pure)
@@ -156,12 +162,25 @@ def parse_sql_instance(data: dict[str, Any]) -> SqlInstance:
     )
 
 
+def _int(value: Optional[str]) -> Optional[int]:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
 def parse_probe(text: str) -> VmProbe:
     tcp: dict[str, bool] = {}
     containers: dict[str, tuple[str, int]] = {}
     values: dict[str, str] = {}
+    disks: dict[str, int] = {}
+    metrics: list[str] = []
     for line in text.splitlines():
+        if line.startswith("metric "):
+            metrics.append(line[len("metric "):])
+            continue
         key, sep, value = line.partition("=")
+        if key.startswith("disk.") and sep:
+            if _int(value) is not None:
+                disks[key[len("disk."):]] = int(value)
+            continue
         if not sep:
             continue
         if key.startswith("tcp."):
@@ -171,7 +190,36 @@ def parse_probe(text: str) -> VmProbe:
             containers[key[len("container."):]] = (status, int(restarts) if restarts.isdigit() else 0)
         else:
             values[key] = value.strip()
-    return VmProbe(tcp, values.get("proxy_ready", ""), values.get("local_version", ""), containers, values.get("proxy_ip", ""))
+    return VmProbe(tcp, values.get("proxy_ready", ""), values.get("local_version", ""), containers, values.get("proxy_ip", ""),
+                   memory_percent=_int(values.get("memory_percent")), disks=disks, oom_kills=_int(values.get("oom_kills")),
+                   oom_last=values.get("oom_last", ""), metrics=None if values.get("metrics") == "fail" else metrics)
+
+
+# The backend's own counters the checks read, as the pinned backend names them (tests/fakes/convex_metrics.py).
+METRIC_LINES = r"^(http_handle_duration_seconds_count|isolate_out_of_memory_total|postgres_get_connection_seconds_(sum|count))[{ ]"
+DATA_MOUNT, BOOT_MOUNT = "/mnt/disks/convex-data", "/mnt/stateful_partition"
+
+
+def signals_script(meminfo: str = "/proc/meminfo", mounts: Optional[dict[str, str]] = None, kernel_log: str = "sudo -n dmesg",
+                   metrics_url: str = "http://127.0.0.1:3210/metrics") -> str:
+    """The probe's part that reads what the alerts watch: memory as node-problem-detector computes it
+    ((MemTotal-MemFree-Buffers-Cached-Slab)/MemTotal, memory_collector_unix.go), each disk's use (the
+    data disk's mount, COS's writable boot partition), OOM kills in the kernel log (the line
+    kernel-monitor.json matches) and the backend's own counters. bash, df, grep, sed, curl: all on COS."""
+    mounts = mounts or {"data": DATA_MOUNT, "boot": BOOT_MOUNT}
+    lines = [
+        "t=0 f=0 b=0 c=0 s=0",
+        "while read -r k v _; do case $k in MemTotal:) t=$v;; MemFree:) f=$v;; Buffers:) b=$v;; Cached:) c=$v;; Slab:) s=$v;; esac; "
+        f"done <{shlex.quote(meminfo)}",
+        "((t > 0)) && echo memory_percent=$(( (t - f - b - c - s) * 100 / t ))",
+    ]
+    for name, mount in mounts.items():
+        lines.append(f"read -r _ _ _ _ use _ < <(df -P {shlex.quote(mount)} 2>/dev/null | tail -n 1); echo disk.{name}=${{use%\\%}}; use=")
+    lines.append(f"echo oom_kills=$({kernel_log} 2>/dev/null | grep -c 'Killed process')")
+    lines.append(f"echo oom_last=$({kernel_log} 2>/dev/null | grep 'Killed process' | tail -n 1 | cut -c1-200)")
+    lines.append(f"if m=$(curl -fsS -m 10 {shlex.quote(metrics_url)} 2>/dev/null); then "
+                 f"grep -E {shlex.quote(METRIC_LINES)} <<<\"$m\" | sed 's/^/metric /'; else echo metrics=fail; fi")
+    return "\n".join(lines)
 
 
 def probe_script(targets: Sequence[tuple[str, int]], containers: Sequence[str]) -> str:
@@ -190,6 +238,7 @@ def probe_script(targets: Sequence[tuple[str, int]], containers: Sequence[str]) 
     lines.append(
         "echo proxy_ip=$(sudo -n docker inspect -f '{{(index .NetworkSettings.Networks \"convex-db\").IPAddress}}' cloudsql-proxy 2>/dev/null)"
     )
+    lines.append(signals_script())
     return "\n".join(lines)
 
 
