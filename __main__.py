@@ -12,27 +12,16 @@ if not provider_host.is_program_run():
 
 from components.convex_on_gcp import ConvexOnGcp
 from convex_gcp.package_args import from_config
-from convex_gcp.settings import ConfigError, config_from_pulumi, load_local_settings, resource_prefix, stack_target
+from convex_gcp.settings import config_from_pulumi, stack_target
 
 config = config_from_pulumi()
 if stack_target(config) == "local":
-    from components.local_stack import LocalStack, LocalStackArgs
-    from convex_gcp.local_runtime import local_postgres_url
+    from components.convex_local import ConvexLocal
 
-    try:
-        local_settings = load_local_settings(config, pulumi.get_stack())
-    except ConfigError as error:
-        raise pulumi.RunError(str(error)) from None
-    local = LocalStack("local", LocalStackArgs(settings=local_settings, prefix=resource_prefix(local_settings.stack)))
+    local = ConvexLocal("convex-local", from_config(config, local=True))
     # A subset of the outputs contract (docs/outputs.md), plus how to print the admin key.
-    pulumi.export("convex_url", local.convex_url)
-    pulumi.export("convex_site_url", local.convex_site_url)
-    if local_settings.convex.dashboard:
-        pulumi.export("dashboard_url", local.dashboard_url)
-    pulumi.export("database_name", local_settings.database_name)
-    pulumi.export("connection_mode", local_settings.connection_mode)
-    pulumi.export("admin_key_command", local.admin_key_command)
-    pulumi.export("postgres_url", pulumi.Output.secret(local.password.apply(lambda pw: local_postgres_url(local_settings, pw))))
+    for name, value in local.outputs.items():
+        pulumi.export(name, value)
 else:
     deployment = ConvexOnGcp("convex-gcp", from_config(config))
     # The outputs contract (docs/outputs.md), exported under the names other teams' StackReferences read.

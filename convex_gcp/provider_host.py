@@ -1,4 +1,4 @@
-"""The component package's provider: serves ConvexOnGcp to Pulumi programs in any language.
+"""The component package's provider: serves ConvexOnGcp and ConvexLocal to Pulumi programs in any language.
 
 PulumiPlugin.yaml (`runtime: python`) makes this repository a source-based component package:
 `pulumi package add <repository>@vX.Y.Z` installs it as a plugin, and the Python language host then
@@ -28,9 +28,10 @@ def version() -> str:
 
 
 def components() -> list[type]:
+    from components.convex_local import ConvexLocal
     from components.convex_on_gcp import ConvexOnGcp
 
-    return [ConvexOnGcp]
+    return [ConvexOnGcp, ConvexLocal]
 
 
 def schema() -> dict[str, Any]:

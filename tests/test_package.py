@@ -102,7 +102,7 @@ def test_the_args_mirror_the_model():
     check(Settings, ConvexOnGcpArgs)
 
 
-def _construct(inputs: dict):
+def _construct(inputs: dict, token: str = TOKEN):
     """Build the component through the SDK's ComponentProvider under the mocks, as the plugin does for a
     consumer's engine; return the state it sends back as {name: (value, secret)}, or the error."""
     code = f"""
@@ -118,7 +118,7 @@ pulumi.runtime.set_mocks(GcpMocks("proj-1", "us-central1"), project="consumer", 
 provider = ComponentProvider(provider_host.components(), "convex-gcp", version="0.1.0")
 result = {{}}
 try:
-    _sync_await(run_pulumi_func(lambda: result.update(r=provider.construct("convex", "{TOKEN}", json.loads(sys.argv[1]), None))))
+    _sync_await(run_pulumi_func(lambda: result.update(r=provider.construct("convex", sys.argv[2], json.loads(sys.argv[1]), None))))
 except Exception as error:
     print(json.dumps({{"error": str(error)}}))
     sys.exit(0)
@@ -130,7 +130,7 @@ print(json.dumps({{"state": state}}))
 """
     from tests import runner
 
-    done = runner.run_python(["-c", code, json.dumps(inputs)], cwd=ROOT, timeout=300)
+    done = runner.run_python(["-c", code, json.dumps(inputs), token], cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -272,3 +272,38 @@ print(_sync_await(out["c"].vm_name.future()), _sync_await(out["c"].sql_connectio
     done = runner.run_python(["-c", code], cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["convex-team-a-vm", "proj-1:us-central1:convex-team-a-pg-a1b2"]
+
+
+LOCAL = "convex-gcp:index:ConvexLocal"
+
+
+def test_the_local_counterpart_mirrors_the_local_keys_and_its_postgres_url_is_the_secret(schema):
+    from convex_gcp.settings import LocalStackSettings
+
+    resource = schema["resources"][LOCAL]
+    from_schema = _schema_keys(schema, resource["inputProperties"], resource.get("requiredInputs", []))
+    from_config = {key: False for key in _config_keys(LocalStackSettings) if key.split(".")[0] in ("environment", "convex", "local")}
+    from_config["stack"] = False
+    assert from_schema == from_config
+    local = CONTRACT["local"]
+    assert set(resource["properties"]) == {camel(n) for n in [*local["subset"], *local["local_only"]]}
+    # The same ConvexArgs type serves both components.
+    assert resource["inputProperties"]["convex"]["$ref"] == schema["resources"][TOKEN]["inputProperties"]["convex"]["$ref"]
+    state = _construct({"convex": {"instanceName": "convex-local"}}, LOCAL)["state"]
+    secret = sorted(key for key, (_, is_secret) in state.items() if is_secret)
+    expected = sorted(camel(name) for name, spec in local["local_only"].items() if spec["secret"])
+    assert secret == expected == ["postgresUrl"]
+    assert state["connectionMode"][0] == "plaintext" and state["convexUrl"][0] == "http://127.0.0.1:3210"
+    assert "convex-gcp:convex.env.POSTGRES_URL" in _construct({"convex": {"env": {"POSTGRES_URL": "x"}}}, LOCAL)["error"]
+
+
+def test_map_keys_are_data_and_field_names_are_keys():
+    # The provider passes snake_case field names; a map's keys (flags, convex.env) must stay as written.
+    from convex_gcp.package_args import to_config
+
+    config, stack = to_config({"project": "p", "region": "r", "environment": "dev", "stack": "s",
+                               "database": {"flags": {"log_min_duration_statement": "1s"}, "disk_size_gb": 20},
+                               "convex": {"env": {"ISOLATE_V8_FLAGS": "x"}, "max_concurrent_queries": 3}})
+    assert stack == "s" and config["gcp:project"] == "p"
+    assert json.loads(config["convex-gcp:database"]) == {"flags": {"log_min_duration_statement": "1s"}, "diskSizeGb": 20}
+    assert json.loads(config["convex-gcp:convex"]) == {"env": {"ISOLATE_V8_FLAGS": "x"}, "maxConcurrentQueries": 3}
