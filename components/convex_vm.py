@@ -61,9 +61,9 @@ NAMED_PORTS = {"api": API_PORT, "site": SITE_PORT, "dashboard": DASHBOARD_PORT}
 NIC = "nic0"
 
 # Autohealing (docs/updates.md, "Autohealing"). The signal is vm/health/health.sh: it answers 200 while
-# Convex serves, while a convex-gcp run is in progress and while the backend container runs (Convex binds
-# /version only after its migrations), so neither a first boot nor a migration of any length reads as a
-# dead VM. The delay only has to cover COS booting and cloud-init starting the socket (tens of seconds);
+# Convex serves (its migrations run in the background while /version answers), while a convex-gcp run is in
+# progress and while the backend container runs but has not bound /version yet (connecting, loading the
+# database), so neither a first boot, a long start nor a migration of any length reads as a dead VM. The delay only has to cover COS booting and cloud-init starting the socket (tens of seconds);
 # 300 s leaves room. A VM is repaired after UNHEALTHY_THRESHOLD consecutive failed probes,
 # CHECK_INTERVAL_SEC apart: a minute of "down" (nothing running Convex, nothing on its way to it).
 AUTOHEAL_INITIAL_DELAY_SEC = 300
@@ -255,8 +255,9 @@ class ConvexVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on),
         )
 
-        # Autohealing's probe: vm/health/health.sh on HEALTH_PORT (never /version, which is silent during a
-        # migration). The front door keeps its own /version check for traffic.
+        # Autohealing's probe: vm/health/health.sh on HEALTH_PORT (never /version alone, which is silent while
+        # Convex connects and loads its database, and during a boot). The front door keeps its own /version
+        # check for traffic.
         self.health_check = gcp.compute.HealthCheck(
             f"{name}-autoheal",
             name=f"{args.prefix}-autoheal",

@@ -49,7 +49,7 @@ def test_serving(booted, sandbox):
 
 
 def test_a_running_backend_that_does_not_answer_yet_is_starting(booted, sandbox):
-    sandbox.set_docker(migrating=True)
+    sandbox.set_docker(loading=True)
     status, body = probe(sandbox)
     assert status == 200 and body.startswith("starting: convex-backend.service is active")
 
@@ -71,20 +71,53 @@ def test_nothing_running_and_nothing_trying_is_down(booted, sandbox):
     assert status == 503 and body.startswith("down:") and "inactive" in body
 
 
-def test_a_migration_longer_than_every_autohealing_delay_is_not_interrupted(booted, sandbox):
+def test_a_start_longer_than_every_autohealing_delay_is_not_interrupted(booted, sandbox):
     healer = autohealer()
-    # Twice as long as a VM that answered nothing would survive, starting right after a recreation.
-    migration = 2 * healer.grace_sec
-    sandbox.set_docker(migrating=True)
+    # /version silent (connecting, loading the database) twice as long as a VM that answered nothing would
+    # survive, right after a recreation.
+    loading = 2 * healer.grace_sec
+    sandbox.set_docker(loading=True)
 
     def check(t: int) -> bool:
-        if t >= migration and sandbox.docker_state().get("migrating"):
-            sandbox.set_docker(migrating=False)  # MigrationComplete: Convex binds /version
+        if t >= loading and sandbox.docker_state().get("loading"):
+            sandbox.set_docker(loading=False)  # Convex binds /version
         return probe(sandbox)[0] == 200
 
-    assert healer.run(check, until=migration + 10 * CHECK_INTERVAL_SEC) == []
-    assert healer.probes > (migration - AUTOHEAL_INITIAL_DELAY_SEC) // CHECK_INTERVAL_SEC
+    assert healer.run(check, until=loading + 10 * CHECK_INTERVAL_SEC) == []
+    assert healer.probes > (loading - AUTOHEAL_INITIAL_DELAY_SEC) // CHECK_INTERVAL_SEC
     assert probe(sandbox) == (200, "serving")
+
+
+def test_a_migration_longer_than_every_autohealing_delay_is_not_interrupted(booted, sandbox):
+    # A new backend image 120 migrations ahead, each taking real time in the sandbox's Convex (fakes/convex.py
+    # prints the pinned backend's migration lines). The probes run while the migration does; every probe is
+    # a simulated check interval, so they cover far more than the initial delay plus the unhealthy threshold.
+    import time
+
+    from test_upgrade import upgrade
+
+    healer = autohealer()
+    conv = sandbox.docker_state().get("convex", {})
+    sandbox.set_docker(convex={**conv, "migration_s": 0.15})
+    upgrade(sandbox, version=128 + 120)
+    r = sandbox.run("reconcile")
+    assert r.rc == 0, r.stderr
+    backend = sandbox.docker_state()["containers"]["convex-backend"]
+    complete_at = next(t for t, text, _ in backend["events"] if "Migration complete" in text)
+    answers = []
+
+    def check(t: int) -> bool:
+        status, body = probe(sandbox)
+        answers.append((time.time() < complete_at, body))
+        return status == 200
+
+    # One continuous run of the autohealer, well past the initial delay plus the unhealthy threshold.
+    span = healer.grace_sec + 20 * CHECK_INTERVAL_SEC
+    assert healer.run(check, until=span) == []
+    # Every probe fell inside the running migration, and Convex served throughout it.
+    assert all(during for during, _ in answers), "the migration ended before the probes did: raise migration_s"
+    assert {body for _, body in answers} == {"serving"} and len(answers) * CHECK_INTERVAL_SEC >= span
+    assert healer.repairs == []
 
 
 def test_a_dead_backend_is_repaired_after_the_delays(booted, sandbox):

@@ -7,9 +7,11 @@
 #   200 serving   /version answers
 #   200 booting   a convex-gcp run (boot or reconcile) holds its lock: formatting, pulling images,
 #                 waiting for Cloud SQL (vm/startup.sh takes ${RUN_DIR}/lock for the whole run)
-#   200 starting  convex-backend.service is active but /version does not answer yet: Convex connects and
-#                 runs its migrations before it binds the port (get-convex/convex-backend
-#                 crates/local_backend/src/main.rs: make_app is awaited before http_service.serve)
+#   200 starting  convex-backend.service is active but /version does not answer yet: Convex connects to
+#                 the database and loads it before it binds the port (get-convex/convex-backend
+#                 crates/local_backend/src/main.rs: connect_persistence and make_app are awaited before
+#                 http_service.serve); its migrations then run in the background while /version answers
+#                 (crates/application/src/lib.rs spawns the migration worker), so they read as "serving"
 #   503 down      none of these: nothing serves Convex and nothing is on its way to it
 # Test seams: CONVEX_GCP_RUN_DIR, CONVEX_GCP_BACKEND_VERSION_URL (tests/vm/test_health.py).
 set -u
@@ -32,6 +34,6 @@ if [[ -e ${RUN_DIR}/lock ]] && ! flock -n "${RUN_DIR}/lock" true 2>/dev/null; th
 fi
 state=$(systemctl is-active convex-backend.service 2>/dev/null) || true
 if [[ $state == active ]]; then
-  answer "200 OK" "starting: convex-backend.service is active; Convex answers /version after its migrations"
+  answer "200 OK" "starting: convex-backend.service is active; Convex answers /version once it has loaded the database"
 fi
 answer "503 Service Unavailable" "down: /version does not answer, no convex-gcp run, convex-backend.service ${state:-unknown}"

@@ -433,8 +433,9 @@ class HealthServer(_Server):
             ok = self._running("cloudsql-proxy")
             return h._send(200 if ok else 503, "ok" if ok else "error", "text/plain")
         if path == "/version":
-            # Convex binds its HTTP port only after it connected to Postgres and ran its migrations
-            # (crates/local_backend/src/main.rs: make_app before serve); knob "migrating" holds it there.
-            ok = self._running("convex-backend") and self.db_up and not self._state().get("migrating")
+            # Convex binds its HTTP port only after it connected to Postgres and loaded the database
+            # (crates/local_backend/src/main.rs: make_app before serve); knob "loading" holds it there
+            # for as long as a test needs (a start that outlasts every autohealing delay).
+            ok = self._running("convex-backend") and self.db_up and not self._state().get("loading")
             return h._send(200 if ok else 503, "fake-convex-version" if ok else "down", "text/plain")
         return h._send(404, "not found", "text/plain")
