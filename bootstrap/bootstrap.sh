@@ -268,6 +268,7 @@ DEPLOYER_ROLES=(
   roles/logging.configWriter
   roles/monitoring.editor
   roles/dns.admin
+  roles/certificatemanager.editor
 )
 # The program grants its VM account exactly these project roles; the deployer may grant no others.
 GRANTABLE="'roles/cloudsql.client', 'roles/cloudsql.instanceUser', 'roles/cloudsql.viewer', 'roles/logging.logWriter', 'roles/monitoring.metricWriter'"
@@ -294,6 +295,8 @@ PREVIEW_PERMISSIONS=$(printf '%s,' \
   iam.serviceAccounts.get \
   secretmanager.secrets.get secretmanager.secrets.getIamPolicy secretmanager.versions.get \
   dns.managedZones.get dns.resourceRecordSets.get dns.resourceRecordSets.list \
+  certificatemanager.certs.get certificatemanager.certs.list certificatemanager.dnsauthorizations.get \
+  certificatemanager.certmaps.get certificatemanager.certmapentries.get \
   logging.logMetrics.get \
   monitoring.alertPolicies.get monitoring.uptimeCheckConfigs.get monitoring.notificationChannels.get)
 PREVIEW_PERMISSIONS="${PREVIEW_PERMISSIONS%,}"

@@ -22,8 +22,10 @@ REQUIRED_APIS = (
 
 
 def required_apis(connection_mode: str, managed_dns_zone: bool) -> tuple[str, ...]:
-    """The APIs a stack needs: Cloud DNS only for ssl mode's private zone or the front door's records."""
+    """The APIs a stack needs: Cloud DNS only for ssl mode's private zone or the front door's records;
+    Certificate Manager for the front door's DNS-authorized certificates (with a managed zone)."""
     extra = ("dns.googleapis.com",) if connection_mode == "ssl" or managed_dns_zone else ()
+    extra += ("certificatemanager.googleapis.com",) if managed_dns_zone else ()
     return REQUIRED_APIS + extra
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import pulumi
 import pulumi_gcp as gcp
@@ -170,6 +170,79 @@ def blocked_path_rules(service: pulumi.Input[str]) -> list[gcp.compute.URLMapPat
     ]
 
 
+def _short(host: str) -> str:
+    return hashlib.sha256(host.encode()).hexdigest()[:8]
+
+
+def _get(record: Any, key: str) -> Any:
+    if record is None:
+        return None
+    return record.get(key) if isinstance(record, dict) else getattr(record, key, None)
+
+
+@dataclass(frozen=True)
+class CertificatePlan:
+    use_map: bool
+    refusals: list[str]
+    warnings: list[str]
+
+
+def certificate_plan(served: dict[str, list[str]], active: dict[str, set[str]], map_in_use: bool) -> CertificatePlan:
+    """Where the HTTPS proxy takes its certificates from, and what to refuse, given the hosts served per role
+    (main first), the hosts whose Certificate Manager certificate is ACTIVE per role, and whether the proxy
+    serves from the certificate map now.
+
+    - A main host whose certificate is not ACTIVE while another host of its role has an ACTIVE one is a move
+      of traffic onto a name without a valid certificate: refused, with the way to serve it first.
+    - The proxy switches to the map only once every main host's certificate is ACTIVE (until then the classic
+      certificates serve), and stays on it once there (a new role's host provisions without traffic)."""
+    refusals, warnings = [], []
+    for role, hosts in served.items():
+        main, others = hosts[0], active.get(role, set()) - {hosts[0]}
+        if main not in active.get(role, set()) and others:
+            path = f"convex-gcp:domain.{role}Host"
+            refusals.append(
+                f"{path}: {main!r} has no ACTIVE certificate yet, and {', '.join(sorted(others))} has: clients would move to a name "
+                f"without a valid certificate (a TLS outage). Serve it first, keeping the current host as {role}Host: "
+                f"pulumi config set --path '{path}' {sorted(others)[0]} && pulumi config set --path 'convex-gcp:domain.additionalHosts.{role}[0]' {main}; "
+                f"run pulumi up, wait for ACTIVE (gcloud certificate-manager certificates list), then swap them (docs/front-door.md)."
+            )
+    pending = sorted(host for hosts in served.values() for host in hosts if host not in set().union(*active.values(), set()))
+    all_main_active = all(hosts[0] in active.get(role, set()) for role, hosts in served.items())
+    use_map = map_in_use or all_main_active
+    if pending:
+        warnings.append(
+            f"Certificate Manager certificates not ACTIVE yet for {', '.join(pending)}: "
+            + ("they provision through DNS authorization without traffic; " if use_map else
+               "the HTTPS proxy keeps its classic certificates until every main host's is ACTIVE; ")
+            + "run pulumi up again once they are (docs/front-door.md)"
+        )
+    return CertificatePlan(use_map=use_map, refusals=refusals, warnings=warnings)
+
+
+def active_certificates(prefix: str) -> dict[str, set[str]]:
+    """Role -> hosts whose Certificate Manager certificate (named certificate_name(prefix, role, host)) is ACTIVE
+    now. Read at preview, so the plan shows the proxy's source; nothing found on a new stack."""
+    found: dict[str, set[str]] = {}
+    result = gcp.certificatemanager.get_certificates()
+    for cert in getattr(result, "certificates", None) or []:
+        short_name = str(_get(cert, "name") or "").rsplit("/", 1)[-1]
+        role = next((r for r in PORTS if short_name.startswith(f"{prefix}-{r}-")), None)
+        managed = (_get(cert, "manageds") or _get(cert, "managed") or [None])
+        managed = managed[0] if isinstance(managed, list) else managed
+        if role and managed is not None and _get(managed, "state") == "ACTIVE":
+            found.setdefault(role, set()).update(_get(managed, "domains") or [])
+    return found
+
+
+def proxy_uses_map(proxy_name: str) -> bool:
+    """Whether the HTTPS proxy serves from a certificate map now; False when it does not exist yet."""
+    try:
+        return bool(getattr(gcp.compute.get_target_https_proxy(name=proxy_name), "certificate_map", None))
+    except Exception:  # noqa: BLE001 - a new stack has no proxy: the invoke answers 404
+        return False
+
+
 class FrontDoor(pulumi.ComponentResource):
     """Owns the global IP, certificates, SSL policy, health checks, backend services,
     URL maps, proxies, forwarding rules, the IAP grants on the dashboard, the optional Cloud Armor
@@ -191,21 +264,40 @@ class FrontDoor(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on, protect=args.is_prod),
         )
 
-        # One certificate per host: a host whose DNS is not ready yet does not hold back the others.
-        self.certificates = {
-            role: gcp.compute.ManagedSslCertificate(
-                f"{name}-cert-{role}",
-                name=certificate_name(prefix, role, host),
-                managed=gcp.compute.ManagedSslCertificateManagedArgs(domains=[host]),
-                # The name differs per host, so create-first cannot collide, and the HTTPS proxy moves to the
-                # new certificate before the old one is deleted. Without this, pulumi-terraform-bridge deletes
-                # first because the auto-nameable `name` is set explicitly (nameRequiresDeleteBeforeReplace,
-                # pkg/tfbridge/schema.go; bridge PR #532) and Google refuses to delete a certificate a proxy
-                # still uses (terraform-provider-google #6147, #15966).
-                opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=False)),
-            )
-            for role, host in hosts.items()
-        }
+        served = d.served_hosts
+        # With a Cloud DNS zone, Certificate Manager certificates with DNS authorization: they become ACTIVE
+        # before any traffic reaches the host. The proxy serves them from the certificate map once each main
+        # host's is ACTIVE, and keeps the classic certificates until then (certificate_plan).
+        self.cert_map = None
+        use_map = False
+        if d.managed_zone:
+            plan = certificate_plan(served, active_certificates(prefix), proxy_uses_map(f"{prefix}-https"))
+            if plan.refusals:
+                raise pulumi.RunError("\n".join(plan.refusals))
+            for warning in plan.warnings:
+                pulumi.log.warn(warning, resource=self)
+            use_map = plan.use_map
+            self.cert_map = self._certificate_manager(name, prefix, d.managed_zone, served, child)
+
+        # Classic Google-managed certificates (load-balancer authorization) without a zone, or until the map
+        # takes over. One per host: a host whose DNS is not ready yet does not hold back the others.
+        self.certificates = {}
+        if not use_map:
+            for role, role_hosts in served.items():
+                for i, host in enumerate(role_hosts):
+                    self.certificates[host] = gcp.compute.ManagedSslCertificate(
+                        f"{name}-cert-{role}-{_short(host)}",
+                        name=certificate_name(prefix, role, host),
+                        managed=gcp.compute.ManagedSslCertificateManagedArgs(domains=[host]),
+                        # The name differs per host, so create-first cannot collide, and the HTTPS proxy moves to the
+                        # new certificate before the old one is deleted. Without this, pulumi-terraform-bridge deletes
+                        # first because the auto-nameable `name` is set explicitly (nameRequiresDeleteBeforeReplace,
+                        # pkg/tfbridge/schema.go; bridge PR #532) and Google refuses to delete a certificate a proxy
+                        # still uses (terraform-provider-google #6147, #15966). The main host keeps the logical
+                        # name stacks before additionalHosts gave it.
+                        opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                            delete_before_replace=False, aliases=[pulumi.Alias(name=f"{name}-cert-{role}")] if i == 0 else None)),
+                    )
         ssl_policy = gcp.compute.SSLPolicy(
             f"{name}-tls",
             name=f"{prefix}-tls",
@@ -310,7 +402,7 @@ class FrontDoor(pulumi.ComponentResource):
             default_url_redirect=gcp.compute.URLMapDefaultUrlRedirectArgs(
                 host_redirect=d.api_host, https_redirect=True, strip_query=False, redirect_response_code="MOVED_PERMANENTLY_DEFAULT"
             ),
-            host_rules=[gcp.compute.URLMapHostRuleArgs(hosts=[host], path_matcher=role) for role, host in hosts.items()],
+            host_rules=[gcp.compute.URLMapHostRuleArgs(hosts=served[role], path_matcher=role) for role in hosts],
             path_matchers=[
                 gcp.compute.URLMapPathMatcherArgs(name=role, default_service=self.backends[role].id, route_rules=blocked_path_rules(self.backends[role].id))
                 for role in hosts
@@ -321,7 +413,9 @@ class FrontDoor(pulumi.ComponentResource):
             f"{name}-https",
             name=f"{prefix}-https",
             url_map=self.url_map.id,
-            ssl_certificates=[cert.id for cert in self.certificates.values()],
+            # A certificate map takes precedence over certificates attached directly: one or the other.
+            ssl_certificates=None if use_map else [cert.id for cert in self.certificates.values()],
+            certificate_map=self.cert_map.id.apply(lambda i: f"//certificatemanager.googleapis.com/{i}") if use_map else None,
             ssl_policy=ssl_policy.id,
             opts=child,
         )
@@ -355,15 +449,16 @@ class FrontDoor(pulumi.ComponentResource):
         if d.managed_zone:
             self.records = [
                 gcp.dns.RecordSet(
-                    f"{name}-dns-{role}",
+                    f"{name}-dns-{role}-{_short(host)}",
                     managed_zone=d.managed_zone,
                     name=f"{host}.",
                     type="A",
                     ttl=300,
                     rrdatas=[self.address.address],
-                    opts=child,
+                    opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(aliases=[pulumi.Alias(name=f"{name}-dns-{role}")] if i == 0 else None)),
                 )
-                for role, host in hosts.items()
+                for role, hosts_of_role in served.items()
+                for i, host in enumerate(hosts_of_role)
             ]
 
         self.ip = self.address.address
@@ -371,7 +466,48 @@ class FrontDoor(pulumi.ComponentResource):
             {
                 "ip": self.address.address,
                 "hosts": hosts,
-                "certificates": {role: cert.name for role, cert in self.certificates.items()},
+                "certificates": {host: cert.name for host, cert in self.certificates.items()},
+                "certificate_map": self.cert_map.name if self.cert_map else None,
                 "url_map": self.url_map.name,
             }
         )
+
+    def _certificate_manager(self, name: str, prefix: str, zone: str, served: dict[str, list[str]],
+                             child: pulumi.ResourceOptions) -> gcp.certificatemanager.CertificateMap:
+        """Per host: a DNS authorization, its CNAME in the zone, a certificate, a map entry; one map."""
+        cert_map = gcp.certificatemanager.CertificateMap(
+            f"{name}-certmap", name=f"{prefix}-certs", description="Convex front door certificates", opts=child)
+        create_first = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(delete_before_replace=False))
+        for role, hosts in served.items():
+            for host in hosts:
+                short, cm_name = _short(host), certificate_name(prefix, role, host)
+                auth = gcp.certificatemanager.DnsAuthorization(
+                    f"{name}-auth-{role}-{short}", name=cm_name, domain=host,
+                    description=f"Convex {role} host {host}", opts=create_first)
+                record = auth.dns_resource_records.apply(lambda records: records[0] if records else None)
+                cname = gcp.dns.RecordSet(
+                    f"{name}-acme-{role}-{short}",
+                    managed_zone=zone,
+                    name=record.apply(lambda r: _get(r, "name")),
+                    type=record.apply(lambda r: _get(r, "type")),
+                    ttl=300,
+                    rrdatas=[record.apply(lambda r: _get(r, "data"))],
+                    opts=child,
+                )
+                certificate = gcp.certificatemanager.Certificate(
+                    f"{name}-cmcert-{role}-{short}",
+                    name=cm_name,
+                    description=f"Convex {role} host {host}",
+                    managed=gcp.certificatemanager.CertificateManagedArgs(domains=[host], dns_authorizations=[auth.id]),
+                    # Issued once the CNAME answers; no A record or traffic is needed for that.
+                    opts=pulumi.ResourceOptions.merge(create_first, pulumi.ResourceOptions(depends_on=[cname])),
+                )
+                gcp.certificatemanager.CertificateMapEntry(
+                    f"{name}-entry-{role}-{short}",
+                    name=cm_name,
+                    map=cert_map.name,
+                    hostname=host,
+                    certificates=[certificate.id],
+                    opts=create_first,
+                )
+        return cert_map

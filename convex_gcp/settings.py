@@ -321,6 +321,16 @@ _MEMBER = re.compile(
 ARMOR_USER_PRIORITY_MAX = 899
 
 
+def _check_host(value: Optional[str]) -> Optional[str]:
+    if value is not None and not _HOST.fullmatch(value):
+        raise _custom(
+            f"{value!r} is not a host name a Google-managed certificate can cover",
+            "a lowercase fully qualified name of at most 63 characters, no wildcard, no trailing dot",
+            "api.convex.example.com",
+        )
+    return value
+
+
 class RateLimitSettings(_Model):
     """`convex-gcp:domain.armor.rateLimit`: per client IP; throttles, or bans when banDurationSec is set."""
 
@@ -386,17 +396,23 @@ class DomainSettings(_Model):
     # Granted roles/iap.httpsResourceAccessor on the dashboard's backend (IAP).
     dashboard_members: list[str] = []
     armor: Optional[ArmorSettings] = None
+    # Hosts served besides the main ones, each with its own certificate, routed like their role's host: the
+    # old name while clients move off it, or a new one whose certificate must be ACTIVE before it becomes the
+    # main host (docs/front-door.md, "Changing a host without a TLS outage").
+    additional_hosts: dict[Literal["api", "site", "dashboard"], list[str]] = {}
+
+    @field_validator("additional_hosts")
+    @classmethod
+    def _more_hosts(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for hosts in value.values():
+            for host in hosts:
+                _check_host(host)
+        return value
 
     @field_validator("api_host", "site_host", "dashboard_host")
     @classmethod
     def _host(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not _HOST.fullmatch(value):
-            raise _custom(
-                f"{value!r} is not a host name a Google-managed certificate can cover",
-                "a lowercase fully qualified name of at most 63 characters, no wildcard, no trailing dot",
-                "api.convex.example.com",
-            )
-        return value
+        return _check_host(value)
 
     @field_validator("managed_zone")
     @classmethod
@@ -427,6 +443,11 @@ class DomainSettings(_Model):
         """Role → host name, for the roles that have one."""
         roles = {"api": self.api_host, "site": self.site_host, "dashboard": self.dashboard_host}
         return {role: host for role, host in roles.items() if host}
+
+    @property
+    def served_hosts(self) -> dict[str, list[str]]:
+        """Role → every host the front door serves for it: the main one first, then additionalHosts."""
+        return {role: [host, *self.additional_hosts.get(role, [])] for role, host in self.hosts.items()}
 
 
 class MonitoringSettings(_Model):
@@ -971,6 +992,16 @@ def _check_domain(s: Settings) -> list[Problem]:
         if host in seen:
             problems.append(Problem(path, f"{host!r} is also the {seen[host]} host; each port needs its own name", "distinct host names", set_line(path, f"{role}.{host}")))
         seen.setdefault(host, role)
+    for role, extra in d.additional_hosts.items():
+        for i, host in enumerate(extra):
+            path = f"{PROJECT}:domain.additionalHosts.{role}[{i}]"
+            if role not in d.hosts:
+                problems.append(Problem(path, f"there is no {role} host to serve {host!r} beside", f"additional hosts of api, site{', dashboard' if d.dashboard_host else ''}",
+                                        f"pulumi config rm --path '{PROJECT}:domain.additionalHosts.{role}'"))
+            elif host in seen:
+                problems.append(Problem(path, f"{host!r} is also the {seen[host]} host", "a name no other role or entry uses",
+                                        f"pulumi config rm --path '{path}'"))
+            seen.setdefault(host, role)
     path = f"{PROJECT}:domain.dashboardHost"
     if s.convex.dashboard and not d.dashboard_host:
         problems.append(Problem(path, "the dashboard is enabled but has no host name on the front door", "a host name, or convex.dashboard false", set_line(path, "dashboard." + d.api_host.partition(".")[2])))

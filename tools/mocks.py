@@ -104,6 +104,15 @@ class GcpMocks(pulumi.runtime.Mocks):
             out = {"imageId": f"sha256:{DOCKER_IMAGE_ID}", "repoDigest": digest}
         elif t in ("docker:index/volume:Volume", "docker:index/network:Network"):
             rid = inputs.get("name") or args.name
+        elif t == "gcp:certificatemanager/dnsAuthorization:DnsAuthorization":
+            # The CNAME Certificate Manager asks for (Google, "Deploy a Google-managed certificate with DNS
+            # authorization": _acme-challenge.<domain> -> <uid>.<n>.authorize.certificatemanager.goog.).
+            rid = f"projects/{p}/locations/global/dnsAuthorizations/{name}"
+            out = {"dnsResourceRecords": [{"name": f"_acme-challenge.{inputs['domain']}.", "type": "CNAME",
+                                           "data": f"{name}.1.authorize.certificatemanager.goog."}]}
+        elif t in ("gcp:certificatemanager/certificate:Certificate", "gcp:certificatemanager/certificateMap:CertificateMap"):
+            kind = "certificates" if t.endswith("Certificate") else "certificateMaps"
+            rid = f"projects/{p}/locations/global/{kind}/{name}"
         elif t == "gcp:monitoring/alertPolicy:AlertPolicy":
             out = {"name": f"projects/{p}/alertPolicies/{args.name}"}
         return rid, {**inputs, **out}
