@@ -77,9 +77,11 @@ def test_certificates_are_created_before_the_old_ones_go():
     # The names differ per host, so create-first never collides.
     assert len({c.inputs["name"] for c in certs}) == 3
     other = run_plan_with("prod", {"convex-gcp:domain": json.dumps({**stack_object("prod", "domain"), "apiHost": "api2.convex.acmecorp.dev"})})
-    names = lambda p: {c.name: c.inputs["name"] for c in p.of_type(CERT)}  # noqa: E731
-    assert names(other)["front-door-cert-api"] != names(plan)["front-door-cert-api"]
-    assert names(other)["front-door-cert-site"] == names(plan)["front-door-cert-site"]
+    # Keyed by role (convex-prod-<role>-<hash of host>); the main host's certificate keeps its old logical name
+    # through an alias, so a stack from before additionalHosts sees no change.
+    names = lambda p: {c.inputs["name"].rsplit("-", 1)[0]: c.inputs["name"] for c in p.of_type(CERT)}  # noqa: E731
+    assert names(other)["convex-prod-api"] != names(plan)["convex-prod-api"]
+    assert names(other)["convex-prod-site"] == names(plan)["convex-prod-site"]
 
 
 def test_front_door_serves_the_group():
