@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_plan
+from tests.conftest import run_plan, run_plan_with, stack_object
 from tools.guard_data import DESTRUCTIVE_OPS, GUARDED, allowed_kinds, destructive_steps, kind_of, main, unsafe_moves
 
 SQL = "urn:pulumi:dev::convex-gcp::convex-gcp:index:Database$gcp:sql/databaseInstance:DatabaseInstance::database-instance"
@@ -58,11 +58,13 @@ def test_a_lone_delete_replaced_step_is_refused(tmp_path, monkeypatch, urn, extr
 
 def test_vm_replacement_updates_and_other_secrets_pass():
     # A bare VM is replaced on a COS release; the data disk and the database only change in place; the
-    # admin key can be minted again; the private services range is not the load balancer's address.
+    # admin key can be minted again under a new id; the private services range is not the load balancer's
+    # address (its replacement under the same name is the fixed-name kind's, below).
     assert destructive_steps(preview(
         ("replace", VM, {}), ("update", DISK, {}), ("same", SQL, {}), ("update", GROUP, {}),
-        ("replace", SECRET.format("admin-key"), {"newState": {"inputs": {"secretId": "convex-dev-admin-key"}}}),
-        ("replace", RANGE, {"newState": {"inputs": {"addressType": "INTERNAL", "purpose": "VPC_PEERING"}}}),
+        ("replace", SECRET.format("admin-key"), {"oldState": {"inputs": {"secretId": "convex-dev-admin-key"}},
+                                                  "newState": {"inputs": {"secretId": "convex-dev-admin-key-2"}}}),
+        ("delete", RANGE, {"oldState": {"inputs": {"addressType": "INTERNAL", "purpose": "VPC_PEERING"}}}),
     )) == []
 
 
@@ -134,3 +136,72 @@ def test_the_two_step_move_passes(tmp_path, monkeypatch):
     first, second = preview(("delete", VM, {}), ("same", DISK, {})), preview(("create", GROUP_VM, {}), ("same", DISK, {}))
     assert unsafe_moves(first) == unsafe_moves(second) == []
     assert run(tmp_path, monkeypatch, first) == 0 and run(tmp_path, monkeypatch, second) == 0
+
+
+# --------------------------------------------------------------------------- fixed names (issue 23, part 7)
+
+from tools.guard_data import FIXED_NAME  # noqa: E402
+
+# Types the program names that are not in FIXED_NAME, and why their replacement cannot fail partway.
+NOT_FIXED = {
+    "gcp:compute/managedSslCertificate:ManagedSslCertificate": "the name changes with the host: created first",
+    "gcp:certificatemanager/certificate:Certificate": "the name changes with the host: created first",
+    "gcp:certificatemanager/dnsAuthorization:DnsAuthorization": "the name changes with the host: created first",
+    "gcp:certificatemanager/certificateMapEntry:CertificateMapEntry": "the name changes with the host: created first",
+    "gcp:compute/instanceTemplate:InstanceTemplate": "name_prefix: every template gets a new name, created first",
+    "gcp:compute/firewall:Firewall": "nothing refers to a firewall rule: delete-first leaves a gap of seconds, no failure",
+    "gcp:compute/globalForwardingRule:GlobalForwardingRule": "nothing refers to a forwarding rule: delete-first works",
+    "gcp:compute/diskResourcePolicyAttachment:DiskResourcePolicyAttachment": "an attachment is deleted and made again",
+    "gcp:compute/perInstanceConfig:PerInstanceConfig": "the group's per-instance config is replaced with the group (vm-group)",
+    "gcp:serviceaccount/account:Account": "create_ignore_already_exists adopts the account of the same id",
+    "gcp:compute/routerNat:RouterNat": "nothing refers to the NAT config: delete-first works",
+    "gcp:dns/managedZone:ManagedZone": "ssl mode's private zone: its records go with it and are made again",
+    "gcp:secretmanager/secretIamMember:SecretIamMember": "a member binding: replacing it removes and adds the same member",
+}
+
+
+def _named_types() -> set[str]:
+    names = set()
+    for stack, overrides in (("prod", {}), ("dev", {}), ("dev", {"convex-gcp:connectionMode": "ssl"}),
+                             ("prod", {"convex-gcp:domain": json.dumps({**stack_object("prod", "domain"), "managedZone": "zone"})})):
+        from tools.offline_values import replace_placeholders
+
+        plan = run_plan_with(stack, replace_placeholders(overrides))
+        assert not plan.error, plan.error
+        names |= {r.type for r in plan.resources if r.custom and r.type.startswith("gcp:") and any(f in r.inputs for f in ("name", "secretId"))}
+    return names
+
+
+def test_every_fixed_name_type_the_program_declares_is_considered():
+    guarded = {t for kind in GUARDED.values() for t in kind.types}
+    unconsidered = _named_types() - set(FIXED_NAME) - set(NOT_FIXED) - guarded
+    assert unconsidered == set(), f"decide whether a replacement of these fails partway: {sorted(unconsidered)}"
+
+
+def replacement(typ: str, old: dict, new: dict, op: str = "replace") -> dict:
+    urn = f"urn:pulumi:prod::convex-gcp::convex-gcp:index:FrontDoor${typ}::x"
+    return {"op": op, "urn": urn, "replaceReasons": ["loadBalancingScheme"], "oldState": {"inputs": old}, "newState": {"inputs": new}}
+
+
+@pytest.mark.parametrize("typ", sorted(FIXED_NAME))
+def test_a_replacement_under_the_same_name_is_refused_with_what_holds_it(typ, tmp_path, monkeypatch, capsys):
+    field = "secretId" if typ.startswith("gcp:secretmanager") else "name"
+    inputs = {field: "convex-prod-thing", "addressType": "INTERNAL", "purpose": "VPC_PEERING"}
+    data = preview()
+    data["steps"] = [replacement(typ, inputs, dict(inputs))]
+    found = destructive_steps(data)
+    assert [k for k, _ in found] == ["fixed-name"] and FIXED_NAME[typ] in found[0][1]
+    assert run(tmp_path, monkeypatch, data) == 1
+    assert "give the resource a new name" in capsys.readouterr().out
+    # An unknown new name is refused too; a new name is created first and passes; a plain delete passes.
+    assert destructive_steps({"steps": [replacement(typ, inputs, {**inputs, field: "04da6b54-80e4-46f7-96ec-b56ff0331ba9"})]})
+    assert destructive_steps({"steps": [replacement(typ, inputs, {**inputs, field: "convex-prod-thing-2"})]}) == []
+    assert destructive_steps({"steps": [{"op": "delete", "urn": replacement(typ, inputs, inputs)["urn"], "oldState": {"inputs": inputs}}]}) == []
+    assert run(tmp_path, monkeypatch, data, allow="fixed-name") == 0
+
+
+def test_the_private_services_range_prefix_change_is_refused_with_the_key_to_keep():
+    old = {"name": "convex-prod-psa", "addressType": "INTERNAL", "purpose": "VPC_PEERING", "prefixLength": 16}
+    (found,) = destructive_steps({"steps": [{"op": "replace", "urn": RANGE, "replaceReasons": ["prefixLength"],
+                                             "oldState": {"inputs": old}, "newState": {"inputs": {**old, "prefixLength": 20}}}]})
+    assert found[0] == "fixed-name" and "because of: prefixLength" in found[1] and "privateServicesPrefixLength" in found[1]

@@ -24,6 +24,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 ALLOW_VARIABLE = "CONVEX_GCP_ALLOW_DATA_REPLACEMENT"
+# Pulumi's preview JSON shows an unknown value (computed at apply time) as this sentinel
+# (pulumi sdk/go/common/resource/plugin/rpc.go UnknownStringValue).
+UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 
 
 def _inputs(step: dict) -> dict:
@@ -42,6 +45,8 @@ class Guarded:
     # Whether a step of one of `types` is this kind (several kinds share a type).
     matches: Callable[[dict], bool]
     fix: str
+    # The step ops that lose it; a fixed-name resource may be deleted, only not replaced in place of itself.
+    ops: frozenset[str] = frozenset({"delete", "replace", "create-replacement", "delete-replaced", "import-replacement"})
 
 
 def _always(step: dict) -> bool:
@@ -77,6 +82,49 @@ GUARDED: dict[str, Guarded] = {
     "lb-address": Guarded("load balancer address", frozenset({"gcp:compute/globalAddress:GlobalAddress"}), _is_external_address,
                           "undo the change to the address (DNS records point at it); a new address is a DNS change"),
 }
+# Fixed-name resources whose replacement would fail partway (issue 23, part 7). pulumi-terraform-bridge
+# replaces a resource whose auto-nameable `name` is set explicitly delete-first (nameRequiresDeleteBeforeReplace,
+# pkg/tfbridge/schema.go), and Google refuses to delete one that something still uses; create-first under the
+# same name answers 409 (Secret Manager ids, bucket names). A replacement whose name changes (the certificates,
+# the instance template's name_prefix) is created first and passes. Type -> what holds on to the old one.
+FIXED_NAME: dict[str, str] = {
+    "gcp:compute/globalAddress:GlobalAddress": "the private services connection reserves this range and Cloud SQL has "
+                                               "its address in it: keep network.privateServicesPrefixLength as it is",
+    "gcp:compute/backendService:BackendService": "the URL map routes to it",
+    "gcp:compute/healthCheck:HealthCheck": "backend services or the group's autohealing use it",
+    "gcp:compute/uRLMap:URLMap": "a target proxy uses it",
+    "gcp:compute/targetHttpProxy:TargetHttpProxy": "a forwarding rule uses it",
+    "gcp:compute/targetHttpsProxy:TargetHttpsProxy": "a forwarding rule uses it",
+    "gcp:compute/sSLPolicy:SSLPolicy": "the HTTPS proxy uses it",
+    "gcp:compute/securityPolicy:SecurityPolicy": "backend services use it",
+    "gcp:compute/network:Network": "the subnetwork, the peering, the firewall rules and the router are in it",
+    "gcp:compute/subnetwork:Subnetwork": "the VM's interface and its reserved internal address are in it",
+    "gcp:compute/router:Router": "the NAT is configured on it",
+    "gcp:compute/resourcePolicy:ResourcePolicy": "the data disk's snapshot schedule attachment uses it",
+    "gcp:compute/address:Address": "the VM keeps it as its stateful internal IP",
+    "gcp:certificatemanager/certificateMap:CertificateMap": "the HTTPS proxy uses it",
+    "gcp:secretmanager/secret:Secret": "Secret Manager answers 409 for a second secret under the same id (a new replication "
+                                       "needs a new id), and the versions go with the old one",
+    "gcp:storage/bucket:Bucket": "bucket names are global and the exports are in it",
+    "gcp:dns/recordSet:RecordSet": "Cloud DNS holds one record set per name and type in a zone",
+    "gcp:sql/user:User": "the user is kept on delete (deletionPolicy ABANDON), so the same name cannot be created again",
+}
+NAME_FIELDS = ("name", "secretId")
+
+
+def _same_name(step: dict) -> bool:
+    """A replacement under the name the old resource has (or one not known until apply)."""
+    old, new = ((step.get(key) or {}).get("inputs") or {} for key in ("oldState", "newState"))
+    field = next((f for f in NAME_FIELDS if f in old or f in new), None)
+    if field is None:
+        return True
+    return new.get(field) in (old.get(field), UNKNOWN, None)
+
+
+GUARDED["fixed-name"] = Guarded(
+    "fixed-name resource replaced under the same name", frozenset(FIXED_NAME), _same_name,
+    "undo the change that forces the replacement (named above), or give the resource a new name so it can be created first",
+    ops=frozenset({"replace", "create-replacement"}))
 BARE_VM = "gcp:compute/instance:Instance"
 GROUP_VM = "gcp:compute/perInstanceConfig:PerInstanceConfig"
 # pulumi pkg/resource/deploy/step.go StepOp values that remove the resource as it exists now.
@@ -92,7 +140,7 @@ def kind_of(step: dict) -> str | None:
     typ = resource_type(step.get("urn", ""))
     for kind, guarded in GUARDED.items():
         if typ in guarded.types and guarded.matches(step):
-            return kind
+            return kind if step.get("op") in guarded.ops or "op" not in step else None
     return None
 
 
@@ -105,7 +153,8 @@ def destructive_steps(preview: dict) -> list[tuple[str, str]]:
         kind = kind_of(step) if op in DESTRUCTIVE_OPS else None
         if kind:
             reasons = ", ".join(step.get("replaceReasons") or [])
-            found.add((kind, f"{op} {GUARDED[kind].what} {urn}" + (f" (because of: {reasons})" if reasons else "")))
+            held = f": {FIXED_NAME[resource_type(urn)]}" if kind == "fixed-name" else ""
+            found.add((kind, f"{op} {GUARDED[kind].what} {urn}" + (f" (because of: {reasons})" if reasons else "") + held))
     return sorted(found, key=lambda item: item[1])
 
 

@@ -33,14 +33,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from convex_gcp.flags import FLAGS
-from tools.guard_data import destructive_steps, resource_type
+from tools.guard_data import UNKNOWN, destructive_steps, resource_type
 
 SQL = "gcp:sql/databaseInstance:DatabaseInstance"
 INSTANCE = "gcp:compute/instance:Instance"
 TEMPLATES = {"gcp:compute/instanceTemplate:InstanceTemplate", "gcp:compute/regionInstanceTemplate:RegionInstanceTemplate"}
 GROUPS = {"gcp:compute/instanceGroupManager:InstanceGroupManager", "gcp:compute/regionInstanceGroupManager:RegionInstanceGroupManager"}
-# Pulumi's preview JSON shows an unknown value (computed at apply time) as this sentinel (sdk plugin.UnknownStringValue).
-UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
 
 INSTANCE_SETTINGS = "https://cloud.google.com/sql/docs/postgres/instance-settings"
 FLAGS_PAGE = "https://cloud.google.com/sql/docs/postgres/flags"
