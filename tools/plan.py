@@ -491,6 +491,59 @@ def render_monitoring(plan: Plan) -> list[str]:
     return lines
 
 
+def changes_from(previous: dict[str, Any], plan: Plan) -> list[dict[str, Any]]:
+    """The steps a preview would show from a stack whose state is `previous` (a plan's resources: type, urn,
+    protect, inputs) to `plan`, by URN: create, delete, update (inputs or protect differ), same. Replacements
+    are not modelled (their reasons live in the provider); the guard's kinds below only need the URNs."""
+    def comparable(inputs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in inputs.items() if k != "metadata"}
+
+    old = {r["urn"]: r for r in previous["resources"] if r.get("custom", True)}
+    new = {r.urn: r for r in plan.resources if r.custom}
+    steps = []
+    for urn in sorted(old.keys() | new.keys()):
+        if urn not in old:
+            steps.append({"op": "create", "urn": urn})
+        elif urn not in new:
+            steps.append({"op": "delete", "urn": urn, "oldState": {"inputs": old[urn]["inputs"]}})
+        else:
+            changed = sorted(k for k in set(comparable(old[urn]["inputs"])) | set(comparable(new[urn].inputs))
+                             if old[urn]["inputs"].get(k) != new[urn].inputs.get(k))
+            if old[urn].get("protect") != new[urn].protect:
+                changed.append("(protect)")
+            steps.append({"op": "update" if changed else "same", "urn": urn, "diffs": changed})
+    return steps
+
+
+def render_changes(previous: dict[str, Any], plan: Plan, source: str) -> str:
+    """The move as one update and as the documented two steps (docs/updates.md), each through the data guard."""
+    from tools.guard_data import destructive_steps, resource_type, unsafe_moves
+
+    steps = changes_from(previous, plan)
+    lines = ["", f"## Steps from {source}", "", "| op | type | name | changed |", "|---|---|---|---|"]
+    for step in steps:
+        if step["op"] != "same":
+            lines.append(f"| {step['op']} | {resource_type(step['urn']).split(':')[-1]} | {step['urn'].rsplit('::', 1)[-1]} | "
+                         f"{', '.join(step.get('diffs') or [])} |")
+    lines.append(f"\n{sum(s['op'] == 'same' for s in steps)} resources unchanged.")
+
+    def verdict(part: list[dict[str, Any]]) -> str:
+        moves, found = unsafe_moves({"steps": part}), destructive_steps({"steps": part})
+        if moves:
+            return "REFUSED: " + "; ".join(moves)
+        return "REFUSED: " + "; ".join(line for _, line in found) if found else "passes"
+
+    # Step 1 of the documented move: `pulumi destroy --target <bare VM> --target-dependents`.
+    bare = [s for s in steps if s["op"] == "delete" and resource_type(s["urn"]) in ("gcp:compute/instance:Instance",
+                                                                                   "gcp:compute/instanceGroupMembership:InstanceGroupMembership")]
+    rest = [s for s in steps if s not in bare]
+    lines += ["", "Data guard (tools/guard_data.py):", "", f"- as one `pulumi up`: {verdict(steps)}"]
+    if bare:
+        lines += [f"- step 1, `pulumi destroy --target <bare VM> --target-dependents` ({len(bare)} deleted): {verdict(bare)}",
+                  f"- step 2, `pulumi up`: {verdict(rest)}"]
+    return "\n".join(lines) + "\n"
+
+
 def _override(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
@@ -506,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stack", help="a stack with a Pulumi.<stack>.yaml: " + ", ".join(stacks()))
     parser.add_argument("--json", action="store_true", help="print every recorded resource as JSON")
     parser.add_argument("--set", action="append", default=[], type=_override, metavar="KEY=VALUE", help="override a config key (see above)")
+    parser.add_argument("--from", dest="previous", type=Path, metavar="PLAN.json",
+                        help="also show the steps from that earlier plan to this one and the data guard's verdict "
+                             "(e.g. tests/fixtures/bare_vm/dev.json, a stack built with the bare VM)")
     options = parser.parse_args(argv)  # exits 2 with a one-line message on a bad --set
     try:
         stack_config(options.stack, dict(options.set))  # usage errors before the SDK starts
@@ -518,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asdict(plan), indent=1, sort_keys=True))
     else:
         print(render_markdown(plan), end="")
+        if options.previous and not plan.error:
+            print(render_changes(json.loads(options.previous.read_text()), plan, str(options.previous)), end="")
     return 1 if plan.error else 0
 
 
