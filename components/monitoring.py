@@ -20,9 +20,9 @@ from components.exports import age_filter, export_age_conditions
 from convex_gcp.settings import MonitoringSettings
 
 # Where a container's output lands in Cloud Logging, by the Docker log driver its unit runs it with.
-# The units (vm/units/*.service) run every container with `--log-driver json-file` and keep it out of
-# the journal (StandardOutput=null, StandardError=null: a foreground `docker run` would copy it there,
-# and COS ships the journal too), so each line is shipped once. COS's logging agent (on with metadata
+# The units (vm/units/*.service) run every container with `--log-driver json-file` and keep its stdout
+# out of the journal (StandardOutput=null: a foreground `docker run` would copy it there, and COS ships
+# the journal too), so Convex's logging (all on stdout) is shipped once; stderr stays in the journal. COS's logging agent (on with metadata
 # google-logging-enabled=true, convex_gcp/runtime.py) tails json-file logs into log `cos_containers`,
 # the container's name in jsonPayload."cos.googleapis.com/container_name" (no leading slash), the line
 # in jsonPayload.message. cloud-foundation-fabric PR 977 (commit 5125a5ad0) replaced Docker's gcplogs

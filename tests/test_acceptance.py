@@ -154,12 +154,12 @@ def test_gcp_run_runs_the_doctor_and_e2e_through_the_tunnel(tmp_path, pulumi, fa
     report = acceptance.run("gcp", tmp_path / "out", project="sandbox-proj-1", region="asia-northeast1", run_id="1234567890",
                             timeout=30, database_url_for_gcp=tunnel, project_dir=pulumi, tunnels_for_gcp=iap, drill=stub_drill, cos_from="")
     names = [s.name for s in report.steps]
-    assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "restart-backend", "restore-drill",
+    assert names == ["stack-init", "up", "outputs", "version", "doctor", "e2e", "restart-backend", "convex-metrics", "restore-drill",
                      "image-bump", "autoheal", "destroy", "stack-rm"]
     assert opened == ["iap sandbox-proj-1", "proxy"]
     # No gcloud here: the doctor, the backend restart and the VM group's recreations fail, the run is red, and
     # teardown still ran.
-    assert not report.ok and [s.name for s in report.steps if not s.ok] == ["doctor", "restart-backend", "image-bump", "autoheal"]
+    assert not report.ok and [s.name for s in report.steps if not s.ok] == ["doctor", "restart-backend", "convex-metrics", "image-bump", "autoheal"]
     assert "no older COS build" in next(s.detail for s in report.steps if s.name == "image-bump")
     assert json.loads((tmp_path / "out" / "outputs.json").read_text())["connection_mode"] == "proxy"
 
@@ -297,3 +297,14 @@ def test_the_job_summary_shows_rpo_and_rto(tmp_path, pulumi, fake, database_url,
     assert "| Restore drill RPO (newest export's age at the loss) | 2.5 s |" in text
     assert f"| Restore drill RTO (restore until the rows and the file read back) | {1.25:.1f} s |" in text
     assert "| restore-drill | yes |" in text
+
+
+def test_the_convex_metrics_check_asks_managed_prometheus_what_the_alerts_query():
+    from components.monitoring import convex_queries
+
+    url = acceptance.prometheus_query_url("sandbox-proj-1", 'http_handle_duration_seconds_count_total{namespace="convex-acc-gcp-1",job="convex-backend"}')
+    assert url.startswith("https://monitoring.googleapis.com/v1/projects/sandbox-proj-1/location/global/prometheus/api/v1/query?query=")
+    assert acceptance.has_series({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "3"]}]}})
+    assert not acceptance.has_series({"status": "success", "data": {"resultType": "vector", "result": []}})
+    # The same name and selector as the 5xx alert.
+    assert 'http_handle_duration_seconds_count_total{namespace="n",job="convex-backend"' in convex_queries("n", 0.05)["convex-errors"]

@@ -235,7 +235,50 @@ def _check(runner: Runner, target: str, stack: str, out: Path, outputs: dict[str
     runner.record("e2e", not result_e2e.error, time.monotonic() - begin, result_e2e.error)
     if target == "gcp":
         restart_alert_step(runner, outputs, stack)
+        convex_metrics_step(runner, outputs, stack)
     return report
+
+
+def prometheus_query_url(project: str, query: str) -> str:
+    """Managed Service for Prometheus' query API (the PromQL HTTP API on monitoring.googleapis.com)."""
+    import urllib.parse
+
+    return f"https://monitoring.googleapis.com/v1/projects/{project}/location/global/prometheus/api/v1/query?" + urllib.parse.urlencode({"query": query})
+
+
+def has_series(answer: dict[str, Any]) -> bool:
+    """A Prometheus API answer (status, data.result) with at least one series."""
+    return answer.get("status") == "success" and bool((answer.get("data") or {}).get("result"))
+
+
+def convex_metrics_step(runner: Runner, outputs: dict[str, Any], stack: str, wait: float = 900, poll: float = 30) -> None:
+    """The Convex metrics path on a real VM (rewrite, collector, Managed Prometheus, the VM's role): the
+    requests the e2e check just made must arrive under the names and labels the Convex alerts query."""
+    import urllib.request
+
+    project = str(outputs.get("sql_connection_name", "")).split(":")[0]
+    query = f'http_handle_duration_seconds_count_total{{namespace="{resource_prefix(stack)}",job="convex-backend"}}'
+    begin, detail = time.monotonic(), ""
+    while time.monotonic() - begin < wait:
+        try:
+            token = subprocess.run(["gcloud", "auth", "print-access-token"], capture_output=True, text=True, timeout=60)
+        except OSError as error:
+            detail = f"gcloud: {error}"
+            break
+        if token.returncode != 0:
+            detail = token.stderr.strip()[-500:]
+            break
+        request = urllib.request.Request(prometheus_query_url(project, query), headers={"Authorization": f"Bearer {token.stdout.strip()}"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (Google's API)
+                if has_series(json.loads(response.read())):
+                    runner.record("convex-metrics", True, time.monotonic() - begin, query)
+                    return
+                detail = f"no series for {query} yet"
+        except (OSError, ValueError) as error:
+            detail = f"{type(error).__name__}: {error}"
+        time.sleep(poll)
+    runner.record("convex-metrics", False, time.monotonic() - begin, detail)
 
 
 def restore_drill_step(runner: Runner, target: str, stack: str, outputs: dict[str, Any], project: str, drill=None) -> None:
