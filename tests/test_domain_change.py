@@ -141,3 +141,16 @@ def test_an_additional_host_needs_its_role():
     with pytest.raises(ConfigError) as error:
         load_settings(config, "dev")
     assert "convex-gcp:domain.additionalHosts.dashboard[0]" in str(error.value) and "there is no dashboard host" in str(error.value)
+
+
+def test_when_certificates_cannot_be_listed_the_classic_ones_stay(monkeypatch):
+    warned = []
+
+    def fail():
+        raise Exception("googleapi: Error 403: Certificate Manager API has not been used in project p\nmore")
+
+    monkeypatch.setattr(front_door.gcp.certificatemanager, "get_certificates", fail)
+    monkeypatch.setattr(front_door.pulumi.log, "warn", lambda message, *a, **k: warned.append(message))
+    assert active_certificates("convex-prod") == {}
+    assert "keeps its classic certificates" in warned[0] and "Error 403" in warned[0]
+    assert not certificate_plan(served(), {}, map_in_use=False).use_map

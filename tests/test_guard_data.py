@@ -116,6 +116,7 @@ def test_every_guarded_kind_matches_what_the_program_declares(op):
     assert seen["database"] == {"database-convex-db"}
     assert seen["instance-secret"] == {"identity-instance-secret"}
     assert seen["lb-address"] == {"front-door-ip"}
+    assert seen["vm-group"] == {"convex-group"}
     assert seen["data-disk"] and seen["docker-volume"]
     assert set(seen) <= set(GUARDED)
 
