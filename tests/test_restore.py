@@ -164,3 +164,13 @@ def test_cli_drill_on_a_local_stack_prints_rpo_and_rto(convex, tmp_path):
     assert p.returncode == 0, p.stderr + p.stdout
     report = json.loads(p.stdout[p.stdout.index("{\n"):])
     assert report["error"] == "" and report["rpo_seconds"] >= 0 and report["rto_seconds"] > 0
+
+
+def test_an_export_download_cut_short_is_an_error(convex, tmp_path):
+    convex.tables = TABLES
+    convex.download_cut = True
+    with pytest.raises(restore_tool.RestoreError, match="export download failed"):
+        restore_tool.export(deployment(convex), tmp_path / "cut.zip", poll=0)
+    convex.download_cut = False
+    start_ts = restore_tool.export(deployment(convex), tmp_path / "whole.zip", poll=0)
+    assert (tmp_path / "whole.zip").read_bytes() == convex.stored[start_ts]

@@ -14,7 +14,9 @@ Every call carries "Authorization: Convex <admin key>".
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -172,9 +174,12 @@ def restore(deployment: Deployment, path: Path, force: bool = False, say: Callab
     """Print the plan, refuse a deployment with data unless forced, then import with replaceAll."""
     start = time.monotonic()
     incoming = export_contents(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
     present = deployment_contents(deployment)
-    say(f"Restore {path} ({path.stat().st_size} bytes, sha256 {digest[:16]}…): {incoming.describe()}")
+    say(f"Restore {path} ({path.stat().st_size} bytes, sha256 {digest.hexdigest()[:16]}…): {incoming.describe()}")
     say(f"into {deployment.url}, which now holds {present.describe()}.")
     say("Semantics of `npx convex import --replace-all`: every table and the file storage become the export's; "
         "tables the export lacks are deleted.")
@@ -209,10 +214,17 @@ def export(deployment: Deployment, dest: Path, include_storage: bool = True, tim
     start_ts = int(latest["start_ts"])
     if start_ts < requested - 300 * 10**9:
         raise RestoreError("the newest completed export predates the request")
-    status, data = deployment.call("GET", f"/api/export/zip/{start_ts}")
-    if status != 200:
-        raise RestoreError(f"export download answered HTTP {status}")
-    dest.write_bytes(data)
+    request = urllib.request.Request(f"{deployment.url.rstrip('/')}/api/export/zip/{start_ts}", headers={"Authorization": f"Convex {deployment.admin_key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=deployment.timeout) as response, open(dest, "wb") as out:
+            expected = int(response.headers.get("Content-Length", -1))
+            shutil.copyfileobj(response, out, CHUNK)
+            got = out.tell()
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
+        raise RestoreError(f"export download failed: {error}") from None
+    # read(amt) returns b"" when the connection closes early (CPython http.client): count the bytes.
+    if expected >= 0 and got != expected:
+        raise RestoreError(f"export download failed: {got} of {expected} bytes (cut short)")
     return start_ts
 
 

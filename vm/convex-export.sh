@@ -56,6 +56,7 @@ now() { printf '%s' "${CONVEX_EXPORT_NOW:-$EPOCHSECONDS}"; }
 # fail WHAT: the run's one error line (the alert's runbook starts from it), the age, exit 1.
 fail() {
   log "result=failed reason=\"$1\""
+  rm -f "${WORK_DIR}"/snapshot_*.zip # never keep a broken download on the data disk
   report_age || true
   exit 1
 }

@@ -148,6 +148,7 @@ def test_a_failed_or_truncated_export_is_never_uploaded_and_the_age_keeps_growin
     assert f'result=failed reason="{reason}' in p.stderr, p.stderr
     assert storage.objects == {}
     assert not (exports_dir(sandbox) / "newest-good").exists()
+    assert not list(exports_dir(sandbox).glob("snapshot_*.zip")), "a broken download is not kept on the data disk"
     # The alert that follows: the age the VM reports is past the policy's threshold on the metric it filters.
     series = storage.series[-1]
     (late, absent) = export_age_conditions(METRIC, INTERVAL)
