@@ -346,7 +346,8 @@ def test_the_preview_role_reads_what_preview_needs_and_no_logs_payloads_or_write
     assert len(permissions) == len(set(permissions))
     for permission in permissions:
         assert permission.rsplit(".", 1)[1] in ("get", "list", "getIamPolicy"), permission
-        assert not permission.startswith(("logging.logEntries", "storage.")), permission
+        # Bucket metadata and policy (the exports bucket) only: never an object, state or export.
+        assert not permission.startswith(("logging.logEntries", "storage.objects", "storage.managedFolders")), permission
     assert "secretmanager.versions.access" not in permissions
     assert "compute.instances.getSerialPortOutput" not in permissions
 
@@ -433,3 +434,15 @@ def test_no_json_keys_and_the_script_is_shellcheck_clean(default):
     assert not [c for c in default.lines() if "service-accounts keys" in c]
     result = subprocess.run(["shellcheck", str(SCRIPT)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_deployer_manages_only_its_stacks_exports_bucket_and_writer_role(default, stack):
+    """components/exports.py: the bucket (never deleted: retain_on_delete) and the VM's create-only custom role."""
+    project = PROJECT[stack]
+    permissions = custom_permissions(default, "convexDeployerExports", project)
+    assert {"storage.buckets.create", "storage.buckets.update", "storage.buckets.setIamPolicy", "iam.roles.create"} <= set(permissions)
+    assert not [p for p in permissions if p.startswith("storage.objects") or p == "storage.buckets.delete"]
+    condition = project_roles(default, DEPLOY[stack], project)[f"projects/{project}/roles/convexDeployerExports"]
+    assert f"resource.name.startsWith('projects/_/buckets/convex-{stack}-exports-')" in condition
+    assert f"resource.name.startsWith('projects/{project}/roles/convexExportWriter_convex_{stack}_')" in condition
