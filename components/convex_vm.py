@@ -274,7 +274,9 @@ class ConvexVm(pulumi.ComponentResource):
         # field is Optional+Computed in the provider, so no later update sizes the group back to 0
         # (resource_compute_instance_group_manager.go "target_size"; cloud-foundation-fabric
         # modules/compute-mig, "Stateful MIGs - Instance Config"). A creation that fails (stockout, quota)
-        # stays a managed instance the group keeps trying to create, as it does for autohealing.
+        # stays a managed instance the group keeps trying to create: createInstances is DONE once accepted,
+        # and a group retries creations "continuously until it succeeds" unless asked not to
+        # (Compute API reference, instanceGroupManagers.createInstances; noCreationRetries).
         self.group = gcp.compute.InstanceGroupManager(
             f"{name}-group",
             name=f"{args.prefix}-vm-group",
