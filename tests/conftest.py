@@ -32,6 +32,24 @@ from tests.session import SESSION_DIR, once_per_session  # noqa: E402
 
 SCRATCH = pytest.StashKey[tuple[str | None, str]]()
 
+# The host tier (tests/host: real systemd and Docker, minutes, root) runs only when named on the command
+# line (`pytest -q tests/host`, the README's second test command); `pytest -q` leaves it out.
+HOST_TIER = ROOT / "tests" / "host"
+
+
+def _host_tier_asked(config: pytest.Config) -> bool:
+    for arg in config.args:
+        path = Path(arg.split("::", 1)[0]).resolve()
+        if path == HOST_TIER or HOST_TIER in path.parents:
+            return True
+    return False
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if collection_path == HOST_TIER and not _host_tier_asked(config):
+        return True
+    return None
+
 
 # Scratch files (sandboxes, disk images, clusters, tmp_path) go to memory when the machine has room:
 # the suite creates and deletes tens of thousands of files, and on a disk (here ext4 mounted with
@@ -261,6 +279,8 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         return
     if hasattr(config, "workerinput"):
         return  # a worker runs this hook too; it must not start workers of its own
+    if _host_tier_asked(config):
+        return  # one VM at a time: the host tier's tests share one engine and one "Google"
     if config.option.numprocesses is None and not (
             config.getoption("usepdb") or config.getoption("trace") or config.getoption("collectonly")):
         config.option.numprocesses = "auto"

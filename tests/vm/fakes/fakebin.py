@@ -440,9 +440,18 @@ def docker(argv: list[str]) -> int:
         names = [a for a in rest if not a.startswith("-")]
         if cmd == "stop" and "-t" in rest:
             names = [a for a in names if a != rest[rest.index("-t") + 1]]
+        done = []
         with locked():
             st = defaults(load())
             for name in names:
+                if name not in st["containers"] and cmd == "rm":
+                    # Real Docker 20.10.24 (the host tier's engine, tests/host): `docker rm NAME` says "Error: No
+                    # such container: NAME" and exits 1; with -f it says the same and exits 0 (docker/cli
+                    # 9a071a993a, in 20.10). `docker stop` of a missing one: the daemon's error, exit 1.
+                    err(f"Error: No such container: {name}")
+                    if "-f" in rest:
+                        continue
+                    return 1
                 if name not in st["containers"]:
                     err(f"Error response from daemon: No such container: {name}")
                     return 1
@@ -457,8 +466,9 @@ def docker(argv: list[str]) -> int:
                     del st["containers"][name]  # --rm: removed once it stops
                 else:
                     st["containers"][name]["status"] = "exited" if cmd == "stop" else "running"
+                done.append(name)
             save(st)
-        for name in names:
+        for name in done:
             say(name)
         return 0
     if cmd == "logs":
@@ -633,6 +643,18 @@ def wait_procs(fake_root: str, timeout: float = 60.0) -> bool:
         time.sleep(0.02)
 
 
+RESTART_SEC_SCALE = 0.002
+
+
+def auto_restart(u: dict, text: str) -> None:
+    """The unit's main process is gone: "activating (auto-restart)" until RestartSec= (default 100 ms,
+    systemd.service(5)) has passed, scaled (see sd_tick)."""
+    restart_sec = next((float(v.rstrip("s")) for k, v in unit_lines(text) if k == "RestartSec"), 0.1)
+    with locked():
+        scale = float(defaults(load()).get("restart_sec_scale", RESTART_SEC_SCALE))
+    u["state"], u["restart_at"] = "activating", time.time() + restart_sec * scale
+
+
 def sd_start(sd: dict, unit: str) -> int:
     """Run ExecStartPre then ExecStart of the loaded unit. A failed ExecStartPre fails the start job;
     a main process that exits leaves the unit activating (auto-restart) under Restart=always."""
@@ -647,7 +669,7 @@ def sd_start(sd: dict, unit: str) -> int:
         return 0
     for k, v in unit_lines(text):
         if k == "ExecStartPre" and exec_line(v, scripts=True) != 0:
-            u["state"] = "activating"
+            auto_restart(u, text)
             err(f"Job for {unit} failed because the control process exited with error code.")
             return 1
     argv = script_argv(text)
@@ -658,7 +680,10 @@ def sd_start(sd: dict, unit: str) -> int:
         return 0
     for k, v in unit_lines(text):
         if k == "ExecStart":
-            u["state"] = "active" if exec_line(v) == 0 and container_running(unit_container(text)) else "activating"
+            if exec_line(v) == 0 and container_running(unit_container(text)):
+                u["state"] = "active"
+            else:
+                auto_restart(u, text)
     return 0
 
 
@@ -677,15 +702,30 @@ def sd_stop(sd: dict, unit: str) -> None:
 
 
 def sd_tick(sd: dict, unit: str) -> None:
-    """Restart=always, played when someone looks: a unit whose container is gone is restarted."""
+    """Restart=always, played when someone looks, as the host tier's real systemd 252 does it
+    (tests/host/test_lifecycle.py, test_runbooks.py): when the container is gone, the main process
+    (`docker run --rm`, which returns only after the removal) has exited, so systemd runs ExecStop=
+    (systemd.service(5): "the stop operation is always performed if the service started successfully,
+    even if the processes in the service terminated on their own"; here `docker stop NAME` then fails
+    with "No such container") and waits RestartSec= in "activating (auto-restart)" before starting
+    it again. RestartSec is scaled by the docker.json knob "restart_sec_scale" (default
+    RESTART_SEC_SCALE: 10 s is 20 ms)."""
     u = sd["units"].get(unit)
     if not u or not u.get("wanted") or unit.endswith(".timer"):
         return
-    if script_argv(sd["loaded"].get(unit, "")) is not None:
+    text = sd["loaded"].get(unit, "")
+    if script_argv(text) is not None:
         if u.get("state") == "active" and not proc_running(unit):
             u["state"], u["wanted"] = "inactive", False  # a script unit without Restart= that ended
         return
-    if u.get("state") == "active" and container_running(unit_container(sd["loaded"].get(unit, ""))):
+    if u.get("state") == "active":
+        if container_running(unit_container(text)):
+            return
+        for k, v in unit_lines(text):
+            if k == "ExecStop":
+                exec_line("-" + v)
+        auto_restart(u, text)
+    if u.get("state") == "activating" and time.time() < u.get("restart_at", 0):
         return
     u["n_restarts"] += 1
     sd_start(sd, unit)
