@@ -267,6 +267,7 @@ def test_every_unit_asserts_isolation_before_its_container(sandbox, booted):
 
 
 def test_a_restarted_container_puts_flushed_rules_and_proc_back(sandbox, booted):
+    sandbox.set_docker(restart_sec_scale=0)  # systemd is asked after RestartSec (fakebin.sd_tick)
     state = json.loads((sandbox.fake_root / "iptables.json").read_text())
     state["CVX-FWD"], state["CVX-HOST"] = [], []
     (sandbox.fake_root / "iptables.json").write_text(json.dumps(state))
@@ -282,6 +283,7 @@ def test_a_restarted_container_puts_flushed_rules_and_proc_back(sandbox, booted)
 
 
 def test_a_unit_whose_isolation_fails_does_not_start_its_container(sandbox, booted):
+    sandbox.set_docker(restart_sec_scale=0)  # systemd is asked after RestartSec (fakebin.sd_tick)
     group = sandbox.etc / "group"
     group.write_text("".join(line for line in group.read_text().splitlines(keepends=True) if not line.startswith("convex-proc:")))
     docker = sandbox.docker_state()
