@@ -20,6 +20,7 @@ CASES = [
     (["tools.acceptance", "local"], ["pulumi", "node", "npm", "npx", "docker"]),
     (["tools.acceptance", "gcp"], ["pulumi", "node", "npm", "npx", "gcloud"]),
     (["tools.acceptance", "gcp", "--cleanup", "--run-id", "7"], ["pulumi"]),
+    (["tools.bump"], ["gcloud"]),
 ]
 
 

@@ -247,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         split_reference(reference)
         pins["images"].setdefault(reference, {"digest": None, "checked": None, "source": "added by tools.bump --add"})
     cos_answer = None
+    if not options.no_cos and not options.cos_json:
+        from tools import clis
+
+        clis.require("tools.bump", ["gcloud"])  # its access token asks the Compute API for the family's image
     if not options.no_cos:
         cos_answer = json.loads(options.cos_json.read_text()) if options.cos_json else cos_family_image(pins["cos"]["project"], pins["cos"]["family"])
     digests: dict[str, Any] = {}
