@@ -174,3 +174,33 @@ def test_an_export_download_cut_short_is_an_error(convex, tmp_path):
     convex.download_cut = False
     start_ts = restore_tool.export(deployment(convex), tmp_path / "whole.zip", poll=0)
     assert (tmp_path / "whole.zip").read_bytes() == convex.stored[start_ts]
+
+
+def test_the_gcp_drill_starts_the_vm_s_export_service_and_fetches_the_newest_object(tmp_path, monkeypatch):
+    """The exporter a GCP drill uses: the request file in the unit's CONVEX_EXPORT_DIR (the VM's mount point,
+    vm/startup.sh's default), the service started over IAP SSH, the newest object copied from the bucket."""
+    from convex_gcp.runtime import UNIT_DIR
+
+    unit = (UNIT_DIR / "convex-export.service").read_text()
+    assert "Environment=CONVEX_EXPORT_DIR={{MOUNT_POINT}}/exports" in unit
+    assert restore_drill.VM_EXPORT_DIR == "/mnt/disks/convex-data/exports"
+    assert "MOUNT_POINT=${CONVEX_GCP_MOUNT_POINT:-/mnt/disks/convex-data}" in (UNIT_DIR.parent / "startup.sh").read_text()
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        calls.append(argv)
+        out = ""
+        if argv[:3] == ["gcloud", "storage", "ls"]:
+            out = "gs://b/convex-exports/2026/12/06/snapshot_1796000000000000000.zip\ngs://b/convex-exports/2026/12/07/snapshot_1796100000000000000.zip\n"
+        if argv[:3] == ["gcloud", "storage", "cp"]:
+            (tmp_path / "got.zip").write_bytes(b"zip")
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(restore_drill.subprocess, "run", fake_run)
+    exporter = restore_drill.for_stack("gcp", {"vm_name": "convex-dev-vm", "vm_zone": "asia-northeast1-a", "exports_bucket": "b"}, "p")
+    start_ts, source = exporter(None, tmp_path / "got.zip")
+    ssh, ls, cp = calls
+    assert ssh[:4] == ["gcloud", "compute", "ssh", "convex-dev-vm"] and "--tunnel-through-iap" in ssh and "--quiet" in ssh
+    assert "--command=sudo touch /mnt/disks/convex-data/exports/requested && sudo systemctl start convex-export.service" in ssh
+    assert start_ts == 1796100000000000000 and source.endswith("2026/12/07/snapshot_1796100000000000000.zip")
+    assert cp[3] == source

@@ -61,8 +61,10 @@ def vm_exporter(outputs: dict[str, Any], project: str = "") -> Exporter:
     def run(deployment: Deployment, dest: Path) -> tuple[int, str]:
         extra = [f"--project={project}"] if project else []
         command = f"sudo touch {VM_EXPORT_DIR}/requested && sudo systemctl start convex-export.service"
-        ssh = subprocess.run(["gcloud", "compute", "ssh", outputs["vm_name"], f"--zone={outputs['vm_zone']}", "--tunnel-through-iap",
-                              f"--command={command}", *extra], capture_output=True, text=True, timeout=3600)
+        # As tools.doctor's probe (tools/doctor/gcloud_seam.py ssh_args): IAP, no prompts (--quiet); sudo needs
+        # roles/compute.osAdminLogin.
+        ssh = subprocess.run(["gcloud", "compute", "ssh", outputs["vm_name"], f"--zone={outputs['vm_zone']}", "--tunnel-through-iap", "--quiet",
+                              f"--command={command}", *extra], capture_output=True, text=True, timeout=3600, stdin=subprocess.DEVNULL)
         if ssh.returncode != 0:
             raise RestoreError(f"the VM's export service failed (journalctl -u convex-export): {ssh.stderr.strip()[-800:]}")
         listed = subprocess.run(["gcloud", "storage", "ls", f"gs://{outputs['exports_bucket']}/convex-exports/**", *extra],
