@@ -150,6 +150,9 @@ class Sandbox:
         self.apis.add_secret(DB_PASSWORD_SECRET_ID, self.db_password.encode())
         self.health = HealthServer(self.fake_root / "docker.json")
         self.extra_env: dict[str, str] = {}
+        # True: no timing seam at all (every CONVEX_GCP_*_MS, the retry count, the token margin, the
+        # long-poll timeout): the script's shipped defaults run, against fakes that take time to answer.
+        self.shipped_defaults = False
         self.script_suffix = ""  # appended to the served startup-script (simulates a new version)
 
     # ------------------------------------------------------------ config --
@@ -218,6 +221,13 @@ class Sandbox:
         self.health.db_up = False
         self.extra_env.update(CONVEX_GCP_PROXY_WAIT_MS="150", CONVEX_GCP_BACKEND_WAIT_MS="150")
 
+    def database_up(self) -> None:
+        """Cloud SQL reachable again; the readiness bounds back to the sandbox's (a backend that waited
+        for the database answers its start time after it is back: fakes/convex.py)."""
+        self.health.db_up = True
+        for key in ("CONVEX_GCP_PROXY_WAIT_MS", "CONVEX_GCP_BACKEND_WAIT_MS"):
+            self.extra_env.pop(key, None)
+
     def docker_state(self) -> dict:
         f = self.fake_root / "docker.json"
         return fakebin.settle(json.loads(f.read_text())) if f.exists() else {}  # timelines played up to now
@@ -260,6 +270,9 @@ class Sandbox:
             "CONVEX_GCP_UPGRADE_DEADLINE_MS": "1000",  # vm/convex-upgrade.sh: rollback deadline
         }
         env.update(self.extra_env)
+        if self.shipped_defaults:
+            timing = ("CONVEX_GCP_RETRY_ATTEMPTS", "CONVEX_GCP_TOKEN_MARGIN", "CONVEX_GCP_WATCH_TIMEOUT")
+            env = {k: v for k, v in env.items() if not (k.startswith("CONVEX_GCP_") and k.endswith("_MS")) and k not in timing}
         return env
 
     def run_env(self) -> dict[str, str]:

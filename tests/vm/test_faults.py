@@ -196,7 +196,7 @@ def test_cloud_sql_unreachable_is_reported_then_recovers(sandbox):
     assert sandbox.apis.secrets[ADMIN_KEY_SECRET_ID] == []
     assert (sandbox.run_dir / "pending").exists()
 
-    sandbox.health.db_up = True
+    sandbox.database_up()
     sandbox.clear_calls()
     r = sandbox.run("reconcile")  # what the watcher does periodically while pending
     assert r.rc == 0, r.stderr

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from tests.fakes.standin import FAKE_BUG, StandInServer, shared
 
+from convex_gcp.runtime import PROXY_IP
 from fakes import convex
 
 _call = threading.local()  # the sandbox (root, unit dir) and the output of the call this thread serves
@@ -215,8 +216,11 @@ def life(st: dict, name: str, image: str, env: list[str]) -> dict | None:
     if name != "convex-backend":
         return None
     url = next((e.split("=", 1)[1] for e in env if e.startswith("POSTGRES_URL=")), "")
+    host = url.split("@", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
     reachable = bool(st.get("sql_reachable", True))
-    if "@cloudsql-proxy" in url and not convex.ready(st["containers"].get("cloudsql-proxy"), now):
+    proxy = st["containers"].get("cloudsql-proxy")
+    # The proxy's address (convex_gcp/runtime.py PROXY_IP, its container's --ip) or its old network alias.
+    if host in ("cloudsql-proxy", PROXY_IP) and not convex.ready(proxy, now):
         # Through the proxy before it listens: connection refused, connect_persistence fails, the
         # process exits (local_backend main.rs run_server_inner `.await?`); systemd starts it again.
         t = now + convex.knobs(st)["backend_start_s"] / 3
