@@ -93,6 +93,9 @@ def test_an_image_a_container_still_uses_is_kept(sandbox, booted):
 def test_a_backend_that_never_answers_is_rolled_back_by_the_vm_itself(sandbox, booted):
     """No human: the watcher applies the config, the guard sees the new backend exit at start before
     any migration, writes the rollback, and the watcher's retry runs the previous images again."""
+    # The guard polls much faster than the watcher retries (2 s and 30 s shipped; 50 ms and 1 s here), so it
+    # reads every run before a retry's restart replaces it.
+    sandbox.extra_env.update(CONVEX_GCP_PENDING_RETRY_MS="1000", CONVEX_GCP_OUTAGE_RETRY_MS="1000")
     upgrade(sandbox, crash="start")
     watcher = sandbox.popen("watch")
     try:
