@@ -75,6 +75,9 @@ deployer() { printf 'convex-gcp-deploy-%s@%s.iam.gserviceaccount.com' "$1" "$STA
 previewer() { printf 'convex-gcp-preview-%s@%s.iam.gserviceaccount.com' "$1" "$STATE_PROJECT"; }
 # The program's VM account (components/identity.py: account_id "convex-<stack>-vm", cut to 30).
 vm_account_id() { local id="convex-$1-vm"; printf '%s' "${id:0:30}"; }
+# The account the VM acts as to grant the Convex database role its privileges (convex_gcp/db_grants.py
+# grant_account_id: "convex-<stack>-sqlgrant", cut to 30).
+grant_account_id() { local id="convex-$1-sqlgrant"; printf '%s' "${id:0:30}"; }
 
 # Conditions go through files: --condition=KEY=VALUE,... would split an expression at its commas.
 CONDITIONS="$(mktemp -d)"
@@ -350,6 +353,19 @@ for stack in $STACKS; do
   fi
   gcloud iam service-accounts add-iam-policy-binding "$vm_email" --project="$project" \
     --member="$DEPLOYER" --role=roles/iam.serviceAccountUser >/dev/null
+
+  # The grant account: a database user in cloudsqlsuperuser (the program declares it), whose tokens only
+  # the VM account may mint, to run the Convex role's grants through the Cloud SQL Data API at every boot
+  # (vm/startup.sh ensure_db_grants; docs/security.md, "Database"). The deployer gets no actAs on it.
+  grant_id="$(grant_account_id "$stack")"
+  grant_email="${grant_id}@${project}.iam.gserviceaccount.com"
+  if ! exists gcloud iam service-accounts describe "$grant_email" --project="$project"; then
+    gcloud iam service-accounts create "$grant_id" --project="$project" \
+      --display-name="Convex database grants (convex-${stack})" \
+      --description="Grants the Convex database role its privileges through the Cloud SQL Data API"
+  fi
+  gcloud iam service-accounts add-iam-policy-binding "$grant_email" --project="$project" \
+    --member="serviceAccount:${vm_email}" --role=roles/iam.serviceAccountTokenCreator >/dev/null
 done
 
 BACKEND_URL="gs://${BUCKET}"

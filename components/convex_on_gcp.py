@@ -165,11 +165,15 @@ class ConvexOnGcp(pulumi.ComponentResource):
                 service_networking_connection=network.connection,
                 service_account_email=identity.service_account.email,
                 db_password=identity.db_password,
+                grant_account_email=identity.grant_account.email if identity.grant_account else None,
                 allocated_ip_range=network.peering_range.name,
                 depends_on=apis.services,
             ),
             opts=child(),
         )
+
+        # The VM's Cloud SQL roles, conditioned on this instance; the VM boots after them.
+        identity.bind_sql_instance(database.instance_name)
 
         private_dns = None
         if settings.connection_mode == "ssl":

@@ -71,6 +71,11 @@ def instance_settings(
             server_ca_mode=SERVER_CA_MODE,
         ),
         connector_enforcement=connector_enforcement(settings),
+        # iamAuth: the VM grants the Convex role its privileges through the Data API (instances.executeSql,
+        # vm/startup.sh ensure_db_grants). Who can use it: holders of cloudsql.instances.executesql on this
+        # instance, i.e. the deployer (cloudsql.admin), the VM and grant accounts (cloudsql.instanceUser,
+        # conditioned on this instance); each only as its own database user. docs/security.md.
+        data_api_access="ALLOW_DATA_API" if settings.iam_auth else None,
         backup_configuration=gcp.sql.DatabaseInstanceSettingsBackupConfigurationArgs(
             enabled=backups.enabled,
             start_time=backups.start_time,
@@ -100,6 +105,8 @@ class DatabaseArgs:
     service_networking_connection: pulumi.Resource
     service_account_email: pulumi.Input[str]
     db_password: Optional[pulumi.Input[str]] = None
+    # iamAuth: the account the VM acts as to grant the Convex role its privileges (Data API).
+    grant_account_email: Optional[pulumi.Input[str]] = None
     # The private services access range's name (settings.ipConfiguration.allocatedIpRange).
     allocated_ip_range: Optional[pulumi.Input[str]] = None
     depends_on: list[pulumi.Resource] = field(default_factory=list)
@@ -145,6 +152,8 @@ class Database(pulumi.ComponentResource):
                 f"{name}-suffix", byte_length=2, keepers=suffix_keepers(s), opts=pulumi.ResourceOptions(parent=self, protect=protect)
             )
             instance_name = suffix.hex.apply(lambda h: f"{args.prefix}-pg-{h}")
+        # Known before the instance exists: IAM conditions name it (components/identity.py bind_sql_instance).
+        self.instance_name = pulumi.Output.from_input(instance_name)
         # What the VM needs, computed from inputs so it does not wait for the instance (proxy mode).
         self.connection_name = pulumi.Output.from_input(instance_name).apply(lambda n: connection_name(s.project, s.region, n))
 
@@ -184,8 +193,22 @@ class Database(pulumi.ComponentResource):
                 name=user_name,
                 instance=self.instance.name,
                 type="CLOUD_IAM_SERVICE_ACCOUNT",
-                # IAM users start with no privileges; Convex creates its tables in schema public,
-                # which on PostgreSQL 15+ needs the database owner's role (cloudsqlsuperuser).
+                # IAM users start with no privileges, and the Convex role keeps it that way: no role at all
+                # (earlier versions asked for cloudsqlsuperuser; an empty list takes it away). Its grants, exactly
+                # what Convex needs (convex_gcp/db_grants.py), come from the VM at every boot.
+                database_roles=[],
+                deletion_policy="ABANDON",
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[self.database]),
+            )
+            if args.grant_account_email is None:
+                raise ValueError("iamAuth needs the grant account")
+            # The grant account: a member of cloudsqlsuperuser (the database's owner), so it may GRANT on the
+            # database and schema public. It logs in only through the Data API.
+            self.grant_user = gcp.sql.User(
+                f"{name}-sqlgrant-user",
+                name=pulumi.Output.from_input(args.grant_account_email).apply(cloudsql.iam_user_name),
+                instance=self.instance.name,
+                type="CLOUD_IAM_SERVICE_ACCOUNT",
                 database_roles=["cloudsqlsuperuser"],
                 deletion_policy="ABANDON",
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[self.database]),

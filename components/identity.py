@@ -9,18 +9,44 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_random as random
 
+from convex_gcp import db_grants
+
 
 def vm_project_roles(iam_auth: bool, sql_admin: bool = True, list_server_cas: bool = False) -> list[str]:
-    """Least privilege for the VM: connect through the proxy (or read the server CAs in ssl mode), log in
-    as itself, ship logs and metrics. Plaintext mode never calls the SQL Admin API."""
-    roles = (["roles/cloudsql.client"] if sql_admin else []) + ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    """Least privilege for the VM: ship logs and metrics, project-wide (what they write to is the project's);
+    the Cloud SQL roles are bound on the instance alone (vm_sql_roles, sql_instance_condition)."""
+    return ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
+
+
+def vm_sql_roles(iam_auth: bool, sql_admin: bool = True, list_server_cas: bool = False) -> list[str]:
+    """Connect through the proxy (or read the server CAs in ssl mode) and log in as itself, on the
+    instance only. Plaintext mode never calls the SQL Admin API."""
+    roles = ["roles/cloudsql.client"] if sql_admin else []
     if iam_auth:
-        roles.insert(1, "roles/cloudsql.instanceUser")
+        roles.append("roles/cloudsql.instanceUser")
     if list_server_cas:
         # cloudsql.client lacks cloudsql.instances.listServerCas, which returns the upcoming CA
         # during a rotation; cloudsql.viewer is the narrowest predefined role that has it.
-        roles.insert(1, "roles/cloudsql.viewer")
+        roles.append("roles/cloudsql.viewer")
     return roles
+
+
+# The grant account logs in through the Data API only (instances.executeSql needs
+# cloudsql.instances.executesql and the IAM login, both in cloudsql.instanceUser: Cloud SQL docs,
+# "Execute SQL statements using the Cloud SQL Data API", required roles).
+GRANT_ACCOUNT_ROLES = ["roles/cloudsql.instanceUser"]
+
+
+def sql_instance_condition(project: str, instance: str) -> dict[str, str]:
+    """An IAM condition matching one Cloud SQL instance and nothing else: the resource name and type as
+    Google's sample binds cloudsql.client to one instance (terraform-google-modules/terraform-docs-samples
+    cloud_sql/instance_iam_condition/main.tf). Equality, never startsWith: a prefix would match
+    `<instance>-clone` too."""
+    return {
+        "title": "convex-sql-instance",
+        "description": "This Cloud SQL instance only",
+        "expression": f"resource.name == 'projects/{project}/instances/{instance}' && resource.type == 'sqladmin.googleapis.com/Instance'",
+    }
 
 
 @dataclass
@@ -128,6 +154,21 @@ class Identity(pulumi.ComponentResource):
             )
             grant("db-password", self.db_password_secret, "roles/secretmanager.secretAccessor")
 
+        # The account the VM acts as, at every boot, to grant the Convex role its privileges through the
+        # Cloud SQL Data API (vm/startup.sh ensure_db_grants). Made by bootstrap/bootstrap.sh, which lets the
+        # VM account and nothing else mint its tokens; adopted here and left on destroy, like the VM's.
+        self.grant_account: gcp.serviceaccount.Account | None = None
+        if args.iam_auth:
+            self.grant_account = gcp.serviceaccount.Account(
+                f"{name}-sqlgrant-sa",
+                account_id=db_grants.grant_account_id(args.prefix),
+                display_name=f"Convex database grants ({args.prefix})",
+                description="Grants the Convex database role its privileges through the Cloud SQL Data API",
+                create_ignore_already_exists=True,
+                deletion_policy="ABANDON",
+                opts=child,
+            )
+
         # What must exist before the VM boots, so its first boot can read and write its secrets.
         self.vm_prerequisites: list[pulumi.Resource] = [
             *self.project_roles,
@@ -135,6 +176,7 @@ class Identity(pulumi.ComponentResource):
             *([self.db_password_version] if self.db_password_version else []),
         ]
 
+        self._args, self._name, self._member = args, name, member
         self.register_outputs(
             {
                 "service_account": self.service_account.email,
@@ -143,3 +185,27 @@ class Identity(pulumi.ComponentResource):
                 "db_password_secret": self.db_password_secret.id if self.db_password_secret else None,
             }
         )
+
+    def bind_sql_instance(self, instance_name: pulumi.Input[str]) -> None:
+        """The Cloud SQL roles of the VM account (and the grant account), on this instance alone; the VM
+        boots after them. Called once the instance's name is known (components/convex_on_gcp.py), so these
+        children come after register_outputs, which names none of them."""
+        args, name = self._args, self._name
+
+        def bind(key: str, member: pulumi.Input[str], role: str) -> gcp.projects.IAMMember:
+            condition = pulumi.Output.from_input(instance_name).apply(lambda i: sql_instance_condition(args.project, i))
+            return gcp.projects.IAMMember(
+                f"{name}-{key}{role.split('/')[1].replace('.', '-')}",
+                project=args.project,
+                role=role,
+                member=member,
+                condition=condition.apply(lambda c: gcp.projects.IAMMemberConditionArgs(**c)),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+
+        bound = [bind("", self._member, role) for role in vm_sql_roles(args.iam_auth, args.sql_admin, args.list_server_cas)]
+        if self.grant_account is not None:
+            grant_member = self.grant_account.email.apply(lambda email: f"serviceAccount:{email}")
+            bound += [bind("sqlgrant-", grant_member, role) for role in GRANT_ACCOUNT_ROLES]
+        self.project_roles += bound
+        self.vm_prerequisites += bound

@@ -23,6 +23,8 @@ proved on a real PostgreSQL in tests/test_db_grants.py.
 
 from __future__ import annotations
 
+import json
+
 # Granted as the owner's member: the grantor of record is the owner (PostgreSQL GRANT, "If a superuser
 # chooses to issue a GRANT ... the grant is done as if it were issued by the owner"; likewise a member).
 PRIVILEGES = ("CONNECT ON DATABASE", "USAGE, CREATE ON SCHEMA public")
@@ -69,3 +71,20 @@ def check_statement(role: str) -> str:
 def grant_sql(role: str, database: str) -> str:
     """The whole step as one Data API `sqlStatement` (statements separated by semicolons)."""
     return ";\n".join([*grant_statements(role, database), check_statement(role)]) + ";\n"
+
+
+def grant_account_id(prefix: str) -> str:
+    """The account the VM acts as to run the grants: made by bootstrap/bootstrap.sh (which lets the VM
+    account, and nothing else, mint its tokens), adopted by components/identity.py."""
+    return f"{prefix}-sqlgrant"[:30]
+
+
+def grant_account_email(prefix: str, project: str) -> str:
+    return f"{grant_account_id(prefix)}@{project}.iam.gserviceaccount.com"
+
+
+def execute_sql_body(role: str, database: str) -> str:
+    """The Data API request (sqladmin v1 instances.executeSql, ExecuteSqlPayload): the SQL, the
+    database it runs in, and the caller's own IAM database login (autoIamAuthn)."""
+    return json.dumps({"sqlStatement": grant_sql(role, database), "database": database, "autoIamAuthn": True},
+                      indent=1, sort_keys=True) + "\n"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import quote
 
-from . import convex_env
+from . import convex_env, db_grants
 from .images import BACKEND_IMAGE, COLLECTOR_IMAGE, DASHBOARD_IMAGE, PROXY_IMAGE
 from .settings import Settings, resource_prefix
 
@@ -229,6 +229,10 @@ def vm_config(settings: Settings, inputs: RuntimeInputs) -> dict[str, str]:
         config["EXPORT_INTERVAL_S"] = str(settings.export_interval_hours * 3600)
         config["EXPORT_INCLUDE_STORAGE"] = "true" if settings.exports.include_storage else "false"
         config["EXPORT_METRIC"] = export_metric_type(resource_prefix(settings.stack))
+    if settings.iam_auth:
+        # The VM grants the Convex role its privileges at every boot (vm/startup.sh ensure_db_grants).
+        config["DB_GRANT_ACCOUNT"] = db_grants.grant_account_email(resource_prefix(settings.stack), inputs.project)
+        config["SQL_INSTANCE_NAME"] = inputs.connection_name.rsplit(":", 1)[-1]
     config.update({key: ref for key, ref in (inputs.pinned_images or {}).items() if key in config})
     return config
 
@@ -394,6 +398,8 @@ def instance_metadata(settings: Settings, inputs: RuntimeInputs, startup_script:
         "convex-backend-env": render_env(backend_env(settings, inputs)),
         "convex-gcp-isolate": ISOLATE_SCRIPT.read_text(),
     }
+    if settings.iam_auth:
+        metadata["convex-gcp-db-grants"] = db_grants.execute_sql_body(inputs.database_user, settings.database_name)
     for name, text in unit_files(settings, inputs).items():
         metadata[f"convex-gcp-unit-{name}"] = text
     if "convex-gcp-unit-convex-export" in metadata:

@@ -20,7 +20,8 @@ DNS_NAME = f"{SQL_DNS_UID}.{SQL_DNS_UID[::-1]}.asia-northeast1.sql-psa.goog"
 
 
 def mode_plan(mode: str):
-    return run_plan("dev", **{"convex-gcp:connectionMode": mode})
+    # ssl and plaintext log in with a password (IAM login needs the proxy): dev turns iamAuth off for them.
+    return run_plan("dev", **{"convex-gcp:connectionMode": mode, **({} if mode == "proxy" else {"convex-gcp:iamAuth": "false"})})
 
 
 def env(plan, key: str) -> dict[str, str]:

@@ -22,7 +22,7 @@ def test_dev_matches_the_hand_computed_estimate(dev_plan):
     #   SQL SSD 10 GB: 10 * 0.221                                      =  2.21
     #   3 backups: 10 GB * (1 + 0.05 * 2) * 0.104                      =  1.14
     #   Cloud NAT for the VM (no external IP since the VM group): 0.0014 * 730 = 1.02, its IP 0.005 * 730 = 3.65
-    #   3 secret versions: 3 * 0.06                                    =  0.18
+    #   2 secret versions (instance secret, admin key; IAM login: no password): 2 * 0.06 = 0.12
     estimate = cost.estimate(dev_plan, PRICES)
     by_item = {line.item: line.monthly for line in estimate.lines}
     assert by_item["e2-medium × 1"] == 31.50
@@ -31,8 +31,8 @@ def test_dev_matches_the_hand_computed_estimate(dev_plan):
     assert by_item["db-g1-small shared core"] == 33.00
     assert by_item["storage SSD"] == 2.21 and by_item["backups, 3 kept"] == 1.14
     assert by_item["Cloud NAT gateway"] == 1.02 and by_item["Cloud NAT IP address"] == 3.65
-    assert "external IPv4 address on the VM" not in by_item and by_item["active secret versions"] == 0.18
-    assert estimate.total == 80.05 and estimate.complete
+    assert "external IPv4 address on the VM" not in by_item and by_item["active secret versions"] == 0.12
+    assert estimate.total == 79.99 and estimate.complete
     assert not estimate.confirmed  # Tokyo's figures are scaled, and the rendering says so
 
 

@@ -21,7 +21,7 @@ def test_proxy_mode_is_within_1_1x_of_the_database_chain(stack):
 
 
 def test_ssl_mode_still_waits_for_the_instance():
-    plan = run_plan("dev", **{"convex-gcp:connectionMode": "ssl"})
+    plan = run_plan("dev", **{"convex-gcp:connectionMode": "ssl", "convex-gcp:iamAuth": "false"})
     vm = plan.one(VM)
     assert plan.one("gcp:sql/database:Database").urn in vm.dependencies
 

@@ -446,3 +446,19 @@ def test_the_deployer_manages_only_its_stacks_exports_bucket_and_writer_role(def
     condition = project_roles(default, DEPLOY[stack], project)[f"projects/{project}/roles/convexDeployerExports"]
     assert f"resource.name.startsWith('projects/_/buckets/convex-{stack}-exports-')" in condition
     assert f"resource.name.startsWith('projects/{project}/roles/convexExportWriter_convex_{stack}_')" in condition
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_only_the_vm_account_may_act_as_the_grant_account(default, stack):
+    """The grant account (a cloudsqlsuperuser member on the stack's instance) is reachable from the VM
+    account alone: one binding on it, whole; no binding anywhere names it as a member."""
+    from convex_gcp import db_grants
+
+    project = PROJECT[stack]
+    grant_id = db_grants.grant_account_id(f"convex-{stack}")
+    assert f"iam service-accounts {grant_id} {project}" in default.state["resources"]
+    on_it = [b for b in default.bindings if b["resource"] == f"iam service-accounts {grant_id} {project}"]
+    assert on_it == [{"resource": f"iam service-accounts {grant_id} {project}",
+                      "member": f"serviceAccount:convex-{stack}-vm@{project}.iam.gserviceaccount.com",
+                      "role": "roles/iam.serviceAccountTokenCreator", "condition": None}]
+    assert not [b for b in default.bindings if grant_id in b["member"]]

@@ -50,7 +50,7 @@ def test_the_vm_may_create_exports_and_nothing_else(plan):
     role = plan.one(ROLE).inputs
     assert role["permissions"] == ["storage.objects.create"]
     binding = plan.one(BINDING).inputs
-    sa = plan.one("gcp:serviceaccount/account:Account").inputs["accountId"]
+    sa = plan.by_name("identity-vm-sa").inputs["accountId"]  # not the grant account (components/identity.py)
     assert binding["member"] == f"serviceAccount:{sa}@example-convex-{plan.stack}.iam.gserviceaccount.com"
     # No project-wide storage role for the VM: its only storage right is this binding.
     project_roles = [r.inputs["role"] for r in plan.of_type("gcp:projects/iAMMember:IAMMember")]

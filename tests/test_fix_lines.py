@@ -109,7 +109,8 @@ def test_the_fix_is_the_value_meant_and_works_as_printed(change, path, fix):
         ({"gcp:region": "asia-northeast9"}, "gcp:region", ["asia-northeast1", "asia-northeast2", "asia-northeast3"]),
         ({"vm": {"zone": "asia-northeast1-z"}}, "convex-gcp:vm.zone", ["asia-northeast1-a", "asia-northeast1-b", "asia-northeast1-c"]),
         ({"vm": {"machineType": "e2-standard-6"}}, "convex-gcp:vm.machineType", ["e2-standard-4", "e2-standard-8"]),
-        ({"database": {"flags": {"cloudsql.iam_authentication": "maybe"}}}, 'convex-gcp:database.flags["cloudsql.iam_authentication"]', ["on", "off"]),
+        # With password login: IAM login (dev's default) allows only "on".
+        ({"database": {"flags": {"cloudsql.iam_authentication": "maybe"}}, "iamAuth": "false"}, 'convex-gcp:database.flags["cloudsql.iam_authentication"]', ["on", "off"]),
     ],
 )
 def test_without_one_good_guess_every_choice_is_offered_and_works(change, path, choices):

@@ -163,7 +163,7 @@ NOT_FIXED = {
 
 def _named_types() -> set[str]:
     names = set()
-    for stack, overrides in (("prod", {}), ("dev", {}), ("dev", {"convex-gcp:connectionMode": "ssl"}),
+    for stack, overrides in (("prod", {}), ("dev", {}), ("dev", {"convex-gcp:connectionMode": "ssl", "convex-gcp:iamAuth": "false"}),
                              ("prod", {"convex-gcp:domain": json.dumps({**stack_object("prod", "domain"), "managedZone": "zone"})})):
         from tools.offline_values import replace_placeholders
 

@@ -54,7 +54,7 @@ def test_every_published_port_is_on_loopback_only(plan):
 def test_backend_gets_the_vms_rendering_in_plaintext_mode(plan):
     env = envs(container(plan, "backend"))
     settings = local_settings()
-    dev = load_settings({**stack_config("dev"), "convex-gcp:connectionMode": "plaintext"}, "dev")
+    dev = load_settings({**stack_config("dev"), "convex-gcp:connectionMode": "plaintext", "convex-gcp:iamAuth": "false"}, "dev")
     vm = backend_env(dev, RuntimeInputs("p", "c", "34.84.10.20", "convex-dev", "i", "a", sql_private_ip="10.0.0.3"))
     # The same variables as the VM in plaintext mode, nothing more (no INSTANCE_SECRET: it lives in the volume).
     assert set(env) == set(vm)

@@ -27,7 +27,13 @@ def test_the_move_keeps_the_data_disk_and_is_guarded(stack):
     assert disk["op"] in ("same", "update") and set(disk.get("diffs") or []) <= {"(protect)"}
     ops = {(s["op"], s["urn"].split("::")[2].split("$")[-1]) for s in steps}
     assert ("delete", "gcp:compute/instance:Instance") in ops and ("create", "gcp:compute/perInstanceConfig:PerInstanceConfig") in ops
-    assert not any(s["op"] == "delete" and "gcp:sql/" in s["urn"] for s in steps)
+    # dev's move also brings IAM login (docs/security.md): its built-in `convex` user leaves the program,
+    # abandoned in Cloud SQL (deletionPolicy ABANDON), never dropped. Nothing else of Cloud SQL is deleted.
+    sql_deletes = [s["urn"].split("::")[-1] for s in steps if s["op"] == "delete" and "gcp:sql/" in s["urn"]]
+    assert sql_deletes == (["database-user"] if stack == "dev" else [])
+    if stack == "dev":
+        (user,) = [r for r in previous["resources"] if r.get("name") == "database-user"]
+        assert user["inputs"].get("deletionPolicy") == "ABANDON"
     # One update: refused (the group's VM would be created before the bare one is deleted).
     assert unsafe_moves({"steps": steps})
     # The two documented steps: each passes the guard, and nothing guarded is deleted or replaced.

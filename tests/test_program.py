@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from convex_gcp import db_grants
 from tests.conftest import run_plan, run_plan_with, stack_object
 from tools.mocks import EXTERNAL_IP, SECRET_SENTINELS
 
@@ -82,7 +83,8 @@ def test_dev_sql(dev_plan):
     assert inputs["settings"]["availabilityType"] == "ZONAL"
     assert inputs["deletionProtection"] is False
     assert dev_plan.one(SQL).protect is True  # the engine refuses to lose it in dev too
-    assert {f["name"]: f["value"] for f in inputs["settings"]["databaseFlags"]} == {"log_lock_waits": "on", "log_min_duration_statement": "1000"}
+    assert {f["name"]: f["value"] for f in inputs["settings"]["databaseFlags"]} == {
+        "log_lock_waits": "on", "log_min_duration_statement": "1000", "cloudsql.iam_authentication": "on"}
 
 
 def test_prod_sql_is_protected_three_ways_with_pitr(prod_plan):
@@ -137,54 +139,59 @@ def test_sql_instance_name_survives_reuse_rule(plan):
     assert plan.one("random:index/randomId:RandomId")
 
 
-def test_iam_user_in_prod(prod_plan):
-    user = prod_plan.one("gcp:sql/user:User").inputs
-    sa = prod_plan.one("gcp:serviceaccount/account:Account")
-    email = f"{sa.inputs['accountId']}@example-convex-prod.iam.gserviceaccount.com"
-    assert user["type"] == "CLOUD_IAM_SERVICE_ACCOUNT"
-    assert user["name"] == email.removesuffix(".gserviceaccount.com")
-    assert user["databaseRoles"] == ["cloudsqlsuperuser"]
-    assert "password" not in user
-    config = env_lines(metadata(prod_plan)["convex-gcp-config"])
+def test_iam_users_in_every_stack_and_the_convex_role_holds_no_database_role(plan):
+    """The Convex role: no database role at all (its grants come from the VM, convex_gcp/db_grants.py).
+    The grant account: the only user in cloudsqlsuperuser. No password anywhere."""
+    project = f"example-convex-{plan.stack}"
+    users = sorted(({k: u.inputs.get(k) for k in ("name", "type", "databaseRoles", "deletionPolicy")}
+                    for u in plan.of_type("gcp:sql/user:User")), key=lambda u: u["name"])
+    assert users == [
+        {"name": f"convex-{plan.stack}-sqlgrant@{project}.iam", "type": "CLOUD_IAM_SERVICE_ACCOUNT",
+         "databaseRoles": ["cloudsqlsuperuser"], "deletionPolicy": "ABANDON"},
+        {"name": f"convex-{plan.stack}-vm@{project}.iam", "type": "CLOUD_IAM_SERVICE_ACCOUNT",
+         "databaseRoles": [], "deletionPolicy": "ABANDON"},
+    ]
+    config = env_lines(metadata(plan)["convex-gcp-config"])
     assert "--auto-iam-authn" in config["PROXY_ARGS"].split()
     assert config["DB_PASSWORD_SECRET_ID"] == ""
-    assert not prod_plan.of_type("random:index/randomPassword:RandomPassword")
+    assert config["DB_GRANT_ACCOUNT"] == f"convex-{plan.stack}-sqlgrant@{project}.iam.gserviceaccount.com"
+    assert not plan.of_type("random:index/randomPassword:RandomPassword")
+    assert plan.one(SQL).inputs["settings"]["dataApiAccess"] == "ALLOW_DATA_API"
+    # What the VM sends through the Data API: exactly the grants, for the Convex role, in Convex's database.
+    body = json.loads(metadata(plan)["convex-gcp-db-grants"])
+    assert body == {"autoIamAuthn": True, "database": f"convex_{plan.stack}",
+                    "sqlStatement": db_grants.grant_sql(f"convex-{plan.stack}-vm@{project}.iam", f"convex_{plan.stack}")}
 
 
-def test_built_in_user_in_dev_has_secret_password(dev_plan):
-    user = dev_plan.one("gcp:sql/user:User")
+def test_password_login_is_still_possible_in_dev_with_its_password_in_secret_places():
+    plan = run_plan_with("dev", {"convex-gcp:iamAuth": "false"})
+    user = plan.one("gcp:sql/user:User")
     assert user.inputs["type"] == "BUILT_IN"
     assert "password" in user.secret_inputs
-    config = env_lines(metadata(dev_plan)["convex-gcp-config"])
+    config = env_lines(metadata(plan)["convex-gcp-config"])
     assert config["DB_PASSWORD_SECRET_ID"].endswith("/secrets/convex-dev-db-password")
-    assert "--auto-iam-authn" not in config["PROXY_ARGS"]
+    assert "--auto-iam-authn" not in config["PROXY_ARGS"] and "DB_GRANT_ACCOUNT" not in config
 
 
 def test_dedicated_service_account_and_roles(plan):
-    sa = plan.one("gcp:serviceaccount/account:Account").inputs
-    roles = sorted(m.inputs["role"] for m in plan.of_type("gcp:projects/iAMMember:IAMMember"))
-    expected = ["roles/cloudsql.client", "roles/logging.logWriter", "roles/monitoring.metricWriter"]
-    if plan.stack == "prod":
-        expected.append("roles/cloudsql.instanceUser")
-    assert roles == sorted(expected)
+    """Every project binding whole: role, member and condition (tests/test_security_assertions.py tries
+    hostile variants of the same comparison)."""
+    vm_sa = plan.by_name("identity-vm-sa").inputs
+    assert sorted(map(canonical, project_bindings(plan))) == sorted(map(canonical, expected_project_bindings(plan.stack)))
     vm = plan.one(VM).inputs
-    assert vm["serviceAccount"]["email"].startswith(sa["accountId"] + "@")
+    assert vm["serviceAccount"]["email"].startswith(vm_sa["accountId"] + "@")
     assert "-compute@developer.gserviceaccount.com" not in json.dumps(vm)
-    assert "roles/owner" not in roles and "roles/editor" not in roles
 
 
 def test_secret_access_is_per_secret(plan):
     grants = {(m.inputs["secretId"].rsplit("/", 1)[-1], m.inputs["role"]) for m in plan.of_type("gcp:secretmanager/secretIamMember:SecretIamMember")}
     prefix = f"convex-{plan.stack}"
-    expected = {
+    assert grants == {
         (f"{prefix}-instance-secret", "roles/secretmanager.secretAccessor"),
         (f"{prefix}-instance-secret", "roles/secretmanager.secretVersionAdder"),  # generated on the VM
         (f"{prefix}-admin-key", "roles/secretmanager.secretAccessor"),
         (f"{prefix}-admin-key", "roles/secretmanager.secretVersionAdder"),
     }
-    if plan.stack == "dev":
-        expected.add((f"{prefix}-db-password", "roles/secretmanager.secretAccessor"))
-    assert grants == expected
     members = {m.inputs["member"] for m in plan.of_type("gcp:secretmanager/secretIamMember:SecretIamMember")}
     assert len(members) == 1 and members.pop().startswith(f"serviceAccount:{prefix}-vm@")
 
@@ -317,13 +324,38 @@ def test_no_plaintext_secret_anywhere(plan):
     assert all("secretData" in v.secret_inputs for v in secret_versions)
 
 
-def test_prod_state_holds_no_generated_secret(prod_plan, dev_plan):
-    """INSTANCE_SECRET is generated on the VM and prod logs in through IAM: nothing to leak from state."""
+def test_no_stack_state_holds_a_generated_secret(prod_plan, dev_plan):
+    """INSTANCE_SECRET is generated on the VM and every stack logs in through IAM: nothing to leak from
+    state, which dev's previewer (any branch) can decrypt."""
     generated = ("random:index/randomBytes:RandomBytes", "random:index/randomPassword:RandomPassword",
                  "gcp:secretmanager/secretVersion:SecretVersion")
-    assert not [r.name for r in prod_plan.resources if r.type in generated]
-    # dev (built-in user) holds only its database password.
-    assert sorted(r.name for r in dev_plan.resources if r.type in generated) == ["identity-db-password-v1", "identity-db-password-value"]
+    for plan in (prod_plan, dev_plan):
+        assert not [r.name for r in plan.resources if r.type in generated], plan.stack
+
+
+def canonical(value) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def project_bindings(plan) -> list[dict]:
+    return [{"role": m.inputs["role"], "member": m.inputs["member"], "condition": m.inputs.get("condition")}
+            for m in plan.of_type("gcp:projects/iAMMember:IAMMember")]
+
+
+def expected_project_bindings(stack: str) -> list[dict]:
+    """The whole set: logs and metrics project-wide; Cloud SQL roles on the one instance."""
+    project = f"example-convex-{stack}"
+    vm, grant = (f"serviceAccount:convex-{stack}-{a}@{project}.iam.gserviceaccount.com" for a in ("vm", "sqlgrant"))
+    on_instance = {"title": "convex-sql-instance", "description": "This Cloud SQL instance only",
+                   "expression": f"resource.name == 'projects/{project}/instances/convex-{stack}-pg-a1b2' && "
+                                 "resource.type == 'sqladmin.googleapis.com/Instance'"}
+    return [
+        {"role": "roles/logging.logWriter", "member": vm, "condition": None},
+        {"role": "roles/monitoring.metricWriter", "member": vm, "condition": None},
+        {"role": "roles/cloudsql.client", "member": vm, "condition": on_instance},
+        {"role": "roles/cloudsql.instanceUser", "member": vm, "condition": on_instance},
+        {"role": "roles/cloudsql.instanceUser", "member": grant, "condition": on_instance},
+    ]
 
 
 def paths_holding(value, needles, path=""):

@@ -126,7 +126,8 @@ def test_flag_rules(flags, path, reason):
 
 def test_flags_sent_as_integers_in_base_units():
     settings = load_settings(config(database={"tier": "db-custom-2-7680", "flags": {"shared_buffers": "256MB", "effective_cache_size": "1GB", "statement_timeout": "30s"}}), "dev")
-    assert settings.database_flags == {"effective_cache_size": "131072", "shared_buffers": "32768", "statement_timeout": "30000"}
+    assert settings.database_flags == {"effective_cache_size": "131072", "shared_buffers": "32768", "statement_timeout": "30000",
+                                       "cloudsql.iam_authentication": "on"}  # dev logs in with IAM, as prod
 
 
 def test_iam_auth_forces_its_flag_on():
@@ -166,7 +167,7 @@ def test_zone_defaults_into_region():
 
 @pytest.mark.parametrize("mode", ["ssl", "plaintext"])
 def test_other_modes_load_in_dev(mode):
-    assert load_settings(config(connectionMode=mode), "dev").connection_mode == mode
+    assert load_settings(config(connectionMode=mode, iamAuth="false"), "dev").connection_mode == mode
 
 
 def test_plaintext_rejected_in_prod_with_its_own_reason():

@@ -20,7 +20,7 @@
 #   GCE_METADATA_HOST            metadata server host[:port] (default
 #                                metadata.google.internal, as Google's tools)
 #   SECRETMANAGER_ENDPOINT       default https://secretmanager.googleapis.com
-#   SQLADMIN_ENDPOINT            default https://sqladmin.googleapis.com
+#   SQLADMIN_ENDPOINT            default https://sqladmin.googleapis.com (IAMCREDENTIALS_ENDPOINT likewise)
 #   CONVEX_GCP_RUN_DIR           runtime state + secrets (default /run/convex-gcp, tmpfs)
 #   CONVEX_GCP_MOUNT_POINT       data disk mount point (default /mnt/disks/convex-data)
 #   CONVEX_GCP_DATA_DEVICE       data device path (default
@@ -71,6 +71,7 @@ METADATA_HOST=${GCE_METADATA_HOST:-metadata.google.internal}
 METADATA_URL="http://${METADATA_HOST}/computeMetadata/v1"
 SECRETMANAGER_ENDPOINT=${SECRETMANAGER_ENDPOINT:-https://secretmanager.googleapis.com}
 SQLADMIN_ENDPOINT=${SQLADMIN_ENDPOINT:-https://sqladmin.googleapis.com}
+IAMCREDENTIALS_ENDPOINT=${IAMCREDENTIALS_ENDPOINT:-https://iamcredentials.googleapis.com}
 RUN_DIR=${CONVEX_GCP_RUN_DIR:-/run/convex-gcp}
 SECRETS_DIR="${RUN_DIR}/secrets"
 MOUNT_POINT=${CONVEX_GCP_MOUNT_POINT:-/mnt/disks/convex-data}
@@ -532,7 +533,8 @@ fetch_metadata() {
     instance/attributes/convex-backend-env "${RUN_DIR}/backend.env.meta"
     instance/attributes/convex-dashboard-env "${RUN_DIR}/dashboard.env.meta"
     instance/attributes/convex-gcp-export-script "${RUN_DIR}/convex-export.sh"
-    instance/attributes/convex-gcp-isolate "${RUN_DIR}/isolate.sh.meta")
+    instance/attributes/convex-gcp-isolate "${RUN_DIR}/isolate.sh.meta"
+    instance/attributes/convex-gcp-db-grants "${RUN_DIR}/db-grants.meta")
   mkdir_p "${RUN_DIR}/units"
   for unit in "${ALL_UNITS[@]}"; do
     reads+=("instance/attributes/convex-gcp-unit-${unit}" "${RUN_DIR}/units/${unit}.meta")
@@ -563,7 +565,7 @@ fetch_metadata() {
 
 # ---------------------------------------------------------------- config --
 
-readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP PROXY_SUBNET BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET EXPORT_BUCKET EXPORT_INTERVAL_S EXPORT_INCLUDE_STORAGE EXPORT_METRIC METRICS_ENABLED COLLECTOR_IMAGE METRICS_NAMESPACE "
+readonly KNOWN_KEYS=" CONNECTION_MODE PROXY_IMAGE PROXY_ARGS PROXY_IP PROXY_SUBNET DB_GRANT_ACCOUNT SQL_INSTANCE_NAME BACKEND_IMAGE DASHBOARD_IMAGE DASHBOARD_ENABLED DATA_DEVICE_NAME PROJECT_ID INSTANCE_SECRET_ID ADMIN_KEY_SECRET_ID DB_PASSWORD_SECRET_ID SQL_INSTANCE DB_SUBNET WEB_SUBNET EXPORT_BUCKET EXPORT_INTERVAL_S EXPORT_INCLUDE_STORAGE EXPORT_METRIC METRICS_ENABLED COLLECTOR_IMAGE METRICS_NAMESPACE "
 readonly ALL_UNITS=(cloudsql-proxy convex-backend convex-dashboard convex-export convex-export-timer convex-metrics convex-collector convex-upgrade)
 # Unit name -> its file (metadata keys allow no dots: convex_gcp/runtime.py unit_file).
 declare -rA UNIT_FILE=([cloudsql-proxy]=cloudsql-proxy.service [convex-backend]=convex-backend.service [convex-dashboard]=convex-dashboard.service [convex-export]=convex-export.service [convex-export-timer]=convex-export.timer [convex-metrics]=convex-metrics.service [convex-collector]=convex-collector.service [convex-upgrade]=convex-upgrade.service)
@@ -1241,6 +1243,35 @@ ensure_isolation() {
   step_done
 }
 
+# The Convex database role's grants (convex_gcp/db_grants.py: no cloudsqlsuperuser), sent through the
+# Cloud SQL Data API (sqladmin v1 instances.executeSql, autoIamAuthn) as DB_GRANT_ACCOUNT, whose token
+# the VM account may mint (iamcredentials generateAccessToken; bootstrap/bootstrap.sh grants that on
+# this one account). Idempotent; the SQL itself fails while the role holds more than its grants.
+ensure_db_grants() {
+  [[ -n ${CFG[DB_GRANT_ACCOUNT]:-} && -s ${RUN_DIR}/db-grants.meta ]] || return 0
+  step db-grants
+  local sa=${CFG[DB_GRANT_ACCOUNT]} out="${SECRETS_DIR}/grant-token.json" token code rc=0
+  printf '{"scope": ["%s"]}\n' "$SCOPE_SQL" >"${RUN_DIR}/grant-token.body"
+  api_retry "generateAccessToken ${sa}" POST "${IAMCREDENTIALS_ENDPOINT}/v1/projects/-/serviceAccounts/${sa}:generateAccessToken" \
+    "$out" bearer "${RUN_DIR}/grant-token.body" || die "IAM Credentials API unreachable (acting as ${sa})" "egress to iamcredentials.googleapis.com"
+  [[ $HTTP_STATUS == 200 ]] || die "IAM Credentials answered HTTP ${HTTP_STATUS} ($(api_error_detail "$out")) for ${sa}" \
+    "bootstrap/bootstrap.sh gives the VM account roles/iam.serviceAccountTokenCreator on ${sa}: re-run it"
+  json_field "$out" accessToken '[A-Za-z0-9._~+/=-]'
+  token=$JSON_FIELD
+  empty_now "$out"
+  code=$(printf 'header = "Authorization: Bearer %s"\n' "$token" | curl -K - -sS -X POST -o "${RUN_DIR}/grants.json" -w '%{http_code}' \
+    --connect-timeout 5 --max-time 60 -H 'Content-Type: application/json' --data-binary "@${RUN_DIR}/db-grants.meta" \
+    "${SQLADMIN_ENDPOINT}/v1/projects/${CFG[PROJECT_ID]}/instances/${CFG[SQL_INSTANCE_NAME]}:executeSql" 2>"${RUN_DIR}/curl.err") || rc=$?
+  token=""
+  json_text "${RUN_DIR}/grants.json"
+  # A failed statement answers 200 with the database's error in "status" (SqlInstancesExecuteSqlResponse).
+  if ((rc)) || [[ $code != 200 || $JSON_TEXT =~ \"status\"\ *:\ *\{ ]]; then
+    die "granting the Convex role its privileges failed (HTTP ${code:-000}$(curl_err_hint)): $(head -c 400 "${RUN_DIR}/grants.json" | tr '\n' ' ')" \
+      "the instance allows the Data API (settings.dataApiAccess ALLOW_DATA_API); ${sa%%.gserviceaccount.com} is a database user in cloudsqlsuperuser (pulumi up)"
+  fi
+  step_done
+}
+
 # apply_rollback: a backend image vm/convex-upgrade.sh rolled back (it never answered and no migration
 # began) is not run again while the config names it: its rollback file names the images to run.
 ROLLBACK_FROM=() ROLLBACK_TO=()
@@ -1562,7 +1593,7 @@ watcher_env() {
     CONVEX_GCP_PROXY_WAIT_MS CONVEX_GCP_BACKEND_WAIT_MS CONVEX_GCP_POLL_MS CONVEX_GCP_WATCH_TIMEOUT \
     CONVEX_GCP_PENDING_RETRY_MS CONVEX_GCP_STATE_DIR CONVEX_GCP_CA_REFRESH_MS CONVEX_GCP_UNIT_DIR \
     CONVEX_GCP_TOKEN_MARGIN CONVEX_GCP_SQL_PROBE_ADDR CONVEX_GCP_MOUNTINFO CONVEX_GCP_ETC CONVEX_GCP_PROC \
-    CONVEX_GCP_OUTAGE_RETRY_MS; do
+    CONVEX_GCP_OUTAGE_RETRY_MS IAMCREDENTIALS_ENDPOINT; do
     if [[ -n ${!v:-} ]]; then
       printf -- '--setenv=%s=%s\n' "$v" "${!v}"
     fi
@@ -1797,6 +1828,7 @@ apply() {
     # long; systemd keeps restarting the proxy and the watcher finishes the rest.
     backend_wait=$((backend_wait < 30000 ? backend_wait : 30000))
   fi
+  ensure_db_grants
   start_unit convex-backend
   # The upgrade guard watches every backend start (vm/convex-upgrade.sh); it never holds up this run.
   [[ " ${CHANGED[*]} " != *" convex-backend "* ]] || systemctl restart --no-block convex-upgrade.service || true
@@ -1855,10 +1887,10 @@ run_preflight() {
 # lock (apply sets the trap once it has it): a die between the metadata batch and the secrets step
 # would otherwise leave the token behind. Not in watch mode: the watcher outlives runs, and its exit
 # must not touch a running one's files.
-readonly TRANSIENT_SECRETS=(token.json sm-response.json instance-secret.raw db-password.raw
+readonly TRANSIENT_SECRETS=(token.json grant-token.json sm-response.json instance-secret.raw db-password.raw
   admin-key.existing admin-key.body add-version.body add-version.resp backend.env.new
   ahead.instance-secret.json ahead.db-password.json ahead.admin-key.json ahead.sqladmin.json)
-readonly TRANSIENT_SCRATCH=(cmd.out sqladmin.json)
+readonly TRANSIENT_SCRATCH=(cmd.out sqladmin.json grants.json grant-token.body)
 remove_preflight_dir() {
   if [[ $RUN_DIR == */preflight.$$ ]]; then
     rm -rf -- "$RUN_DIR"

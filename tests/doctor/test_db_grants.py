@@ -68,6 +68,7 @@ class Cluster:
 
     def stop(self) -> None:
         subprocess.run(_as_owner([_bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]), capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def connect(self, user: str, dbname: str = DATABASE) -> psycopg.Connection:
         return psycopg.connect(host=str(self.root), port=5432, user=user, dbname=dbname, autocommit=True)
@@ -77,25 +78,34 @@ class Cluster:
             conn.execute(sql)
 
 
-@pytest.fixture
-def cluster():
+def make_root() -> Path:
     _bin("initdb")
     root = Path(tempfile.mkdtemp(prefix="convex-gcp-grants-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
-    c = Cluster(root)
+    return root
+
+
+def prepare(c: Cluster, role: str = ROLE, database: str = DATABASE, grantor: str = GRANTOR) -> None:
+    """Roles and databases as Cloud SQL has them once the program ran: the grant user in
+    cloudsqlsuperuser (database_roles), the Convex role with nothing, the database owned by cloudsqlsuperuser."""
+    c.run("admin", "CREATE ROLE cloudsqlsuperuser NOLOGIN CREATEDB CREATEROLE", "postgres")
+    c.run("admin", f"CREATE ROLE {db_grants.quote_ident(grantor)} LOGIN IN ROLE cloudsqlsuperuser", "postgres")
+    c.run("admin", f"CREATE ROLE {db_grants.quote_ident(role)} LOGIN", "postgres")
+    c.run("admin", f"CREATE DATABASE {database} OWNER cloudsqlsuperuser", "postgres")
+    c.run("admin", "CREATE DATABASE otherdb OWNER cloudsqlsuperuser", "postgres")
+    c.run("admin", "CREATE TABLE payroll (n int); INSERT INTO payroll VALUES (1); ALTER TABLE payroll OWNER TO cloudsqlsuperuser", "otherdb")
+    c.run("admin", "CREATE TABLE public.audit (n int); ALTER TABLE public.audit OWNER TO cloudsqlsuperuser", database)
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster(make_root())
     try:
-        c.run("admin", "CREATE ROLE cloudsqlsuperuser NOLOGIN CREATEDB CREATEROLE", "postgres")
-        c.run("admin", f'CREATE ROLE {db_grants.quote_ident(GRANTOR)} LOGIN IN ROLE cloudsqlsuperuser', "postgres")
-        c.run("admin", f"CREATE ROLE {db_grants.quote_ident(ROLE)} LOGIN", "postgres")
-        c.run("admin", f"CREATE DATABASE {DATABASE} OWNER cloudsqlsuperuser", "postgres")
-        c.run("admin", "CREATE DATABASE otherdb OWNER cloudsqlsuperuser", "postgres")
-        c.run("admin", "CREATE TABLE payroll (n int); INSERT INTO payroll VALUES (1); ALTER TABLE payroll OWNER TO cloudsqlsuperuser", "otherdb")
-        c.run("admin", "CREATE TABLE public.audit (n int); ALTER TABLE public.audit OWNER TO cloudsqlsuperuser")
+        prepare(c)
         yield c
     finally:
         c.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def apply_grants(c: Cluster) -> None:
@@ -104,8 +114,8 @@ def apply_grants(c: Cluster) -> None:
     c.run(GRANTOR, db_grants.grant_sql(ROLE, DATABASE))
 
 
-def convex_start(c: Cluster) -> None:
-    with c.connect(ROLE) as conn:
+def convex_start(c: Cluster, role: str = ROLE, database: str = DATABASE) -> None:
+    with c.connect(role, database) as conn:
         for statement in CONVEX_START:
             conn.execute(statement)
 

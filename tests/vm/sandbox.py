@@ -46,6 +46,7 @@ INSTANCE_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-instance-secret"
 ADMIN_KEY_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-admin-key"
 DB_PASSWORD_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-db-password"
 CONNECTION_NAME = "test-proj:europe-west1:convex-db"
+GRANT_ACCOUNT = f"convex-dev-sqlgrant@{PROJECT}.iam.gserviceaccount.com"
 EXPORT_BUCKET = "convex-dev-exports-a1b2c3"
 # The program's own settings for the dev stack (Pulumi.dev.yaml), as `pulumi up` would load them.
 SETTINGS: Settings = load_settings(stack_config("dev"), "dev")
@@ -148,6 +149,8 @@ class Sandbox:
         self.apis.add_secret(INSTANCE_SECRET_ID, self.instance_secret.encode())
         self.apis.add_secret(ADMIN_KEY_SECRET_ID)
         self.apis.add_secret(DB_PASSWORD_SECRET_ID, self.db_password.encode())
+        # What bootstrap/bootstrap.sh grants: the VM account may mint the grant account's tokens.
+        self.apis.actable.add(GRANT_ACCOUNT)
         self.health = HealthServer(self.fake_root / "docker.json")
         self.extra_env: dict[str, str] = {}
         # True: no timing seam at all (every CONVEX_GCP_*_MS, the retry count, the token margin, the
@@ -247,6 +250,7 @@ class Sandbox:
             "GCE_METADATA_HOST": f"127.0.0.1:{self.metadata.port}",
             "SECRETMANAGER_ENDPOINT": f"http://127.0.0.1:{self.apis.port}",
             "SQLADMIN_ENDPOINT": f"http://127.0.0.1:{self.apis.port}",
+            "IAMCREDENTIALS_ENDPOINT": f"http://127.0.0.1:{self.apis.port}",
             "CONVEX_GCP_RUN_DIR": str(self.run_dir),
             "CONVEX_GCP_STATE_DIR": str(self.state_dir),
             "CONVEX_GCP_MOUNT_POINT": str(self.mount_point),
@@ -375,6 +379,7 @@ class Sandbox:
     def secret_values(self) -> list[str]:
         vals = [self.instance_secret, self.db_password, TOKEN, *self.metadata.tokens.issued]
         vals += [v.decode() for v in self.apis.secrets.get(ADMIN_KEY_SECRET_ID, [])]
+        vals += list(self.apis.acted_tokens)
         return vals
 
     # ---------------------------------------------------------- snapshot --
@@ -441,7 +446,7 @@ class Sandbox:
 
 
 # What a run changes in the fake servers (their knobs are the test's to set; requests are the record).
-_SERVER_STATE = ("attributes", "requests", "secrets")
+_SERVER_STATE = ("attributes", "requests", "secrets", "acted_tokens", "executed")
 
 
 @dataclass

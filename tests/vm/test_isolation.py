@@ -294,3 +294,65 @@ def test_a_unit_whose_isolation_fails_does_not_start_its_container(sandbox, boot
     assert len(sandbox.docker("run")) == runs_before
     assert sandbox.units()["convex-backend.service"]["state"] != "active"
     assert "group convex-proc is missing" in (sandbox.fake_root / "journal.log").read_text()
+
+
+# ------------------------------------------------------------ database grants --
+
+def _iam_sandbox(sandbox):
+    sandbox.render(sandbox.settings.model_copy(update={"iam_auth": True}), database_user="convex-dev-vm@test-proj.iam")
+    assert "convex-dev-sqlgrant@test-proj.iam.gserviceaccount.com" in sandbox.apis.actable  # the sandbox's bootstrap
+
+
+def test_the_vm_grants_the_convex_role_through_the_data_api_as_the_grant_account(sandbox, tmp_path):
+    """The grant step, end to end against a real PostgreSQL set up like Cloud SQL: the fake Data API runs
+    what the VM sends as the account it acted as (a member of cloudsqlsuperuser, like the program's grant
+    user), and Convex's start-up steps then succeed as the Convex role, which holds nothing more."""
+    from tests.doctor import test_db_grants as pg
+
+    cluster = pg.Cluster(pg.make_root())
+    try:
+        pg.prepare(cluster, role="convex-dev-vm@test-proj.iam", database="convex_dev", grantor="convex-dev-sqlgrant@test-proj.iam")
+
+        def execute(sql, database, account):
+            try:
+                cluster.run(account.removesuffix(".gserviceaccount.com"), sql, database)
+            except Exception as error:  # the database's error, as the Data API reports it
+                return str(error)
+            return None
+
+        sandbox.apis.execute_sql = execute
+        _iam_sandbox(sandbox)
+        sandbox.publish()
+        r = sandbox.run()
+        assert r.rc == 0, r.stderr
+        (call,) = sandbox.apis.executed
+        assert call["path"] == "/v1/projects/test-proj/instances/convex-db:executeSql"
+        assert call["account"] == "convex-dev-sqlgrant@test-proj.iam.gserviceaccount.com"
+        assert call["database"] == "convex_dev" and call["autoIamAuthn"] is True
+        pg.convex_start(cluster, "convex-dev-vm@test-proj.iam", "convex_dev")
+        # The grant step runs before the backend starts.
+        assert r.stderr.index("step db-grants: done") < r.stderr.index("unit convex-backend")
+        # The acted-as token never reaches argv, output or a file left behind (test_secrets' checks).
+        for value in sandbox.apis.acted_tokens:
+            assert value not in sandbox.all_argv_text() and value not in r.output
+        assert not (sandbox.run_dir / "secrets" / "grant-token.json").exists()
+    finally:
+        cluster.stop()
+
+
+def test_a_convex_role_still_in_cloudsqlsuperuser_stops_the_boot_before_the_backend(sandbox):
+    _iam_sandbox(sandbox)
+    sandbox.apis.execute_sql = lambda sql, db, account: 'ERROR: role convex-dev-vm@test-proj.iam still holds more than the Convex grants'
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 1 and "granting the Convex role its privileges failed" in r.stderr and "still holds more" in r.stderr
+    assert "convex-backend" not in sandbox.runs()
+
+
+def test_without_the_right_to_act_as_the_grant_account_the_boot_says_to_rerun_bootstrap(sandbox):
+    sandbox.apis.actable.clear()
+    sandbox.render(sandbox.settings.model_copy(update={"iam_auth": True}), database_user="convex-dev-vm@test-proj.iam")
+    sandbox.publish()
+    r = sandbox.run()
+    assert r.rc == 1 and "HTTP 403" in r.stderr and "bootstrap/bootstrap.sh gives the VM account roles/iam.serviceAccountTokenCreator" in r.stderr
+    assert sandbox.apis.executed == []

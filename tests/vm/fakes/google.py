@@ -275,6 +275,13 @@ class ApisServer(_Server):
         self.list_cas_mode = "ok"  # ok | forbidden (listServerCas only)
         # Escape '=', '+' and '/' the way some Google JSON encoders do (\u003d, \u002b, \/).
         self.escape_json = False
+        # IAM Credentials generateAccessToken: accounts the VM account may act as -> tokens issued for them.
+        self.actable: set[str] = set()
+        self.acted_tokens: dict[str, str] = {}
+        # sqladmin v1 instances.executeSql: (sql, database, account) -> None, or the database's error text
+        # (answered as 200 with "status", as SqlInstancesExecuteSqlResponse carries a failed statement's error).
+        self.execute_sql = lambda sql, database, account: None
+        self.executed: list[dict] = []
         super().__init__()
 
     def add_secret(self, sid: str, *versions: bytes) -> None:
@@ -300,10 +307,30 @@ class ApisServer(_Server):
             if self.cut_tokens_short > 0 and self.tokens.valid(token):
                 self.cut_tokens_short -= 1
                 self.tokens.cut_short(token)
-        if not token or not self.tokens.valid(token):
+        if not token or not (self.tokens.valid(token) or token in self.acted_tokens):
             # Google APIs answer an expired or revoked token with 401 UNAUTHENTICATED (google.rpc.Code 16).
             return h._send(401, self._error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential."))
         path = urlsplit(h.path).path
+        if method == "POST" and path.startswith("/v1/projects/-/serviceAccounts/") and path.endswith(":generateAccessToken"):
+            account = path[len("/v1/projects/-/serviceAccounts/"):-len(":generateAccessToken")]
+            if account not in self.actable or token in self.acted_tokens:  # an acted-as token cannot act again
+                return h._send(403, self._error(403, "PERMISSION_DENIED", f"Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).", "IAM_PERMISSION_DENIED"))
+            acted = "ya29.acted-" + hashlib.sha256(f"{account}{len(self.acted_tokens)}".encode()).hexdigest()[:32]
+            with self.lock:
+                self.acted_tokens[acted] = account
+            return h._send(200, self._json({"accessToken": acted, "expireTime": "2099-01-01T00:00:00Z"}))
+        if method == "POST" and path.startswith("/v1/projects/") and path.endswith(":executeSql"):
+            account = self.acted_tokens.get(token)
+            if account is None:  # only the grant account is a database user allowed to grant
+                return h._send(403, self._error(403, "PERMISSION_DENIED", "The client is not authorized to make this request.", "IAM_PERMISSION_DENIED"))
+            payload = json.loads(body or b"{}")
+            with self.lock:
+                self.executed.append({"path": path, "account": account, **payload})
+            error = self.execute_sql(payload.get("sqlStatement", ""), payload.get("database", ""), account)
+            answer = {"results": [], "messages": []}
+            if error:
+                answer["status"] = {"code": 3, "message": error}
+            return h._send(200, self._json(answer))
         if path.startswith("/v1/projects/") and "/instances/" in path:
             if self.sql_mode == "forbidden":
                 return h._send(403, self._error(403, "PERMISSION_DENIED", "The client is not authorized to make this request.", "IAM_PERMISSION_DENIED"))
