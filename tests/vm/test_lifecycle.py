@@ -13,10 +13,13 @@ from sandbox import ADMIN_KEY_SECRET_ID, BACKEND_IMAGE, FORWARD_RULES, HOST_RULE
 def test_token_expiring_mid_run_is_refreshed(sandbox):
     """The metadata server hands out a cached token with `expires_in` left; a run outliving it refetches
     instead of dying on a 401 with a misleading permission/scope message."""
-    # 1.5 s (`expires_in` 1): any token the script kept from before the pulls is dead after them. Not
-    # shorter: a call on a loaded machine can take half a second between the check and the server's.
-    sandbox.metadata.tokens.lifetime = 1.5
-    sandbox.set_docker(pull_delay=1.8)  # the pulls outlast the token fetched for the secrets step
+    # `expires_in` 0, and every token issued before a finished pull is dead after it (an event, not a
+    # wall-clock lifetime a loaded machine could outrun): a token the script kept from before the pulls
+    # meets a 401 after them.
+    tokens = sandbox.metadata.tokens
+    tokens.reported_expires_in = 0
+    tokens.dead_after = lambda issued_at: any(c["t1"] > issued_at for c in sandbox.docker("pull"))
+    sandbox.set_docker(pull_delay=0.2)
     r = sandbox.run()
     assert r.rc == 0, r.stderr
     assert len(sandbox.metadata.tokens.issued) >= 2

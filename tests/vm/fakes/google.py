@@ -32,6 +32,7 @@ import time
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 from tests.fakes.serving import PooledHTTPServer
@@ -129,6 +130,12 @@ class Tokens:
         # token cache time is 4 minutes"); scaled down here as `renew_before` seconds.
         self.renew_before = 0.0
         self.issued: dict[str, float] = {}
+        self.issued_at: dict[str, float] = {}
+        # An event that ends every token issued before it (issue time -> dead?), so a test can say "the
+        # token from before the pulls is dead after them" without racing a wall-clock lifetime.
+        self.dead_after: Callable[[float], bool] | None = None
+        # What `expires_in` says, when a test wants the script told less than the token's real life.
+        self.reported_expires_in: int | None = None
         self.revoked: set[str] = set()
         self.current = ""
         self.lock = threading.Lock()
@@ -136,14 +143,21 @@ class Tokens:
     def get(self) -> tuple[str, int]:
         with self.lock:
             now = time.time()
-            if not self.current or self.issued[self.current] - now <= self.renew_before:
+            if not self.current or self.issued[self.current] - now <= self.renew_before or self._ended(self.current):
                 self.current = f"{TOKEN}-{len(self.issued) + 1}"
                 self.issued[self.current] = now + self.lifetime
+                self.issued_at[self.current] = now
+            if self.reported_expires_in is not None:
+                return self.current, self.reported_expires_in
             return self.current, max(0, int(self.issued[self.current] - now))
+
+    def _ended(self, token: str) -> bool:
+        return self.dead_after is not None and self.dead_after(self.issued_at[token])
 
     def valid(self, token: str) -> bool:
         with self.lock:
-            return token in self.issued and token not in self.revoked and time.time() < self.issued[token]
+            return (token in self.issued and token not in self.revoked and time.time() < self.issued[token]
+                    and not self._ended(token))
 
     def cut_short(self, token: str) -> None:
         """The token stops working before its time (revoked, or expired early); the metadata server's
