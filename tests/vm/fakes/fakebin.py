@@ -791,6 +791,8 @@ def _systemctl(sd: dict, cmd: str, names: list[str], argv: list[str]) -> int:
         return 0
     if cmd == "stop":
         for unit in names:
+            # A transient unit (systemd-run) that is stopped is gone (systemd-run(1): it exists while it runs).
+            (root() / "units" / unit).unlink(missing_ok=True)
             sd_stop(sd, unit)
         return 0
     return 0
