@@ -185,3 +185,26 @@ def test_a_run_whose_log_was_not_read_forbids_a_rollback(sandbox, booted):
     log = sandbox.guard_log()
     assert "a run of it ended before its log could be read" in log and "ROLLBACK" not in log, log
     assert not state(sandbox, "rollback") and state(sandbox, "status")["state"] == "stuck"
+
+
+def test_the_doctor_reads_the_guards_status(sandbox, booted):
+    """tools/doctor's probe reads the status line the guard writes (one consumer, tied to its producer):
+    healthy after the first boot, rolled-back after a rollback."""
+    from tools.doctor.checks import check_upgrade
+    from types import SimpleNamespace
+
+    from tools.doctor.gcloud_seam import UPGRADE_STATUS, VmProbe, parse_probe, probe_script
+
+    out = SimpleNamespace(vm_name="convex-dev-vm", vm_zone="asia-northeast1-a", project="example-convex-dev")
+
+    assert f"head -n 1 {UPGRADE_STATUS}" in probe_script([], [])
+    status = sandbox.mount_point / "convex-gcp" / "upgrade" / "status"
+    assert UPGRADE_STATUS.endswith("/convex-gcp/upgrade/status")
+    check = check_upgrade(out, parse_probe("upgrade=" + status.read_text().strip() + "\n"))
+    assert check.status == "pass" and BACKEND_IMAGE in check.detail
+    upgrade(sandbox, crash="start")
+    sandbox.extra_env.update(CONVEX_GCP_PENDING_RETRY_MS="1000", CONVEX_GCP_OUTAGE_RETRY_MS="1000")
+    assert sandbox.run("reconcile").rc == 75
+    assert sandbox.wait_units()
+    check = check_upgrade(out, VmProbe(upgrade=status.read_text().strip()))
+    assert check.status == "fail" and "went back" in check.detail and "convex.version" in check.fix

@@ -25,6 +25,7 @@ from .checks import (
     check_backend_metrics,
     check_disks,
     check_memory,
+    check_upgrade,
     StackOutputs,
     check_containers,
     check_peering,
@@ -85,7 +86,8 @@ def diagnose(out: StackOutputs, seam: GcloudSeam, ssh: bool = True, postgres: bo
         if isinstance(result, VmProbe):
             probe = result
             checks += [check_tcp(out, probe), check_proxy(out, probe), check_containers(out, probe, containers),
-                       check_memory(out, probe), check_disks(out, probe), check_backend_metrics(out, probe)]
+                       check_memory(out, probe), check_disks(out, probe), check_backend_metrics(out, probe),
+                       check_upgrade(out, probe)]
     else:
         checks.append(skipped("tcp", "--no-ssh" if not ssh else "the VM is not running"))
     checks.append(check_version(out, version_fetcher(out.convex_url), probe))

@@ -237,6 +237,25 @@ def _ssh(out: StackOutputs, command: str) -> str:
     return f"gcloud compute ssh {out.vm_name} --zone={out.vm_zone} --project={out.project} --tunnel-through-iap --command='{command}'"
 
 
+def check_upgrade(out: StackOutputs, probe: VmProbe) -> Check:
+    """The upgrade guard's last word (vm/convex-upgrade.sh writes `state=... image=... since=... detail=...`)."""
+    fields = dict(part.split("=", 1) for part in probe.upgrade.split(" ") if "=" in part)
+    state, image = fields.get("state", ""), fields.get("image", "")
+    detail = probe.upgrade.split("detail=", 1)[1] if "detail=" in probe.upgrade else ""
+    runbook = "docs/runbooks.md, \"Upgrade Convex\"; " + _ssh(out, "journalctl -u convex-upgrade --no-pager | tail -50")
+    if not state:
+        return skipped("upgrade", "no upgrade status on the data disk yet")
+    if state == "healthy":
+        return passed("upgrade", f"backend {image} healthy ({detail})")
+    if state in ("upgrading", "migrating"):
+        return warned("upgrade", f"backend {image} is coming up: {state} ({detail})", "wait for it; " + runbook)
+    if state == "rolled-back":
+        return failed("upgrade", f"the new backend never answered and no migration began: the VM went back {detail}",
+                      "pin the previous SHA (or a fixed one): pulumi config set --path convex-gcp:convex.version <sha>; " + runbook)
+    return failed("upgrade", f"backend {image}: {state} ({detail})",
+                  "a migration may have run: do not pin the old SHA alone; fix forward or restore the pre-upgrade copies; " + runbook)
+
+
 def check_memory(out: StackOutputs, probe: VmProbe) -> Check:
     if probe.memory_percent is None:
         return skipped("vm_memory", "the probe read no /proc/meminfo")

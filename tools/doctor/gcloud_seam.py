@@ -99,6 +99,7 @@ class VmProbe:
     oom_kills: Optional[int] = None  # kernel "Killed process" lines since boot
     oom_last: str = ""
     metrics: Optional[list[str]] = None  # the backend's /metrics lines the checks read; None: unreachable
+    upgrade: str = ""  # the upgrade guard's status line (vm/convex-upgrade.sh status), "" when it has none
 
 
 # --------------------------------------------------------------------------- parsing (pure)
@@ -192,12 +193,15 @@ def parse_probe(text: str) -> VmProbe:
             values[key] = value.strip()
     return VmProbe(tcp, values.get("proxy_ready", ""), values.get("local_version", ""), containers, values.get("proxy_ip", ""),
                    memory_percent=_int(values.get("memory_percent")), disks=disks, oom_kills=_int(values.get("oom_kills")),
-                   oom_last=values.get("oom_last", ""), metrics=None if values.get("metrics") == "fail" else metrics)
+                   oom_last=values.get("oom_last", ""), metrics=None if values.get("metrics") == "fail" else metrics,
+                   upgrade=values.get("upgrade", ""))
 
 
 # The backend's own counters the checks read, as the pinned backend names them (tests/fakes/convex_metrics.py).
 METRIC_LINES = r"^(http_handle_duration_seconds_count|isolate_out_of_memory_total|postgres_get_connection_seconds_(sum|count))[{ ]"
 DATA_MOUNT, BOOT_MOUNT = "/mnt/disks/convex-data", "/mnt/stateful_partition"
+# One line the upgrade guard keeps on the data disk (vm/convex-upgrade.sh STATE/status).
+UPGRADE_STATUS = f"{DATA_MOUNT}/convex-gcp/upgrade/status"
 
 
 def signals_script(meminfo: str = "/proc/meminfo", mounts: Optional[dict[str, str]] = None, kernel_log: str = "sudo -n dmesg",
@@ -230,6 +234,7 @@ def probe_script(targets: Sequence[tuple[str, int]], containers: Sequence[str]) 
             f"if timeout 5 bash -c 'exec 3<>/dev/tcp/{host}/{port}' 2>/dev/null; then echo tcp.{host}:{port}=ok; else echo tcp.{host}:{port}=fail; fi"
         )
     lines.append("echo proxy_ready=$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:9090/readiness || echo fail)")
+    lines.append(f"echo upgrade=$(sudo -n head -n 1 {UPGRADE_STATUS} 2>/dev/null)")
     lines.append("echo local_version=$(curl -fsS -m 5 http://127.0.0.1:3210/version 2>/dev/null | head -c 200 | tr -d '\\n' || echo fail)")
     for name in containers:
         # Containers run as systemd units with `docker run --rm`: restarts are the unit's NRestarts.
