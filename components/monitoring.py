@@ -52,6 +52,10 @@ START_LINES = {
     "convex-backend": "Starting a Convex backend",
 }
 RESTART_WINDOW = "600s"
+# The upgrade guard's (vm/convex-upgrade.sh) lines when an upgrade did not go through: written to its
+# unit's journal, which COS's agent ships as log cos_system (journal lines; reported by review, not yet
+# observed by us, like cos_containers above). tests/vm/test_upgrade.py ties each to the script's text.
+UPGRADE_LINES = ("convex-gcp[upgrade]: ROLLBACK:", "NOT returning to")
 
 # The VM's own metrics come from COS's node-problem-detector, on with metadata
 # google-monitoring-enabled=true (convex_gcp/runtime.py; COS docs "Monitoring system health with the
@@ -173,6 +177,13 @@ def start_log_filter(project: str, container: str, vm_name: str, driver: str = L
         # the agent parses a JSON line (the proxy's --structured-logs, Convex's LOG_FORMAT=json).
         f'AND "{START_LINES[container]}"'
     )
+
+
+def upgrade_log_filter(project: str, vm_name: str) -> str:
+    """Log-match filter for an upgrade the VM rolled back, or one it could not (a migration began)."""
+    lines = " OR ".join(f'"{line}"' for line in UPGRADE_LINES)
+    return (f'logName="projects/{project}/logs/cos_system" AND resource.type="gce_instance" '
+            f'AND labels."compute.googleapis.com/resource_name":"{vm_name}" AND ({lines})')
 
 
 @dataclass
@@ -364,6 +375,25 @@ class Monitoring(pulumi.ComponentResource):
                     auto_close="1800s",
                 ),
             )
+
+        upgrade_filter = pulumi.Output.from_input(args.vm_name).apply(lambda vm: upgrade_log_filter(args.project, vm))
+        self.policies["upgrade"] = policy(
+            "upgrade",
+            "Convex upgrade rolled back or stuck",
+            gcp.monitoring.AlertPolicyConditionArgs(
+                display_name="the upgrade guard gave up on the new backend",
+                condition_matched_log=gcp.monitoring.AlertPolicyConditionConditionMatchedLogArgs(filter=upgrade_filter),
+            ),
+            "A new Convex image never answered /version. `ROLLBACK`: no migration began and the VM runs the previous "
+            "images again; pin the previous SHA (or a fixed one) in the stack file. `NOT returning to`: a migration "
+            "may have run; do not pin the old SHA alone: fix forward or restore the copies the deploy named "
+            "(docs/runbooks.md, 'Upgrade Convex'; on the VM `journalctl -u convex-upgrade`).",
+            severity="ERROR",
+            strategy=gcp.monitoring.AlertPolicyAlertStrategyArgs(
+                notification_rate_limit=gcp.monitoring.AlertPolicyAlertStrategyNotificationRateLimitArgs(period=RESTART_WINDOW),
+                auto_close="86400s",
+            ),
+        )
 
         def guest_threshold(key: str, title: str, metric: str, extra: str, value: float, fix: str, severity: str = "WARNING") -> gcp.monitoring.AlertPolicy:
             return policy(key, title, gcp.monitoring.AlertPolicyConditionArgs(

@@ -40,7 +40,7 @@ def test_prod_has_monitoring_by_default_with_its_email_channel():
     # A prod plan that fails must fail this test, not skip it.
     assert not plan.error, plan.error
     assert [c.inputs["labels"] for c in plan.of_type(CHANNEL)] == [{"email_address": "oncall@acmecorp.dev"}]  # tools/offline_values.py
-    assert len(plan.of_type(ALERT)) == 17  # the export-age policy included (components/exports.py)
+    assert len(plan.of_type(ALERT)) == 18  # the export-age policy (components/exports.py) and the upgrade policy included
     # Labelled like every other component: the stack name, not the resource prefix.
     labelled = plan.of_type(CHANNEL) + plan.of_type(ALERT) + plan.of_type(UPTIME)
     assert labelled and all(r.inputs["userLabels"] == {"app": "convex", "environment": "prod", "stack": "prod"}

@@ -208,3 +208,17 @@ def test_the_doctor_reads_the_guards_status(sandbox, booted):
     assert sandbox.wait_units()
     check = check_upgrade(out, VmProbe(upgrade=status.read_text().strip()))
     assert check.status == "fail" and "went back" in check.detail and "convex.version" in check.fix
+
+
+def test_the_upgrade_alert_matches_what_the_guard_prints(sandbox, booted):
+    """components/monitoring.py alerts on the guard's give-up lines: each phrase it matches is one the
+    guard prints (a rollback here), and the filter reads the journal's log for the stack's VM."""
+    from components.monitoring import UPGRADE_LINES, upgrade_log_filter
+
+    upgrade(sandbox, crash="start")
+    assert sandbox.run("reconcile").rc == 75
+    assert sandbox.wait_units()
+    guard = (REPO / "vm" / "convex-upgrade.sh").read_text()
+    assert UPGRADE_LINES[0] in sandbox.guard_log() and all(line.split(": ", 1)[-1] in guard for line in UPGRADE_LINES)
+    f = upgrade_log_filter("p", "convex-dev-vm")
+    assert 'logs/cos_system"' in f and '"compute.googleapis.com/resource_name":"convex-dev-vm"' in f
