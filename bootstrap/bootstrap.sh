@@ -18,7 +18,9 @@
 # Optional: REGION (asia-northeast1), ZONE (<REGION>-a: the VMs' zone), BUCKET (<STATE_PROJECT>-pulumi-state),
 # KEYRING (convex-gcp), KEY_PREFIX (convex-gcp), POOL (github), PROVIDER (github-actions),
 # PR_STACKS ("dev": stacks whose preview any branch may run), DEPLOY_WORKFLOW (.github/workflows/deploy.yml),
-# SOFT_DELETE (90d), INIT_STACKS=1 to also run `pulumi stack init`/`change-secrets-provider`.
+# SOFT_DELETE (90d), INIT_STACKS=1 to also run `pulumi stack init`/`change-secrets-provider`,
+# ACCEPTANCE_PROJECT (a sandbox project holding nothing else: the acceptance identity, its own state bucket
+# and key), ACCEPTANCE_WORKFLOW (.github/workflows/acceptance.yml).
 set -euo pipefail
 
 die() { echo "bootstrap: $*" >&2; exit 2; }
@@ -40,6 +42,8 @@ POOL="${POOL:-github}"
 PROVIDER="${PROVIDER:-github-actions}"
 PR_STACKS="${PR_STACKS:-dev}"
 DEPLOY_WORKFLOW="${DEPLOY_WORKFLOW:-.github/workflows/deploy.yml}"
+ACCEPTANCE_PROJECT="${ACCEPTANCE_PROJECT:-}"
+ACCEPTANCE_WORKFLOW="${ACCEPTANCE_WORKFLOW:-.github/workflows/acceptance.yml}"
 SOFT_DELETE="${SOFT_DELETE:-90d}"
 PULUMI_PROJECT=convex-gcp
 LEGACY_ACCOUNTS="convex-gcp-deployer convex-gcp-previewer convex-gcp-prod-previewer"
@@ -167,7 +171,12 @@ fi
 # (`environment` is not). No commas: gcloud splits the mapping at them.
 DEPLOY_REF="${GITHUB_REPO}/${DEPLOY_WORKFLOW}@refs/heads/main"
 DEPLOY_ATTRIBUTE="assertion.ref == 'refs/heads/main' && assertion.job_workflow_ref == '${DEPLOY_REF}' ? assertion.sub : 'none'"
-MAPPING="google.subject=assertion.sub,attribute.repository_id=assertion.repository_id,attribute.repository_owner_id=assertion.repository_owner_id,attribute.ref=assertion.ref,attribute.job_workflow_ref=assertion.job_workflow_ref,attribute.deploy=${DEPLOY_ATTRIBUTE}"
+# The same for the acceptance workflow on main: its identity deploys (and destroys) a whole stack in the
+# acceptance project, so a branch with edited steps must not get it (a bare environment subject would
+# admit one: the subject carries no branch).
+ACCEPTANCE_REF="${GITHUB_REPO}/${ACCEPTANCE_WORKFLOW}@refs/heads/main"
+ACCEPTANCE_ATTRIBUTE="assertion.ref == 'refs/heads/main' && assertion.job_workflow_ref == '${ACCEPTANCE_REF}' ? assertion.sub : 'none'"
+MAPPING="google.subject=assertion.sub,attribute.repository_id=assertion.repository_id,attribute.repository_owner_id=assertion.repository_owner_id,attribute.ref=assertion.ref,attribute.job_workflow_ref=assertion.job_workflow_ref,attribute.deploy=${DEPLOY_ATTRIBUTE},attribute.acceptance=${ACCEPTANCE_ATTRIBUTE}"
 # Admission into the pool at all: this repository, by its numeric ids.
 ADMISSION="assertion.repository_id == '${GITHUB_REPOSITORY_ID}' && assertion.repository_owner_id == '${GITHUB_OWNER_ID}'"
 if exists gcloud iam workload-identity-pools providers describe "$PROVIDER" --workload-identity-pool="$POOL" \
@@ -267,12 +276,14 @@ DEPLOYER_ROLES=(
   roles/compute.loadBalancerAdmin
   roles/cloudsql.admin
   roles/servicenetworking.networksAdmin
-  roles/iap.admin
-  roles/logging.configWriter
   roles/monitoring.editor
-  roles/dns.admin
   roles/certificatemanager.editor
 )
+# Narrower than the predefined roles they replace (bootstrap/README.md says why each): no
+# logging.configWriter (the program declares no log sink, metric, bucket or exclusion), no project-wide
+# dns.admin (no policies, response policies, zone IAM), no iap.admin (no tunnel or OAuth settings).
+DNS_PERMISSIONS=dns.managedZones.create,dns.managedZones.delete,dns.managedZones.get,dns.managedZones.list,dns.managedZones.update,dns.resourceRecordSets.create,dns.resourceRecordSets.delete,dns.resourceRecordSets.get,dns.resourceRecordSets.list,dns.resourceRecordSets.update,dns.changes.create,dns.changes.get,dns.changes.list,dns.networks.bindPrivateDNSZone,compute.networks.get
+IAP_PERMISSIONS=iap.webServices.getIamPolicy,iap.webServices.setIamPolicy
 # The program grants its VM account exactly these project roles; the deployer may grant no others.
 GRANTABLE="'roles/cloudsql.client', 'roles/cloudsql.instanceUser', 'roles/cloudsql.viewer', 'roles/logging.logWriter', 'roles/monitoring.metricWriter'"
 # Adopting the bootstrap's VM account (create answers 409, then read/update): no delete, enable,
@@ -335,6 +346,10 @@ for stack in $STACKS; do
   custom_role convexDeployerExports "$project" "convex-gcp deployer: the exports bucket and its writer role" "$EXPORTS_PERMISSIONS"
   grant "$DEPLOYER" "projects/${project}/roles/convexDeployerExports" \
     --condition-from-file="$(condition "convex-exports-only-${stack}" "resource.type == 'cloudresourcemanager.googleapis.com/Project' || resource.name.startsWith('projects/_/buckets/convex-${stack}-exports-') || resource.name.startsWith('projects/${project}/roles/convexExportWriter_convex_${stack}_')")"
+  custom_role convexDeployerDns "$project" "convex-gcp deployer: its DNS zones and records" "$DNS_PERMISSIONS"
+  grant "$DEPLOYER" "projects/${project}/roles/convexDeployerDns" --condition=None
+  custom_role convexDeployerIap "$project" "convex-gcp deployer: who passes IAP to the dashboard" "$IAP_PERMISSIONS"
+  grant "$DEPLOYER" "projects/${project}/roles/convexDeployerIap" --condition=None
   custom_role convexDeployerServiceAccounts "$project" "convex-gcp deployer: adopt the VM account" "$SA_PERMISSIONS"
   grant "$DEPLOYER" "projects/${project}/roles/convexDeployerServiceAccounts" --condition=None
   custom_role convexPreviewer "$project" "convex-gcp previewer: what pulumi preview reads" "$PREVIEW_PERMISSIONS"
@@ -367,6 +382,46 @@ for stack in $STACKS; do
   gcloud iam service-accounts add-iam-policy-binding "$grant_email" --project="$project" \
     --member="serviceAccount:${vm_email}" --role=roles/iam.serviceAccountTokenCreator >/dev/null
 done
+
+if [[ -n "$ACCEPTANCE_PROJECT" ]]; then
+  [[ "$ACCEPTANCE_PROJECT" =~ ^[a-z][-a-z0-9]{4,28}[a-z0-9]$ ]] || die "ACCEPTANCE_PROJECT '$ACCEPTANCE_PROJECT' is not a project id"
+  for stack in $STACKS; do
+    [[ "${PROJECT_OF[$stack]}" != "$ACCEPTANCE_PROJECT" ]] || die "ACCEPTANCE_PROJECT must not be a stack's project (it deploys and destroys whole stacks)"
+  done
+  say "Acceptance identity: acceptance.yml on main only, its own state bucket and key, roles in ${ACCEPTANCE_PROJECT}"
+  ACCEPTANCE_SA="convex-gcp-acceptance@${STATE_PROJECT}.iam.gserviceaccount.com"
+  if ! exists gcloud iam service-accounts describe "$ACCEPTANCE_SA" --project="$STATE_PROJECT"; then
+    gcloud iam service-accounts create convex-gcp-acceptance --project="$STATE_PROJECT" \
+      --display-name="convex-gcp acceptance runs (GitHub Actions)"
+  fi
+  impersonation "$ACCEPTANCE_SA" "principalSet://iam.googleapis.com/${POOL_ID}/attribute.acceptance/repo:${GITHUB_REPO}:environment:acceptance"
+  ACCEPTANCE_BUCKET="${STATE_PROJECT}-acceptance-state"
+  if ! exists gcloud storage buckets describe "gs://${ACCEPTANCE_BUCKET}" --project="$STATE_PROJECT"; then
+    gcloud storage buckets create "gs://${ACCEPTANCE_BUCKET}" --project="$STATE_PROJECT" --location="$REGION" \
+      --uniform-bucket-level-access --public-access-prevention
+  fi
+  gcloud storage buckets update "gs://${ACCEPTANCE_BUCKET}" --versioning --uniform-bucket-level-access \
+    --public-access-prevention --soft-delete-duration="$SOFT_DELETE"
+  for role in roles/storage.legacyBucketReader roles/storage.objectViewer "projects/${STATE_PROJECT}/roles/convexStateWriter"; do
+    gcloud storage buckets add-iam-policy-binding "gs://${ACCEPTANCE_BUCKET}" --member="serviceAccount:${ACCEPTANCE_SA}" \
+      --role="$role" --condition=None >/dev/null
+  done
+  if ! exists gcloud kms keys describe "${KEY_PREFIX}-acceptance" --keyring="$KEYRING" --location="$REGION" --project="$STATE_PROJECT"; then
+    gcloud kms keys create "${KEY_PREFIX}-acceptance" --keyring="$KEYRING" --location="$REGION" --project="$STATE_PROJECT" \
+      --purpose=encryption --rotation-period=90d \
+      --next-rotation-time="$(date -u -d '+90 days' +%Y-%m-%dT%H:%M:%SZ)"
+  fi
+  gcloud kms keys add-iam-policy-binding "${KEY_PREFIX}-acceptance" --keyring="$KEYRING" --location="$REGION" \
+    --project="$STATE_PROJECT" --member="serviceAccount:${ACCEPTANCE_SA}" \
+    --role=roles/cloudkms.cryptoKeyEncrypterDecrypter >/dev/null
+  # Ephemeral stacks (acc-<target>-<id>) make their own accounts, buckets and roles: in the sandbox project
+  # only, which holds nothing else, the identity may administer them and act as the accounts.
+  project="$ACCEPTANCE_PROJECT"
+  for role in "${DEPLOYER_ROLES[@]}" roles/compute.instanceAdmin.v1 roles/secretmanager.admin roles/iam.serviceAccountAdmin \
+    roles/iam.serviceAccountUser roles/resourcemanager.projectIamAdmin roles/iam.roleAdmin roles/storage.admin roles/dns.admin roles/iap.admin; do
+    grant "serviceAccount:${ACCEPTANCE_SA}" "$role" --condition=None
+  done
+fi
 
 BACKEND_URL="gs://${BUCKET}"
 if [[ "${INIT_STACKS:-0}" == "1" ]]; then

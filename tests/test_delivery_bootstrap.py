@@ -272,7 +272,8 @@ def test_a_deployer_holds_roles_only_in_its_own_project_and_key(default, stack):
     keys = {b["resource"]: b["role"] for b in default.grants(deployer) if b["resource"].startswith("kms keys")}
     assert keys == {f"kms keys convex-gcp-{stack} {STATE}": "roles/cloudkms.cryptoKeyEncrypterDecrypter"}
     roles = project_roles(default, deployer, PROJECT[stack])
-    assert {"roles/cloudsql.admin", "roles/dns.admin", "roles/compute.networkAdmin"} <= set(roles)
+    assert {"roles/cloudsql.admin", f"projects/{PROJECT[stack]}/roles/convexDeployerDns", "roles/compute.networkAdmin"} <= set(roles)
+    assert not set(roles) & {"roles/dns.admin", "roles/iap.admin", "roles/logging.configWriter"}
     assert not set(roles) & {"roles/owner", "roles/editor", "roles/viewer", "roles/iam.serviceAccountAdmin",
                              "roles/iam.serviceAccountUser", "roles/compute.admin", "roles/storage.admin"}
     # Nothing on the key ring, nothing KMS-wide in a project.

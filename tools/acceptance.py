@@ -91,6 +91,10 @@ def stack_config(target: str, project: str = "", region: str = "", zone: str = "
         vm["dataDiskSnapshots"] = {"enabled": False}
         config[f"{PROJECT}:vm"] = vm
         config[f"{PROJECT}:environment"] = "dev"  # no deletion protection: the run must be able to destroy
+        # IAM login's grant step needs the bootstrap's grant account for the stack and the VM's right to act
+        # as it (docs/security.md, "Database"); an ephemeral stack has neither, so the run logs in with a
+        # generated password, which only its throwaway state holds.
+        config[f"{PROJECT}:iamAuth"] = False
         # The exports bucket outlives the stack (retain_on_delete, components/exports.py): unlocked, and
         # emptied by its lifecycle a day after the drill's export.
         config[f"{PROJECT}:exports"] = {"intervalHours": 12, "retentionDays": 1, "locked": False}
