@@ -20,7 +20,9 @@
 #     flushes: docs.docker.com/engine/network/firewall-iptables): the proxy's own bridge (cvx-proxy, no
 #     other container ever joins it) is the only one that reaches the metadata server; the exemption is
 #     the bridge a packet enters by, which no container can choose, not its source address. The backend's
-#     bridge reaches the proxy's port and nothing else enters cvx-proxy.
+#     bridge reaches the proxy's port and nothing else enters cvx-proxy but the replies to the proxy's own
+#     connections (metadata server, SQL Admin API, Cloud SQL): without that RETURN the proxy never got its
+#     token (the host tier, tests/host, on a real iptables: the token request timed out).
 #
 # Test seams (production leaves them unset): CONVEX_GCP_METADATA_IP (default 169.254.169.254),
 # CONVEX_GCP_PROC (/proc), CONVEX_GCP_MOUNTINFO (/proc/self/mountinfo), CONVEX_GCP_ETC (/etc),
@@ -179,6 +181,7 @@ ensure_firewall() {
     "-d ${md} ${reject}" \
     "-i ${BRIDGE_DB} -o ${BRIDGE_PROXY} -p tcp -m tcp --dport ${PROXY_PORT} -j ACCEPT" \
     "-i ${BRIDGE_PROXY} -o ${BRIDGE_DB} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" \
+    "-o ${BRIDGE_PROXY} -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN" \
     "-o ${BRIDGE_PROXY} ${reject}"
 }
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import time
 
-import pytest
 
 from tests.host.cos_tools import COS_PATH, TOOLS
 from tests.host.machine import BACKEND_REPO
@@ -54,15 +53,15 @@ def test_containers_but_the_proxy_cannot_reach_the_metadata_server(booted):
         assert p.returncode != 0 and "access_token" not in p.stdout, (name, p.stdout, p.stderr)
         # REJECT: refused at once (curl exit 7, "Couldn't connect"), not a drop (a timeout, exit 28).
         assert "curl: (7)" in p.stderr, p.stderr
-    rules = booted.sh("iptables -S DOCKER-USER").stdout
-    assert "-s 172.30.250.2/32 -d 169.254.169.254/32 -i cvx-db -j RETURN" in rules, rules
+    rules = booted.sh("iptables -S CVX-FWD").stdout  # vm/isolate.sh
+    assert "-A CVX-FWD -d 169.254.169.254/32 -i cvx-proxy -j RETURN" in rules, rules
 
 
-@pytest.mark.xfail(strict=True, reason="the host's block for non-root users is issue 26 (helper isolate), "
-                   "not landed yet: a non-root user on the VM still gets the VM's token")
 def test_a_non_root_host_user_cannot_get_the_vms_token(booted):
+    """vm/isolate.sh CVX-HOST: a non-root process on the VM is refused the metadata server (root is not)."""
     p = booted.sh(f"su oslogin-user -c \"curl -sS -m 5 -H 'Metadata-Flavor: Google' {TOKEN}\"")
-    assert "access_token" not in p.stdout
+    assert p.returncode != 0 and "access_token" not in p.stdout and "curl: (7)" in p.stderr, (p.stdout, p.stderr)
+    assert "access_token" in booted.sh(f"curl -sS -m 5 -H 'Metadata-Flavor: Google' {TOKEN}").stdout
 
 
 def test_the_boot_ran_with_only_cos_commands_on_path(booted):

@@ -78,6 +78,7 @@ FORWARD_RULES = [
     f"-d {_MD} {_REJECT}",
     "-i cvx-db -o cvx-proxy -p tcp -m tcp --dport 5432 -j ACCEPT",
     "-i cvx-proxy -o cvx-db -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    "-o cvx-proxy -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
     f"-o cvx-proxy {_REJECT}",
 ]
 
