@@ -152,8 +152,11 @@ ensure_chain() {
 
 ensure_firewall() {
   local md="${METADATA_IP}/32" reject="-j REJECT --reject-with icmp-port-unreachable"
+  # RELATED: the ICMP error CVX-FWD's REJECT sends a container leaves through OUTPUT with no owner; without
+  # this it met "-o cvx-+" below and was dropped, so a blocked container waited for a timeout (host tier).
   ensure_chain OUTPUT CVX-HOST \
     "-m owner --uid-owner 0 -j RETURN" \
+    "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN" \
     "-d ${md} -p udp -m udp --dport 53 -j RETURN" \
     "-d ${md} -p tcp -m tcp --dport 53 -j RETURN" \
     "-d ${md} ${reject}" \

@@ -66,6 +66,7 @@ tool_server = fakebin.server
 _MD, _REJECT = "169.254.169.254/32", "-j REJECT --reject-with icmp-port-unreachable"
 HOST_RULES = [
     "-m owner --uid-owner 0 -j RETURN",
+    "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
     f"-d {_MD} -p udp -m udp --dport 53 -j RETURN",
     f"-d {_MD} -p tcp -m tcp --dport 53 -j RETURN",
     f"-d {_MD} {_REJECT}",
