@@ -37,25 +37,6 @@ def image_tags(s: Settings) -> dict[str, str]:
     return refs
 
 
-@dataclass
-class ConvexVmArgs:
-    settings: Settings
-    prefix: str
-    subnetwork: pulumi.Input[str]
-    network_tag: str
-    service_account_email: pulumi.Input[str]
-    connection_name: pulumi.Input[str]
-    database_user: pulumi.Input[str]
-    instance_secret_id: pulumi.Input[str]
-    admin_key_secret_id: pulumi.Input[str]
-    db_password_secret_id: pulumi.Input[str] = ""
-    # Where Convex connects in ssl mode (the instance's DNS name) and plaintext mode (its private IP).
-    sql_dns_name: pulumi.Input[str] = ""
-    sql_private_ip: pulumi.Input[str] = ""
-    export_bucket: pulumi.Input[str] = ""  # components/exports.py; empty: no scheduled exports
-    depends_on: list[pulumi.Resource] = field(default_factory=list)
-
-
 # The group's named ports; the front door's backend services pick theirs by name.
 NAMED_PORTS = {"api": API_PORT, "site": SITE_PORT, "dashboard": DASHBOARD_PORT}
 NIC = "nic0"
