@@ -21,7 +21,7 @@ def vm_commands() -> list[str]:
     return [m.group(1) for m in re.finditer(r"--command='(.*?)'", text, re.S)]
 
 
-def tested_commands() -> list[str]:
+def runbook_commands_under_test() -> list[str]:
     return [c for c in vm_commands() if UNTESTED not in c and UNTESTED not in _line_of(c)]
 
 
@@ -48,7 +48,7 @@ def test_the_runbooks_never_reset_the_vm():
 def test_every_vm_command_is_run_here_or_marked():
     commands = vm_commands()
     assert len(commands) >= 6
-    covered = {c for c in tested_commands()}
+    covered = {c for c in runbook_commands_under_test()}
     assert covered, commands
     known = {"sudo systemctl stop convex-config-watch convex-dashboard convex-backend", "sudo bash /run/convex-gcp/startup.sh boot",
              "sudo bash /run/convex-gcp/startup.sh reconcile",
@@ -58,7 +58,7 @@ def test_every_vm_command_is_run_here_or_marked():
     assert covered <= known, sorted(covered - known)
 
 
-@pytest.mark.parametrize("command", sorted(c for c in tested_commands() if "startup.sh reconcile" in c or "journalctl" in c))
+@pytest.mark.parametrize("command", sorted(c for c in runbook_commands_under_test() if "startup.sh reconcile" in c or "journalctl" in c))
 def test_a_reconcile_and_the_diagnosis_run_on_the_vm(sandbox, booted, command):
     r = run_on_vm(sandbox, command)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -69,8 +69,8 @@ def test_a_reconcile_and_the_diagnosis_run_on_the_vm(sandbox, booted, command):
 def test_the_restore_stop_keeps_the_backend_down_until_the_boot_run(sandbox, booted):
     """The old runbook's `docker stop convex-backend` was undone by Restart=always and the watcher; the
     systemd stop is not, whatever asks systemd meanwhile, until the runbook's boot run starts it all."""
-    (stop,) = [c for c in tested_commands() if "systemctl stop" in c]
-    (start,) = [c for c in tested_commands() if c.endswith("startup.sh boot")]
+    (stop,) = [c for c in runbook_commands_under_test() if "systemctl stop" in c]
+    (start,) = [c for c in runbook_commands_under_test() if c.endswith("startup.sh boot")]
     r = run_on_vm(sandbox, stop)
     assert r.returncode == 0, r.stderr
     for _ in range(3):  # what Restart=always would do, played when systemd is asked (fakebin sd_tick)
