@@ -307,8 +307,10 @@ def run_program(stack: str, overrides: dict[str, str] | None = None) -> Plan:
                 "value": _jsonable(_sync_await(output.future())),
                 "secret": bool(_sync_await(output.is_secret())),
             }
-    # Registration order varies with the SDK's task scheduling; URNs are unique and stable.
-    return Plan(stack, sorted(resources, key=lambda r: r.urn), outputs, warnings, error, replaced, mocks.invokes)
+    # Registration order varies with the SDK's task scheduling; URNs are unique and stable. So does the order
+    # of invokes issued from concurrent applies (the image lookups): sorted by content, so runs compare equal.
+    invokes = sorted(mocks.invokes, key=lambda i: json.dumps(i, sort_keys=True))
+    return Plan(stack, sorted(resources, key=lambda r: r.urn), outputs, warnings, error, replaced, invokes)
 
 
 def plan_from_json(text: str) -> Plan:
