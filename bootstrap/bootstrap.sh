@@ -289,8 +289,9 @@ GRANTABLE="'roles/cloudsql.client', 'roles/cloudsql.instanceUser', 'roles/clouds
 # Adopting the bootstrap's VM account (create answers 409, then read/update): no delete, enable,
 # disable, setIamPolicy, actAs or keys, so no other account in the project can be touched.
 SA_PERMISSIONS=iam.serviceAccounts.create,iam.serviceAccounts.get,iam.serviceAccounts.list,iam.serviceAccounts.update
-# The exports bucket and the VM's create-only role on it (no storage.buckets.delete, no storage.objects.*).
-EXPORTS_PERMISSIONS=storage.buckets.create,storage.buckets.get,storage.buckets.list,storage.buckets.update,storage.buckets.getIamPolicy,storage.buckets.setIamPolicy,iam.roles.create,iam.roles.get,iam.roles.list,iam.roles.update,iam.roles.delete,iam.roles.undelete
+# The exports bucket and the VM's binding on it (no storage.buckets.delete, no storage.objects.*). No iam.roles.*:
+# the writer's role is the predefined objectCreator, since conditions cannot narrow custom-role management.
+EXPORTS_PERMISSIONS=storage.buckets.create,storage.buckets.get,storage.buckets.list,storage.buckets.update,storage.buckets.getIamPolicy,storage.buckets.setIamPolicy
 # What `pulumi preview` (and `--refresh`) reads for the program's resource types: one get per type,
 # the IAM policies it manages members of, secret metadata, and the zones and machine types the
 # program's placement check lists at every preview (convex_gcp/placement.py). Not: logging.logEntries.* (prod logs carry
@@ -315,7 +316,7 @@ PREVIEW_PERMISSIONS=$(printf '%s,' \
   certificatemanager.certmaps.get certificatemanager.certmapentries.get \
   logging.logMetrics.get \
   monitoring.alertPolicies.get monitoring.uptimeCheckConfigs.get monitoring.notificationChannels.get \
-  storage.buckets.get storage.buckets.getIamPolicy iam.roles.get monitoring.metricDescriptors.get)
+  storage.buckets.get storage.buckets.getIamPolicy monitoring.metricDescriptors.get)
 PREVIEW_PERMISSIONS="${PREVIEW_PERMISSIONS%,}"
 
 # grant MEMBER ROLE CONDITION-FLAG: a role in the current stack's project.
@@ -341,11 +342,11 @@ for stack in $STACKS; do
   grant "$DEPLOYER" roles/secretmanager.admin \
     --condition-from-file="$(condition "convex-secrets-only-${stack}" "resource.type == 'cloudresourcemanager.googleapis.com/Project' || resource.name.startsWith('projects/${number}/secrets/convex-${stack}-')")"
   # Exports (components/exports.py): this stack's exports bucket (created, updated, its retention locked, its
-  # IAM policy set; never deleted: the program leaves it on destroy) and its writer's custom role. Project-level
-  # checks (create, list) see the project; every other check the bucket or role, which must be this stack's.
-  custom_role convexDeployerExports "$project" "convex-gcp deployer: the exports bucket and its writer role" "$EXPORTS_PERMISSIONS"
+  # IAM policy set; never deleted: the program leaves it on destroy). Project-level checks (create, list) see
+  # the project; every other check the bucket, which must be this stack's.
+  custom_role convexDeployerExports "$project" "convex-gcp deployer: the exports bucket and its IAM policy" "$EXPORTS_PERMISSIONS"
   grant "$DEPLOYER" "projects/${project}/roles/convexDeployerExports" \
-    --condition-from-file="$(condition "convex-exports-only-${stack}" "resource.type == 'cloudresourcemanager.googleapis.com/Project' || resource.name.startsWith('projects/_/buckets/convex-${stack}-exports-') || resource.name.startsWith('projects/${project}/roles/convexExportWriter_convex_${stack}_')")"
+    --condition-from-file="$(condition "convex-exports-only-${stack}" "resource.type == 'cloudresourcemanager.googleapis.com/Project' || resource.name.startsWith('projects/_/buckets/convex-${stack}-exports-')")"
   custom_role convexDeployerDns "$project" "convex-gcp deployer: its DNS zones and records" "$DNS_PERMISSIONS"
   grant "$DEPLOYER" "projects/${project}/roles/convexDeployerDns" --condition=None
   custom_role convexDeployerIap "$project" "convex-gcp deployer: who passes IAP to the dashboard" "$IAP_PERMISSIONS"

@@ -20,11 +20,16 @@ from convex_gcp.runtime import export_metric_type
 
 # The VM writes one gauge per 15-minute timer tick (vm/units/convex-export.timer).
 TICK_SECONDS = 900
-# Only what uploading a new object needs. Replacing an object needs storage.objects.delete as well
-# (Google Cloud "IAM permissions for Cloud Storage": "to replace existing objects, both
-# storage.objects.create and storage.objects.delete permissions are required"; iam-xml footnote 4),
-# and the VM uploads with ifGenerationMatch=0, so it can neither delete nor overwrite an export.
-WRITER_PERMISSIONS = ["storage.objects.create"]
+# The predefined Storage Object Creator, on this bucket only: it creates objects and holds no
+# storage.objects.delete, get or list ("Does not give permission to view, delete, or replace objects",
+# Cloud Storage IAM roles). Replacing an object needs storage.objects.delete as well ("IAM permissions
+# for Cloud Storage": "to replace existing objects, both storage.objects.create and
+# storage.objects.delete permissions are required"), and the VM uploads with ifGenerationMatch=0, so it
+# can neither delete nor overwrite an export. A predefined role rather than a custom one: managing
+# custom roles would need iam.roles.* on the project for the deployer, which IAM Conditions cannot
+# narrow to one role (IAM is not among the services whose resource names conditions see), so it could
+# rewrite its own roles.
+WRITER_ROLE = "roles/storage.objectCreator"
 # Cloud Storage's default soft-delete window: a deleted export can be restored for 7 days.
 SOFT_DELETE_SECONDS = 7 * 86400
 
@@ -76,7 +81,7 @@ class ExportsArgs:
 
 
 class Exports(pulumi.ComponentResource):
-    """Owns the exports bucket, the writer's custom role and bucket binding, and the age metric's descriptor."""
+    """Owns the exports bucket, the writer's binding on it, and the age metric's descriptor."""
 
     def __init__(self, name: str, args: ExportsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("convex-gcp:index:Exports", name, None, opts)
@@ -103,21 +108,10 @@ class Exports(pulumi.ComponentResource):
             labels={**args.labels, "purpose": "convex-exports"},
             opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(retain_on_delete=True)),
         )
-        role_suffix = args.prefix.replace("-", "_")
-        self.writer_role = gcp.projects.IAMCustomRole(
-            f"{name}-writer-role",
-            project=args.project,
-            # A deleted custom role's id stays taken for weeks: the bucket's suffix keeps each one new.
-            role_id=self.suffix.result.apply(lambda suffix: f"convexExportWriter_{role_suffix}_{suffix}"),
-            title=f"Convex export writer ({args.prefix})",
-            description="Create objects in the Convex exports bucket; never read, delete or replace them",
-            permissions=WRITER_PERMISSIONS,
-            opts=child,
-        )
         self.writer = gcp.storage.BucketIAMMember(
             f"{name}-writer",
             bucket=self.bucket.name,
-            role=self.writer_role.name,
+            role=WRITER_ROLE,
             member=pulumi.Output.from_input(args.writer_email).apply(lambda email: f"serviceAccount:{email}"),
             opts=child,
         )
@@ -134,4 +128,4 @@ class Exports(pulumi.ComponentResource):
             labels=[gcp.monitoring.MetricDescriptorLabelArgs(key="bucket", value_type="STRING", description="The exports bucket")],
             opts=child,
         )
-        self.register_outputs({"bucket": self.bucket.name, "writer_role": self.writer_role.name, "metric_type": self.metric_type})
+        self.register_outputs({"bucket": self.bucket.name, "metric_type": self.metric_type})
