@@ -1835,7 +1835,7 @@ apply() {
   # Convex's metrics from its first start: an unhealthy backend shows as the collector's up == 0.
   if [[ ${CFG[METRICS_ENABLED]} == true ]]; then start_unit convex-metrics; start_unit convex-collector; fi
   step backend-version
-  if ! wait_http convex-backend "$BACKEND_VERSION_URL" "$backend_wait"; then
+  if ! wait_http convex-backend "$BACKEND_VERSION_URL" "$backend_wait" convex-backend; then
     preflight FAIL backend-version "${BACKEND_VERSION_URL} not answering after $(secs "$backend_wait")" \
       "docker logs convex-backend (it binds 3210 only after Postgres connected); the database named after INSTANCE_NAME exists; the DB user may CREATE in schema public"
     step_done "not healthy"
