@@ -1,7 +1,8 @@
 """The Convex backend's /metrics body as the pinned backend writes it, and a strict reader of
 Prometheus text exposition.
 
-Format (get-convex/convex-backend at 652b828, /metrics in crates/common/src/http/mod.rs: the
+Format (get-convex/convex-backend at 652b828, /metrics in crates/common/src/http/mod.rs,
+https://github.com/get-convex/convex-backend/blob/652b828b5129e6cdbcaa3c20efa8d116d09ff3bf/crates/common/src/http/mod.rs, and https://github.com/get-convex/convex-backend/blob/652b828b5129e6cdbcaa3c20efa8d116d09ff3bf/crates/metrics/src/macros.rs: the
 CONVEX_METRICS_REGISTRY gathered through prometheus::TextEncoder of Convex's fork
 get-convex/rust-prometheus, src/encoder/text.rs at commit 8794d2b, the fork's VictoriaMetrics
 histogram commit; the pinned rev 367f80d is newer and was not in the mirror): `# HELP` then

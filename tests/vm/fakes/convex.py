@@ -3,7 +3,9 @@
 A container started by the fake docker gets a timeline (absolute times) at `docker run`; the fake
 docker, journalctl and the health server read it lazily, so nothing runs in the background.
 
-Copied from get-convex/convex-backend at the pinned commit 652b828b5129e6cdbcaa3c20efa8d116d09ff3bf:
+Copied from get-convex/convex-backend at the pinned commit 652b828b5129e6cdbcaa3c20efa8d116d09ff3bf
+(https://github.com/get-convex/convex-backend/blob/652b828b5129e6cdbcaa3c20efa8d116d09ff3bf/crates/local_backend/src/main.rs, https://github.com/get-convex/convex-backend/blob/652b828b5129e6cdbcaa3c20efa8d116d09ff3bf/crates/model/src/migrations.rs,
+https://github.com/get-convex/convex-backend/blob/652b828b5129e6cdbcaa3c20efa8d116d09ff3bf/crates/migrations_model/src/lib.rs):
 - crates/local_backend/src/main.rs `main`: `tracing::info!("Starting a Convex backend")` first; then
   `run_server_inner` awaits `connect_persistence(...)?` before it binds the HTTP port, so `/version`
   answers only once the database is connected, and a failed connection ends the process (exit != 0).
@@ -18,7 +20,8 @@ Copied from get-convex/convex-backend at the pinned commit 652b828b5129e6cdbcaa3
   version up to date at {DATABASE_VERSION}" (or WARN "persisted db metadata version is ahead at {x},
   this binary is at {y}" for an older binary on a newer database) and "Migration complete".
 - DATABASE_VERSION is 128 at that commit (crates/migrations_model/src/lib.rs).
-The Auth Proxy (GoogleCloudPlatform/cloud-sql-proxy cmd/root.go) logs "The proxy has started
+The Auth Proxy (GoogleCloudPlatform/cloud-sql-proxy cmd/root.go,
+https://github.com/GoogleCloudPlatform/cloud-sql-proxy/blob/main/cmd/root.go) logs "The proxy has started
 successfully and is ready for new connections!" once it listens; /readiness answers 200 from then on.
 """
 

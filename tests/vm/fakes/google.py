@@ -131,7 +131,9 @@ class Tokens:
         self.renew_before = 0.0
         self.issued: dict[str, float] = {}
         self.issued_at: dict[str, float] = {}
-        # An event that ends every token issued before it (issue time -> dead?), so a test can say "the
+        # The metadata server's token answer is {"access_token", "expires_in", "token_type"}
+        # (https://cloud.google.com/compute/docs/access/authenticate-workloads#applications); a token stops
+        # working when its time is up. An event that ends every token issued before it (issue time -> dead?), so a test can say "the
         # token from before the pulls is dead after them" without racing a wall-clock lifetime.
         self.dead_after: Callable[[float], bool] | None = None
         # What `expires_in` says, when a test wants the script told less than the token's real life.
@@ -260,7 +262,8 @@ class MetadataServer(_Server):
         if rel == "instance/service-accounts/default/scopes":
             return h._send(200, "".join(s + "\n" for s in self.scopes), "application/text")
         if rel in INSTANCE_IDENTITY:
-            # querying-metadata: instance/id (a number), instance/zone as projects/<number>/zones/<zone>, project/project-id.
+            # instance/id (a number), instance/zone as projects/<number>/zones/<zone>, project/project-id
+            # (https://cloud.google.com/compute/docs/metadata/predefined-metadata-keys).
             return h._send(200, INSTANCE_IDENTITY[rel], "application/text")
         return h._send(404, "not found", "text/html")
 
@@ -289,10 +292,13 @@ class ApisServer(_Server):
         self.list_cas_mode = "ok"  # ok | forbidden (listServerCas only)
         # Escape '=', '+' and '/' the way some Google JSON encoders do (\u003d, \u002b, \/).
         self.escape_json = False
-        # IAM Credentials generateAccessToken: accounts the VM account may act as -> tokens issued for them.
+        # IAM Credentials generateAccessToken (POST v1/projects/-/serviceAccounts/{account}:generateAccessToken,
+        # answer {"accessToken", "expireTime"}: https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateAccessToken):
+        # accounts the VM account may act as -> tokens issued for them.
         self.actable: set[str] = set()
         self.acted_tokens: dict[str, str] = {}
-        # sqladmin v1 instances.executeSql: (sql, database, account) -> None, or the database's error text
+        # sqladmin v1 instances.executeSql (https://cloud.google.com/sql/docs/postgres/admin-api/rest/v1/instances/executeSql):
+        # (sql, database, account) -> None, or the database's error text
         # (answered as 200 with "status", as SqlInstancesExecuteSqlResponse carries a failed statement's error).
         self.execute_sql = lambda sql, database, account: None
         self.executed: list[dict] = []
