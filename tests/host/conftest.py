@@ -66,9 +66,14 @@ def vm(world, tmp_path, request):
 def booted(world, tmp_path_factory):
     """One VM per module after its first boot, shared by the module's tests in file order; each test
     leaves it healthy for the next (and says so in its last assertions)."""
+    yield from booted_vm(world, tmp_path_factory)
+
+
+def booted_vm(world, tmp_path_factory, **vm_args):
+    """A VM after its first boot, for a fixture to yield; dumped and closed if that boot fails."""
     from tests.host.vm import Vm
 
-    machine = Vm(world, tmp_path_factory.mktemp("vm"))
+    machine = Vm(world, tmp_path_factory.mktemp("vm"), **vm_args)
     try:
         machine.first_boot = machine.boot()
     except BaseException:

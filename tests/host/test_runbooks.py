@@ -20,19 +20,9 @@ DATA = "/mnt/disks/convex-data/convex"
 @pytest.fixture(scope="module")
 def booted(world, tmp_path_factory):
     """This module's VM has the restore runbook's second disk attached (device name convex-restore)."""
-    from tests.host.conftest import dump
-    from tests.host.vm import Vm
+    from tests.host.conftest import booted_vm
 
-    machine = Vm(world, tmp_path_factory.mktemp("vm"), extra_disks=("convex-restore",))
-    try:
-        machine.first_boot = machine.boot()
-    except BaseException:
-        if machine.created:
-            dump(machine)
-        machine.close()
-        raise
-    yield machine
-    machine.close()
+    yield from booted_vm(world, tmp_path_factory, extra_disks=("convex-restore",))
 
 
 def section(title: str) -> str:
