@@ -161,6 +161,27 @@ def test_the_guard_reads_every_backend_run_to_its_end():
     assert "docker logs convex-backend" in guard and poll_ms < restart_s * 1000 / 2
 
 
+def test_a_guard_that_finds_no_backend_container_yet_counts_no_lost_run(sandbox, booted):
+    """On a real host the guard's first poll can find no backend container at all: it starts beside the
+    backend, whose ExecStartPre (isolate.sh, docker rm -f of the old container) and docker run take
+    seconds (tests/host/test_upgrade.py, where the guard then refused a rollback over a run it called
+    lost). A run without a container yet is in progress, not lost."""
+    import subprocess
+    import time
+
+    sandbox.systemctl("stop", "convex-backend.service")
+    subprocess.run(["docker", "rm", "-f", "convex-backend"], env=sandbox.run_env(), check=True, capture_output=True)
+    assert "convex-backend" not in sandbox.docker_state()["containers"]
+    before = len(sandbox.guard_log())
+    sandbox.systemctl("restart", "convex-upgrade.service")
+    time.sleep(0.5)  # ten of the guard's polls (50 ms here) with no container
+    sandbox.systemctl("start", "convex-backend.service")
+    assert sandbox.wait_units()
+    log = sandbox.guard_log()[before:]
+    assert "done: backend" in log, log
+    assert "before its log could be read" not in log, log
+
+
 def test_a_run_whose_log_was_not_read_forbids_a_rollback(sandbox, booted):
     """systemd restarted the backend (its NRestarts grew) but no new container was there to read:
     nothing proves that run began no migration, so the guard does not roll back, and the next run of
