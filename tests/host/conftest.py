@@ -13,6 +13,10 @@ import pytest
 NEEDED = ("debootstrap", "docker-registry", "ip", "nsenter", "losetup", "openssl", "curl", "tar")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "vm(**kwargs): arguments of the `vm` fixture's Vm (e.g. iam_auth=False)")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -43,9 +47,9 @@ def dump(machine) -> None:
     print("---- journalctl -u google-startup-scripts (all boots)\n"
           + machine.journal("google-startup-scripts", boot=False)[-8000:])
     print("---- docker ps -a\n" + machine.sh("docker ps -a").stdout)
-    for unit in ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-config-watch"):
+    for unit in ("cloudsql-proxy", "convex-backend", "convex-dashboard", "convex-config-watch", "convex-upgrade"):
         print(f"---- journalctl -u {unit}\n" + machine.journal(unit, boot=False)[-3000:])
-        if unit != "convex-config-watch":
+        if unit not in ("convex-config-watch", "convex-upgrade"):
             print(f"---- docker logs {unit}\n" + machine.logs(unit)[-3000:])
 
 
@@ -54,7 +58,8 @@ def vm(world, tmp_path, request):
     """A VM of the test's own, not booted yet (the test may change its config first)."""
     from tests.host.vm import Vm
 
-    machine = Vm(world, tmp_path)
+    marker = request.node.get_closest_marker("vm")
+    machine = Vm(world, tmp_path, **(marker.kwargs if marker else {}))
     yield machine
     report = getattr(request.node, "rep_call", None)
     if machine.created and report is not None and report.failed:

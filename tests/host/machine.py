@@ -65,11 +65,12 @@ TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", 
 GCE_NETNS = "convex-gce"
 GATEWAY, VM_IP = "10.128.0.1", "10.128.0.2"
 METADATA_IP = "169.254.169.254"
-GOOGLE_APIS_IP = "10.99.0.10"  # secretmanager / sqladmin.googleapis.com in the VM's /etc/hosts
+GOOGLE_APIS_IP = "10.99.0.10"  # secretmanager / sqladmin / iamcredentials.googleapis.com in the VM's /etc/hosts
 REGISTRY_IP = "10.99.0.11"  # ghcr.io and gcr.io
 SQL_IP, SQL_PORT = "10.30.0.5", 3307  # the instance's private IP and the proxy's server port
 HOSTS = {"metadata.google.internal": METADATA_IP, "secretmanager.googleapis.com": GOOGLE_APIS_IP,
-         "sqladmin.googleapis.com": GOOGLE_APIS_IP, "ghcr.io": REGISTRY_IP, "gcr.io": REGISTRY_IP}
+         "sqladmin.googleapis.com": GOOGLE_APIS_IP, "iamcredentials.googleapis.com": GOOGLE_APIS_IP,
+         "ghcr.io": REGISTRY_IP, "gcr.io": REGISTRY_IP}
 DATA_DEVICE = "/dev/disk/by-id/google-convex-data"
 
 
@@ -191,20 +192,24 @@ def rootfs(name: str, packages: tuple[str, ...], customize, extra_key: object = 
 
 def pki() -> dict[str, Path]:
     """A CA the VM trusts (baked into its root file system) and one server certificate for the names
-    the VM reaches over TLS (googleapis.com, ghcr.io, gcr.io). Made once, cached."""
+    the VM reaches over TLS (googleapis.com, ghcr.io, gcr.io). Made once, cached; the server certificate
+    alone is made again when HOSTS names a new host (the CA, and so the VM's root file system, stays)."""
     d = CACHE / "pki"
     files = {"ca": d / "ca.crt", "ca_key": d / "ca.key", "cert": d / "server.crt", "key": d / "server.key"}
+    ext_text = ("subjectAltName=" + ",".join(f"DNS:{n}" for n in HOSTS if n != "metadata.google.internal")
+                + "\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n")
+    ext = d / "server.ext"
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
     with cache_lock("pki"):
-        if all(f.exists() for f in files.values()):
-            return files
         d.mkdir(parents=True, exist_ok=True)
-        key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1")
-        run("openssl", "req", "-x509", *key, "-nodes", "-days", "3650", "-subj", "/O=convex-gcp host tier/CN=test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-            "-keyout", str(files["ca_key"]), "-out", str(files["ca"]))
-        ext = d / "server.ext"
-        ext.write_text("subjectAltName=" + ",".join(f"DNS:{n}" for n in HOSTS if n != "metadata.google.internal")
-                       + "\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n")
+        if not (files["ca"].exists() and files["ca_key"].exists()):
+            run("openssl", "req", "-x509", *key, "-nodes", "-days", "3650", "-subj", "/O=convex-gcp host tier/CN=test CA",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+                "-keyout", str(files["ca_key"]), "-out", str(files["ca"]))
+            files["cert"].unlink(missing_ok=True)
+        if files["cert"].exists() and files["key"].exists() and ext.exists() and ext.read_text() == ext_text:
+            return files
+        ext.write_text(ext_text)
         run("openssl", "req", "-new", *key, "-nodes", "-subj", "/CN=googleapis.test", "-keyout", str(files["key"]),
             "-out", str(d / "server.csr"))
         run("openssl", "x509", "-req", "-in", str(d / "server.csr"), "-CA", str(files["ca"]), "-CAkey", str(files["ca_key"]),

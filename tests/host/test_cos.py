@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from tests.host.cos_tools import COS_PATH, TOOLS
+from tests.host.cos_tools import COS_PATH, TOOLS, UNCONFIRMED
 from tests.host.machine import REPO, VM_FILES
 
 UNITS = REPO / "vm" / "units"
@@ -28,3 +28,11 @@ def test_the_boot_runs_with_only_cos_commands_on_path():
     runner = (VM_FILES / "usr/bin/google_metadata_script_runner").read_text()
     assert f'PATH={COS_PATH} /bin/bash -c "$script"' in runner
 
+
+
+def test_only_the_known_unconfirmed_commands_are_used():
+    """UNCONFIRMED (on PATH, but no source shows it on COS) stays exactly the one known case; the units
+    that use it are the ones named in cos_tools.py."""
+    assert UNCONFIRMED == {"sys-apps/systemd": ("systemd-socket-activate",)}
+    users = sorted(u.name for u in UNITS.glob("*.service") if "systemd-socket-activate" in u.read_text())
+    assert users == ["convex-metrics.service"]

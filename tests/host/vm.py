@@ -21,8 +21,8 @@ from tests.host.machine import (BACKEND_REPO, DASHBOARD_REPO, GCE_NETNS, GOOGLE_
 sys.path.insert(0, str(machine.REPO / "tests" / "vm"))
 from fakes.google import ApisServer, MetadataServer  # noqa: E402  (tests/vm/fakes: the fast sandbox's fakes)
 
-from convex_gcp import runtime  # noqa: E402
-from convex_gcp.settings import Settings, load_settings  # noqa: E402
+from convex_gcp import db_grants, runtime  # noqa: E402
+from convex_gcp.settings import Settings, load_settings, resource_prefix  # noqa: E402
 from tools.plan import stack_config  # noqa: E402
 
 SCRIPT = machine.REPO / "vm" / "startup.sh"
@@ -33,10 +33,16 @@ ADMIN_KEY_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-admin-key"
 DB_PASSWORD_SECRET_ID = f"projects/{PROJECT}/secrets/convex-dev-db-password"
 SETTINGS: Settings = load_settings(stack_config("dev"), "dev")
 DATABASE = SETTINGS.convex.instance_name.replace("-", "_")
+# IAM database logins (the dev stack's iamAuth: true): the VM account's and the grant account's database
+# users, named as Cloud SQL names a service account's (email without ".gserviceaccount.com").
+VM_DB_ROLE = f"convex-dev-vm@{PROJECT}.iam"
+GRANT_ACCOUNT = db_grants.grant_account_email(resource_prefix("dev"), PROJECT)
+GRANT_DB_ROLE = GRANT_ACCOUNT.removesuffix(".gserviceaccount.com")
 
 
 class Postgres:
-    """A real PostgreSQL on the host's loopback: "Cloud SQL", reached by the VM at SQL_IP:SQL_PORT."""
+    """A real PostgreSQL on the host's loopback: "Cloud SQL", reached by the VM at SQL_IP:SQL_PORT, with
+    the roles Cloud SQL has once the program ran (tests/doctor/test_db_grants.py `prepare`)."""
 
     def __init__(self) -> None:
         from tests.doctor.conftest import _as_owner, _bin, initdb
@@ -51,19 +57,39 @@ class Postgres:
         with open(self.data / "postgresql.conf", "a") as handle:
             handle.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.root}'\n"
                          "password_encryption = 'scram-sha-256'\n")
-        (self.data / "pg_hba.conf").write_text("local all admin trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        # Cloud SQL checks an IAM login's password, the OAuth token the proxy sends with --auto-iam-authn,
+        # before PostgreSQL sees it; this PostgreSQL takes the IAM role's login as given (the token check is
+        # not modelled: the stand-in proxy forwards bytes). Built-in users log in with their password.
+        # The local socket is the test's own (admin) and the Data API fake's (the account it acted as).
+        (self.data / "pg_hba.conf").write_text(f'local all all trust\nhost all "{VM_DB_ROLE}" 127.0.0.1/32 trust\n'
+                                               "host all all 127.0.0.1/32 scram-sha-256\n")
         run(*_as_owner([_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.root / "pg.log"), "-w", "start"]))
+        self.sql("CREATE ROLE cloudsqlsuperuser NOLOGIN CREATEDB CREATEROLE")
+        self.sql(f"CREATE ROLE {db_grants.quote_ident(GRANT_DB_ROLE)} LOGIN IN ROLE cloudsqlsuperuser")
 
-    def sql(self, statement: str, database: str = "postgres") -> str:
-        return run(*self._as_owner(["psql", "-h", str(self.root), "-p", str(self.port), "-U", "admin", "-d", database,
+    def sql(self, statement: str, database: str = "postgres", user: str = "admin") -> str:
+        return run(*self._as_owner(["psql", "-h", str(self.root), "-p", str(self.port), "-U", user, "-d", database,
                                     "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", statement])).stdout.strip()
 
-    def fresh(self, password: str) -> None:
-        """An empty database for Convex and its user, as the program creates them on Cloud SQL."""
+    def fresh(self, role: str, password: str | None) -> None:
+        """An empty database for Convex and its role, as the program creates them on Cloud SQL: the
+        database owned by cloudsqlsuperuser, the role with no privileges until the VM's grant step
+        (IAM login), or the built-in password user the program makes a member of cloudsqlsuperuser."""
         self.sql(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
-        self.sql("DROP ROLE IF EXISTS convex")
-        self.sql(f"CREATE ROLE convex LOGIN PASSWORD '{password}'")
-        self.sql(f"CREATE DATABASE {DATABASE} OWNER convex")
+        for name in ("convex", VM_DB_ROLE):
+            self.sql(f"DROP ROLE IF EXISTS {db_grants.quote_ident(name)}")
+        login = f"LOGIN PASSWORD {db_grants.quote_literal(password)} IN ROLE cloudsqlsuperuser" if password else "LOGIN"
+        self.sql(f"CREATE ROLE {db_grants.quote_ident(role)} {login}")
+        self.sql(f"CREATE DATABASE {DATABASE} OWNER cloudsqlsuperuser")
+
+    def execute_sql(self, sql: str, database: str, account: str) -> str | None:
+        """The Data API's executeSql (tests/vm/fakes/google.py ApisServer.execute_sql): the statement runs
+        as the caller's IAM database user (autoIamAuthn); a failure is the database's error text."""
+        try:
+            self.sql(sql, database, user=account.removesuffix(".gserviceaccount.com"))
+        except RuntimeError as error:  # machine.run: the command, its exit status and psql's error
+            return str(error).strip()
+        return None
 
     def close(self) -> None:
         run(*self._as_owner([self._bin("pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]), check=False)
@@ -103,7 +129,8 @@ class Vm:
 
     NAME = "convex-gcp-host-vm"
 
-    def __init__(self, world: World, tmp: Path, disk_mb: int = 512, extra_disks: tuple[str, ...] = ()) -> None:
+    def __init__(self, world: World, tmp: Path, disk_mb: int = 512, extra_disks: tuple[str, ...] = (),
+                 iam_auth: bool = True) -> None:
         self.world, self.engine, self.tmp = world, world.engine, tmp
         self.disk = tmp / "disk.img"
         self.loop = self._loop(self.disk, disk_mb)
@@ -112,16 +139,18 @@ class Vm:
         # device_name -> (image file, loop device): disks attached from the start (a container's devices
         # are fixed when it is created); a test writes a snapshot's bytes into one to "create it from" it.
         self.extra = {name: (tmp / f"{name}.img", self._loop(tmp / f"{name}.img", disk_mb)) for name in extra_disks}
-        self.db_password = "Pw" + pysecrets.token_hex(12)
-        world.postgres.fresh(self.db_password)
-        self.settings = SETTINGS
+        # The dev stack as shipped logs in with IAM; iam_auth=False is a stack with a database password.
+        self.settings = SETTINGS if iam_auth else SETTINGS.model_copy(update={"iam_auth": False})
+        self.db_password = "" if iam_auth else "Pw" + pysecrets.token_hex(12)
+        database_user = VM_DB_ROLE if iam_auth else "convex"
+        world.postgres.fresh(database_user, self.db_password or None)
         self.images = {"BACKEND_IMAGE": world.images.image(BACKEND_REPO),
                        "DASHBOARD_IMAGE": world.images.image(DASHBOARD_REPO),
                        "PROXY_IMAGE": world.images.image(PROXY_REPO)}
         self.inputs = runtime.RuntimeInputs(
-            project=PROJECT, connection_name=CONNECTION_NAME, public_host="34.1.2.3", database_user="convex",
+            project=PROJECT, connection_name=CONNECTION_NAME, public_host="34.1.2.3", database_user=database_user,
             instance_secret_id=INSTANCE_SECRET_ID, admin_key_secret_id=ADMIN_KEY_SECRET_ID,
-            db_password_secret_id=DB_PASSWORD_SECRET_ID, sql_private_ip=SQL_IP, pinned_images=self.images)
+            db_password_secret_id="" if iam_auth else DB_PASSWORD_SECRET_ID, sql_private_ip=SQL_IP, pinned_images=self.images)
         self.config = runtime.vm_config(self.settings, self.inputs)
         self.backend_env = runtime.backend_env(self.settings, self.inputs)
         self.dashboard_env = runtime.dashboard_env(self.settings, self.inputs)
@@ -129,7 +158,12 @@ class Vm:
         self.apis = ApisServer(self.metadata.tokens)
         self.apis.add_secret(INSTANCE_SECRET_ID)  # no version: the first boot mints it
         self.apis.add_secret(ADMIN_KEY_SECRET_ID)
-        self.apis.add_secret(DB_PASSWORD_SECRET_ID, self.db_password.encode())
+        if not iam_auth:
+            self.apis.add_secret(DB_PASSWORD_SECRET_ID, self.db_password.encode())
+        # bootstrap/bootstrap.sh lets the VM account mint the grant account's tokens; the grants it sends
+        # run on the real PostgreSQL as that account.
+        self.apis.actable.add(GRANT_ACCOUNT)
+        self.apis.execute_sql = world.postgres.execute_sql
         world.gce.retarget(METADATA_IP, 80, self.metadata.port)
         world.gce.retarget(GOOGLE_APIS_IP, 443, self.apis.port)
         self.created = False
@@ -138,6 +172,10 @@ class Vm:
         # Test seams of vm/startup.sh for this VM's startup-script runs (the runner's EnvironmentFile;
         # the watcher's runs inherit them): empty, every default is production's.
         self.script_env: dict[str, str] = {}
+        # unit -> Environment= of a drop-in in /usr/lib/systemd/system/<unit>.service.d (outside the
+        # tmpfs /etc, so it holds across reboots): seams of the scripts units run, e.g. the upgrade
+        # guard's deadline. Written at boot().
+        self.unit_env: dict[str, dict[str, str]] = {}
 
     @staticmethod
     def _loop(image: Path, mb: int) -> str:
@@ -177,9 +215,16 @@ class Vm:
     def boot(self, wait: bool = True) -> str:
         """Create and start the VM; returns the first boot's startup-script journal once it ended (or at
         once, without waiting)."""
-        hosts = [f"--add-host={name}:{ip}" for name, ip in machine.HOSTS.items()]
+        # The VM's own name resolves, as GCE's DNS answers it (sudo looks it up).
+        hosts = [f"--add-host={name}:{ip}" for name, ip in {**machine.HOSTS, "convex-vm": VM_IP}.items()]
         env_file = self.tmp / "google-startup-scripts.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in self.script_env.items()))
+        dropins = []
+        for unit, env in self.unit_env.items():
+            d = self.tmp / "dropins" / f"{unit}.service.d"
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "host-tier.conf").write_text("[Service]\n" + "".join(f"Environment={k}={v}\n" for k, v in env.items()))
+            dropins.append(f"--volume={d}:/usr/lib/systemd/system/{unit}.service.d:ro")
         self.engine(
             "create", "--name", self.NAME, "--hostname", "convex-vm", "--network", "none",
             "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN", "--security-opt", "seccomp=unconfined",
@@ -191,7 +236,7 @@ class Vm:
             "--device", f"{self.loop}:{machine.DATA_DEVICE}",
             *(f"--device={loop}:/dev/disk/by-id/google-{name}" for name, (_, loop) in self.extra.items()),
             "--stop-signal", "SIGRTMIN+3", "--stop-timeout", "180",
-            "-v", f"{env_file}:/etc/default/google-startup-scripts:ro",
+            "-v", f"{env_file}:/etc/default/google-startup-scripts:ro", *dropins,
             # The inner engine's storage (persistent, as /var/lib/docker is on COS) in the test's scratch
             # directory: vfs copies are made and removed there, not in the outer engine's container layer.
             "-v", f"{self.docker_dir}:/var/lib/docker",
@@ -213,6 +258,14 @@ class Vm:
     def reboot(self) -> str:
         """A reset: the container stops (systemd shuts down, as on a reboot) and starts on the same disk."""
         self.engine("stop", "-t", "180", self.NAME, timeout=300)
+        return self._start()
+
+    def guest_reboot(self, command: str = "systemctl reboot", timeout: float = 300) -> str:
+        """A reboot from inside (`sudo systemctl reboot`): systemd stops every unit and, in a container,
+        exits (the container stops); Compute Engine starts the VM again, so the test starts it on the same disk."""
+        self.sh(command, timeout=60)
+        self.wait_for(lambda: self.engine("inspect", "--format", "{{.State.Running}}", self.NAME).stdout.strip() == "false",
+                      timeout, "the VM to stop after systemctl reboot")
         return self._start()
 
     def wait_boot(self, timeout: float = 600) -> str:

@@ -1,6 +1,6 @@
 """Runbooks proven by tests (issue 24, part 4): every command docs/runbooks.md runs on the VM
 (`gcloud compute ssh ... --command='...'`) is executed here against the VM sandbox, unless its line says
-"(no test runs this)"; none of them resets the VM; the restore's stop keeps the backend down until the
+"(no test runs this)" or "(tests/host runs this)"; none of them resets the VM; the restore's stop keeps the backend down until the
 boot run starts everything again."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from sandbox import REPO
 
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 UNTESTED = "(no test runs this"
+# Run by the host tier instead (tests/host/test_runbooks.py): a real reboot, a second disk.
+HOST_TIER = "(tests/host runs this"
 
 
 def vm_commands() -> list[str]:
@@ -22,7 +24,7 @@ def vm_commands() -> list[str]:
 
 
 def runbook_commands_under_test() -> list[str]:
-    return [c for c in vm_commands() if UNTESTED not in c and UNTESTED not in _line_of(c)]
+    return [c for c in vm_commands() if not any(m in c or m in _line_of(c) for m in (UNTESTED, HOST_TIER))]
 
 
 def _line_of(command: str) -> str:
