@@ -11,18 +11,18 @@ UPGRADE_STATE = "/mnt/disks/convex-data/convex-gcp/upgrade"
 def test_an_upgrade_that_never_comes_up_is_rolled_back(vm):
     # Shorter bounds than production's (the guard's 600 s deadline, the run's 300 s backend wait, the
     # watcher's 60 s first retry), all through the scripts' own seams: the same code paths, in minutes.
-    vm.unit_env["convex-upgrade"] = {"CONVEX_GCP_UPGRADE_DEADLINE_MS": "45000"}
-    vm.script_env.update(CONVEX_GCP_BACKEND_WAIT_MS="45000", CONVEX_GCP_PENDING_RETRY_MS="10000",
+    vm.unit_env["convex-upgrade"] = {"CONVEX_GCP_UPGRADE_DEADLINE_MS": "20000"}
+    vm.script_env.update(CONVEX_GCP_BACKEND_WAIT_MS="20000", CONVEX_GCP_PENDING_RETRY_MS="10000",
                          CONVEX_GCP_OUTAGE_RETRY_MS="10000")
     assert "startup-script exit status 0" in vm.boot()
     good = vm.config["BACKEND_IMAGE"]
     never = vm.world.images.image(BACKEND_REPO, CONVEX_STANDIN_MODE="never", CONVEX_STANDIN_VERSION="standin-never")
     vm.config["BACKEND_IMAGE"] = never
     vm.publish()  # `pulumi up` with the new image
-    vm.wait_for(lambda: vm.sh(f"test -s {UPGRADE_STATE}/rollback").returncode == 0, 240, "the guard's rollback file")
+    vm.wait_for(lambda: vm.sh(f"test -s {UPGRADE_STATE}/rollback").returncode == 0, 150, "the guard's rollback file")
     rollback = vm.sh(f"cat {UPGRADE_STATE}/rollback").stdout
     assert f"REJECTED_BACKEND_IMAGE={never}" in rollback and f"BACKEND_IMAGE={good}" in rollback
-    vm.wait_for(lambda: vm.curl("/version") == (200, "standin"), 240, "/version of the previous release")
+    vm.wait_for(lambda: vm.curl("/version") == (200, "standin"), 120, "/version of the previous release")
     assert good in vm.sh("cat /etc/systemd/system/convex-backend.service").stdout
     guard = vm.journal("convex-upgrade")
     assert "did not answer" in guard and "no migration began" in guard, guard
