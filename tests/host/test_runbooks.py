@@ -55,6 +55,9 @@ def _backend_id(vm) -> str:
 
 def test_recover_the_vm_as_written(booted):
     look, reconcile, reboot = ssh_commands("Recover the VM")
+    # The boot ends once the dashboard's unit started; its container is up a moment later (the host
+    # tier once looked first and saw it "Created"). An operator looks later than that.
+    booted.wait_for(lambda: booted.curl("/", port=6791)[0] == 200, 60, "the dashboard")
     out = run(booted, look)
     assert "startup-script exit status 0" in out and "Finished running startup scripts." in out
     for name in ("cloudsql-proxy", "convex-backend", "convex-dashboard"):
