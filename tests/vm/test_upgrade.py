@@ -100,8 +100,13 @@ def test_a_backend_that_never_answers_is_rolled_back_by_the_vm_itself(sandbox, b
     watcher = sandbox.popen("watch")
     try:
         assert wait_for(lambda: state(sandbox, "rollback").get("REJECTED_BACKEND_IMAGE") == NEW_BACKEND, 60), sandbox.guard_log()
+        # The rollback restarts the dashboard too (its image is rolled back with the backend's): wait for
+        # its container, which is briefly absent between its unit's `docker rm -f` and `docker run`
+        # (a CI run once read the containers in that moment: KeyError 'convex-dashboard').
         assert wait_for(lambda: backend_image(sandbox) == BACKEND_IMAGE and sandbox.health.db_up
-                        and state(sandbox, "status").get("state") == "healthy", 60), sandbox.guard_log()
+                        and state(sandbox, "status").get("state") == "healthy"
+                        and sandbox.docker_state()["containers"].get("convex-dashboard", {}).get("image") == DASHBOARD_IMAGE,
+                        60), sandbox.guard_log()
     finally:
         out = sandbox.stop(watcher)
     assert sandbox.wait_units()
