@@ -130,3 +130,10 @@ def test_upgrade_that_migrates_slowly(booted):
     assert time.monotonic() - t0 >= 20
     backend = booted.logs("convex-backend")
     assert backend.index("Migrating to 129") < backend.index("Migrated 129") < backend.rindex("Migration complete")
+    # The VM's upgrade guard followed it to the end: logged, recorded healthy at the new version, no rollback.
+    status = "/mnt/disks/convex-data/convex-gcp/upgrade/status"
+    booted.wait_for(lambda: re.search(r"state=healthy .*detail=database version 129", booted.sh(f"cat {status}").stdout),
+                    120, "the guard's status at version 129")
+    guard = booted.journal("convex-upgrade")
+    assert "migration: Migrating to 129" in guard and "migration: Migrated 129" in guard, guard
+    assert "ROLLBACK" not in guard
