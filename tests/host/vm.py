@@ -57,9 +57,10 @@ class Postgres:
         with open(self.data / "postgresql.conf", "a") as handle:
             handle.write(f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.root}'\n"
                          "password_encryption = 'scram-sha-256'\n")
-        # Cloud SQL checks an IAM login's password, the OAuth token the proxy sends with --auto-iam-authn,
-        # before PostgreSQL sees it; this PostgreSQL takes the IAM role's login as given (the token check is
-        # not modelled: the stand-in proxy forwards bytes). Built-in users log in with their password.
+        # Cloud SQL checks an IAM login's password, the OAuth token the proxy sends with --auto-iam-authn
+        # (https://cloud.google.com/sql/docs/postgres/iam-logins, "Log in with automatic IAM database
+        # authentication"), before PostgreSQL sees it; this PostgreSQL takes the IAM role's login as given (the
+        # token check is not modelled: the stand-in proxy forwards bytes). Built-in users log in with their password.
         # The local socket is the test's own (admin) and the Data API fake's (the account it acted as).
         (self.data / "pg_hba.conf").write_text(f'local all all trust\nhost all "{VM_DB_ROLE}" 127.0.0.1/32 trust\n'
                                                "host all all 127.0.0.1/32 scram-sha-256\n")
