@@ -140,6 +140,13 @@ remember() {
   [[ $(value "${STATE}/watching" "$1") == "$2" ]] || printf '%s=%s\n' "$1" "$2" >>"${STATE}/watching"
 }
 
+# sub_state: the backend unit's SubState (systemd src/basic/unit-def.c service_state_table):
+# "auto-restart" while it waits RestartSec= after a run ended; start-pre, start, start-post or running
+# once the next run began (its ExecStartPre= has not always removed the last run's container yet).
+sub_state() {
+  systemctl show -p SubState --value convex-backend.service 2>/dev/null || true
+}
+
 # n_restarts: how often systemd restarted the backend by itself (NRestarts, systemd >= 235).
 n_restarts() {
   local n
@@ -254,7 +261,7 @@ main() {
     status upgrading "from ${good}"
   fi
   [[ $(value "${STATE}/watching" BEGAN) != 1 ]] || BEGAN=1 # seen by an earlier run of this unit
-  local rust_log healthy=0 healthy_at=0 restarts0 restarts unseen=0 seen_past
+  local rust_log healthy=0 healthy_at=0 restarts0 restarts unseen=0 seen_past last=0
   local -A ids=()
   rust_log=$(value "${RUN_DIR}/backend.env" RUST_LOG)
   restarts0=""
@@ -263,12 +270,16 @@ main() {
     [[ -z $CURRENT ]] || ids[$CURRENT]=1
     [[ -n $restarts0 ]] || restarts0=$(n_restarts) restarts=$restarts0
     # Every run systemd had replaced by the last poll (NRestarts) has been read by now: it stayed
-    # RestartSec after it ended. The run in progress may have no container yet: its ExecStartPre
-    # (isolate.sh, docker rm -f) and docker run take seconds on a real host, where the first poll
-    # of a guard started beside the backend found none and counted a run as lost (tests/host
-    # test_upgrade.py); so the current container is left out of the count.
+    # RestartSec after it ended. The container seen now is left out of that count while its run is not
+    # replaced yet (running, or ended and waiting RestartSec); one that ended while the unit already
+    # started the next run is a replaced run. The run in progress may have no container at all: its
+    # ExecStartPre (isolate.sh, docker rm -f) and docker run take seconds on a real host, where the
+    # first poll of a guard started beside the backend found none (tests/host/test_upgrade.py).
     seen_past=${#ids[@]}
-    [[ -z $CURRENT ]] || seen_past=$((seen_past - 1))
+    if [[ -n $CURRENT ]] && { [[ $STATE_NOW =~ ^(running|created|restarting)$ ]] ||
+      ! [[ $(sub_state) =~ ^(start-pre|start|start-post|running)$ ]]; }; then
+      seen_past=$((seen_past - 1))
+    fi
     if ((restarts - restarts0 > seen_past && !unseen)); then
       unseen=1
       remember UNSEEN 1
@@ -298,7 +309,10 @@ main() {
         return 0
       fi
     elif ((NOW_MS - since >= DEADLINE_MS)); then
-      break
+      # One more poll first: the count compares with the previous poll's NRestarts, so a run
+      # replaced unseen since then is only caught by the next one.
+      ((last)) && break
+      last=1
     fi
     sleep_ms "$POLL_MS"
   done

@@ -767,9 +767,18 @@ def _systemctl(sd: dict, cmd: str, names: list[str], argv: list[str]) -> int:
             say(state)
         return 0 if state == "active" else 3
     if cmd == "show":
+        # `show -p NAME --value UNIT`: NRestarts, or SubState as systemd names a service's states
+        # (src/basic/unit-def.c service_state_table: auto-restart while it waits RestartSec=, running,
+        # dead; https://www.freedesktop.org/software/systemd/man/latest/systemd.service.html).
         unit = names[-1]
         sd_tick(sd, unit)
-        say(sd["units"].get(unit, {}).get("n_restarts", 0))
+        u = sd["units"].get(unit, {})
+        prop = argv[argv.index("-p") + 1] if "-p" in argv else "NRestarts"
+        if prop == "SubState":
+            state = u.get("state", "inactive")
+            say({"active": "running", "activating": "auto-restart"}.get(state, "dead"))
+        else:
+            say(u.get("n_restarts", 0))
         return 0
     if cmd in ("start", "restart"):
         for unit in names:
