@@ -19,18 +19,24 @@ HOST_TIER = "(tests/host runs this"
 
 def vm_commands() -> list[str]:
     """The --command='...' payloads of the runbooks' gcloud compute ssh lines, in order."""
+    return [command for command, _, _ in vm_command_lines()]
+
+
+def vm_command_lines() -> list[tuple[str, str, str]]:
+    """Each payload with the whole line(s) it stands on and the `## ` section it is in (a command given in
+    two sections is two entries, each with its own line)."""
     text = RUNBOOKS.read_text()
-    return [m.group(1) for m in re.finditer(r"--command='(.*?)'", text, re.S)]
+    out = []
+    for m in re.finditer(r"--command='(.*?)'", text, re.S):
+        line = text[text.rfind("\n", 0, m.start()) + 1:text.find("\n", m.end())]
+        heading = text.rfind("\n## ", 0, m.start())
+        section = text[heading + 4:text.find("\n", heading + 1)]
+        out.append((m.group(1), line, section))
+    return out
 
 
 def runbook_commands_under_test() -> list[str]:
-    return [c for c in vm_commands() if not any(m in c or m in _line_of(c) for m in (UNTESTED, HOST_TIER))]
-
-
-def _line_of(command: str) -> str:
-    text = RUNBOOKS.read_text()
-    start = text.index(command)
-    return text[text.rfind("\n", 0, start) + 1:text.find("\n", start + len(command))]
+    return [c for c, line, _ in vm_command_lines() if not any(m in line for m in (UNTESTED, HOST_TIER))]
 
 
 def run_on_vm(sb, command: str) -> subprocess.CompletedProcess:
@@ -86,3 +92,14 @@ def test_the_restore_stop_keeps_the_backend_down_until_the_boot_run(sandbox, boo
     assert {n: c["status"] for n, c in sandbox.docker_state()["containers"].items()} == \
         dict.fromkeys(("cloudsql-proxy", "convex-backend", "convex-dashboard"), "running")
     assert "config watcher convex-config-watch" in r.stderr  # the boot run starts the watcher again
+
+
+def test_a_command_left_to_the_host_tier_is_in_a_section_it_runs():
+    """"(tests/host runs this" takes a command out of this suite: only where tests/host/test_runbooks.py runs
+    every VM step of its section (its SECTIONS), so no marked command escapes both tiers."""
+    from tests.host.test_runbooks import SECTIONS
+
+    marked = [(c, section) for c, line, section in vm_command_lines() if HOST_TIER in line]
+    assert marked
+    for command, section in marked:
+        assert section in SECTIONS, f"{command!r} is marked for the host tier, which does not run section {section!r}"
