@@ -9,10 +9,12 @@ notes are read from the Markdown mirror github.com/multani/gcp-changelog content
 at 0e30ed958e3317dd422bf140c3c416ad2a0bb98f, the same text as
 https://cloud.google.com/container-optimized-os/docs/release-notes/m125):
 - app-shells/bash: startup scripts run with bash (FACTS.md, "the startup-script runner ... runs /bin/bash").
-- app-shells/dash: COS's /bin/sh is dash ("Upgraded app-shells/dash to v0.5.13.4-r2", cos-125-19216-395-138;
-  ChromiumOS virtual/implicit-system: "We need a /bin/sh shell"); units' `/bin/sh -c` lines stay POSIX.
+- app-shells/dash: on the image ("Upgraded app-shells/dash to v0.5.13.4-r2", cos-125-19216-395-138), and
+  ChromiumOS virtual/implicit-system pulls it in for "We need a /bin/sh shell": /bin/sh is most likely dash
+  (no source shows the link itself); the units' `/bin/sh -c` lines stay POSIX either way.
 - app-containers/docker: 27.5.1 on M125 ("Upgraded app-containers/docker to v27.5.1", cos-beta-125-19216-0-12).
-- sys-apps/systemd: 254.26 on M125 ("Updated systemd to v254.26"); `systemctl`, `journalctl`, `systemd-run`
+- sys-apps/systemd: 254 ("Updated systemd to v254.26" in cos-beta-125-19216-0-12, the last version the notes
+  name; later builds only list CVE fixes); `systemctl`, `journalctl`, `systemd-run`
   are run on COS in Google's guides and in GoogleCloudPlatform/cos-customizer (src/cmd/provisioner).
 - net-firewall/iptables: 1.8.13 (cos-125-19216-395-138); container-optimized-os/docs/how-to/firewall.
 - sys-fs/e2fsprogs, sys-apps/util-linux: present (container-optimized-os/docs/concepts/supported-filesystems;
@@ -20,7 +22,8 @@ https://cloud.google.com/container-optimized-os/docs/release-notes/m125):
   `resize2fs` are run on COS by cos-customizer (src/pkg/tools/partutil). wipefs, blockdev, mountpoint, lsblk,
   findmnt, losetup, dumpe2fs, tune2fs: their packages are on COS, no source names the command itself.
 - net-misc/curl: 8.21.0 (cos-125-19216-532-25); the metadata guide queries with curl on the VM.
-- net-misc/rsync: 3.4.4 (cos-125-19216-395-138), 3.5.0 on cos-125-19216-700-7 (the restore runbook's copy).
+- net-misc/rsync: 3.4.4 (cos-125-19216-395-138; the restore runbook's copy). 3.5.0 on cos-125-19216-700-7 only
+  per a third-party summary of the 2026-09-28 note (takech9203/google-cloud-news-summary), not in the mirror.
 - app-admin/sudo: 1.9.17_p2 (the runbooks' `sudo`).
 - sys-apps/mawk: COS's awk is mawk ("mawk to v1.3.4_p20260302"): no gawk extensions.
 - coreutils, findutils, grep, sed: the base system (ChromiumOS virtual/implicit-system).
@@ -54,8 +57,8 @@ COS_TOOLS: dict[str, tuple[str, ...]] = {
     "sys-apps/sed": ("sed",),
 }
 
-# systemd-socket-activate (convex-metrics.service, prod only): part of systemd since 209 and installed by
-# systemd's meson build as /usr/bin/systemd-socket-activate, but COS may strip binaries and no COS page
+# systemd-socket-activate (convex-metrics.service, prod only): systemd's own tool (systemd-activate until v230
+# renamed it; installed as /usr/bin/systemd-socket-activate), but COS may strip binaries and no COS page
 # names it. The metrics rewrite would need a .socket unit pair to drop it (not done: vm/startup.sh installs
 # one file per unit).
 UNCONFIRMED: dict[str, tuple[str, ...]] = {"sys-apps/systemd": ("systemd-socket-activate",)}

@@ -578,7 +578,10 @@ def main(argv: list[str]) -> int:
         pid_file = RUN / "dockerd.pid"
         if pid_file.exists():
             pid = int(pid_file.read_text())
-            os.kill(pid, 15)
+            try:
+                os.kill(pid, 15)
+            except ProcessLookupError:  # already gone (a failed `up`, or stopped by hand)
+                return 0
             for _ in range(120):
                 if not Path(f"/proc/{pid}").exists():
                     break

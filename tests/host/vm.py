@@ -82,6 +82,11 @@ class Postgres:
         login = f"LOGIN PASSWORD {db_grants.quote_literal(password)} IN ROLE cloudsqlsuperuser" if password else "LOGIN"
         self.sql(f"CREATE ROLE {db_grants.quote_ident(role)} {login}")
         self.sql(f"CREATE DATABASE {DATABASE} OWNER cloudsqlsuperuser")
+        if not password:
+            # The VM's grant step is what lets the IAM role create Convex's tables: PostgreSQL 15+ grants
+            # PUBLIC no CREATE on schema public (on 14 and older it would, and the step would prove nothing).
+            held = self.sql(f"SELECT has_schema_privilege({db_grants.quote_literal(role)}, 'public', 'CREATE')", DATABASE)
+            assert held == "f", f"{role} can already create in public ({held}): PostgreSQL 15 or later is needed"
 
     def execute_sql(self, sql: str, database: str, account: str) -> str | None:
         """The Data API's executeSql (tests/vm/fakes/google.py ApisServer.execute_sql): the statement runs
