@@ -96,6 +96,14 @@ condition() {
 # exists <describe command...>: true when the resource is already there.
 exists() { "$@" >/dev/null 2>&1; }
 
+# ensure_account ID PROJECT DISPLAY_NAME [DESCRIPTION]: the service account, created on the first run only.
+ensure_account() {
+  local -a description=()
+  [[ -z ${4:-} ]] || description=(--description="$4")
+  exists gcloud iam service-accounts describe "$1@$2.iam.gserviceaccount.com" --project="$2" ||
+    gcloud iam service-accounts create "$1" --project="$2" --display-name="$3" "${description[@]}"
+}
+
 # custom_role ID PROJECT TITLE PERMISSIONS: create the project role or converge its permissions.
 custom_role() {
   if exists gcloud iam roles describe "$1" --project="$2"; then
@@ -139,11 +147,7 @@ KEY_BASE="projects/${STATE_PROJECT}/locations/${REGION}/keyRings/${KEYRING}/cryp
 say "CI service accounts (one deployer and one previewer per stack)"
 for stack in $STACKS; do
   for kind in deploy preview; do
-    account="convex-gcp-${kind}-${stack}"
-    if ! exists gcloud iam service-accounts describe "${account}@${STATE_PROJECT}.iam.gserviceaccount.com" --project="$STATE_PROJECT"; then
-      gcloud iam service-accounts create "$account" --project="$STATE_PROJECT" \
-        --display-name="convex-gcp ${kind}er of ${stack} (GitHub Actions)"
-    fi
+    ensure_account "convex-gcp-${kind}-${stack}" "$STATE_PROJECT" "convex-gcp ${kind}er of ${stack} (GitHub Actions)"
   done
 done
 # Earlier versions had one deployer for every stack and previewers with roles/viewer: switched off
@@ -362,11 +366,8 @@ for stack in $STACKS; do
   gcloud services enable iam.googleapis.com --project="$project"
   vm_id="$(vm_account_id "$stack")"
   vm_email="${vm_id}@${project}.iam.gserviceaccount.com"
-  if ! exists gcloud iam service-accounts describe "$vm_email" --project="$project"; then
-    gcloud iam service-accounts create "$vm_id" --project="$project" \
-      --display-name="Convex backend VM (convex-${stack})" \
-      --description="Runs the Cloud SQL Auth Proxy and Convex on the Convex VM"
-  fi
+  ensure_account "$vm_id" "$project" "Convex backend VM (convex-${stack})" \
+    "Runs the Cloud SQL Auth Proxy and Convex on the Convex VM"
   gcloud iam service-accounts add-iam-policy-binding "$vm_email" --project="$project" \
     --member="$DEPLOYER" --role=roles/iam.serviceAccountUser >/dev/null
 
@@ -375,11 +376,8 @@ for stack in $STACKS; do
   # (vm/startup.sh ensure_db_grants; docs/security.md, "Database"). The deployer gets no actAs on it.
   grant_id="$(grant_account_id "$stack")"
   grant_email="${grant_id}@${project}.iam.gserviceaccount.com"
-  if ! exists gcloud iam service-accounts describe "$grant_email" --project="$project"; then
-    gcloud iam service-accounts create "$grant_id" --project="$project" \
-      --display-name="Convex database grants (convex-${stack})" \
-      --description="Grants the Convex database role its privileges through the Cloud SQL Data API"
-  fi
+  ensure_account "$grant_id" "$project" "Convex database grants (convex-${stack})" \
+    "Grants the Convex database role its privileges through the Cloud SQL Data API"
   gcloud iam service-accounts add-iam-policy-binding "$grant_email" --project="$project" \
     --member="serviceAccount:${vm_email}" --role=roles/iam.serviceAccountTokenCreator >/dev/null
 done
@@ -391,10 +389,7 @@ if [[ -n "$ACCEPTANCE_PROJECT" ]]; then
   done
   say "Acceptance identity: acceptance.yml on main only, its own state bucket and key, roles in ${ACCEPTANCE_PROJECT}"
   ACCEPTANCE_SA="convex-gcp-acceptance@${STATE_PROJECT}.iam.gserviceaccount.com"
-  if ! exists gcloud iam service-accounts describe "$ACCEPTANCE_SA" --project="$STATE_PROJECT"; then
-    gcloud iam service-accounts create convex-gcp-acceptance --project="$STATE_PROJECT" \
-      --display-name="convex-gcp acceptance runs (GitHub Actions)"
-  fi
+  ensure_account convex-gcp-acceptance "$STATE_PROJECT" "convex-gcp acceptance runs (GitHub Actions)"
   impersonation "$ACCEPTANCE_SA" "principalSet://iam.googleapis.com/${POOL_ID}/attribute.acceptance/repo:${GITHUB_REPO}:environment:acceptance"
   ACCEPTANCE_BUCKET="${STATE_PROJECT}-acceptance-state"
   if ! exists gcloud storage buckets describe "gs://${ACCEPTANCE_BUCKET}" --project="$STATE_PROJECT"; then
