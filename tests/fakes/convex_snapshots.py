@@ -53,7 +53,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.serving import PooledHTTPServer
+from tests.fakes.serving import LoopbackFake
 
 README = "# Welcome to your Convex snapshot export!\n\nDocuments for each table are in <table_name>/documents.jsonl files.\n"
 
@@ -98,7 +98,7 @@ def read_zip(data: bytes) -> tuple[dict[str, list[dict]], dict[str, tuple[bytes,
     return tables, files
 
 
-class FakeConvexDeployment:
+class FakeConvexDeployment(LoopbackFake):
     def __init__(self, admin_key: str, name: str = "convex-dev") -> None:
         self.admin_key, self.name = admin_key, name
         self.tables: dict[str, list[dict]] = {}
@@ -114,15 +114,7 @@ class FakeConvexDeployment:
         self.download_cut = False
         self.polls_per_state = 1
         self.lock = threading.Lock()
-        self.server = PooledHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.server.stop()
+        self._listen(self._handler())
 
     def has_data(self) -> bool:
         return any(self.tables.values()) or bool(self.files)

@@ -90,3 +90,19 @@ class PooledServing:
 class PooledHTTPServer(PooledServing, HTTPServer):
     """http.server's HTTPServer with each connection on a thread, as its ThreadingHTTPServer
     (https://github.com/python/cpython/blob/3.11/Lib/http/server.py), threads reused."""
+
+
+class LoopbackFake:
+    """A fake with its own HTTP server on 127.0.0.1 (a free port), serving from the moment it is made."""
+
+    def _listen(self, handler) -> None:
+        self.httpd = PooledHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.httpd.server_address[1]
+        self.httpd.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.httpd.stop()

@@ -26,10 +26,10 @@ import uuid
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.serving import PooledHTTPServer
+from tests.fakes.serving import LoopbackFake
 
 
-class GoogleStorageServer:
+class GoogleStorageServer(LoopbackFake):
     def __init__(self, tokens) -> None:
         self.tokens = tokens
         self.objects: dict[tuple[str, str], dict] = {}  # (bucket, name) -> {"data", "resource"}
@@ -37,16 +37,7 @@ class GoogleStorageServer:
         self.series: list[dict] = []  # timeSeries written
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
-        self.httpd = PooledHTTPServer(("127.0.0.1", 0), self._handler())
-        self.port = self.httpd.server_address[1]
-        self.httpd.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.httpd.stop()
+        self._listen(self._handler())
 
     def _handler(self):
         fake = self
@@ -74,20 +65,23 @@ class GoogleStorageServer:
             def _body(self) -> bytes:
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-            def _token_ok(self) -> bool:
-                auth = self.headers.get("Authorization", "")
-                if auth.startswith("Bearer ") and fake.tokens.valid(auth[len("Bearer "):]):
-                    return True
-                self._error(401, "Invalid Credentials")
-                return False
-
-            def do_POST(self):  # noqa: N802
+            def _accept(self, method: str):
+                """The request's path, query and body, recorded; None (answered 401) without a valid token."""
                 url = urlsplit(self.path)
                 q = {k: v[0] for k, v in parse_qs(url.query).items()}
                 body = self._body()
-                fake.requests.append(("POST", url.path))
-                if not self._token_ok():
+                fake.requests.append((method, url.path))
+                auth = self.headers.get("Authorization", "")
+                if auth.startswith("Bearer ") and fake.tokens.valid(auth[len("Bearer "):]):
+                    return url, q, body
+                self._error(401, "Invalid Credentials")
+                return None
+
+            def do_POST(self):  # noqa: N802
+                accepted = self._accept("POST")
+                if accepted is None:
                     return None
+                url, q, body = accepted
                 parts = url.path.split("/")
                 if url.path.startswith("/v3/projects/") and url.path.endswith("/timeSeries"):
                     payload = json.loads(body)
@@ -111,12 +105,10 @@ class GoogleStorageServer:
                 return self._error(404, "Not Found")
 
             def do_PUT(self):  # noqa: N802
-                url = urlsplit(self.path)
-                q = {k: v[0] for k, v in parse_qs(url.query).items()}
-                data = self._body()
-                fake.requests.append(("PUT", url.path))
-                if not self._token_ok():
+                accepted = self._accept("PUT")
+                if accepted is None:
                     return None
+                url, q, data = accepted
                 with fake.lock:
                     session = fake.sessions.pop(q.get("upload_id", ""), None)
                 if session is None:
