@@ -7,7 +7,7 @@ import secrets
 
 import pytest
 
-from tests.host.test_runbooks import _backend_id, run, section, ssh_commands
+from tests.host.test_runbooks import run, section, ssh_commands
 from tests.host.vm import DB_PASSWORD_SECRET_ID
 
 
@@ -21,9 +21,9 @@ def test_rotate_the_database_password_as_written(vm):
     vm.world.postgres.sql(f"ALTER ROLE convex PASSWORD '{password}'")  # `pulumi up --replace` on the password
     with vm.apis.lock:
         vm.apis.secrets[DB_PASSWORD_SECRET_ID].append(password.encode())
-    before = _backend_id(vm)
+    before = vm.container_id("convex-backend")
     run(vm, reconcile)
     assert vm.wait_version(60) == "standin"  # served by a backend that logged in with the new password
-    assert _backend_id(vm) not in ("", before)
+    assert vm.container_id("convex-backend") not in ("", before)
     assert any(password in line for line in vm.sh("cat /run/convex-gcp/secrets/backend.env").stdout.splitlines())
     assert "Failed to connect to Postgres" not in vm.logs("convex-backend")

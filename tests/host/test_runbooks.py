@@ -49,10 +49,6 @@ def run(vm, command: str) -> str:
     return out.stdout + out.stderr
 
 
-def _backend_id(vm) -> str:
-    return vm.sh("docker ps -q --no-trunc --filter name=^convex-backend$").stdout.strip()
-
-
 def test_recover_the_vm_as_written(booted):
     look, reconcile, reboot = ssh_commands("Recover the VM")
     # The boot ends once the dashboard's unit started; its container is up a moment later (the host
@@ -105,7 +101,7 @@ def test_restore_stop_keeps_the_backend_stopped(booted):
     try:
         time.sleep(30)  # the restore's database and disk steps take minutes: 30 s is three RestartSec
         assert booted.curl("/version")[0] != 200
-        assert _backend_id(booted) == ""
+        assert booted.container_id("convex-backend") == ""
         for unit in ("convex-config-watch", "convex-dashboard", "convex-backend"):
             assert booted.state(unit) == "inactive", unit
     finally:
@@ -117,10 +113,10 @@ def test_restore_stop_keeps_the_backend_stopped(booted):
 def test_docker_stop_under_restart_always_is_undone_by_systemd(booted):
     """Why the runbook stops units, not containers: systemd runs ExecStop, sees the unit's process exit,
     and starts a new container RestartSec later (vm/units/convex-backend.service)."""
-    before = _backend_id(booted)
+    before = booted.container_id("convex-backend")
     booted.sh("docker stop convex-backend", check=True)
     t0 = time.monotonic()
-    booted.wait_for(lambda: _backend_id(booted) not in ("", before), 60, "a new backend container")
+    booted.wait_for(lambda: booted.container_id("convex-backend") not in ("", before), 60, "a new backend container")
     assert 9 <= time.monotonic() - t0 <= 40  # RestartSec=10, then the container's start
     booted.wait_for(lambda: booted.curl("/version")[0] == 200, 60, "/version again")
 

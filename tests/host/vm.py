@@ -337,6 +337,10 @@ class Vm:
         self.wait_for(lambda: self.reconciles() > before, timeout, "the watcher's reconcile")
         return self.journal("convex-config-watch")
 
+    def container_id(self, name: str) -> str:
+        """The running container of that name, or "" (between a unit's `docker rm -f` and `docker run`)."""
+        return self.sh(f"docker ps -q --no-trunc --filter name=^{name}$").stdout.strip()
+
     def container_env(self, name: str) -> list[str]:
         out = self.sh(f"docker inspect --format '{{{{json .Config.Env}}}}' {name}").stdout
         return json.loads(out) if out.strip() else []
