@@ -49,11 +49,10 @@ import threading
 import time
 import uuid
 import zipfile
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.serving import LoopbackFake
+from tests.fakes.serving import JsonHandler, LoopbackFake
 
 README = "# Welcome to your Convex snapshot export!\n\nDocuments for each table are in <table_name>/documents.jsonl files.\n"
 
@@ -179,22 +178,7 @@ class FakeConvexDeployment(LoopbackFake):
     def _handler(self):
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _send(self, status: int, body, content_type: str = "application/json", headers=None) -> None:
-                data = body if isinstance(body, bytes) else (json.dumps(body) if not isinstance(body, str) else body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _error(self, status: int, code: str, message: str) -> None:
                 self._send(status, {"code": code, "message": message})
 

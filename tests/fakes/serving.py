@@ -11,12 +11,13 @@ and never delays another connection, because an idle thread is used only when th
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import selectors
 import socket
 import threading
-from http.server import HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
 
@@ -106,3 +107,23 @@ class LoopbackFake:
 
     def close(self) -> None:
         self.httpd.stop()
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A fake's request handler: HTTP/1.1 (keep-alive, as Google's and Convex's servers), no access log,
+    answers in JSON unless given bytes or text."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _send(self, status: int, body, content_type: str = "application/json", headers=None) -> None:
+        data = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)

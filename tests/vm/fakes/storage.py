@@ -23,10 +23,9 @@ import hashlib
 import json
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from tests.fakes.serving import LoopbackFake
+from tests.fakes.serving import JsonHandler, LoopbackFake
 
 
 class GoogleStorageServer(LoopbackFake):
@@ -42,23 +41,7 @@ class GoogleStorageServer(LoopbackFake):
     def _handler(self):
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def _send(self, status: int, body) -> None:
-                data = (json.dumps(body) if not isinstance(body, (bytes, str)) else body)
-                data = data.encode() if isinstance(data, str) else data
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in getattr(self, "_extra", {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _error(self, status: int, message: str) -> None:
                 self._send(status, {"error": {"code": status, "message": message}})
 
@@ -100,8 +83,8 @@ class GoogleStorageServer(LoopbackFake):
                     sid = uuid.uuid4().hex
                     with fake.lock:
                         fake.sessions[sid] = {"bucket": bucket, "meta": meta, "length": self.headers.get("X-Upload-Content-Length")}
-                    self._extra = {"Location": f"{fake.url}/upload/storage/v1/b/{bucket}/o?uploadType=resumable&upload_id={sid}"}
-                    return self._send(200, b"")
+                    location = f"{fake.url}/upload/storage/v1/b/{bucket}/o?uploadType=resumable&upload_id={sid}"
+                    return self._send(200, b"", headers={"Location": location})
                 return self._error(404, "Not Found")
 
             def do_PUT(self):  # noqa: N802
